@@ -1,0 +1,25 @@
+"""numbadam: a Numba-accelerated, numerically faithful Keras/TF2 Adam.
+
+Variables are NumPy arrays (CPU kernels, ``@njit(parallel=True)``) or CUDA
+arrays (``@cuda.jit`` kernels, with the optional ``numba-cuda``), updated in
+place. Importing numbadam imports only NumPy and Numba.
+
+Examples
+--------
+>>> import numpy as np
+>>> import numbadam
+>>> w = np.zeros(3, np.float32)
+>>> opt = numbadam.Adam(learning_rate=0.01)
+>>> _ = opt.apply_gradients([(np.ones(3, np.float32), w)])
+>>> w.round(3).tolist()
+[-0.01, -0.01, -0.01]
+"""
+
+from . import schedules
+from ._types import IndexedSlices
+from .adam import Adam
+from .optimizer import OptimizerV2
+
+__version__ = "0.1.0"
+
+__all__ = ["Adam", "IndexedSlices", "OptimizerV2", "schedules", "__version__"]

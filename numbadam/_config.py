@@ -1,0 +1,62 @@
+"""Tunable knobs of numbadam, read at call time (never baked into compiled code).
+
+Every knob has a default here and may be overridden by an environment variable
+of the same name prefixed with ``NUMBADAM_`` (read at import and by :func:`reset`),
+or by assigning the module attribute at run time.
+
+Attributes
+----------
+CPU_BLOCK : int
+    Elements per parallel work item of the dense CPU kernels. Work is split into
+    fixed blocks, never by thread count, so results do not depend on threads.
+CPU_SPARSE_BLOCK_ROWS : int
+    Table rows per parallel work item of the sparse CPU kernels.
+NORM_CHUNKS : int
+    Fixed number of partial sums of a gradient-norm reduction (deterministic
+    whatever the thread count).
+CUDA_THREADS_PER_BLOCK : int
+    Threads per block of every CUDA launch.
+CUDA_MAX_BLOCKS : int
+    Upper bound on blocks per CUDA launch; kernels use grid-stride loops.
+"""
+
+from __future__ import annotations
+
+import os
+
+_DEFAULTS = {
+    "CPU_BLOCK": 16384,
+    "CPU_SPARSE_BLOCK_ROWS": 256,
+    "NORM_CHUNKS": 64,
+    "CUDA_THREADS_PER_BLOCK": 256,
+    "CUDA_MAX_BLOCKS": 4096,
+}
+
+CPU_BLOCK: int
+CPU_SPARSE_BLOCK_ROWS: int
+NORM_CHUNKS: int
+CUDA_THREADS_PER_BLOCK: int
+CUDA_MAX_BLOCKS: int
+
+
+def _read(name: str, default: int) -> int:
+    raw = os.environ.get("NUMBADAM_" + name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"NUMBADAM_{name}={raw!r} is not an integer") from None
+    if value <= 0:
+        raise ValueError(f"NUMBADAM_{name}={raw!r} must be positive")
+    return value
+
+
+def reset() -> None:
+    """Restore every knob to its default (or its ``NUMBADAM_*`` environment value)."""
+    g = globals()
+    for name, default in _DEFAULTS.items():
+        g[name] = _read(name, default)
+
+
+reset()

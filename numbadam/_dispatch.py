@@ -1,0 +1,355 @@
+"""Validation, backend choice and kernel launch for one Adam step.
+
+The optimizer hands this layer ``(variable, gradient)`` pairs. For each pair the
+backend owning the variable (NumPy arrays: CPU; anything exposing
+``__cuda_array_interface__`` or ``__cuda_ndarray__``: CUDA) first *prepares* a
+work item: every check happens there and nothing is written. Only once every
+pair of a call is prepared does the optimizer create slots and run the steps, so
+bad input never leaves a variable or slot half-updated.
+
+A backend object has this interface (the CUDA backend in ``_dispatch_cuda``
+implements the same):
+
+``name``
+    ``"cpu"`` or ``"cuda"``.
+``check_variable(var, label)``
+    Raise ``TypeError``/``ValueError`` if ``var`` cannot be optimised.
+``prepare_dense(var, grad, label) -> DenseWork``
+``prepare_sparse(var, grad: IndexedSlices, label) -> SparseWork``
+    Validate and canonicalise a gradient (no mutation).
+``zeros_like(var)``
+    A new zero slot with ``var``'s shape and dtype, on ``var``'s device.
+``to_host(arr) -> numpy.ndarray``
+    A host copy.
+``assign(dst, host_value)``
+    Copy a host array of ``dst``'s shape into ``dst``, in place.
+``dense_step(work, m, v, vhat, coef, transform)``
+``sparse_step(work, m, v, vhat, coef, clipvalue, clipnorm)``
+    Run the fused kernels (``vhat`` is ``None`` without AMSGrad).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _config
+from ._types import AdamCoefficients, IndexedSlices
+
+__all__ = [
+    "is_device_array",
+    "backend_for",
+    "compute_dtype",
+    "SUPPORTED_DTYPES",
+    "CPUBackend",
+    "DenseWork",
+    "SparseWork",
+]
+
+SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_SUPPORTED_NAMES = "float16, float32 or float64"
+
+
+def is_device_array(x: Any) -> bool:
+    """True for CUDA arrays (including Numba's simulator arrays)."""
+    return hasattr(x, "__cuda_array_interface__") or hasattr(x, "__cuda_ndarray__")
+
+
+def compute_dtype(dtype: Any) -> np.dtype:
+    """The dtype the kernels compute in for a variable of ``dtype``.
+
+    float16 variables are computed in float32 and rounded once on store.
+    """
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def check_float_dtype(dtype: Any, what: str) -> None:
+    """Raise ``TypeError`` unless ``dtype`` is float16, float32 or float64."""
+    if np.dtype(dtype) not in SUPPORTED_DTYPES:
+        raise TypeError(f"{what} has dtype {np.dtype(dtype)}; expected {_SUPPORTED_NAMES}")
+
+
+def cast_gradient_dtype(gdtype: Any, vdtype: Any, label: str) -> None:
+    """Check a gradient dtype can be cast (same kind) to the variable's."""
+    gdtype = np.dtype(gdtype)
+    if gdtype.kind != "f" or not np.can_cast(gdtype, vdtype, casting="same_kind"):
+        raise TypeError(
+            f"gradient of {label} has dtype {gdtype}; expected a floating dtype "
+            f"castable to the variable's {np.dtype(vdtype)}"
+        )
+
+
+def transform_scalars(
+    dtype: Any, clipvalue: Optional[float], clipnorm: Optional[float], sumsq: Any
+):
+    """``(lo, hi, mul, div)`` of TF's clip_by_value then clip_by_norm.
+
+    ``sumsq`` is the sum of squares of the value-clipped gradient (float64), or
+    ``None`` when ``clipnorm`` is unset. Computed in the compute ``dtype``.
+    """
+    c = compute_dtype(dtype).type
+    if clipvalue is None:
+        lo, hi = c(-np.inf), c(np.inf)
+    else:
+        lo, hi = c(-clipvalue), c(clipvalue)
+    if clipnorm is None:
+        return lo, hi, c(1), c(1)
+    l2sum = c(sumsq)
+    # TF: the norm is sqrt(sum) when the sum is positive, else the sum itself.
+    l2norm = np.sqrt(l2sum) if l2sum > 0 else l2sum
+    cn = c(clipnorm)
+    return lo, hi, cn, np.maximum(l2norm, cn)
+
+
+@dataclass
+class DenseWork:
+    """A validated dense pair, in the shapes the kernels take."""
+
+    var: Any  # the user's variable
+    flat: Any  # 1-D C-contiguous view of it, or a staging copy
+    grad: Any  # 1-D C-contiguous gradient in the variable's dtype
+    staged: bool  # flat is a copy to be written back into var
+    label: str
+
+
+@dataclass
+class SparseWork:
+    """A validated IndexedSlices pair, in the shapes the kernels take."""
+
+    var: Any
+    flat: Any  # 1-D view (or staging copy) of the (R, W) table
+    indices: Any  # 1-D int32/int64
+    values: Any  # (k, W) C-contiguous, variable's dtype
+    width: int
+    staged: bool
+    label: str
+
+
+def _kernel_view(a: np.ndarray) -> np.ndarray:
+    # Numba's CPU target has no float16: hand the kernels the raw bits.
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+class CPUBackend:
+    """Backend for NumPy arrays: the ``@njit(parallel=True)`` kernels."""
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        from .kernels import cpu  # numba compiles lazily, per dtype, on first use
+
+        self._k = cpu
+
+    # -- validation ---------------------------------------------------------
+
+    def check_variable(self, var: Any, label: str) -> None:
+        if not isinstance(var, np.ndarray):
+            raise TypeError(
+                f"{label} is a {type(var).__name__}, not a numpy.ndarray "
+                "(or an array exposing __cuda_array_interface__)"
+            )
+        check_float_dtype(var.dtype, label)
+        if not var.flags.writeable:
+            raise ValueError(f"{label} is read-only; Adam updates variables in place")
+
+    def _gradient_array(self, grad: Any, label: str, what: str) -> np.ndarray:
+        if is_device_array(grad):
+            raise TypeError(
+                f"{what} of {label} is a CUDA array but the variable is a NumPy "
+                "array; pass both on the same device"
+            )
+        try:
+            arr = np.asarray(grad)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{what} of {label} is not an array: {exc}") from None
+        if arr.dtype.kind != "f":
+            raise TypeError(
+                f"{what} of {label} has dtype {arr.dtype}; expected a floating dtype"
+            )
+        return arr
+
+    def prepare_dense(self, var: np.ndarray, grad: Any, label: str) -> DenseWork:
+        self.check_variable(var, label)
+        g = self._gradient_array(grad, label, "gradient")
+        cast_gradient_dtype(g.dtype, var.dtype, label)
+        if g.shape != var.shape:
+            raise ValueError(
+                f"gradient of {label} has shape {g.shape}, the variable {var.shape}"
+            )
+        g = np.ascontiguousarray(g, dtype=var.dtype).reshape(-1)
+        staged = not var.flags.c_contiguous
+        flat = np.ascontiguousarray(var).reshape(-1) if staged else var.reshape(-1)
+        return DenseWork(var, flat, g, staged, label)
+
+    def prepare_sparse(
+        self, var: np.ndarray, grad: IndexedSlices, label: str
+    ) -> SparseWork:
+        self.check_variable(var, label)
+        if var.ndim == 0:
+            raise ValueError(f"{label} is 0-d; an IndexedSlices gradient needs rows")
+        if grad.dense_shape is not None and tuple(grad.dense_shape) != var.shape:
+            raise ValueError(
+                f"IndexedSlices for {label} has dense_shape {tuple(grad.dense_shape)}"
+                f", the variable {var.shape}"
+            )
+        idx = self._gradient_indices(grad.indices, label)
+        vals = self._gradient_array(grad.values, label, "IndexedSlices values")
+        cast_gradient_dtype(vals.dtype, var.dtype, label)
+        if vals.ndim == 0 or vals.shape[0] != idx.shape[0]:
+            raise ValueError(
+                f"IndexedSlices for {label}: {idx.shape[0]} indices but values of "
+                f"shape {vals.shape}"
+            )
+        if vals.shape[1:] != var.shape[1:]:
+            raise ValueError(
+                f"IndexedSlices for {label}: rows of shape {vals.shape[1:]}, the "
+                f"variable's rows {var.shape[1:]}"
+            )
+        nrows = var.shape[0]
+        if idx.size:
+            lo, hi = idx.min(), idx.max()
+            if lo < 0:
+                raise IndexError(f"IndexedSlices for {label}: negative index {lo}")
+            if hi >= nrows:
+                raise IndexError(
+                    f"IndexedSlices for {label}: index {hi} out of range for "
+                    f"{nrows} rows"
+                )
+        if idx.dtype not in (np.int32, np.int64):
+            idx = idx.astype(np.int64)
+        width = int(np.prod(var.shape[1:], dtype=np.int64))
+        vals = np.ascontiguousarray(vals, dtype=var.dtype).reshape(idx.shape[0], width)
+        staged = not var.flags.c_contiguous
+        flat = np.ascontiguousarray(var).reshape(-1) if staged else var.reshape(-1)
+        return SparseWork(var, flat, np.ascontiguousarray(idx), vals, width, staged, label)
+
+    def _gradient_indices(self, indices: Any, label: str) -> np.ndarray:
+        if is_device_array(indices):
+            raise TypeError(
+                f"IndexedSlices indices of {label} are a CUDA array but the "
+                "variable is a NumPy array"
+            )
+        idx = np.asarray(indices)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(
+                f"IndexedSlices indices of {label} have dtype {idx.dtype}; "
+                "expected integers"
+            )
+        if idx.ndim != 1:
+            raise ValueError(
+                f"IndexedSlices indices of {label} have shape {idx.shape}; "
+                "expected 1-D"
+            )
+        return idx
+
+    # -- state --------------------------------------------------------------
+
+    def zeros_like(self, var: np.ndarray) -> np.ndarray:
+        return np.zeros(var.shape, var.dtype)
+
+    def to_host(self, arr: Any) -> np.ndarray:
+        return np.array(arr, copy=True)
+
+    def assign(self, dst: np.ndarray, value: np.ndarray) -> None:
+        dst[...] = value
+
+    # -- steps --------------------------------------------------------------
+
+    def _sumsq(self, flat: np.ndarray, lo, hi) -> float:
+        k = self._k.sum_squares_cpu
+        self._k.ensure_compiled(k, flat.dtype)
+        return k(_kernel_view(flat), lo, hi, _config.NORM_CHUNKS)
+
+    def dense_step(
+        self,
+        work: DenseWork,
+        m: np.ndarray,
+        v: np.ndarray,
+        vhat: Optional[np.ndarray],
+        coef: AdamCoefficients,
+        clipvalue: Optional[float],
+        clipnorm: Optional[float],
+    ) -> None:
+        if work.flat.size == 0:
+            return
+        dtype = work.flat.dtype
+        sumsq = None
+        if clipnorm is not None:
+            lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
+            sumsq = self._sumsq(work.grad, lo, hi)
+        tr = transform_scalars(dtype, clipvalue, clipnorm, sumsq)
+        x, g = _kernel_view(work.flat), _kernel_view(work.grad)
+        mf, vf = _kernel_view(m.reshape(-1)), _kernel_view(v.reshape(-1))
+        if vhat is None:
+            k = self._k.adam_dense_cpu
+            self._k.ensure_compiled(k, dtype)
+            k(x, g, mf, vf, *coef, *tr, _config.CPU_BLOCK)
+        else:
+            k = self._k.amsgrad_dense_cpu
+            self._k.ensure_compiled(k, dtype)
+            hf = _kernel_view(vhat.reshape(-1))
+            k(x, g, mf, vf, hf, *coef, *tr, _config.CPU_BLOCK)
+        if work.staged:
+            work.var[...] = work.flat.reshape(work.var.shape)
+
+    def sparse_step(
+        self,
+        work: SparseWork,
+        m: np.ndarray,
+        v: np.ndarray,
+        vhat: Optional[np.ndarray],
+        coef: AdamCoefficients,
+        clipvalue: Optional[float],
+        clipnorm: Optional[float],
+    ) -> None:
+        if work.flat.size == 0:
+            return
+        dtype = work.flat.dtype
+        cdt = compute_dtype(dtype)
+        sumsq = None
+        if clipnorm is not None:
+            lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
+            sumsq = self._sumsq(work.values.reshape(-1), lo, hi)
+        tr = transform_scalars(dtype, clipvalue, clipnorm, sumsq)
+        k = work.indices.shape[0]
+        uidx = np.empty(k, np.int64)
+        uvals = np.empty((k, work.width), cdt)
+        dedup = self._k.sum_duplicate_rows_cpu
+        self._k.ensure_compiled(dedup, dtype)
+        u = dedup(work.indices, _kernel_view(work.values), *tr, uidx, uvals)
+        uidx, uvals = uidx[:u], uvals[:u]
+        x = _kernel_view(work.flat)
+        mf, vf = _kernel_view(m.reshape(-1)), _kernel_view(v.reshape(-1))
+        rows = _config.CPU_SPARSE_BLOCK_ROWS
+        if vhat is None:
+            kern = self._k.adam_sparse_cpu
+            self._k.ensure_compiled(kern, dtype)
+            kern(x, mf, vf, uidx, uvals, *coef, rows)
+        else:
+            kern = self._k.amsgrad_sparse_cpu
+            self._k.ensure_compiled(kern, dtype)
+            hf = _kernel_view(vhat.reshape(-1))
+            kern(x, mf, vf, hf, uidx, uvals, *coef, rows)
+        if work.staged:
+            work.var[...] = work.flat.reshape(work.var.shape)
+
+
+_CPU: Optional[CPUBackend] = None
+_CUDA: Any = None
+
+
+def backend_for(var: Any):
+    """The backend that owns ``var``: CPU for NumPy arrays, CUDA for device arrays."""
+    global _CPU, _CUDA
+    if is_device_array(var):
+        if _CUDA is None:
+            from ._dispatch_cuda import CUDABackend  # imports numba.cuda lazily
+
+            _CUDA = CUDABackend()
+        return _CUDA
+    if _CPU is None:
+        _CPU = CPUBackend()
+    return _CPU

@@ -1,0 +1,226 @@
+"""Adam, numerically faithful to ``tf.keras.optimizers.legacy.Adam``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from . import _dispatch
+from ._types import AdamCoefficients
+from .optimizer import OptimizerV2, _is_number
+
+__all__ = ["Adam"]
+
+
+class Adam(OptimizerV2):
+    r"""Adam with Keras/TensorFlow 2 semantics, on NumPy and CUDA arrays.
+
+    Parameters
+    ----------
+    learning_rate : float, callable or LearningRateSchedule, default 0.001
+        The step size; a zero-argument callable is re-read at every step and a
+        schedule is evaluated at ``iterations`` before the increment.
+    beta_1 : float or callable, default 0.9
+        Decay rate of the first-moment estimate.
+    beta_2 : float or callable, default 0.999
+        Decay rate of the second-moment estimate.
+    epsilon : float or callable, default 1e-7
+        "Epsilon hat", added outside the square root; ``0`` or ``None`` mean
+        1e-7, as in Keras.
+    amsgrad : bool, default False
+        Keep ``vhat = max(vhat, v)`` and divide by ``sqrt(vhat)`` (Reddi et al.).
+    name : str, default "Adam"
+    **kwargs
+        ``clipnorm``, ``clipvalue``, ``lr`` (deprecated alias of
+        ``learning_rate``, with a ``UserWarning``), ``decay`` (``lr / (1 + decay
+        * iterations)``).
+
+    Raises
+    ------
+    TypeError
+        For an unknown keyword argument or a hyperparameter of the wrong type.
+    ValueError
+        For a negative ``clipnorm``, ``clipvalue``, ``lr`` or ``decay``.
+
+    Notes
+    -----
+    With :math:`t` = ``iterations + 1`` and :math:`g` the (clipped) gradient:
+
+    .. math::
+
+        \alpha_t &= \eta_t \sqrt{1 - \beta_2^t} / (1 - \beta_1^t) \\
+        m &\leftarrow m + (g - m)(1 - \beta_1) \\
+        v &\leftarrow v + (g^2 - v)(1 - \beta_2) \\
+        \theta &\leftarrow \theta - \alpha_t m / (\sqrt{v} + \hat\epsilon)
+
+    As in TensorFlow, ``learning_rate``, ``beta_1``, ``beta_2``, ``decay`` and
+    callable results are rounded to float32 before being cast to the variable's
+    dtype, and ``epsilon`` is cast directly. Sparse gradients
+    (:class:`~numbadam.IndexedSlices`) are clipped, their duplicate indices
+    summed, and then every row of the table takes the dense step with a zero
+    gradient where it has none (``m`` and ``v`` decay everywhere), in one fused
+    pass. float16 variables are computed in float32 and rounded once on store.
+    See ``docs/semantics.md`` for every formula and deviation.
+
+    References
+    ----------
+    .. [1] Kingma and Ba, "Adam: A Method for Stochastic Optimization", 2014.
+    .. [2] Reddi, Kale and Kumar, "On the Convergence of Adam and Beyond", 2018.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbadam
+    >>> opt = numbadam.Adam(learning_rate=0.1)
+    >>> w = np.array([1.0, 2.0], dtype=np.float32)
+    >>> _ = opt.apply_gradients([(np.array([0.5, -0.5], np.float32), w)])
+    >>> w.round(4).tolist(), int(opt.iterations)
+    ([0.9, 2.1], 1)
+    >>> opt.get_slot_names()
+    ['m', 'v']
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        beta_1: Any = 0.9,
+        beta_2: Any = 0.999,
+        epsilon: Any = 1e-7,
+        amsgrad: bool = False,
+        name: str = "Adam",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name, **kwargs)
+        self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
+        self._set_hyper("decay", self._initial_decay)
+        self._set_hyper("beta_1", beta_1)
+        self._set_hyper("beta_2", beta_2)
+        if not (epsilon is None or callable(epsilon) or _is_number(epsilon)):
+            raise TypeError(f"epsilon must be a float or a callable, got {epsilon!r}")
+        self.epsilon = epsilon or 1e-7
+        self.amsgrad = bool(amsgrad)
+
+    # -- hyperparameter properties (Keras exposes them as attributes) ---------
+
+    @property
+    def learning_rate(self) -> Any:
+        """The learning rate: a float, a callable or a schedule."""
+        return self._get_hyper("learning_rate")
+
+    @learning_rate.setter
+    def learning_rate(self, value: Any) -> None:
+        self._set_hyper("learning_rate", value)
+
+    lr = learning_rate
+
+    @property
+    def beta_1(self) -> Any:
+        """Decay rate of the first moment."""
+        return self._get_hyper("beta_1")
+
+    @beta_1.setter
+    def beta_1(self, value: Any) -> None:
+        self._set_hyper("beta_1", value)
+
+    @property
+    def beta_2(self) -> Any:
+        """Decay rate of the second moment."""
+        return self._get_hyper("beta_2")
+
+    @beta_2.setter
+    def beta_2(self, value: Any) -> None:
+        self._set_hyper("beta_2", value)
+
+    @property
+    def decay(self) -> float:
+        """Time-inverse learning-rate decay: ``lr / (1 + decay * iterations)``."""
+        return self._initial_decay
+
+    @decay.setter
+    def decay(self, value: float) -> None:
+        self._initial_decay = self._check_real(value, "decay")
+        self._set_hyper("decay", self._initial_decay)
+
+    # -- the step ---------------------------------------------------------------
+
+    def _create_slots(self, var_list) -> None:
+        # Separate loops: TF's order of slot variables (all m, all v, all vhat).
+        for var in var_list:
+            self.add_slot(var, "m")
+        for var in var_list:
+            self.add_slot(var, "v")
+        if self.amsgrad:
+            for var in var_list:
+                self.add_slot(var, "vhat")
+
+    def _prepare_step(self, step: int, dtypes: set) -> Dict[Any, AdamCoefficients]:
+        """Per-step scalars for each compute dtype, as TF's ``_prepare_local``."""
+        lr32 = self._hyper_value("learning_rate", step)
+        b1_32 = self._hyper_value("beta_1", step)
+        b2_32 = self._hyper_value("beta_2", step)
+        eps = self.epsilon() if callable(self.epsilon) else self.epsilon
+        if not _is_number(eps) or isinstance(eps, bool):
+            raise TypeError(f"epsilon evaluated to {eps!r}, not a real number")
+        decay32 = np.float32(self._initial_decay)
+        out = {}
+        with np.errstate(all="ignore"):
+            for dtype in dtypes:
+                cdt = _dispatch.compute_dtype(dtype)
+                if cdt in out:
+                    continue
+                c = cdt.type
+                lr_t = c(lr32)
+                if self._initial_decay > 0:
+                    lr_t = lr_t / (c(1) + c(decay32) * c(step))
+                b1, b2 = c(b1_32), c(b2_32)
+                t = c(step + 1)
+                b1_power = b1**t
+                b2_power = b2**t
+                # Eigen's ApplyAdam: (lr * sqrt(1 - b2^t)) / (1 - b1^t)
+                alpha = (lr_t * np.sqrt(c(1) - b2_power)) / (c(1) - b1_power)
+                out[cdt] = AdamCoefficients(alpha, c(1) - b1, c(1) - b2, c(eps))
+        return out
+
+    def _apply(self, sparse: bool, work: Any, backend: Any, slots: Dict, state: Any):
+        coef = state[_dispatch.compute_dtype(work.var.dtype)]
+        vhat = slots["vhat"] if self.amsgrad else None
+        step = backend.sparse_step if sparse else backend.dense_step
+        step(work, slots["m"], slots["v"], vhat, coef, self._clipvalue, self._clipnorm)
+
+    def get_config(self) -> Dict[str, Any]:
+        """Configuration with Keras' keys.
+
+        Hyperparameters are float32-rounded after the first step, as in TF.
+
+        Examples
+        --------
+        >>> import numbadam
+        >>> cfg = numbadam.Adam(learning_rate=0.01, amsgrad=True).get_config()
+        >>> cfg["learning_rate"], cfg["amsgrad"], cfg["epsilon"]
+        (0.01, True, 1e-07)
+        """
+        config = super().get_config()
+        config.update(
+            {
+                "learning_rate": self._serialize_hyperparameter("learning_rate"),
+                "decay": self._initial_decay,
+                "beta_1": self._serialize_hyperparameter("beta_1"),
+                "beta_2": self._serialize_hyperparameter("beta_2"),
+                "epsilon": self.epsilon,
+                "amsgrad": self.amsgrad,
+            }
+        )
+        return config
+
+    def set_weights(self, weights) -> None:
+        """Set the state; Keras-1 lists of ``3n+1`` weights are cut, as in TF.
+
+        (The Keras 1 Adam kept ``vhat`` even without AMSGrad.)
+        """
+        params = self.weights
+        num_vars = int((len(params) - 1) / 2)
+        weights = list(weights)
+        if len(weights) == 3 * num_vars + 1:
+            weights = weights[: len(params)]
+        super().set_weights(weights)

@@ -1,0 +1,690 @@
+"""An OptimizerV2-compatible base class for optimizers over NumPy and CUDA arrays.
+
+It mirrors ``tf.keras.optimizers.legacy.Optimizer`` (OptimizerV2): hyperparameters
+as floats, zero-argument callables or learning-rate schedules; slots created
+lazily in TensorFlow's order; ``weights`` / ``get_weights`` / ``set_weights``
+compatible with Keras checkpoints; ``apply_gradients`` / ``minimize``.
+
+NumPy has no automatic differentiation, so the loss callables of
+:meth:`OptimizerV2.minimize`, :meth:`OptimizerV2.get_gradients` and
+:meth:`OptimizerV2.get_updates` follow SciPy's ``jac=True`` convention: a
+zero-argument callable returning ``(loss_value, [gradient per parameter])``.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import warnings
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _dispatch, schedules
+from ._types import IndexedSlices
+
+__all__ = ["OptimizerV2"]
+
+logger = logging.getLogger("numbadam")
+
+_ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay")
+
+Hyper = Union[float, Callable[[], float], "schedules.LearningRateSchedule"]
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) or (
+        isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "iuf"
+    )
+
+
+def _describe(var: Any) -> str:
+    shape = getattr(var, "shape", None)
+    dtype = getattr(var, "dtype", None)
+    if shape is None:
+        return type(var).__name__
+    return f"shape {tuple(shape)}, {dtype}"
+
+
+class OptimizerV2:
+    """Base class of numbadam optimizers (the Keras OptimizerV2 contract).
+
+    Subclasses implement ``_create_slots(var_list)``,
+    ``_prepare_step(hyper_values, dtypes)`` and ``_apply(work, backend, state)``.
+    Do not instantiate this class directly.
+
+    Parameters
+    ----------
+    name : str
+        Name of the optimizer, returned by :meth:`get_config`.
+    **kwargs
+        ``clipnorm`` (float >= 0): clip each gradient to this L2 norm;
+        ``clipvalue`` (float >= 0): clip each gradient element to
+        ``[-clipvalue, clipvalue]`` (applied before ``clipnorm``); ``lr``
+        (deprecated alias of ``learning_rate``); ``decay`` (float >= 0): the
+        learning rate at step ``t`` is ``lr / (1 + decay * t)``.
+
+    Raises
+    ------
+    TypeError
+        For an unknown keyword argument.
+    ValueError
+        For a negative ``clipnorm``, ``clipvalue``, ``lr`` or ``decay``.
+    """
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        for k, val in kwargs.items():
+            if k not in _ALLOWED_KWARGS:
+                raise TypeError(
+                    f"Unexpected keyword argument passed to optimizer: {k!r} "
+                    f"(allowed: {', '.join(_ALLOWED_KWARGS)})"
+                )
+            if val is not None and _is_number(val) and val < 0:
+                raise ValueError(f"Expected {k} >= 0, received: {val}")
+            if k == "lr":
+                warnings.warn(
+                    "The `lr` argument is deprecated, use `learning_rate` instead.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        self._name = str(name)
+        self._hyper: Dict[str, Any] = {}
+        self._hypers_created = False
+        self._weights: List[Any] = []
+        self._iterations: Optional[np.ndarray] = None
+        self._slot_names: List[str] = []
+        # var key -> (var, {slot name: slot array}); holding var keeps its key unique
+        self._slots: Dict[Any, Tuple[Any, Dict[str, Any]]] = {}
+        decay = kwargs.pop("decay", 0.0)
+        self._initial_decay = 0.0 if decay is None else self._check_real(decay, "decay")
+        self.clipnorm = kwargs.pop("clipnorm", None)
+        self.clipvalue = kwargs.pop("clipvalue", None)
+
+    # ------------------------------------------------------------------
+    # simple attributes
+    # ------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The optimizer's name."""
+        return self._name
+
+    @staticmethod
+    def _check_real(value: Any, what: str) -> float:
+        if not _is_number(value) or isinstance(value, bool):
+            raise TypeError(f"{what} must be a real number, got {value!r}")
+        if value < 0:
+            raise ValueError(f"Expected {what} >= 0, received: {value}")
+        return float(value)
+
+    @property
+    def clipnorm(self) -> Optional[float]:
+        """Per-gradient L2-norm clipping threshold, or ``None``."""
+        return self._clipnorm
+
+    @clipnorm.setter
+    def clipnorm(self, value: Optional[float]) -> None:
+        self._clipnorm = None if value is None else self._check_real(value, "clipnorm")
+
+    @property
+    def clipvalue(self) -> Optional[float]:
+        """Per-element clipping threshold, or ``None``."""
+        return self._clipvalue
+
+    @clipvalue.setter
+    def clipvalue(self, value: Optional[float]) -> None:
+        self._clipvalue = (
+            None if value is None else self._check_real(value, "clipvalue")
+        )
+
+    # ------------------------------------------------------------------
+    # hyperparameters
+    # ------------------------------------------------------------------
+
+    def _set_hyper(self, name: str, value: Any) -> None:
+        if isinstance(value, schedules.LearningRateSchedule) or callable(value):
+            self._hyper[name] = value
+            return
+        if not _is_number(value) or isinstance(value, bool):
+            raise TypeError(
+                f"hyperparameter {name!r} must be a float, a zero-argument callable "
+                f"or a learning-rate schedule, got {value!r}"
+            )
+        # Before the first step TF keeps the Python value; after it, a float32
+        # variable, assigned in place.
+        self._hyper[name] = np.float32(value) if self._hypers_created else float(value)
+
+    def _get_hyper(self, name: str) -> Any:
+        return self._hyper[name]
+
+    def _create_hypers(self) -> None:
+        if self._hypers_created:
+            return
+        for name, value in self._hyper.items():
+            if not callable(value):
+                self._hyper[name] = np.float32(value)
+        self._hypers_created = True
+
+    def _hyper_value(self, name: str, step: int) -> np.float32:
+        """The hyperparameter's value for this step, rounded to float32 as in TF."""
+        value = self._hyper[name]
+        if isinstance(value, schedules.LearningRateSchedule):
+            value = value(step)
+        elif callable(value):
+            value = value()
+        try:
+            out = np.float32(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"hyperparameter {name!r} evaluated to {value!r}, not a real number"
+            ) from None
+        if np.ndim(out) != 0:
+            raise TypeError(f"hyperparameter {name!r} evaluated to a non-scalar")
+        return out
+
+    def _serialize_hyperparameter(self, name: str) -> Any:
+        value = self._hyper[name]
+        if isinstance(value, schedules.LearningRateSchedule):
+            return schedules.serialize(value)
+        if callable(value):
+            value = value()
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    # ------------------------------------------------------------------
+    # state: iterations, slots, weights
+    # ------------------------------------------------------------------
+
+    @property
+    def iterations(self) -> np.ndarray:
+        """The number of steps taken: a 0-d int64 array, updated in place.
+
+        Created on first access (or on the first step) and then the first entry
+        of :attr:`weights`. ``int(opt.iterations)`` gives a Python int.
+        """
+        if self._iterations is None:
+            self._iterations = np.zeros((), np.int64)
+            self._weights.append(self._iterations)
+        return self._iterations
+
+    @iterations.setter
+    def iterations(self, value: Any) -> None:
+        if not _is_number(value) or float(value) != int(value) or int(value) < 0:
+            raise ValueError(f"iterations must be a non-negative integer, got {value!r}")
+        self.iterations[...] = int(value)
+
+    @property
+    def weights(self) -> List[Any]:
+        """The optimizer's state arrays, live: ``[iterations, slots...]``.
+
+        Slots appear in creation order (TF's: all ``m``, then all ``v``, then all
+        ``vhat`` of the variables first seen in a call).
+        """
+        return self._weights
+
+    def variables(self) -> List[Any]:
+        """The optimizer's state arrays (same list as :attr:`weights`)."""
+        return self._weights
+
+    @staticmethod
+    def _var_key(var: Any) -> Any:
+        # Same memory, shape and strides means the same variable, even through
+        # a new view object; the slot table holds var, so its address stays taken.
+        if isinstance(var, np.ndarray):
+            return ("cpu", var.__array_interface__["data"][0], var.shape, var.strides,
+                    var.dtype.str)
+        cai = getattr(var, "__cuda_array_interface__", None)
+        if cai is not None:
+            return ("cuda", cai["data"][0], tuple(cai["shape"]), cai.get("strides"),
+                    cai["typestr"])
+        return ("obj", id(var))
+
+    def add_slot(self, var: Any, slot_name: str, initializer: Any = "zeros") -> Any:
+        """Create (once) and return the slot ``slot_name`` of ``var``.
+
+        Parameters
+        ----------
+        var : ndarray or CUDA array
+            The variable the slot belongs to; the slot has its shape, dtype and
+            device.
+        slot_name : str
+            Name of the slot, e.g. ``"m"``.
+        initializer : "zeros", "ones", float, array_like or callable, optional
+            Initial value; a callable is called as ``initializer(shape, dtype)``.
+
+        Returns
+        -------
+        ndarray or CUDA array
+            The slot (existing or new).
+        """
+        if slot_name not in self._slot_names:
+            self._slot_names.append(slot_name)
+        key = self._var_key(var)
+        entry = self._slots.get(key)
+        if entry is None:
+            entry = (var, {})
+            self._slots[key] = entry
+        slots = entry[1]
+        slot = slots.get(slot_name)
+        if slot is None:
+            backend = _dispatch.backend_for(var)
+            slot = backend.zeros_like(var)
+            if not (isinstance(initializer, str) and initializer == "zeros"):
+                init = self._initial_value(initializer, tuple(var.shape), var.dtype)
+                backend.assign(slot, init)
+            slots[slot_name] = slot
+            self._weights.append(slot)
+        return slot
+
+    @staticmethod
+    def _initial_value(initializer: Any, shape: Tuple[int, ...], dtype: Any) -> Any:
+        if isinstance(initializer, str):
+            if initializer == "zeros":
+                return np.zeros(shape, dtype)
+            if initializer == "ones":
+                return np.ones(shape, dtype)
+            raise ValueError(
+                f"unknown initializer {initializer!r}; use 'zeros', 'ones', a number, "
+                "an array or a callable(shape, dtype)"
+            )
+        value = initializer(shape, dtype) if callable(initializer) else initializer
+        value = np.broadcast_to(np.asarray(value, dtype=dtype), shape)
+        return np.array(value)
+
+    def get_slot(self, var: Any, slot_name: str) -> Any:
+        """The slot ``slot_name`` of ``var``.
+
+        Raises
+        ------
+        KeyError
+            If ``var`` has no such slot (yet).
+        """
+        entry = self._slots.get(self._var_key(var))
+        if entry is None or slot_name not in entry[1]:
+            raise KeyError(
+                f"no slot {slot_name!r} for variable ({_describe(var)}); slots are "
+                f"created on the variable's first gradient. Known slot names: "
+                f"{self._slot_names}"
+            )
+        return entry[1][slot_name]
+
+    def get_slot_names(self) -> List[str]:
+        """Names of the slots created so far, e.g. ``["m", "v"]``."""
+        return list(self._slot_names)
+
+    def add_weight(
+        self,
+        name: str,
+        shape: Sequence[int],
+        dtype: Any = None,
+        initializer: Any = "zeros",
+        trainable: Optional[bool] = None,
+    ) -> np.ndarray:
+        """Create a non-slot state array (as Keras' ``Optimizer.add_weight``).
+
+        Like Keras, the array is returned but not added to :attr:`weights`.
+
+        Parameters
+        ----------
+        name : str
+            Name of the weight (kept for compatibility; unused).
+        shape : sequence of int
+            Shape of the weight.
+        dtype : dtype, optional
+            Defaults to float32, as in Keras.
+        initializer : "zeros", "ones", float, array_like or callable, optional
+        trainable : bool, optional
+            Kept for compatibility; unused.
+
+        Returns
+        -------
+        numpy.ndarray
+        """
+        dtype = np.dtype(np.float32 if dtype is None else dtype)
+        shape = tuple(int(s) for s in np.atleast_1d(shape)) if np.ndim(shape) else (
+            () if shape == () or shape is None else (int(shape),)
+        )
+        return self._initial_value(initializer, shape, dtype)
+
+    def build(self, var_list: Iterable[Any]) -> None:
+        """Create ``iterations`` and every slot of ``var_list`` now.
+
+        A step creates them lazily; call this first to :meth:`set_weights` a
+        checkpoint into a fresh optimizer. Same as Keras' private
+        ``_create_all_weights``.
+        """
+        var_list = list(var_list)
+        for i, var in enumerate(var_list):
+            _dispatch.backend_for(var).check_variable(var, self._label(var, i))
+        self._create_all_weights(var_list)
+
+    def _create_all_weights(self, var_list: List[Any]) -> None:
+        _ = self.iterations
+        self._create_hypers()
+        self._create_slots(var_list)
+
+    def _create_slots(self, var_list: List[Any]) -> None:
+        pass
+
+    def get_weights(self) -> List[np.ndarray]:
+        """Host (NumPy) copies of :attr:`weights`, Keras checkpoint compatible."""
+        out = []
+        for w in self._weights:
+            out.append(_dispatch.backend_for(w).to_host(w))
+        return out
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Set the optimizer's state from a list like :meth:`get_weights`' output.
+
+        Every shape is checked before anything is assigned.
+
+        Raises
+        ------
+        ValueError
+            If the length or any shape differs from :attr:`weights`.
+        """
+        params = self._weights
+        weights = list(weights)
+        if len(params) != len(weights):
+            raise ValueError(
+                f"You called set_weights(weights) on optimizer {self._name} with a "
+                f"weight list of length {len(weights)}, but the optimizer was "
+                f"expecting {len(params)} weights. Provided weights: "
+                f"{str(weights)[:50]}..."
+            )
+        host = []
+        for i, (p, w) in enumerate(zip(params, weights)):
+            w = np.asarray(w)
+            if tuple(p.shape) != w.shape:
+                raise ValueError(
+                    f"Optimizer weight {i} has shape {tuple(p.shape)} not compatible "
+                    f"with provided weight shape {w.shape}"
+                )
+            if w.dtype.kind not in "iuf" and w.size:
+                raise TypeError(f"Optimizer weight {i} has dtype {w.dtype}")
+            host.append(w.astype(p.dtype, copy=False))
+        for p, w in zip(params, host):
+            _dispatch.backend_for(p).assign(p, w)
+
+    # ------------------------------------------------------------------
+    # steps
+    # ------------------------------------------------------------------
+
+    @staticmethod
+    def _label(var: Any, position: int) -> str:
+        return f"variable {position} ({_describe(var)})"
+
+    def _check_pairs(self, grads_and_vars: Any) -> List[Tuple[Any, Any]]:
+        try:
+            items = list(grads_and_vars)
+        except TypeError:
+            raise TypeError(
+                "grads_and_vars must be an iterable of (gradient, variable) pairs, "
+                f"got {type(grads_and_vars).__name__}"
+            ) from None
+        pairs = []
+        for i, item in enumerate(items):
+            if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or (
+                len(item) != 2
+            ):
+                raise TypeError(
+                    f"grads_and_vars item {i} is not a (gradient, variable) pair: "
+                    f"{type(item).__name__}"
+                )
+            g, v = item
+            if v is None:
+                raise TypeError(f"grads_and_vars item {i} has variable None")
+            pairs.append((g, v))
+        return pairs
+
+    def apply_gradients(
+        self,
+        grads_and_vars: Iterable[Tuple[Any, Any]],
+        name: Optional[str] = None,
+        experimental_aggregate_gradients: bool = True,
+    ) -> Optional[np.ndarray]:
+        """Apply one step of gradients to variables, in place.
+
+        Every pair is validated before any variable or slot changes: on an
+        exception nothing has been modified and the optimizer remains usable.
+
+        Parameters
+        ----------
+        grads_and_vars : iterable of (gradient, variable)
+            Gradients are arrays of the variable's shape (cast to its dtype when
+            a same-kind cast exists) or :class:`~numbadam.IndexedSlices`; a
+            ``None`` gradient skips its pair with a logged warning. Variables are
+            writable float16/32/64 NumPy arrays (any shape, strided views too) or
+            CUDA arrays. A ``zip`` is fine.
+        name : str, optional
+            Ignored (Keras compatibility).
+        experimental_aggregate_gradients : bool, optional
+            Ignored (Keras compatibility).
+
+        Returns
+        -------
+        numpy.ndarray or None
+            :attr:`iterations` after the step; ``None`` for an empty list, which
+            is a no-op.
+
+        Raises
+        ------
+        ValueError
+            If every gradient is ``None``; shape mismatches; a variable given
+            twice; read-only variables.
+        TypeError
+            Malformed pairs; non-float or non-array variables and gradients;
+            mixing host and device arrays in one pair.
+        IndexError
+            Sparse indices out of range.
+        """
+        pairs = self._check_pairs(grads_and_vars)
+        if not pairs:
+            return None
+        live = []
+        skipped = []
+        seen = {}
+        for i, (g, v) in enumerate(pairs):
+            label = self._label(v, i)
+            backend = _dispatch.backend_for(v)
+            backend.check_variable(v, label)
+            key = self._var_key(v)
+            if key in seen:
+                raise ValueError(
+                    f"{label} appears twice in grads_and_vars (also at position "
+                    f"{seen[key]}); sum its gradients first"
+                )
+            seen[key] = i
+            if g is None:
+                skipped.append(label)
+            else:
+                live.append((i, g, v, label, backend))
+        if not live:
+            raise ValueError(
+                f"No gradients provided for any variable: {[lbl for lbl in skipped]}."
+            )
+        work = []
+        for i, g, v, label, backend in live:
+            if isinstance(g, IndexedSlices):
+                work.append((True, backend.prepare_sparse(v, g, label), backend, v))
+            else:
+                work.append((False, backend.prepare_dense(v, g, label), backend, v))
+        step = int(self.iterations) if self._iterations is not None else 0
+        state = self._prepare_step(step, {np.dtype(v.dtype) for _, _, v, _, _ in live})
+        if skipped:
+            logger.warning(
+                "Gradients do not exist for variables %s when minimizing the loss; "
+                "they were skipped.",
+                skipped,
+            )
+        # --- from here on nothing can fail on user input ---
+        self._create_all_weights([v for _, _, v, _, _ in live])
+        for sparse, w, backend, v in work:
+            self._apply(sparse, w, backend, self._slots[self._var_key(v)][1], state)
+        self._iterations[...] += 1
+        return self._iterations
+
+    def _prepare_step(self, step: int, dtypes: set) -> Any:
+        raise NotImplementedError
+
+    def _apply(self, sparse: bool, work: Any, backend: Any, slots: Dict, state: Any):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------
+    # loss-driven API (SciPy's jac=True convention)
+    # ------------------------------------------------------------------
+
+    @staticmethod
+    def _call_loss(loss: Callable, n: int) -> Tuple[Any, List[Any]]:
+        if not callable(loss):
+            raise TypeError(
+                "loss must be a zero-argument callable returning "
+                "(loss_value, [gradient per parameter])"
+            )
+        out = loss()
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise TypeError(
+                "loss() must return (loss_value, gradients) (SciPy's jac=True "
+                f"convention), got {type(out).__name__}"
+            )
+        value, grads = out
+        grads = list(grads)
+        if len(grads) != n:
+            raise ValueError(f"loss() returned {len(grads)} gradients for {n} parameters")
+        return value, grads
+
+    def _clip(self, g: Any) -> Any:
+        # TF's gradient transform outside the kernels (get_gradients).
+        if g is None or (self._clipvalue is None and self._clipnorm is None):
+            return g
+        if isinstance(g, IndexedSlices):
+            return IndexedSlices(self._clip(np.asarray(g.values)), g.indices, g.dense_shape)
+        g = np.asarray(g)
+        if self._clipvalue is not None:
+            g = np.clip(g, -self._clipvalue, self._clipvalue).astype(g.dtype)
+        if self._clipnorm is not None:
+            sumsq = np.sum(np.square(g, dtype=np.float64))
+            _, _, mul, div = _dispatch.transform_scalars(g.dtype, None, self._clipnorm, sumsq)
+            g = ((g.astype(mul.dtype) * mul) / div).astype(g.dtype)
+        return g
+
+    def get_gradients(self, loss: Callable, params: Sequence[Any]) -> List[Any]:
+        """Gradients of ``loss`` with respect to ``params``, clipped as configured.
+
+        Parameters
+        ----------
+        loss : callable
+            ``loss() -> (loss_value, [gradient per parameter])``.
+        params : sequence of arrays
+
+        Returns
+        -------
+        list
+            One gradient per parameter (``clipvalue``, then ``clipnorm``).
+
+        Raises
+        ------
+        ValueError
+            If any gradient is ``None``.
+        """
+        params = list(params)
+        _, grads = self._call_loss(loss, len(params))
+        for i, (g, p) in enumerate(zip(grads, params)):
+            if g is None:
+                raise ValueError(
+                    f"{self._label(p, i)} has `None` for gradient. Please make sure "
+                    "that all of your ops have a gradient defined (i.e. are "
+                    "differentiable)."
+                )
+        return [self._clip(g) for g in grads]
+
+    def get_updates(self, loss: Callable, params: Sequence[Any]) -> List[Any]:
+        """Apply one step from ``loss`` (Keras 1 style) and return ``[iterations]``.
+
+        As in TF, the gradients come from :meth:`get_gradients` (already
+        clipped) and :meth:`apply_gradients` clips them again.
+        """
+        params = list(params)
+        grads = self.get_gradients(loss, params)
+        return [self.apply_gradients(list(zip(grads, params)))]
+
+    def minimize(
+        self,
+        loss: Callable,
+        var_list: Union[Sequence[Any], Callable[[], Sequence[Any]]],
+        grad_loss: Any = None,
+        name: Optional[str] = None,
+        tape: Any = None,
+    ) -> Any:
+        """Compute gradients with ``loss`` and apply them to ``var_list``.
+
+        Parameters
+        ----------
+        loss : callable
+            ``loss() -> (loss_value, [gradient per variable])``; a gradient may
+            be ``None`` (skipped) or an :class:`~numbadam.IndexedSlices`.
+        var_list : sequence of arrays, or a callable returning one
+        grad_loss : float or array, optional
+            The gradient of the final objective with respect to ``loss_value``;
+            each gradient is multiplied by it (chain rule), as TF's ``grad_loss``.
+        name : str, optional
+            Ignored (Keras compatibility).
+        tape : None
+            Keras' GradientTape argument; must be ``None`` here.
+
+        Returns
+        -------
+        object
+            The loss value returned by ``loss``.
+        """
+        if tape is not None:
+            raise TypeError("numbadam has no GradientTape: pass tape=None")
+        if callable(var_list):
+            var_list = var_list()
+        var_list = list(var_list)
+        value, grads = self._call_loss(loss, len(var_list))
+        if grad_loss is not None:
+            grads = [self._scale(g, grad_loss) for g in grads]
+        self.apply_gradients(list(zip(grads, var_list)), name=name)
+        return value
+
+    @staticmethod
+    def _scale(g: Any, factor: Any) -> Any:
+        if g is None:
+            return None
+        if isinstance(g, IndexedSlices):
+            return IndexedSlices(np.asarray(g.values) * factor, g.indices, g.dense_shape)
+        return g * factor
+
+    # ------------------------------------------------------------------
+    # config
+    # ------------------------------------------------------------------
+
+    def get_config(self) -> Dict[str, Any]:
+        """The optimizer's configuration, a JSON-serialisable dict (Keras keys)."""
+        config: Dict[str, Any] = {"name": self._name}
+        if self._clipnorm is not None:
+            config["clipnorm"] = self._clipnorm
+        if self._clipvalue is not None:
+            config["clipvalue"] = self._clipvalue
+        return config
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any], custom_objects: Optional[Dict] = None):
+        """Create an optimizer from :meth:`get_config`'s output.
+
+        ``lr`` is accepted for ``learning_rate``; a serialised schedule is
+        deserialised (``custom_objects`` maps class names to custom schedules).
+        """
+        config = dict(config)
+        if "lr" in config:
+            config["learning_rate"] = config.pop("lr")
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = schedules.deserialize(
+                config["learning_rate"], custom_objects=custom_objects
+            )
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return f"<numbadam.{type(self).__name__} name={self._name!r}>"
