@@ -9,6 +9,9 @@ Attributes
 CPU_BLOCK : int
     Elements per parallel work item of the dense CPU kernels. Work is split into
     fixed blocks, never by thread count, so results do not depend on threads.
+CPU_SERIAL_MAX : int
+    Dense variables of at most this many elements take the serial kernel: a
+    parallel launch costs more than it saves below it (same arithmetic).
 CPU_SPARSE_BLOCK_ROWS : int
     Table rows per parallel work item of the sparse CPU kernels.
 NORM_CHUNKS : int
@@ -26,6 +29,7 @@ import os
 
 _DEFAULTS = {
     "CPU_BLOCK": 16384,
+    "CPU_SERIAL_MAX": 16384,
     "CPU_SPARSE_BLOCK_ROWS": 256,
     "NORM_CHUNKS": 64,
     "CUDA_THREADS_PER_BLOCK": 256,
@@ -33,6 +37,7 @@ _DEFAULTS = {
 }
 
 CPU_BLOCK: int
+CPU_SERIAL_MAX: int
 CPU_SPARSE_BLOCK_ROWS: int
 NORM_CHUNKS: int
 CUDA_THREADS_PER_BLOCK: int

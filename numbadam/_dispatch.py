@@ -24,8 +24,9 @@ implements the same):
 ``assign(dst, host_value)``
     Copy a host array of ``dst``'s shape into ``dst``, in place.
 ``dense_step(work, m, v, vhat, coef, transform)``
-``sparse_step(work, m, v, vhat, coef, clipvalue, clipnorm)``
-    Run the fused kernels (``vhat`` is ``None`` without AMSGrad).
+``sparse_step(work, m, v, vhat, coef, clipvalue, clipnorm, lazy=False)``
+    Run the fused kernels (``vhat`` is ``None`` without AMSGrad; ``lazy``
+    updates only the rows with a gradient).
 """
 
 from __future__ import annotations
@@ -57,13 +58,19 @@ def is_device_array(x: Any) -> bool:
     return hasattr(x, "__cuda_array_interface__") or hasattr(x, "__cuda_ndarray__")
 
 
+_COMPUTE = {"e": np.dtype(np.float32), "f": np.dtype(np.float32), "d": np.dtype(np.float64)}
+
+
 def compute_dtype(dtype: Any) -> np.dtype:
     """The dtype the kernels compute in for a variable of ``dtype``.
 
     float16 variables are computed in float32 and rounded once on store.
     """
+    c = _COMPUTE.get(getattr(dtype, "char", None))
+    if c is not None:
+        return c
     dtype = np.dtype(dtype)
-    return np.dtype(np.float32) if dtype == np.float16 else dtype
+    return _COMPUTE.get(dtype.char, dtype)
 
 
 def check_float_dtype(dtype: Any, what: str) -> None:
@@ -130,7 +137,7 @@ class SparseWork:
 
 def _kernel_view(a: np.ndarray) -> np.ndarray:
     # Numba's CPU target has no float16: hand the kernels the raw bits.
-    return a.view(np.uint16) if a.dtype == np.float16 else a
+    return a.view(np.uint16) if a.dtype.char == "e" else a
 
 
 class CPUBackend:
@@ -142,10 +149,30 @@ class CPUBackend:
         from .kernels import cpu  # numba compiles lazily, per dtype, on first use
 
         self._k = cpu
+        self._ready: dict = {}  # (kernel name, dtype char) -> compiled dispatcher
+        self._identity: dict = {}  # dtype char -> (lo, hi, mul, div) of no clipping
+
+    def _kernel(self, name: str, dtype: np.dtype):
+        kern = self._ready.get((name, dtype.char))
+        if kern is None:
+            kern = getattr(self._k, name)
+            self._k.ensure_compiled(kern, dtype)
+            self._ready[(name, dtype.char)] = kern
+        return kern
+
+    def _transform(self, dtype, clipvalue, clipnorm, sumsq):
+        if clipvalue is None and clipnorm is None:
+            tr = self._identity.get(dtype.char)
+            if tr is None:
+                tr = self._identity[dtype.char] = transform_scalars(dtype, None, None, None)
+            return tr
+        return transform_scalars(dtype, clipvalue, clipnorm, sumsq)
 
     # -- validation ---------------------------------------------------------
 
     def check_variable(self, var: Any, label: str) -> None:
+        if type(var) is np.ndarray and var.dtype.char in "efd" and var.flags.writeable:
+            return  # the common case, cheaply
         if not isinstance(var, np.ndarray):
             raise TypeError(
                 f"{label} is a {type(var).__name__}, not a numpy.ndarray "
@@ -173,8 +200,11 @@ class CPUBackend:
 
     def prepare_dense(self, var: np.ndarray, grad: Any, label: str) -> DenseWork:
         self.check_variable(var, label)
-        g = self._gradient_array(grad, label, "gradient")
-        cast_gradient_dtype(g.dtype, var.dtype, label)
+        if type(grad) is np.ndarray and grad.dtype is var.dtype:
+            g = grad
+        else:
+            g = self._gradient_array(grad, label, "gradient")
+            cast_gradient_dtype(g.dtype, var.dtype, label)
         if g.shape != var.shape:
             raise ValueError(
                 f"gradient of {label} has shape {g.shape}, the variable {var.shape}"
@@ -259,8 +289,7 @@ class CPUBackend:
     # -- steps --------------------------------------------------------------
 
     def _sumsq(self, flat: np.ndarray, lo, hi) -> float:
-        k = self._k.sum_squares_cpu
-        self._k.ensure_compiled(k, flat.dtype)
+        k = self._kernel("sum_squares_cpu", flat.dtype)
         return k(_kernel_view(flat), lo, hi, _config.NORM_CHUNKS)
 
     def dense_step(
@@ -280,18 +309,24 @@ class CPUBackend:
         if clipnorm is not None:
             lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
             sumsq = self._sumsq(work.grad, lo, hi)
-        tr = transform_scalars(dtype, clipvalue, clipnorm, sumsq)
+        tr = self._transform(dtype, clipvalue, clipnorm, sumsq)
         x, g = _kernel_view(work.flat), _kernel_view(work.grad)
         mf, vf = _kernel_view(m.reshape(-1)), _kernel_view(v.reshape(-1))
+        serial = x.shape[0] <= _config.CPU_SERIAL_MAX
         if vhat is None:
-            k = self._k.adam_dense_cpu
-            self._k.ensure_compiled(k, dtype)
-            k(x, g, mf, vf, *coef, *tr, _config.CPU_BLOCK)
+            if serial:
+                self._kernel("adam_dense_run_cpu", dtype)(x, g, mf, vf, *coef, *tr)
+            else:
+                k = self._kernel("adam_dense_cpu", dtype)
+                k(x, g, mf, vf, *coef, *tr, _config.CPU_BLOCK)
         else:
-            k = self._k.amsgrad_dense_cpu
-            self._k.ensure_compiled(k, dtype)
             hf = _kernel_view(vhat.reshape(-1))
-            k(x, g, mf, vf, hf, *coef, *tr, _config.CPU_BLOCK)
+            if serial:
+                k = self._kernel("amsgrad_dense_run_cpu", dtype)
+                k(x, g, mf, vf, hf, *coef, *tr)
+            else:
+                k = self._kernel("amsgrad_dense_cpu", dtype)
+                k(x, g, mf, vf, hf, *coef, *tr, _config.CPU_BLOCK)
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)
 
@@ -304,6 +339,7 @@ class CPUBackend:
         coef: AdamCoefficients,
         clipvalue: Optional[float],
         clipnorm: Optional[float],
+        lazy: bool = False,
     ) -> None:
         if work.flat.size == 0:
             return
@@ -313,26 +349,30 @@ class CPUBackend:
         if clipnorm is not None:
             lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
             sumsq = self._sumsq(work.values.reshape(-1), lo, hi)
-        tr = transform_scalars(dtype, clipvalue, clipnorm, sumsq)
+        tr = self._transform(dtype, clipvalue, clipnorm, sumsq)
         k = work.indices.shape[0]
         uidx = np.empty(k, np.int64)
         uvals = np.empty((k, work.width), cdt)
-        dedup = self._k.sum_duplicate_rows_cpu
-        self._k.ensure_compiled(dedup, dtype)
+        dedup = self._kernel("sum_duplicate_rows_cpu", dtype)
         u = dedup(work.indices, _kernel_view(work.values), *tr, uidx, uvals)
         uidx, uvals = uidx[:u], uvals[:u]
         x = _kernel_view(work.flat)
         mf, vf = _kernel_view(m.reshape(-1)), _kernel_view(v.reshape(-1))
         rows = _config.CPU_SPARSE_BLOCK_ROWS
         if vhat is None:
-            kern = self._k.adam_sparse_cpu
-            self._k.ensure_compiled(kern, dtype)
-            kern(x, mf, vf, uidx, uvals, *coef, rows)
+            if lazy:
+                self._kernel("adam_lazy_sparse_cpu", dtype)(x, mf, vf, uidx, uvals, *coef)
+            else:
+                kern = self._kernel("adam_sparse_cpu", dtype)
+                kern(x, mf, vf, uidx, uvals, *coef, rows)
         else:
-            kern = self._k.amsgrad_sparse_cpu
-            self._k.ensure_compiled(kern, dtype)
             hf = _kernel_view(vhat.reshape(-1))
-            kern(x, mf, vf, hf, uidx, uvals, *coef, rows)
+            if lazy:
+                kern = self._kernel("amsgrad_lazy_sparse_cpu", dtype)
+                kern(x, mf, vf, hf, uidx, uvals, *coef)
+            else:
+                kern = self._kernel("amsgrad_sparse_cpu", dtype)
+                kern(x, mf, vf, hf, uidx, uvals, *coef, rows)
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -11,6 +12,45 @@ from ._types import AdamCoefficients
 from .optimizer import OptimizerV2, _is_number
 
 __all__ = ["Adam"]
+
+
+def _coefficients(c, lr32, b1_32, b2_32, eps, decay, step) -> AdamCoefficients:
+    """TF's ``_prepare_local`` for compute type ``c`` (np.float32 or np.float64).
+
+    float32-rounded hyperparameters are cast to ``c`` and every operation is
+    rounded in ``c``, as TF's graph does. For float64, Python floats are IEEE
+    doubles with the same correctly rounded +, -, *, / and sqrt, and the same
+    C ``pow``, so they give the same bits faster.
+    """
+    if c is np.float64:
+        try:
+            lr_t = float(lr32)
+            if decay > 0:
+                lr_t = lr_t / (1.0 + float(np.float32(decay)) * float(step))
+            b1, b2 = float(b1_32), float(b2_32)
+            t = float(step + 1)
+            alpha = (lr_t * math.sqrt(1.0 - b2**t)) / (1.0 - b1**t)
+            return AdamCoefficients(
+                np.float64(alpha),
+                np.float64(1.0 - b1),
+                np.float64(1.0 - b2),
+                np.float64(eps),
+            )
+        except (ArithmeticError, ValueError):
+            pass  # degenerate hyperparameters: IEEE inf/nan below, as TF gives
+    one = c(1)
+    lr_t = c(lr32)
+    with np.errstate(all="ignore"):
+        if decay > 0:
+            lr_t = lr_t / (one + c(np.float32(decay)) * c(step))
+        b1, b2 = c(b1_32), c(b2_32)
+        t = c(step + 1)
+        # Eigen's ApplyAdam: (lr * sqrt(1 - b2^t)) / (1 - b1^t)
+        alpha = (lr_t * np.sqrt(one - b2**t)) / (one - b1**t)
+        return AdamCoefficients(alpha, one - b1, one - b2, c(eps))
+
+
+_SPARSE_MODES = ("dense", "lazy")
 
 
 class Adam(OptimizerV2):
@@ -31,6 +71,15 @@ class Adam(OptimizerV2):
     amsgrad : bool, default False
         Keep ``vhat = max(vhat, v)`` and divide by ``sqrt(vhat)`` (Reddi et al.).
     name : str, default "Adam"
+    sparse_mode : {"dense", "lazy"}, default "dense"
+        How :class:`~numbadam.IndexedSlices` gradients update a table.
+        ``"dense"`` is TensorFlow's rule: every row takes the dense step (``m``
+        and ``v`` decay on rows without a gradient), one pass over the table.
+        ``"lazy"`` is the LazyAdam rule of TensorFlow Addons: only rows with a
+        gradient change (their ``m``, ``v`` and values, with the bias
+        correction of the global step); its cost does not depend on the
+        table's size. Not part of Keras' Adam: serialised by
+        :meth:`get_config` only when ``"lazy"``.
     **kwargs
         ``clipnorm``, ``clipvalue``, ``lr`` (deprecated alias of
         ``learning_rate``, with a ``UserWarning``), ``decay`` (``lr / (1 + decay
@@ -89,9 +138,15 @@ class Adam(OptimizerV2):
         epsilon: Any = 1e-7,
         amsgrad: bool = False,
         name: str = "Adam",
+        sparse_mode: str = "dense",
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
+        if sparse_mode not in _SPARSE_MODES:
+            raise ValueError(
+                f"sparse_mode must be one of {_SPARSE_MODES}, got {sparse_mode!r}"
+            )
+        self.sparse_mode = sparse_mode
         self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
         self._set_hyper("decay", self._initial_decay)
         self._set_hyper("beta_1", beta_1)
@@ -154,6 +209,9 @@ class Adam(OptimizerV2):
             for var in var_list:
                 self.add_slot(var, "vhat")
 
+    def _required_slots(self):
+        return ("m", "v", "vhat") if self.amsgrad else ("m", "v")
+
     def _prepare_step(self, step: int, dtypes: set) -> Dict[Any, AdamCoefficients]:
         """Per-step scalars for each compute dtype, as TF's ``_prepare_local``."""
         lr32 = self._hyper_value("learning_rate", step)
@@ -162,31 +220,28 @@ class Adam(OptimizerV2):
         eps = self.epsilon() if callable(self.epsilon) else self.epsilon
         if not _is_number(eps) or isinstance(eps, bool):
             raise TypeError(f"epsilon evaluated to {eps!r}, not a real number")
-        decay32 = np.float32(self._initial_decay)
         out = {}
-        with np.errstate(all="ignore"):
-            for dtype in dtypes:
-                cdt = _dispatch.compute_dtype(dtype)
-                if cdt in out:
-                    continue
-                c = cdt.type
-                lr_t = c(lr32)
-                if self._initial_decay > 0:
-                    lr_t = lr_t / (c(1) + c(decay32) * c(step))
-                b1, b2 = c(b1_32), c(b2_32)
-                t = c(step + 1)
-                b1_power = b1**t
-                b2_power = b2**t
-                # Eigen's ApplyAdam: (lr * sqrt(1 - b2^t)) / (1 - b1^t)
-                alpha = (lr_t * np.sqrt(c(1) - b2_power)) / (c(1) - b1_power)
-                out[cdt] = AdamCoefficients(alpha, c(1) - b1, c(1) - b2, c(eps))
+        for dtype in dtypes:
+            cdt = _dispatch.compute_dtype(dtype)
+            if cdt not in out:
+                out[cdt] = _coefficients(
+                    cdt.type, lr32, b1_32, b2_32, eps, self._initial_decay, step
+                )
         return out
 
     def _apply(self, sparse: bool, work: Any, backend: Any, slots: Dict, state: Any):
         coef = state[_dispatch.compute_dtype(work.var.dtype)]
         vhat = slots["vhat"] if self.amsgrad else None
-        step = backend.sparse_step if sparse else backend.dense_step
-        step(work, slots["m"], slots["v"], vhat, coef, self._clipvalue, self._clipnorm)
+        if sparse:
+            backend.sparse_step(
+                work, slots["m"], slots["v"], vhat, coef, self._clipvalue,
+                self._clipnorm, lazy=self.sparse_mode == "lazy",
+            )  # fmt: skip
+        else:
+            backend.dense_step(
+                work, slots["m"], slots["v"], vhat, coef, self._clipvalue,
+                self._clipnorm,
+            )  # fmt: skip
 
     def get_config(self) -> Dict[str, Any]:
         """Configuration with Keras' keys.
@@ -211,6 +266,8 @@ class Adam(OptimizerV2):
                 "amsgrad": self.amsgrad,
             }
         )
+        if self.sparse_mode != "dense":
+            config["sparse_mode"] = self.sparse_mode
         return config
 
     def set_weights(self, weights) -> None:

@@ -46,6 +46,31 @@ def _describe(var: Any) -> str:
     return f"shape {tuple(shape)}, {dtype}"
 
 
+class _Label:
+    """A variable's name for error messages, formatted only when needed."""
+
+    __slots__ = ("var", "position")
+
+    def __init__(self, var: Any, position: int) -> None:
+        self.var = var
+        self.position = position
+
+    def __str__(self) -> str:
+        return f"variable {self.position} ({_describe(self.var)})"
+
+    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
+
+
+class _Entry:
+    """The slots of one variable; holding ``var`` keeps its address taken."""
+
+    __slots__ = ("var", "slots")
+
+    def __init__(self, var: Any) -> None:
+        self.var = var
+        self.slots: Dict[str, Any] = {}
+
+
 class OptimizerV2:
     """Base class of numbadam optimizers (the Keras OptimizerV2 contract).
 
@@ -93,8 +118,10 @@ class OptimizerV2:
         self._weights: List[Any] = []
         self._iterations: Optional[np.ndarray] = None
         self._slot_names: List[str] = []
-        # var key -> (var, {slot name: slot array}); holding var keeps its key unique
-        self._slots: Dict[Any, Tuple[Any, Dict[str, Any]]] = {}
+        # memory key -> _Entry; plus id(var) -> _Entry for the very object that
+        # created the entry (the fast path: no address computation per step)
+        self._slots: Dict[Any, _Entry] = {}
+        self._by_id: Dict[int, _Entry] = {}
         decay = kwargs.pop("decay", 0.0)
         self._initial_decay = 0.0 if decay is None else self._check_real(decay, "decay")
         self.clipnorm = kwargs.pop("clipnorm", None)
@@ -168,6 +195,8 @@ class OptimizerV2:
     def _hyper_value(self, name: str, step: int) -> np.float32:
         """The hyperparameter's value for this step, rounded to float32 as in TF."""
         value = self._hyper[name]
+        if type(value) is np.float32:
+            return value
         if isinstance(value, schedules.LearningRateSchedule):
             value = value(step)
         elif callable(value):
@@ -260,22 +289,27 @@ class OptimizerV2:
         """
         if slot_name not in self._slot_names:
             self._slot_names.append(slot_name)
-        key = self._var_key(var)
-        entry = self._slots.get(key)
+        entry = self._entry(var)
         if entry is None:
-            entry = (var, {})
-            self._slots[key] = entry
-        slots = entry[1]
-        slot = slots.get(slot_name)
+            entry = _Entry(var)
+            self._slots[self._var_key(var)] = entry
+            self._by_id[id(var)] = entry
+        slot = entry.slots.get(slot_name)
         if slot is None:
             backend = _dispatch.backend_for(var)
             slot = backend.zeros_like(var)
             if not (isinstance(initializer, str) and initializer == "zeros"):
                 init = self._initial_value(initializer, tuple(var.shape), var.dtype)
                 backend.assign(slot, init)
-            slots[slot_name] = slot
+            entry.slots[slot_name] = slot
             self._weights.append(slot)
         return slot
+
+    def _entry(self, var: Any) -> Optional[_Entry]:
+        entry = self._by_id.get(id(var))
+        if entry is not None and entry.var is var:
+            return entry
+        return self._slots.get(self._var_key(var))
 
     @staticmethod
     def _initial_value(initializer: Any, shape: Tuple[int, ...], dtype: Any) -> Any:
@@ -300,14 +334,14 @@ class OptimizerV2:
         KeyError
             If ``var`` has no such slot (yet).
         """
-        entry = self._slots.get(self._var_key(var))
-        if entry is None or slot_name not in entry[1]:
+        entry = self._entry(var)
+        if entry is None or slot_name not in entry.slots:
             raise KeyError(
                 f"no slot {slot_name!r} for variable ({_describe(var)}); slots are "
                 f"created on the variable's first gradient. Known slot names: "
                 f"{self._slot_names}"
             )
-        return entry[1][slot_name]
+        return entry.slots[slot_name]
 
     def get_slot_names(self) -> List[str]:
         """Names of the slots created so far, e.g. ``["m", "v"]``."""
@@ -412,8 +446,8 @@ class OptimizerV2:
     # ------------------------------------------------------------------
 
     @staticmethod
-    def _label(var: Any, position: int) -> str:
-        return f"variable {position} ({_describe(var)})"
+    def _label(var: Any, position: int) -> _Label:
+        return _Label(var, position)
 
     def _check_pairs(self, grads_and_vars: Any) -> List[Tuple[Any, Any]]:
         try:
@@ -484,12 +518,14 @@ class OptimizerV2:
             return None
         live = []
         skipped = []
-        seen = {}
+        seen: Dict[Any, int] = {}
+        backend_for = _dispatch.backend_for
         for i, (g, v) in enumerate(pairs):
-            label = self._label(v, i)
-            backend = _dispatch.backend_for(v)
+            label = _Label(v, i)
+            backend = backend_for(v)
             backend.check_variable(v, label)
-            key = self._var_key(v)
+            entry = self._entry(v)
+            key = id(entry) if entry is not None else self._var_key(v)
             if key in seen:
                 raise ValueError(
                     f"{label} appears twice in grads_and_vars (also at position "
@@ -498,32 +534,36 @@ class OptimizerV2:
             seen[key] = i
             if g is None:
                 skipped.append(label)
+            elif isinstance(g, IndexedSlices):
+                live.append((True, backend.prepare_sparse(v, g, label), backend, v, entry))
             else:
-                live.append((i, g, v, label, backend))
+                live.append((False, backend.prepare_dense(v, g, label), backend, v, entry))
         if not live:
-            raise ValueError(
-                f"No gradients provided for any variable: {[lbl for lbl in skipped]}."
-            )
-        work = []
-        for i, g, v, label, backend in live:
-            if isinstance(g, IndexedSlices):
-                work.append((True, backend.prepare_sparse(v, g, label), backend, v))
-            else:
-                work.append((False, backend.prepare_dense(v, g, label), backend, v))
-        step = int(self.iterations) if self._iterations is not None else 0
-        state = self._prepare_step(step, {np.dtype(v.dtype) for _, _, v, _, _ in live})
+            raise ValueError(f"No gradients provided for any variable: {[str(x) for x in skipped]}.")
+        step = 0 if self._iterations is None else int(self._iterations)
+        state = self._prepare_step(step, {item[3].dtype for item in live})
         if skipped:
             logger.warning(
                 "Gradients do not exist for variables %s when minimizing the loss; "
                 "they were skipped.",
-                skipped,
+                [str(x) for x in skipped],
             )
         # --- from here on nothing can fail on user input ---
-        self._create_all_weights([v for _, _, v, _, _ in live])
-        for sparse, w, backend, v in work:
-            self._apply(sparse, w, backend, self._slots[self._var_key(v)][1], state)
+        required = self._required_slots()
+        if self._iterations is None or not self._hypers_created or any(
+            e is None or len(e.slots) < len(required) for _, _, _, _, e in live
+        ):
+            self._create_all_weights([item[3] for item in live])
+        for sparse, work, backend, v, entry in live:
+            if entry is None:
+                entry = self._entry(v)
+            self._apply(sparse, work, backend, entry.slots, state)
         self._iterations[...] += 1
         return self._iterations
+
+    def _required_slots(self) -> Tuple[str, ...]:
+        """Slot names every variable has after a step (subclasses override)."""
+        return ()
 
     def _prepare_step(self, step: int, dtypes: set) -> Any:
         raise NotImplementedError

@@ -38,8 +38,12 @@ from numba.extending import overload
 __all__ = [
     "adam_dense_cpu",
     "amsgrad_dense_cpu",
+    "adam_dense_run_cpu",
+    "amsgrad_dense_run_cpu",
     "adam_sparse_cpu",
     "amsgrad_sparse_cpu",
+    "adam_lazy_sparse_cpu",
+    "amsgrad_lazy_sparse_cpu",
     "sum_duplicate_rows_cpu",
     "sum_squares_cpu",
     "half_bits_to_float",
@@ -129,6 +133,17 @@ def _store_impl(a, i, x):
     return impl
 
 
+def zero_of(x):
+    """A zero of ``x``'s type (``x * 0`` would be NaN for an infinite ``x``)."""
+    return type(x)(0)
+
+
+@overload(zero_of)
+def _zero_of_impl(x):
+    ty = x
+    return lambda x: ty(0)
+
+
 # ---------------------------------------------------------------------------
 # Element arithmetic shared by every kernel, so dense and sparse agree bitwise
 # ---------------------------------------------------------------------------
@@ -169,13 +184,43 @@ def _step(x, m, denom_v, alpha, eps):
 # ---------------------------------------------------------------------------
 
 
+@njit(**_SERIAL)
+def adam_dense_run_cpu(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div):
+    """Serial dense Adam step over whole 1-D arrays (small variables, blocks).
+
+    In place on ``var``, ``m``, ``v``: ``g' = (clip(g, lo, hi) * mul) / div``;
+    ``m += (g' - m) * omb1``; ``v += (g'*g' - v) * omb2``;
+    ``var -= (m * alpha) / (sqrt(v) + eps)``.
+    """
+    for j in range(var.shape[0]):
+        gj = _transform(load(g, j), lo, hi, mul, div)
+        mj, vj = _moments(gj, load(m, j), load(v, j), omb1, omb2)
+        store(m, j, mj)
+        store(v, j, vj)
+        store(var, j, _step(load(var, j), mj, vj, alpha, eps))
+
+
+@njit(**_SERIAL)
+def amsgrad_dense_run_cpu(var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mul, div):
+    """Serial dense AMSGrad step: as :func:`adam_dense_run_cpu`, then
+    ``vhat = max(vhat, v)`` and ``var -= (m * alpha) / (sqrt(vhat) + eps)``."""
+    for j in range(var.shape[0]):
+        gj = _transform(load(g, j), lo, hi, mul, div)
+        mj, vj = _moments(gj, load(m, j), load(v, j), omb1, omb2)
+        hj = load(vhat, j)
+        if vj > hj:
+            hj = vj
+        store(m, j, mj)
+        store(v, j, vj)
+        store(vhat, j, hj)
+        store(var, j, _step(load(var, j), mj, hj, alpha, eps))
+
+
 @njit(**_PARALLEL)
 def adam_dense_cpu(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div, block):
-    """Dense Adam step, in place on ``var``, ``m``, ``v`` (1-D, same length).
+    """Dense Adam step, in parallel over fixed blocks of ``block`` elements.
 
-    ``g' = (clip(g, lo, hi) * mul) / div``; ``m += (g' - m) * omb1``;
-    ``v += (g'*g' - v) * omb2``; ``var -= (m * alpha) / (sqrt(v) + eps)``.
-    ``block`` elements form one parallel work item.
+    Same arithmetic as :func:`adam_dense_run_cpu`, in place on ``var, m, v``.
     """
     n = var.shape[0]
     nblocks = (n + block - 1) // block
@@ -183,47 +228,29 @@ def adam_dense_cpu(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div, block
         start = b * block
         stop = min(start + block, n)
         # Slices starting at 0 let LLVM vectorise the inner loop.
-        xb = var[start:stop]
-        gb = g[start:stop]
-        mb = m[start:stop]
-        vb = v[start:stop]
-        for j in range(stop - start):
-            gj = _transform(load(gb, j), lo, hi, mul, div)
-            mj, vj = _moments(gj, load(mb, j), load(vb, j), omb1, omb2)
-            store(mb, j, mj)
-            store(vb, j, vj)
-            store(xb, j, _step(load(xb, j), mj, vj, alpha, eps))
+        adam_dense_run_cpu(
+            var[start:stop], g[start:stop], m[start:stop], v[start:stop],
+            alpha, omb1, omb2, eps, lo, hi, mul, div,
+        )  # fmt: skip
 
 
 @njit(**_PARALLEL)
 def amsgrad_dense_cpu(
     var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mul, div, block
 ):
-    """Dense AMSGrad step, in place on ``var``, ``m``, ``v``, ``vhat`` (1-D).
+    """Dense AMSGrad step, in parallel over fixed blocks of ``block`` elements.
 
-    As :func:`adam_dense_cpu`, then ``vhat = max(vhat, v)`` and
-    ``var -= (m * alpha) / (sqrt(vhat) + eps)``.
+    Same arithmetic as :func:`amsgrad_dense_run_cpu`, in place.
     """
     n = var.shape[0]
     nblocks = (n + block - 1) // block
     for b in prange(nblocks):
         start = b * block
         stop = min(start + block, n)
-        xb = var[start:stop]
-        gb = g[start:stop]
-        mb = m[start:stop]
-        vb = v[start:stop]
-        hb = vhat[start:stop]
-        for j in range(stop - start):
-            gj = _transform(load(gb, j), lo, hi, mul, div)
-            mj, vj = _moments(gj, load(mb, j), load(vb, j), omb1, omb2)
-            hj = load(hb, j)
-            if vj > hj:
-                hj = vj
-            store(mb, j, mj)
-            store(vb, j, vj)
-            store(hb, j, hj)
-            store(xb, j, _step(load(xb, j), mj, hj, alpha, eps))
+        amsgrad_dense_run_cpu(
+            var[start:stop], g[start:stop], m[start:stop], v[start:stop],
+            vhat[start:stop], alpha, omb1, omb2, eps, lo, hi, mul, div,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -235,7 +262,7 @@ def amsgrad_dense_cpu(
 @njit(**_SERIAL)
 def _decay_run(xs, ms, vs, alpha, omb1, omb2, eps):
     # Rows without a gradient: exactly the dense arithmetic with g = 0.
-    zero = alpha * 0
+    zero = zero_of(alpha)
     for j in range(xs.shape[0]):
         mj, vj = _moments(zero, load(ms, j), load(vs, j), omb1, omb2)
         store(ms, j, mj)
@@ -245,7 +272,7 @@ def _decay_run(xs, ms, vs, alpha, omb1, omb2, eps):
 
 @njit(**_SERIAL)
 def _decay_run_ams(xs, ms, vs, hs, alpha, omb1, omb2, eps):
-    zero = alpha * 0
+    zero = zero_of(alpha)
     for j in range(xs.shape[0]):
         mj, vj = _moments(zero, load(ms, j), load(vs, j), omb1, omb2)
         hj = load(hs, j)
@@ -359,6 +386,35 @@ def amsgrad_sparse_cpu(
                 r += 1
 
 
+@njit(**_PARALLEL)
+def adam_lazy_sparse_cpu(var, m, v, indices, values, alpha, omb1, omb2, eps):
+    """Lazy sparse Adam step: only rows ``indices`` of ``var``, ``m``, ``v`` change.
+
+    ``var``, ``m``, ``v`` are flat views of an ``(R, W)`` table; ``indices``
+    (int64, unique) and ``values`` (``(k, W)``, compute dtype, summed) as in
+    :func:`adam_sparse_cpu`. Each listed row takes the dense arithmetic; other
+    rows are not read. Cost O(k W), independent of R.
+    """
+    width = values.shape[1]
+    for p in prange(indices.shape[0]):
+        a = indices[p] * width
+        e = a + width
+        _grad_row(var[a:e], m[a:e], v[a:e], values[p], alpha, omb1, omb2, eps)
+
+
+@njit(**_PARALLEL)
+def amsgrad_lazy_sparse_cpu(var, m, v, vhat, indices, values, alpha, omb1, omb2, eps):
+    """Lazy sparse AMSGrad step: as :func:`adam_lazy_sparse_cpu` with
+    ``vhat = max(vhat, v)`` on the listed rows."""
+    width = values.shape[1]
+    for p in prange(indices.shape[0]):
+        a = indices[p] * width
+        e = a + width
+        _grad_row_ams(
+            var[a:e], m[a:e], v[a:e], vhat[a:e], values[p], alpha, omb1, omb2, eps
+        )
+
+
 # ---------------------------------------------------------------------------
 # Helpers of the sparse and clipping paths
 # ---------------------------------------------------------------------------
@@ -388,7 +444,7 @@ def sum_duplicate_rows_cpu(indices, values, lo, hi, mul, div, out_indices, out_v
     for q in prange(u):
         row = out_values[q]
         for j in range(width):
-            row[j] = lo * 0
+            row[j] = zero_of(lo)
         for s in range(starts[q], starts[q + 1]):
             src = values[order[s]]
             for j in range(width):
@@ -473,8 +529,12 @@ def _signatures(storage):
     return {
         "adam_dense_cpu": [dense],
         "amsgrad_dense_cpu": [ams_dense],
+        "adam_dense_run_cpu": [dense[:-1]],
+        "amsgrad_dense_run_cpu": [ams_dense[:-1]],
         "adam_sparse_cpu": [sparse],
         "amsgrad_sparse_cpu": [ams_sparse],
+        "adam_lazy_sparse_cpu": [sparse[:-1]],
+        "amsgrad_lazy_sparse_cpu": [ams_sparse[:-1]],
         "sum_duplicate_rows_cpu": dedup,
         "sum_squares_cpu": [(R, c, c, i64)],
     }
