@@ -65,3 +65,44 @@ def reset() -> None:
 
 
 reset()
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in the CPU kernels (Numba's ``set_num_threads``).
+
+    Results are bitwise identical whatever the thread count. The setting is
+    per calling thread; the ceiling is ``NUMBA_NUM_THREADS`` (default: the
+    number of cores), fixed when Numba starts.
+
+    Examples
+    --------
+    >>> import numbadam
+    >>> numbadam.set_num_threads(1)
+    >>> numbadam.get_num_threads()
+    1
+    >>> numbadam.reset_num_threads()
+    """
+    import numba
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+    if n > numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(
+            f"{n} threads requested but Numba was started with at most "
+            f"{numba.config.NUMBA_NUM_THREADS} (set NUMBA_NUM_THREADS before import)"
+        )
+    numba.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads the CPU kernels use."""
+    import numba
+
+    return numba.get_num_threads()
+
+
+def reset_num_threads() -> None:
+    """Use all of Numba's threads again (``NUMBA_NUM_THREADS``)."""
+    import numba
+
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from . import _dispatch, schedules
+from ._flat import GradsAndVars, ParameterBuffer
 from ._types import IndexedSlices
 
 __all__ = ["OptimizerV2"]
@@ -69,6 +70,16 @@ class _Entry:
     def __init__(self, var: Any) -> None:
         self.var = var
         self.slots: Dict[str, Any] = {}
+
+
+class _FlatState:
+    """Flat slot arrays of one ParameterBuffer: slot name -> flat array."""
+
+    __slots__ = ("buffer", "flat")
+
+    def __init__(self, buffer: ParameterBuffer) -> None:
+        self.buffer = buffer
+        self.flat: Dict[str, Any] = {}
 
 
 class OptimizerV2:
@@ -122,6 +133,10 @@ class OptimizerV2:
         # created the entry (the fast path: no address computation per step)
         self._slots: Dict[Any, _Entry] = {}
         self._by_id: Dict[int, _Entry] = {}
+        # ParameterBuffers stepped in one pass: id(buffer) -> _FlatState, and
+        # id(view) -> (state, index) so their slots are views of flat slots
+        self._flat: Dict[int, _FlatState] = {}
+        self._flat_owner: Dict[int, Tuple[_FlatState, int]] = {}
         decay = kwargs.pop("decay", 0.0)
         self._initial_decay = 0.0 if decay is None else self._check_real(decay, "decay")
         self.clipnorm = kwargs.pop("clipnorm", None)
@@ -261,10 +276,12 @@ class OptimizerV2:
         # Same memory, shape and strides means the same variable, even through
         # a new view object; the slot table holds var, so its address stays taken.
         if isinstance(var, np.ndarray):
+            if var.size == 0:  # empty views may share an address; nothing aliases
+                return ("obj", id(var))
             return ("cpu", var.__array_interface__["data"][0], var.shape, var.strides,
                     var.dtype.str)
         cai = getattr(var, "__cuda_array_interface__", None)
-        if cai is not None:
+        if cai is not None and all(cai["shape"]):
             return ("cuda", cai["data"][0], tuple(cai["shape"]), cai.get("strides"),
                     cai["typestr"])
         return ("obj", id(var))
@@ -297,13 +314,52 @@ class OptimizerV2:
         slot = entry.slots.get(slot_name)
         if slot is None:
             backend = _dispatch.backend_for(var)
-            slot = backend.zeros_like(var)
+            slot = self._flat_slot(var, slot_name)
+            if slot is None:
+                slot = backend.zeros_like(var)
             if not (isinstance(initializer, str) and initializer == "zeros"):
                 init = self._initial_value(initializer, tuple(var.shape), var.dtype)
                 backend.assign(slot, init)
             entry.slots[slot_name] = slot
             self._weights.append(slot)
         return slot
+
+    def _flat_slot(self, var: Any, slot_name: str) -> Any:
+        owner = self._flat_owner.get(id(var))
+        if owner is None:
+            return None
+        state, i = owner
+        buf = state.buffer
+        if buf.params[i] is not var:
+            return None
+        flat = state.flat.get(slot_name)
+        if flat is None:
+            flat = state.flat[slot_name] = np.zeros_like(buf.data)
+        return buf.slot_views(flat)[i]
+
+    def _apply_buffer(self, buf: ParameterBuffer) -> Any:
+        """One fused pass over a ParameterBuffer; NotImplemented to fall back."""
+        state = self._flat.get(id(buf))
+        if state is None:
+            if not buf.params or any(self._entry(p) is not None for p in buf.params):
+                return NotImplemented  # slots exist per variable already
+            state = self._flat[id(buf)] = _FlatState(buf)
+            for i, p in enumerate(buf.params):
+                self._flat_owner[id(p)] = (state, i)
+        if self._clipnorm is not None:
+            return NotImplemented  # each variable is clipped by its own norm
+        backend = _dispatch.backend_for(buf.data)
+        work = backend.prepare_dense(buf.data, buf.grad, "ParameterBuffer")
+        step = 0 if self._iterations is None else int(self._iterations)
+        coefs = self._prepare_step(step, {buf.data.dtype})
+        required = self._required_slots()
+        if self._iterations is None or not self._hypers_created or any(
+            name not in state.flat for name in required
+        ):
+            self._create_all_weights(list(buf.params))
+        self._apply(False, work, backend, state.flat, coefs)
+        self._iterations[...] += 1
+        return self._iterations
 
     def _entry(self, var: Any) -> Optional[_Entry]:
         entry = self._by_id.get(id(var))
@@ -513,6 +569,10 @@ class OptimizerV2:
         IndexError
             Sparse indices out of range.
         """
+        if type(grads_and_vars) is GradsAndVars:
+            out = self._apply_buffer(grads_and_vars.buffer)
+            if out is not NotImplemented:
+                return out
         pairs = self._check_pairs(grads_and_vars)
         if not pairs:
             return None

@@ -1,0 +1,520 @@
+"""Side-by-side benchmarks: ``numbadam bench``.
+
+Every case times numbadam through its public API (``Adam.apply_gradients``)
+next to, in the same process and run: a Numba memory-bandwidth probe with the
+same bytes moved, a careful NumPy implementation, and PyTorch (fused, foreach,
+SparseAdam) and optax when they are installed. It prints medians and the ratios
+the project's speed goals are stated in.
+
+Run ``numbadam bench`` (full), ``numbadam bench --quick`` (under 90 s),
+``--json`` for machines and ``--plot PATH`` for a bar chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+import numbadam
+
+from . import _config
+from .kernels import probe
+
+__all__ = ["run", "format_report", "main", "add_arguments"]
+
+F32 = np.float32
+
+
+def _median_time(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _repeat_for(nbytes: float, quick: bool) -> int:
+    # enough runs for a stable median without dragging big cases out
+    base = 7 if quick else 21
+    if nbytes < 1e6:
+        return base * 20
+    if nbytes < 1e8:
+        return base * 3
+    return base
+
+
+def _torch():
+    try:
+        import torch
+    except Exception:  # not installed, or broken install
+        return None
+    torch.set_num_threads(numbadam.get_num_threads())
+    return torch
+
+
+def _optax():
+    try:
+        import jax
+        import optax
+    except Exception:
+        return None
+    return jax, optax
+
+
+class _Case:
+    def __init__(self, name: str, nbytes: float, note: str) -> None:
+        self.name = name
+        self.nbytes = nbytes
+        self.note = note
+        self.times: Dict[str, float] = {}
+
+    def add(self, impl: str, seconds: float) -> None:
+        self.times[impl] = seconds
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "case": self.name,
+            "bytes": self.nbytes,
+            "note": self.note,
+            "median_s": dict(self.times),
+            "GBps": {k: self.nbytes / t / 1e9 for k, t in self.times.items() if t > 0},
+        }
+
+
+# ---------------------------------------------------------------------------
+# implementations under test
+# ---------------------------------------------------------------------------
+
+
+def _numpy_dense(n: int, amsgrad: bool = False):
+    """A careful NumPy Adam: ``out=`` buffers, no temporaries per step."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(n, dtype=F32)
+    g = rng.standard_normal(n, dtype=F32)
+    m, v, h = np.zeros(n, F32), np.zeros(n, F32), np.zeros(n, F32)
+    t1, t2 = np.empty(n, F32), np.empty(n, F32)
+    a, omb1, omb2, eps = F32(1e-3), F32(0.1), F32(0.001), F32(1e-7)
+
+    def step():
+        # augmented assignment would rebind the closure's names: use out=
+        np.subtract(g, m, out=t1)
+        np.multiply(t1, omb1, out=t1)
+        np.add(m, t1, out=m)
+        np.multiply(g, g, out=t1)
+        np.subtract(t1, v, out=t1)
+        np.multiply(t1, omb2, out=t1)
+        np.add(v, t1, out=v)
+        if amsgrad:
+            np.maximum(h, v, out=h)
+            np.sqrt(h, out=t1)
+        else:
+            np.sqrt(v, out=t1)
+        np.add(t1, eps, out=t1)
+        np.multiply(m, a, out=t2)
+        np.divide(t2, t1, out=t2)
+        np.subtract(x, t2, out=x)
+
+    return step
+
+
+def _numbadam_dense(n: int, amsgrad: bool = False, dtype=F32):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    opt = numbadam.Adam(1e-3, amsgrad=amsgrad)
+    pairs = [(g, x)]
+    return lambda: opt.apply_gradients(pairs)
+
+
+def _probe(n: int, amsgrad: bool = False):
+    arrs = [np.ones(n, F32) for _ in range(5 if amsgrad else 4)]
+    block = _config.CPU_BLOCK
+    if amsgrad:
+        return lambda: probe.triad_5r4w(*arrs, block)
+    return lambda: probe.triad_4r3w(*arrs, block)
+
+
+def _torch_dense(torch, sizes: List[int], mode: str, amsgrad: bool = False):
+    params = []
+    for s in sizes:
+        p = torch.zeros(s, dtype=torch.float32, requires_grad=True)
+        p.grad = torch.randn(s, dtype=torch.float32)
+        params.append(p)
+    kw = {"fused": True} if mode == "fused" else {"foreach": True}
+    opt = torch.optim.Adam(params, lr=1e-3, amsgrad=amsgrad, **kw)
+    return opt.step
+
+
+def _optax_dense(jo, n: int):
+    jax, optax = jo
+    import jax.numpy as jnp
+
+    tx = optax.adam(1e-3)
+    params = jnp.zeros(n, jnp.float32)
+    grads = jnp.ones(n, jnp.float32)
+    state = tx.init(params)
+
+    @jax.jit
+    def update(params, state):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    box = [params, state]
+
+    def step():
+        p, s = update(box[0], box[1])
+        p.block_until_ready()
+        box[0], box[1] = p, s
+
+    return step
+
+
+def _zipf_indices(rows: int, k: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return ((rng.zipf(1.2, k) - 1) % rows).astype(np.int64)
+
+
+def _numpy_sparse_tf(rows: int, width: int, idx, vals):
+    """TF's sparse Adam in NumPy: decay all of m, v; scatter-add; full update."""
+    x = np.zeros((rows, width), F32)
+    m, v = np.zeros_like(x), np.zeros_like(x)
+    t1 = np.empty_like(x)
+    b1, b2, lr, eps = F32(0.9), F32(0.999), F32(1e-3), F32(1e-7)
+    mv, vv = vals * (1 - b1), (vals * vals) * (1 - b2)
+
+    def step():
+        np.multiply(m, b1, out=m)
+        np.add.at(m, idx, mv)
+        np.multiply(v, b2, out=v)
+        np.add.at(v, idx, vv)
+        np.sqrt(v, out=t1)
+        np.add(t1, eps, out=t1)
+        np.divide(m, t1, out=t1)
+        np.multiply(t1, lr, out=t1)
+        np.subtract(x, t1, out=x)
+
+    return step
+
+
+def _numbadam_sparse(rows: int, width: int, idx, vals, mode: str):
+    x = np.zeros((rows, width), F32)
+    opt = numbadam.Adam(1e-3, sparse_mode=mode)
+    pairs = [(numbadam.IndexedSlices(vals, idx, x.shape), x)]
+    return lambda: opt.apply_gradients(pairs)
+
+
+def _torch_sparse_adam(torch, rows: int, width: int, idx, vals):
+    w = torch.zeros(rows, width, requires_grad=True)
+    grad = torch.sparse_coo_tensor(
+        torch.from_numpy(idx)[None, :], torch.from_numpy(vals), (rows, width)
+    )
+    opt = torch.optim.SparseAdam([w], lr=1e-3)
+
+    def step():
+        w.grad = grad
+        opt.step()
+
+    return step
+
+
+# ---------------------------------------------------------------------------
+# the cases
+# ---------------------------------------------------------------------------
+
+
+def _dense_case(n: int, quick: bool, torch, jo, amsgrad: bool = False) -> _Case:
+    bpe = 36 if amsgrad else 28
+    name = f"{'amsgrad' if amsgrad else 'dense'} float32 n={n:.0e}"
+    case = _Case(name, bpe * n, f"{bpe} bytes/element")
+    r = _repeat_for(case.nbytes, quick)
+    case.add("numbadam", _median_time(_numbadam_dense(n, amsgrad), r))
+    case.add("probe", _median_time(_probe(n, amsgrad), r))
+    case.add("numpy", _median_time(_numpy_dense(n, amsgrad), max(3, r // 3)))
+    if torch is not None:
+        case.add("torch-fused", _median_time(_torch_dense(torch, [n], "fused", amsgrad), r))
+        case.add(
+            "torch-foreach", _median_time(_torch_dense(torch, [n], "foreach", amsgrad), r)
+        )
+    if jo is not None and not amsgrad:
+        case.add("optax", _median_time(_optax_dense(jo, n), r))
+    return case
+
+
+def _overhead_case(quick: bool) -> _Case:
+    case = _Case("fixed cost, one 10-element variable", 28 * 10, "Python + launch")
+    case.add("numbadam", _median_time(_numbadam_dense(10), 2000 if quick else 20000, 50))
+    return case
+
+
+def _many_case(count: int, size: int, quick: bool, torch) -> _Case:
+    n = count * size
+    case = _Case(f"{count} variables x {size}", 28 * n, "one apply_gradients call")
+    r = _repeat_for(case.nbytes, quick)
+    buf = numbadam.ParameterBuffer([(size,)] * count)
+    buf.grad[:] = 1.0
+    opt = numbadam.Adam(1e-3)
+    gv = buf.grads_and_vars()
+    case.add("numbadam-buffer", _median_time(lambda: opt.apply_gradients(gv), r))
+    arrays = [np.zeros(size, F32) for _ in range(count)]
+    pairs = [(np.ones(size, F32), a) for a in arrays]
+    opt2 = numbadam.Adam(1e-3)
+    case.add("numbadam-list", _median_time(lambda: opt2.apply_gradients(pairs), max(3, r // 4)))
+    case.add("probe", _median_time(_probe(n), r))
+    if torch is not None:
+        sizes = [size] * count
+        case.add("torch-fused", _median_time(_torch_dense(torch, sizes, "fused"), max(3, r // 4)))
+        case.add(
+            "torch-foreach", _median_time(_torch_dense(torch, sizes, "foreach"), max(3, r // 4))
+        )
+    return case
+
+
+def _sparse_case(rows: int, width: int, k: int, quick: bool, torch) -> _Case:
+    idx = _zipf_indices(rows, k)
+    rng = np.random.default_rng(1)
+    vals = rng.standard_normal((k, width), dtype=F32)
+    case = _Case(
+        f"sparse TF rule table ({rows:.0e}, {width}), {k} Zipf rows",
+        28 * rows * width,
+        f"{np.unique(idx).size} unique rows; whole table moves",
+    )
+    r = _repeat_for(case.nbytes, quick)
+    case.add("numbadam", _median_time(_numbadam_sparse(rows, width, idx, vals, "dense"), r))
+    case.add("numbadam-dense-step", _median_time(_numbadam_dense(rows * width), r))
+    case.add("numpy-tf-style", _median_time(_numpy_sparse_tf(rows, width, idx, vals), max(3, r // 3)))
+    return case
+
+
+def _lazy_case(rows_list: List[int], width: int, k: int, quick: bool, torch) -> List[_Case]:
+    idx_vals = {}
+    out = []
+    rng = np.random.default_rng(1)
+    vals = rng.standard_normal((k, width), dtype=F32)
+    for rows in rows_list:
+        idx = _zipf_indices(rows, k)
+        idx_vals[rows] = idx
+        nuniq = np.unique(idx).size
+        case = _Case(
+            f"sparse lazy table ({rows:.0e}, {width}), {k} Zipf rows",
+            28 * nuniq * width,
+            f"{nuniq} unique rows move",
+        )
+        r = _repeat_for(1e6, quick)
+        case.add("numbadam-lazy", _median_time(_numbadam_sparse(rows, width, idx, vals, "lazy"), r))
+        if torch is not None and rows <= 2_000_000:
+            case.add("torch-SparseAdam", _median_time(_torch_sparse_adam(torch, rows, width, idx, vals), r))
+        out.append(case)
+    return out
+
+
+def _threads_case(n: int, quick: bool) -> _Case:
+    case = _Case(f"dense float32 n={n:.0e} by threads", 28 * n, "numbadam")
+    r = _repeat_for(case.nbytes, quick)
+    before = numbadam.get_num_threads()
+    try:
+        for t in sorted({1, before}):
+            numbadam.set_num_threads(t)
+            case.add(f"numbadam-{t}-thread", _median_time(_numbadam_dense(n), r))
+            case.add(f"probe-{t}-thread", _median_time(_probe(n), r))
+    finally:
+        numbadam.set_num_threads(before)
+    return case
+
+
+_FIRST_STEP = (
+    "import time; t0 = time.perf_counter(); import numpy as np, numbadam; "
+    "w = np.zeros(1000, np.float32); opt = numbadam.Adam(); "
+    "opt.apply_gradients([(np.ones(1000, np.float32), w)]); "
+    "print(time.perf_counter() - t0)"
+)
+
+
+def _compile_case() -> _Case:
+    case = _Case("first step in a fresh process (import + compile)", 0, "seconds")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for label in ("cold-cache", "warm-cache"):
+            out = subprocess.run(
+                [sys.executable, "-c", _FIRST_STEP], env=env, capture_output=True,
+                text=True, check=True,
+            )  # fmt: skip
+            case.add(label, float(out.stdout.strip().splitlines()[-1]))
+    return case
+
+
+def run(quick: bool = False, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Run every case and return the results and the goal ratios as a dict.
+
+    Parameters
+    ----------
+    quick : bool
+        Smaller sizes and fewer repeats (under 90 s on 2 cores).
+    progress : callable, optional
+        Called with each case's name before it runs.
+    """
+    torch = _torch()
+    jo = _optax()
+    say = progress or (lambda s: None)
+    cases: List[_Case] = []
+    plan: List[Callable[[], Any]] = []
+    dense_sizes = [10**7] if quick else [10**7, 4 * 10**7]
+    for n in dense_sizes:
+        plan.append(lambda n=n: _dense_case(n, quick, torch, jo))
+    plan.append(lambda: _dense_case(dense_sizes[0], quick, torch, jo, amsgrad=True))
+    plan.append(lambda: _dense_case(10**4, quick, torch, jo))
+    plan.append(lambda: _overhead_case(quick))
+    plan.append(lambda: _many_case(2000, 1000, quick, torch))
+    rows = 10**5 if quick else 10**6
+    plan.append(lambda: _sparse_case(rows, 64, 4096, quick, torch))
+    lazy_rows = [10**4, 10**6] if quick else [10**5, 10**6, 10**7]
+    plan.append(lambda: _lazy_case(lazy_rows, 64, 4096, quick, torch))
+    plan.append(lambda: _threads_case(10**7, quick))
+    plan.append(_compile_case)
+    for item in plan:
+        result = item()
+        for c in result if isinstance(result, list) else [result]:
+            say(c.name)
+            cases.append(c)
+    return {
+        "machine": {
+            "threads": numbadam.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "numbadam": numbadam.__version__,
+            "numpy": np.__version__,
+            "torch": getattr(torch, "__version__", None),
+            "optax": None if jo is None else jo[1].__version__,
+            "quick": quick,
+        },
+        "cases": [c.as_dict() for c in cases],
+        "goals": _goals(cases),
+    }
+
+
+def _goals(cases: List[_Case]) -> List[Dict[str, Any]]:
+    goals = []
+
+    def ratio(case, a, b, target, text, higher=True):
+        if a in case.times and b in case.times:
+            val = case.times[b] / case.times[a]  # time of b over time of a
+            ok = val >= target if higher else val <= target
+            goals.append({"case": case.name, "goal": text, "ratio": val, "target": target, "met": bool(ok)})
+
+    for c in cases:
+        if c.name.startswith(("dense", "amsgrad")) and "threads" not in c.name:
+            ratio(c, "numbadam", "probe", 0.95, "bandwidth vs probe >= 0.95")
+            if c.nbytes < 1e6:
+                ratio(c, "numbadam", "torch-fused", 3.0, "speed-up vs torch fused >= 3")
+            else:
+                ratio(c, "numbadam", "torch-fused", 1.0, "speed-up vs torch fused >= 1")
+            ratio(c, "numbadam", "numpy", 1.0, "speed-up vs numpy")
+        elif c.name.startswith("fixed cost"):
+            t = c.times["numbadam"]
+            goals.append({"case": c.name, "goal": "fixed cost < 10 us", "ratio": t * 1e6, "target": 10.0, "met": t < 10e-6})
+        elif "variables" in c.name:
+            ratio(c, "numbadam-buffer", "torch-fused", 10.0, "speed-up vs torch fused >= 10")
+            ratio(c, "numbadam-buffer", "probe", 1 / 1.5, "probe/numbadam >= 1/1.5 (within 1.5x of one pass)")
+        elif c.name.startswith("sparse TF"):
+            ratio(c, "numbadam", "numpy-tf-style", 6.0, "speed-up vs NumPy TF-style >= 6")
+            ratio(c, "numbadam", "numbadam-dense-step", 1 / 1.1, "within 1.1x of the dense step")
+        elif c.name.startswith("sparse lazy"):
+            ratio(c, "numbadam-lazy", "torch-SparseAdam", 4.0, "speed-up vs torch SparseAdam >= 4")
+    lazy = [c for c in cases if c.name.startswith("sparse lazy")]
+    if len(lazy) >= 2:
+        t0, t1 = lazy[0].times["numbadam-lazy"], lazy[-1].times["numbadam-lazy"]
+        goals.append({
+            "case": f"{lazy[0].name} vs {lazy[-1].name}", "goal": "lazy cost independent of rows (<= 1.3x)",
+            "ratio": t1 / t0, "target": 1.3, "met": t1 / t0 <= 1.3,
+        })  # fmt: skip
+    return goals
+
+
+def format_report(result: Dict[str, Any]) -> str:
+    """The human-readable table of :func:`run`'s result."""
+    lines = []
+    mach = result["machine"]
+    lines.append(
+        f"numbadam {mach['numbadam']} | numpy {mach['numpy']} | torch {mach['torch']} | "
+        f"optax {mach['optax']} | {mach['threads']} threads | quick={mach['quick']}"
+    )
+    for c in result["cases"]:
+        lines.append("")
+        lines.append(f"== {c['case']}  ({c['note']})")
+        ref = c["median_s"].get("numbadam") or c["median_s"].get("numbadam-buffer") or c[
+            "median_s"
+        ].get("numbadam-lazy")
+        for impl, t in c["median_s"].items():
+            if c["bytes"] == 0:
+                lines.append(f"  {impl:22s} {t:10.3f} s")
+                continue
+            unit, val = ("us", t * 1e6) if t < 1e-3 else ("ms", t * 1e3)
+            gbps = c["GBps"].get(impl, 0.0)
+            rel = f"{t / ref:6.2f}x numbadam's time" if ref else ""
+            lines.append(f"  {impl:22s} {val:10.2f} {unit}  {gbps:7.1f} GB/s  {rel}")
+    lines.append("")
+    lines.append("Goals")
+    for g in result["goals"]:
+        mark = "met" if g["met"] else "NOT met"
+        lines.append(f"  [{mark:7s}] {g['case']}: {g['goal']}: {g['ratio']:.3g}")
+    return "\n".join(lines)
+
+
+def _plot(result: Dict[str, Any], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib: pip install matplotlib", file=sys.stderr)
+        return
+    cases = [c for c in result["cases"] if c["bytes"] > 0]
+    fig, axes = plt.subplots(len(cases), 1, figsize=(8, 1.6 * len(cases) + 1))
+    for ax, c in zip(np.atleast_1d(axes), cases):
+        names = list(c["GBps"])
+        ax.barh(names, [c["GBps"][k] for k in names])
+        ax.set_title(c["case"], fontsize=8)
+        ax.tick_params(labelsize=7)
+    np.atleast_1d(axes)[-1].set_xlabel("effective GB/s (higher is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``numbadam bench``'s options to ``parser``."""
+    parser.add_argument("--quick", action="store_true", help="small sizes, under 90 s")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="write a bar chart (matplotlib)")
+    parser.add_argument("--threads", type=int, metavar="N", help="Numba threads to use")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``numbadam bench`` with parsed ``args``; return the exit status."""
+    if args.threads is not None:
+        numbadam.set_num_threads(args.threads)
+    progress = None if args.json else (lambda s: print(f"ran: {s}", file=sys.stderr))
+    result = run(quick=args.quick, progress=progress)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_report(result))
+    if args.plot:
+        _plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(prog="numbadam bench", description=__doc__)
+    add_arguments(p)
+    sys.exit(main(p.parse_args()))

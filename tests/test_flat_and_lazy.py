@@ -1,0 +1,204 @@
+"""ParameterBuffer (one-pass multi-tensor step) and the lazy sparse mode."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import numbadam
+
+B1, B2 = float(np.float32(0.9)), float(np.float32(0.999))
+
+
+def lazy_reference(w, steps, lr, amsgrad):
+    """float64 LazyAdam rule: only rows with a gradient change (global step)."""
+    w = w.astype(np.float64)
+    m, v, vh = np.zeros_like(w), np.zeros_like(w), np.zeros_like(w)
+    lr = float(np.float32(lr))
+    for t, (idx, vals) in enumerate(steps, start=1):
+        g = np.zeros_like(w)
+        np.add.at(g, idx, vals.astype(np.float64))
+        rows = np.unique(idx)
+        m[rows] += (g[rows] - m[rows]) * (1 - B1)
+        v[rows] += (g[rows] ** 2 - v[rows]) * (1 - B2)
+        vh[rows] = np.maximum(vh[rows], v[rows])
+        d = vh if amsgrad else v
+        alpha = lr * np.sqrt(1 - B2**t) / (1 - B1**t)
+        w[rows] -= alpha * m[rows] / (np.sqrt(d[rows]) + 1e-7)
+    return w
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_lazy_matches_reference(dtype, amsgrad):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((40, 3)).astype(dtype)
+    w0 = w.copy()
+    steps = [
+        (rng.integers(0, 40, 12), rng.standard_normal((12, 3)).astype(dtype))
+        for _ in range(6)
+    ]
+    opt = numbadam.Adam(0.01, amsgrad=amsgrad, sparse_mode="lazy")
+    for idx, vals in steps:
+        opt.apply_gradients([(numbadam.IndexedSlices(vals, idx, w.shape), w)])
+    expect = lazy_reference(w0, steps, 0.01, amsgrad)
+    tol = {np.float64: 1e-12, np.float32: 1e-5, np.float16: 2e-3}[dtype]
+    np.testing.assert_allclose(w.astype(np.float64), expect, rtol=tol, atol=tol)
+    untouched = np.setdiff1d(np.arange(40), np.concatenate([s[0] for s in steps]))
+    assert np.array_equal(w[untouched], w0[untouched])
+    assert not opt.get_slot(w, "m")[untouched].any()
+
+
+def test_lazy_rows_equal_dense_rows_on_first_step():
+    # on the first step every touched row has m = v = 0 in both modes
+    rng = np.random.default_rng(4)
+    idx = np.array([5, 1, 5, 9])
+    vals = rng.standard_normal((4, 6)).astype(np.float32)
+    a = rng.standard_normal((12, 6)).astype(np.float32)
+    b = a.copy()
+    numbadam.Adam(0.1).apply_gradients([(numbadam.IndexedSlices(vals, idx), a)])
+    numbadam.Adam(0.1, sparse_mode="lazy").apply_gradients(
+        [(numbadam.IndexedSlices(vals, idx), b)]
+    )
+    assert np.array_equal(a, b)
+
+
+def test_sparse_mode_config_round_trip():
+    opt = numbadam.Adam(sparse_mode="lazy")
+    cfg = opt.get_config()
+    assert cfg["sparse_mode"] == "lazy"
+    assert numbadam.Adam.from_config(json.loads(json.dumps(cfg))).sparse_mode == "lazy"
+    assert "sparse_mode" not in numbadam.Adam().get_config()  # Keras' keys only
+    with pytest.raises(ValueError, match="sparse_mode"):
+        numbadam.Adam(sparse_mode="eager")
+
+
+@settings(deadline=None, max_examples=25)
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=1, max_size=6),
+    amsgrad=st.booleans(),
+    clipnorm=st.sampled_from([None, 0.5]),
+    clipvalue=st.sampled_from([None, 0.3]),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_buffer_equals_per_variable(sizes, amsgrad, clipnorm, clipvalue, dtype, seed):
+    rng = np.random.default_rng(seed)
+    shapes = [(s,) if s % 2 else (s // 2, 2) for s in sizes]
+    buf = numbadam.ParameterBuffer(shapes, dtype)
+    buf.data[:] = rng.standard_normal(buf.data.size)
+    separate = [p.copy() for p in buf.params]
+    kw = dict(amsgrad=amsgrad, clipnorm=clipnorm, clipvalue=clipvalue)
+    o1, o2 = numbadam.Adam(0.01, **kw), numbadam.Adam(0.01, **kw)
+    for _ in range(3):
+        buf.grad[:] = rng.standard_normal(buf.grad.size)
+        o1.apply_gradients(buf.grads_and_vars())
+        o2.apply_gradients([(g.copy(), p) for g, p in zip(buf.grads, separate)])
+    for a, b in zip(buf.params, separate):
+        assert np.array_equal(a, b)
+    w1, w2 = o1.get_weights(), o2.get_weights()
+    assert len(w1) == len(w2) == 1 + len(shapes) * (3 if amsgrad else 2)
+    for a, b in zip(w1, w2):
+        assert a.shape == b.shape and np.array_equal(a, b)
+    # slots of a buffer variable are views of one flat array, in TF's order
+    m0 = o1.get_slot(buf.params[0], "m")
+    assert m0.base is not None and m0.shape == shapes[0]
+
+
+def test_buffer_from_arrays_and_mixed_use():
+    a, b = np.arange(6.0).reshape(2, 3), np.ones(4)
+    buf = numbadam.ParameterBuffer.from_arrays([a, b])
+    assert buf.data.dtype == np.float64
+    assert np.array_equal(buf.params[0], a) and np.array_equal(buf.params[1], b)
+    opt = numbadam.Adam(0.1)
+    buf.grads[0][...] = 1.0
+    buf.grads[1][...] = 2.0
+    opt.apply_gradients(buf.grads_and_vars())
+    # the same views may also be passed one by one; slots are shared
+    g0 = np.full((2, 3), 1.0)
+    opt.apply_gradients([(g0, buf.params[0])])
+    assert opt.get_slot(buf.params[0], "m").base is opt.get_slot(buf.params[1], "m").base
+    assert int(opt.iterations) == 2
+
+
+def test_buffer_state_set_weights_round_trip():
+    buf = numbadam.ParameterBuffer([(3,), (2, 2)])
+    opt = numbadam.Adam(0.1)
+    buf.grad[:] = np.linspace(-1, 1, buf.grad.size)
+    opt.apply_gradients(buf.grads_and_vars())
+    saved = opt.get_weights()
+    buf2 = numbadam.ParameterBuffer([(3,), (2, 2)])
+    opt2 = numbadam.Adam(0.1)
+    opt2.build(buf2.params)
+    opt2.set_weights(saved)
+    buf2.data[:] = buf.data
+    buf2.grad[:] = buf.grad
+    opt.apply_gradients(buf.grads_and_vars())
+    opt2.apply_gradients(buf2.grads_and_vars())
+    assert np.array_equal(buf.data, buf2.data)
+
+
+@pytest.mark.parametrize("mode", ["dense", "lazy"])
+def test_no_allocation_proportional_to_the_variable(mode):
+    # tracemalloc sees NumPy's allocations: a step may allocate O(k * width)
+    # for a sparse gradient, never O(table) or O(n).
+    rows, width, k = 20000, 16, 64
+    table = np.zeros((rows, width), np.float32)
+    dense = np.zeros(200_000, np.float32)
+    g = np.ones_like(dense)
+    idx = np.arange(k) * 7
+    vals = np.ones((k, width), np.float32)
+    opt = numbadam.Adam(sparse_mode=mode)
+    pairs = [(g, dense), (numbadam.IndexedSlices(vals, idx, table.shape), table)]
+    opt.apply_gradients(pairs)  # slots are created (and kernels compiled) here
+    tracemalloc.start()
+    try:
+        for _ in range(3):
+            opt.apply_gradients(pairs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * k * width * 4 + 64 * 1024, peak  # << 800 KB variable
+
+
+def test_thread_count_setting_and_bitwise_equality():
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal(100_000).astype(np.float32)
+    g = rng.standard_normal(100_000).astype(np.float32)
+    before = numbadam.get_num_threads()
+    results = []
+    try:
+        for n in sorted({1, before}):
+            numbadam.set_num_threads(n)
+            assert numbadam.get_num_threads() == n
+            w = w0.copy()
+            opt = numbadam.Adam(0.01, clipnorm=1.0)
+            for _ in range(3):
+                opt.apply_gradients([(g, w)])
+            results.append(w)
+    finally:
+        numbadam.reset_num_threads()
+    assert all(np.array_equal(results[0], r) for r in results)
+    with pytest.raises(ValueError):
+        numbadam.set_num_threads(0)
+
+
+def test_benchmark_machinery_smoke():
+    from numbadam import benchmark
+
+    case = benchmark._dense_case(2000, True, None, None)
+    assert {"numbadam", "probe", "numpy"} <= set(case.times)
+    result = {
+        "machine": {"numbadam": "x", "numpy": "y", "torch": None, "optax": None,
+                    "threads": 1, "quick": True},
+        "cases": [case.as_dict()],
+        "goals": benchmark._goals([case]),
+    }  # fmt: skip
+    text = benchmark.format_report(result)
+    assert "dense float32" in text and "Goals" in text
+    json.dumps(result)
