@@ -515,8 +515,11 @@ class OptimizerV2:
             ) from None
         pairs = []
         for i, item in enumerate(items):
-            if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or (
-                len(item) != 2
+            if (
+                isinstance(item, (str, bytes, np.ndarray))
+                or _dispatch.is_device_array(item)
+                or not hasattr(item, "__len__")
+                or len(item) != 2
             ):
                 raise TypeError(
                     f"grads_and_vars item {i} is not a (gradient, variable) pair: "

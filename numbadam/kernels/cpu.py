@@ -21,7 +21,9 @@ chunks for the same reason.
 
 Compilation
 -----------
-The kernels are compiled lazily, one explicit signature per storage dtype (see
+Public kernels call only private ``@njit`` helpers, never each other, so that
+locking one kernel's signatures cannot stop another from compiling. They are
+compiled lazily, one explicit signature per storage dtype (see
 :data:`SIGNATURES` and :func:`ensure_compiled`), and cached on disk. After
 :func:`ensure_compiled` a kernel accepts only its declared signatures: it never
 compiles a new specialisation behind the caller's back.
@@ -185,13 +187,9 @@ def _step(x, m, denom_v, alpha, eps):
 
 
 @njit(**_SERIAL)
-def adam_dense_run_cpu(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div):
-    """Serial dense Adam step over whole 1-D arrays (small variables, blocks).
-
-    In place on ``var``, ``m``, ``v``: ``g' = (clip(g, lo, hi) * mul) / div``;
-    ``m += (g' - m) * omb1``; ``v += (g'*g' - v) * omb2``;
-    ``var -= (m * alpha) / (sqrt(v) + eps)``.
-    """
+def _adam_dense_run(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div):
+    # The loop of both dense Adam kernels. Private, so never compile-locked:
+    # the public kernels call it for whatever dtype they are compiled for.
     for j in range(var.shape[0]):
         gj = _transform(load(g, j), lo, hi, mul, div)
         mj, vj = _moments(gj, load(m, j), load(v, j), omb1, omb2)
@@ -201,9 +199,7 @@ def adam_dense_run_cpu(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div):
 
 
 @njit(**_SERIAL)
-def amsgrad_dense_run_cpu(var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mul, div):
-    """Serial dense AMSGrad step: as :func:`adam_dense_run_cpu`, then
-    ``vhat = max(vhat, v)`` and ``var -= (m * alpha) / (sqrt(vhat) + eps)``."""
+def _amsgrad_dense_run(var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mul, div):
     for j in range(var.shape[0]):
         gj = _transform(load(g, j), lo, hi, mul, div)
         mj, vj = _moments(gj, load(m, j), load(v, j), omb1, omb2)
@@ -214,6 +210,24 @@ def amsgrad_dense_run_cpu(var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mu
         store(v, j, vj)
         store(vhat, j, hj)
         store(var, j, _step(load(var, j), mj, hj, alpha, eps))
+
+
+@njit(**_SERIAL)
+def adam_dense_run_cpu(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div):
+    """Serial dense Adam step over whole 1-D arrays (small variables).
+
+    In place on ``var``, ``m``, ``v``: ``g' = (clip(g, lo, hi) * mul) / div``;
+    ``m += (g' - m) * omb1``; ``v += (g'*g' - v) * omb2``;
+    ``var -= (m * alpha) / (sqrt(v) + eps)``.
+    """
+    _adam_dense_run(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div)
+
+
+@njit(**_SERIAL)
+def amsgrad_dense_run_cpu(var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mul, div):
+    """Serial dense AMSGrad step: as :func:`adam_dense_run_cpu`, then
+    ``vhat = max(vhat, v)`` and ``var -= (m * alpha) / (sqrt(vhat) + eps)``."""
+    _amsgrad_dense_run(var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mul, div)
 
 
 @njit(**_PARALLEL)
@@ -228,7 +242,7 @@ def adam_dense_cpu(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div, block
         start = b * block
         stop = min(start + block, n)
         # Slices starting at 0 let LLVM vectorise the inner loop.
-        adam_dense_run_cpu(
+        _adam_dense_run(
             var[start:stop], g[start:stop], m[start:stop], v[start:stop],
             alpha, omb1, omb2, eps, lo, hi, mul, div,
         )  # fmt: skip
@@ -247,7 +261,7 @@ def amsgrad_dense_cpu(
     for b in prange(nblocks):
         start = b * block
         stop = min(start + block, n)
-        amsgrad_dense_run_cpu(
+        _amsgrad_dense_run(
             var[start:stop], g[start:stop], m[start:stop], v[start:stop],
             vhat[start:stop], alpha, omb1, omb2, eps, lo, hi, mul, div,
         )  # fmt: skip
@@ -568,5 +582,7 @@ def ensure_compiled(kernel, dtype) -> None:
             for sig in SIGNATURES[key[0]][key[1]]:
                 kernel.compile(sig)
         finally:
-            kernel.disable_compile(True)
+            # (a dispatcher with no signature at all may not be locked)
+            if kernel.signatures:
+                kernel.disable_compile(True)
         _compiled.add(key)

@@ -1,0 +1,228 @@
+"""A float64 NumPy oracle of Keras/TF2 legacy Adam, written from the formulas.
+
+This module never imports numbadam. Every function returns new float64 arrays;
+nothing is updated in place.
+
+TensorFlow's conventions reproduced here:
+
+* ``learning_rate``, ``beta_1``, ``beta_2`` and ``decay`` live in float32
+  variables, so their values are rounded to float32 (:func:`hyper32`) and then
+  cast to the variable's dtype; ``epsilon`` is cast directly (not rounded).
+* ``t = iterations + 1``; ``alpha = lr_t * sqrt(1 - beta_2**t) / (1 - beta_1**t)``.
+* ApplyAdam: ``m += (g - m) * (1 - beta_1)``; ``v += (g*g - v) * (1 - beta_2)``;
+  ``var -= m * alpha / (sqrt(v) + epsilon)``. AMSGrad keeps ``vhat = max(vhat, v)``
+  and divides by ``sqrt(vhat)``.
+* ``decay``: ``lr_t = lr / (1 + decay * iterations)``.
+* Gradient clipping, in this order: ``clip_by_value(g, -clipvalue, clipvalue)``,
+  then ``clip_by_norm``: ``g * c / max(||g||, c)``. A sparse gradient is clipped
+  on its (not yet de-duplicated) values.
+* A sparse gradient (indices, values) is the zero-filled dense gradient with the
+  duplicate rows summed; then the dense rule applies to every row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Callable, Union
+
+import numpy as np
+
+__all__ = [
+    "SparseGrad",
+    "adam_dense_ref",
+    "adam_sparse_ref",
+    "clip_ref",
+    "decayed_lr",
+    "hyper32",
+    "run_reference",
+    "sparse_to_dense",
+]
+
+Hyper = Union[float, Callable[[int], float]]
+
+
+def hyper32(x: Any) -> float:
+    """``x`` rounded to float32, returned as a Python float (TF's hyper variables)."""
+    return float(np.float32(x))
+
+
+def _f64(a: Any) -> np.ndarray:
+    return np.array(a, dtype=np.float64, copy=True)
+
+
+def clip_ref(
+    g: Any, clipvalue: float | None = None, clipnorm: float | None = None
+) -> np.ndarray:
+    """TF's ``clip_by_value`` then ``clip_by_norm`` of ``g``, in float64."""
+    g = _f64(g)
+    if clipvalue is not None:
+        g = np.minimum(np.maximum(g, -float(clipvalue)), float(clipvalue))
+    if clipnorm is not None:
+        c = float(clipnorm)
+        norm = math.sqrt(float(np.sum(g * g)))
+        g = (g * c) / max(norm, c)
+    return g
+
+
+def decayed_lr(lr: Any, decay: Any, iterations: int) -> float:
+    """``lr / (1 + decay * iterations)`` with ``lr`` and ``decay`` float32-rounded."""
+    lr_t = hyper32(lr)
+    d = hyper32(decay)
+    if d > 0:
+        lr_t = lr_t / (1.0 + d * float(iterations))
+    return lr_t
+
+
+def adam_dense_ref(
+    var: Any,
+    g: Any,
+    m: Any,
+    v: Any,
+    t: int,
+    lr: Any,
+    beta_1: Any,
+    beta_2: Any,
+    epsilon: Any,
+    vhat: Any = None,
+    decay: Any = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """One dense Adam (or AMSGrad, when ``vhat`` is given) step, in float64.
+
+    Parameters
+    ----------
+    var, g, m, v, vhat : array_like
+        Current state and the (already clipped) gradient.
+    t : int
+        The 1-based step, ``iterations + 1``.
+    lr, beta_1, beta_2, decay : float
+        Hyperparameters; rounded to float32 as TensorFlow stores them.
+    epsilon : float
+        Used as given (TF casts it directly to the variable's dtype).
+
+    Returns
+    -------
+    (var, m, v, vhat)
+        New float64 arrays; ``vhat`` is ``None`` without AMSGrad.
+    """
+    var, g, m, v = _f64(var), _f64(g), _f64(m), _f64(v)
+    lr_t = decayed_lr(lr, decay, t - 1)
+    b1 = hyper32(beta_1)
+    b2 = hyper32(beta_2)
+    eps = float(epsilon)
+    tt = float(t)
+    alpha = (lr_t * math.sqrt(1.0 - b2**tt)) / (1.0 - b1**tt)
+    m = m + (g - m) * (1.0 - b1)
+    v = v + (g * g - v) * (1.0 - b2)
+    if vhat is not None:
+        vhat = np.maximum(_f64(vhat), v)
+        denom = vhat
+    else:
+        denom = v
+    var = var - (m * alpha) / (np.sqrt(denom) + eps)
+    return var, m, v, vhat
+
+
+def sparse_to_dense(shape: Sequence[int], indices: Any, values: Any) -> np.ndarray:
+    """The zero-filled dense gradient of ``(indices, values)``, duplicates summed.
+
+    Rows are added in their order of appearance, in float64.
+    """
+    dense = np.zeros(tuple(shape), np.float64)
+    idx = np.asarray(indices).astype(np.int64).reshape(-1)
+    np.add.at(dense, idx, _f64(values))
+    return dense
+
+
+def adam_sparse_ref(
+    var: Any,
+    indices: Any,
+    values: Any,
+    m: Any,
+    v: Any,
+    t: int,
+    lr: Any,
+    beta_1: Any,
+    beta_2: Any,
+    epsilon: Any,
+    vhat: Any = None,
+    decay: Any = 0.0,
+):
+    """One sparse step: sum duplicates into a zero-filled gradient, then dense."""
+    g = sparse_to_dense(np.shape(var), indices, values)
+    return adam_dense_ref(var, g, m, v, t, lr, beta_1, beta_2, epsilon, vhat, decay)
+
+
+class SparseGrad:
+    """A sparse gradient for :func:`run_reference` (duck-typed IndexedSlices)."""
+
+    def __init__(self, indices: Any, values: Any) -> None:
+        self.indices = np.asarray(indices)
+        self.values = np.asarray(values)
+
+
+def _value(h: Hyper, iterations: int) -> float:
+    return float(h(iterations)) if callable(h) else float(h)
+
+
+def run_reference(
+    var0: Any,
+    grads: Sequence[Any],
+    steps: int | None = None,
+    *,
+    lr: Hyper = 0.001,
+    beta_1: Hyper = 0.9,
+    beta_2: Hyper = 0.999,
+    epsilon: Hyper = 1e-7,
+    amsgrad: bool = False,
+    clipvalue: float | None = None,
+    clipnorm: float | None = None,
+    decay: float = 0.0,
+    start_iteration: int = 0,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Several Adam steps from zero slots; the state after every step.
+
+    Parameters
+    ----------
+    var0 : array_like
+        Initial variable.
+    grads : sequence
+        Gradient of each step: an array of ``var0``'s shape, or an object with
+        ``indices`` and ``values`` (sparse; values clipped before summing).
+        With ``steps`` larger than ``len(grads)``, gradients are reused cyclically.
+    lr, beta_1, beta_2, epsilon : float or callable(iterations) -> float
+        A callable is evaluated at ``iterations`` before the step's increment.
+    start_iteration : int
+        ``iterations`` before the first step (slots still start at zero).
+
+    Returns
+    -------
+    list of (var, m, v, vhat)
+        float64 state after each step; ``vhat`` is ``None`` without AMSGrad.
+    """
+    steps = len(grads) if steps is None else int(steps)
+    var = _f64(var0)
+    m = np.zeros_like(var)
+    v = np.zeros_like(var)
+    vhat = np.zeros_like(var) if amsgrad else None
+    out = []
+    for s in range(steps):
+        it = start_iteration + s
+        g = grads[s % len(grads)]
+        hp = {
+            "lr": _value(lr, it),
+            "beta_1": _value(beta_1, it),
+            "beta_2": _value(beta_2, it),
+            "epsilon": _value(epsilon, it),
+            "decay": decay,
+        }
+        if hasattr(g, "indices"):
+            vals = clip_ref(g.values, clipvalue, clipnorm)
+            var, m, v, vhat = adam_sparse_ref(
+                var, g.indices, vals, m, v, it + 1, vhat=vhat, **hp
+            )
+        else:
+            gd = clip_ref(g, clipvalue, clipnorm)
+            var, m, v, vhat = adam_dense_ref(var, gd, m, v, it + 1, vhat=vhat, **hp)
+        out.append((var, m, v, None if vhat is None else vhat.copy()))
+    return out

@@ -1,0 +1,419 @@
+"""Bad input: a clear exception, and nothing at all changed.
+
+Each case calls ``apply_gradients([good, new_good, bad])``: ``good`` updates a
+variable whose slots already exist, ``new_good`` a variable seen for the first
+time, and ``bad`` (at position 2) is the broken pair. The exception must have the
+expected type and name the problem and the position, every variable, slot and
+``iterations`` must be bitwise unchanged (and no slot created), and the optimizer
+must still take a good step afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import assert_bitwise, assert_unchanged, snapshot, to_device, to_host
+
+import numbadam
+from numbadam import IndexedSlices
+
+BAD_POS = 2
+
+
+def _setup(backend: str, amsgrad: bool = False):
+    """An optimizer that took one step on ``a`` and ``b``; ``c`` is new."""
+    rng = np.random.default_rng(7)
+    a = to_device(rng.standard_normal((5, 3)).astype(np.float32), backend)
+    b = to_device(rng.standard_normal((6, 4)).astype(np.float32), backend)
+    c = to_device(rng.standard_normal(7).astype(np.float64), backend)
+    opt = numbadam.Adam(0.1, amsgrad=amsgrad)
+    opt.apply_gradients(
+        [
+            (to_device(np.ones((5, 3), np.float32), backend), a),
+            (to_device(np.ones((6, 4), np.float32), backend), b),
+        ]
+    )
+    goods = [
+        (to_device(np.full((5, 3), 0.5, np.float32), backend), a),
+        (to_device(np.full(7, -0.5), backend), c),
+    ]
+    return opt, a, b, c, goods
+
+
+def _check(
+    backend,
+    bad_pair_fn,
+    exc,
+    patterns,
+    *,
+    variables_extra=(),
+    amsgrad=False,
+    position_pattern=None,
+):
+    opt, a, b, c, goods = _setup(backend, amsgrad)
+    bad = bad_pair_fn(backend, b)
+    variables = [a, b, c, *variables_extra]
+    before = snapshot(opt, variables)
+    with pytest.raises(exc) as info:
+        opt.apply_gradients(goods + [bad])
+    msg = str(info.value)
+    pos = position_pattern or rf"(variable|item) {BAD_POS}\b"
+    assert re.search(pos, msg), f"message does not name the position: {msg!r}"
+    for p in patterns:
+        assert re.search(p, msg, re.IGNORECASE), f"{p!r} not in {msg!r}"
+    assert_unchanged(before, opt, variables)
+    with pytest.raises(KeyError):
+        opt.get_slot(c, "m")  # c's slots were not created
+    # still usable
+    out = opt.apply_gradients(goods)
+    assert int(out) == 2
+    assert not np.array_equal(to_host(a), before["vars"][0])
+    assert opt.get_slot(c, "m") is not None
+    return info.value
+
+
+def _dev(arr, backend):
+    return to_device(arr, backend)
+
+
+# ---------------------------------------------------------------------------
+# cases on both backends
+# ---------------------------------------------------------------------------
+
+BOTH: dict[str, Any] = {
+    "shape mismatch": (
+        lambda be, b: (_dev(np.ones((6, 3), np.float32), be), b),
+        ValueError,
+        [r"shape", r"\(6, 3\)", r"\(6, 4\)"],
+    ),
+    "transposed gradient": (
+        lambda be, b: (_dev(np.ones((4, 6), np.float32), be), b),
+        ValueError,
+        [r"shape"],
+    ),
+    "int gradient": (
+        lambda be, b: (_dev(np.ones((6, 4), np.int32), be), b),
+        TypeError,
+        [r"int32"],
+    ),
+    "complex gradient": (
+        lambda be, b: (_dev(np.ones((6, 4), np.complex64), be), b),
+        TypeError,
+        [r"complex64"],
+    ),
+    "int variable": (
+        lambda be, b: (
+            _dev(np.ones(3, np.float32), be),
+            _dev(np.zeros(3, np.int64), be),
+        ),
+        TypeError,
+        [r"int64"],
+    ),
+    "complex variable": (
+        lambda be, b: (
+            _dev(np.ones(3, np.complex128), be),
+            _dev(np.zeros(3, np.complex128), be),
+        ),
+        TypeError,
+        [r"complex128"],
+    ),
+    "sparse index out of range": (
+        lambda be, b: (
+            IndexedSlices(
+                _dev(np.ones((2, 4), np.float32), be),
+                _dev(np.array([1, 6]), be),
+                (6, 4),
+            ),
+            b,
+        ),
+        IndexError,
+        [r"\b6\b", r"range|rows"],
+    ),
+    "sparse negative index": (
+        lambda be, b: (
+            IndexedSlices(
+                _dev(np.ones((2, 4), np.float32), be), _dev(np.array([0, -1]), be)
+            ),
+            b,
+        ),
+        IndexError,
+        [r"negative|-1"],
+    ),
+    "sparse float indices": (
+        lambda be, b: (
+            IndexedSlices(
+                _dev(np.ones((2, 4), np.float32), be), _dev(np.array([0.0, 1.0]), be)
+            ),
+            b,
+        ),
+        TypeError,
+        [r"indices", r"float64"],
+    ),
+    "sparse 2-D indices": (
+        lambda be, b: (
+            IndexedSlices(
+                _dev(np.ones((2, 4), np.float32), be), _dev(np.array([[0], [1]]), be)
+            ),
+            b,
+        ),
+        ValueError,
+        [r"indices", r"1-D|shape"],
+    ),
+    "sparse length mismatch": (
+        lambda be, b: (
+            IndexedSlices(
+                _dev(np.ones((3, 4), np.float32), be), _dev(np.array([0, 1]), be)
+            ),
+            b,
+        ),
+        ValueError,
+        [r"\b2\b", r"\(3, 4\)"],
+    ),
+    "sparse row width mismatch": (
+        lambda be, b: (
+            IndexedSlices(
+                _dev(np.ones((2, 5), np.float32), be), _dev(np.array([0, 1]), be)
+            ),
+            b,
+        ),
+        ValueError,
+        [r"rows|width|shape", r"5"],
+    ),
+    "sparse dense_shape mismatch": (
+        lambda be, b: (
+            IndexedSlices(
+                _dev(np.ones((2, 4), np.float32), be),
+                _dev(np.array([0, 1]), be),
+                (7, 4),
+            ),
+            b,
+        ),
+        ValueError,
+        [r"dense_shape", r"\(7, 4\)"],
+    ),
+    "sparse int values": (
+        lambda be, b: (
+            IndexedSlices(
+                _dev(np.ones((2, 4), np.int32), be), _dev(np.array([0, 1]), be)
+            ),
+            b,
+        ),
+        TypeError,
+        [r"int32"],
+    ),
+    "sparse gradient for a 0-d variable": (
+        lambda be, b: (
+            IndexedSlices(_dev(np.ones(1, np.float32), be), _dev(np.array([0]), be)),
+            _dev(np.zeros((), np.float32), be),
+        ),
+        ValueError,
+        [r"0-d|rows"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BOTH))
+def test_bad_pair(backend, case):
+    fn, exc, patterns = BOTH[case]
+    _check(backend, fn, exc, patterns)
+
+
+@pytest.mark.parametrize("case", ["shape mismatch", "sparse index out of range"])
+def test_bad_pair_amsgrad(backend, case):
+    fn, exc, patterns = BOTH[case]
+    _check(backend, fn, exc, patterns, amsgrad=True)
+
+
+def test_same_variable_twice(backend):
+    opt, a, b, c, goods = _setup(backend)
+    before = snapshot(opt, [a, b, c])
+    bad = (to_device(np.ones((5, 3), np.float32), backend), a)
+    with pytest.raises(ValueError, match=r"variable 2.*twice.*position 0"):
+        opt.apply_gradients(goods + [bad])
+    assert_unchanged(before, opt, [a, b, c])
+    assert int(opt.apply_gradients(goods)) == 2
+
+
+@pytest.mark.parametrize("which", ["learning_rate", "beta_1", "beta_2", "epsilon"])
+def test_callable_hyperparameter_returning_string(backend, which):
+    opt, a, b, c, goods = _setup(backend)
+    value = {"learning_rate": 0.1, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
+    state = {"bad": True}
+    fn = lambda: "oops" if state["bad"] else value[which]
+    if which == "epsilon":
+        opt.epsilon = fn
+    else:
+        setattr(opt, which, fn)
+    before = snapshot(opt, [a, b, c])
+    with pytest.raises(TypeError) as info:
+        opt.apply_gradients(goods)
+    assert which in str(info.value) and "oops" in str(info.value)
+    assert_unchanged(before, opt, [a, b, c])
+    state["bad"] = False
+    assert int(opt.apply_gradients(goods)) == 2
+
+
+# ---------------------------------------------------------------------------
+# host-only cases (no device equivalent)
+# ---------------------------------------------------------------------------
+
+HOST: dict[str, Any] = {
+    "string variable": (
+        lambda be, b: (np.ones(2, np.float32), np.array(["a", "b"])),
+        TypeError,
+        [r"<U1|str"],
+    ),
+    "object variable": (
+        lambda be, b: (np.ones(2, np.float32), np.array([1.0, None], dtype=object)),
+        TypeError,
+        [r"object"],
+    ),
+    "list variable": (
+        lambda be, b: (np.ones(2, np.float32), [0.0, 1.0]),
+        TypeError,
+        [r"list", r"ndarray"],
+    ),
+    "read-only variable": (
+        lambda be, b: (np.ones(3, np.float32), _readonly(np.zeros(3, np.float32))),
+        ValueError,
+        [r"read-only"],
+    ),
+    "string gradient": (
+        lambda be, b: (np.full((6, 4), "x"), b),
+        TypeError,
+        [r"<U1|str|dtype"],
+    ),
+    "object gradient": (
+        lambda be, b: (np.full((6, 4), None, dtype=object), b),
+        TypeError,
+        [r"object"],
+    ),
+    "ragged list gradient": (
+        lambda be, b: ([[1.0, 2.0], [3.0]], b),
+        TypeError,
+        [r"gradient"],
+    ),
+    "sparse string indices": (
+        lambda be, b: (
+            IndexedSlices(np.ones((2, 4), np.float32), np.array(["0", "1"])),
+            b,
+        ),
+        TypeError,
+        [r"indices"],
+    ),
+}
+
+
+def _readonly(a):
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("case", list(HOST))
+def test_bad_host_pair(case):
+    fn, exc, patterns = HOST[case]
+    _check("cpu", fn, exc, patterns)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        pytest.param(lambda: (np.ones(3), np.zeros(3), np.zeros(3)), id="3-tuple"),
+        pytest.param(lambda: (np.ones(3),), id="1-tuple"),
+        pytest.param(lambda: np.zeros(3), id="bare array"),
+        pytest.param(lambda: np.eye(2, 3)[::-1].copy(), id="bare 2-row array"),
+        pytest.param(lambda: "gw", id="string"),
+        pytest.param(lambda: 3.0, id="number"),
+    ],
+)
+def test_malformed_pair(item):
+    made = item()
+    original = np.array(made, copy=True) if isinstance(made, np.ndarray) else None
+
+    def fn(be, b):
+        return made
+
+    _check("cpu", fn, TypeError, [r"pair"], position_pattern=rf"item {BAD_POS}\b")
+    if isinstance(made, np.ndarray):
+        # a bare array was not taken for a (gradient, variable) pair of its rows
+        assert_bitwise(made, original)
+
+
+def test_variable_none():
+    _check(
+        "cpu",
+        lambda be, b: (np.ones(3), None),
+        TypeError,
+        [r"None"],
+        position_pattern=rf"item {BAD_POS}\b",
+    )
+
+
+def test_not_iterable():
+    opt = numbadam.Adam()
+    with pytest.raises(TypeError, match="iterable"):
+        opt.apply_gradients(42)
+    assert opt.weights == []
+
+
+def test_read_only_gradient_is_fine():
+    """Read-only *gradients* are valid input (only variables are written)."""
+    g = _readonly(np.ones(3, np.float32))
+    w = np.zeros(3, np.float32)
+    numbadam.Adam(0.1).apply_gradients([(g, w)])
+    assert np.all(w < 0)
+
+
+def test_build_rejects_bad_variable():
+    opt = numbadam.Adam()
+    with pytest.raises(TypeError, match="variable 1"):
+        opt.build([np.zeros(2, np.float32), np.zeros(2, np.int32)])
+    assert opt.weights == []
+
+
+# ---------------------------------------------------------------------------
+# host and device arrays mixed (needs the cuda backend)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(
+            lambda b, host_b: (to_device(np.ones((6, 4), np.float32), "cuda"), host_b),
+            id="device gradient, host variable",
+        ),
+        pytest.param(
+            lambda b, host_b: (np.ones((6, 4), np.float32), b),
+            id="host gradient, device variable",
+        ),
+        pytest.param(
+            lambda b, host_b: (
+                IndexedSlices(np.ones((1, 4), np.float32), np.array([0])),
+                b,
+            ),
+            id="host IndexedSlices, device variable",
+        ),
+        pytest.param(
+            lambda b, host_b: (
+                IndexedSlices(
+                    to_device(np.ones((1, 4), np.float32), "cuda"),
+                    to_device(np.array([0]), "cuda"),
+                ),
+                host_b,
+            ),
+            id="device IndexedSlices, host variable",
+        ),
+    ],
+)
+def test_mixed_host_and_device(cuda_backend, make):
+    host_b = np.zeros((6, 4), np.float32)
+
+    def fn(be, b):
+        return make(b, host_b)
+
+    _check("cuda", fn, TypeError, [r"CUDA|device|host"], variables_extra=(host_b,))
