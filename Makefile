@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine with only Python 3 and pip:
-#   make demo   create .venv, install numbadam, run the main job
+#   make demo   create .venv, install numbadam[examples], run the main job
 #   make test   create .venv, install numbadam[test], run the whole suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,15 +13,19 @@ $(BIN)/python:
 	$(PIP) install -q --upgrade pip
 
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[examples]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e ".[test,cuda]"
+	$(PIP) install -q -e ".[test,cuda,mpi,examples]"
 	touch $@
 
+# The main job (docs/demo.md): an embedding recommender and an MLP trained with
+# numbadam.Adam, curves in demo-output/demo.png, checkpoints in demo-output/ckpt.
+# More flags: make demo DEMO_ARGS="--resume" (see .venv/bin/numbadam demo --help).
+DEMO_ARGS ?=
 demo: $(VENV)/.installed-demo
-	$(BIN)/python -m numbadam.examples.logistic
+	$(BIN)/numbadam demo --plot demo-output/demo.png --checkpoint-dir demo-output/ckpt $(DEMO_ARGS)
 
 test: test-cpu test-cuda-sim
 
@@ -34,3 +38,21 @@ test-cuda-sim: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+# Documentation: HTML in docs/_build/html, warnings are errors (docs/conf.py).
+.PHONY: docs bench
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# Benchmarks: one quick asv pass in .venv (a smoke test; docs/performance.md).
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.installed-bench
+	cd asv_bench && $(abspath $(BIN))/asv machine --yes > /dev/null \
+		&& $(abspath $(BIN))/asv run --python=same --quick --show-stderr

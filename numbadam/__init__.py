@@ -16,10 +16,24 @@ Examples
 """
 
 from . import schedules
+from ._config import get_num_threads, reset_num_threads, set_num_threads
+from ._flat import ParameterBuffer
 from ._types import IndexedSlices
 from .adam import Adam
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .optimizer import OptimizerV2
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "IndexedSlices", "OptimizerV2", "schedules", "__version__"]
+__all__ = [
+    "Adam",
+    "IndexedSlices",
+    "OptimizerV2",
+    "ParameterBuffer",
+    "get_num_threads",
+    "reset_num_threads",
+    "set_num_threads",
+    "schedules",
+    "__version__",
+]
+__all__ += ["Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]

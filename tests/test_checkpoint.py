@@ -1,0 +1,476 @@
+"""Tests of numbadam.checkpoint: round trips, bit-identical resume, bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+
+import numbadam
+from numbadam import CheckpointError, load_checkpoint, save_checkpoint
+from numbadam.checkpoint import HEADER_KEY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One training script, run here and in a fresh process: dense float32/float64/
+# float16 variables, a sparse embedding table with duplicate indices, a schedule
+# (so the restored step count matters) and clipnorm.
+TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import numbadam
+    from numbadam import schedules
+
+
+    def make_variables():
+        rng = np.random.default_rng(0)
+        return {
+            "dense/kernel": rng.standard_normal((6, 4)).astype(np.float32),
+            "dense/bias": np.zeros(4, np.float64),
+            "half": rng.standard_normal(5).astype(np.float16),
+            "embedding": rng.standard_normal((40, 3)).astype(np.float32),
+        }
+
+
+    def make_optimizer(amsgrad):
+        lr = schedules.ExponentialDecay(0.05, decay_steps=3, decay_rate=0.8)
+        return numbadam.Adam(learning_rate=lr, amsgrad=amsgrad, clipnorm=2.0)
+
+
+    def step(opt, variables, t):
+        rng = np.random.default_rng(1000 + t)
+        pairs = []
+        for name, var in variables.items():
+            if name == "embedding":
+                idx = rng.integers(0, 10, 12)  # few rows: many duplicates
+                vals = rng.standard_normal((12, 3)).astype(np.float32)
+                g = numbadam.IndexedSlices(vals, idx, var.shape)
+            else:
+                g = rng.standard_normal(var.shape).astype(var.dtype)
+            pairs.append((g, var))
+        opt.apply_gradients(pairs)
+
+
+    def train(opt, variables, start, stop):
+        for t in range(start, stop):
+            step(opt, variables, t)
+
+
+    def dump(path, opt, variables):
+        arrays = {f"var{i}": v for i, v in enumerate(variables.values())}
+        arrays.update({f"w{i}": w for i, w in enumerate(opt.get_weights())})
+        np.savez(path, **arrays)
+
+
+    if __name__ == "__main__":
+        ckpt_path, out_path, start, stop = sys.argv[1:5]
+        ckpt = numbadam.load_checkpoint(ckpt_path)
+        assert ckpt.step == int(start), (ckpt.step, start)
+        train(ckpt.optimizer, ckpt.variables, int(start), int(stop))
+        dump(out_path, ckpt.optimizer, ckpt.variables)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory):
+    path = tmp_path_factory.mktemp("script") / "train_script.py"
+    path.write_text(TRAIN_SCRIPT)
+    namespace: dict = {"__name__": "train_script"}
+    exec(compile(TRAIN_SCRIPT, str(path), "exec"), namespace)
+    namespace["path"] = str(path)
+    return namespace
+
+
+def _bits(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a).tobytes()
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_resume_in_fresh_process_is_bit_identical(script, tmp_path, amsgrad):
+    n, k = 9, 4
+    full_vars = script["make_variables"]()
+    full_opt = script["make_optimizer"](amsgrad)
+    script["train"](full_opt, full_vars, 0, n)
+
+    part_vars = script["make_variables"]()
+    part_opt = script["make_optimizer"](amsgrad)
+    script["train"](part_opt, part_vars, 0, k)
+    ckpt = tmp_path / "ckpt.npz"
+    save_checkpoint(ckpt, part_opt, part_vars)
+
+    out = tmp_path / "resumed.npz"
+    env = dict(
+        os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    proc = subprocess.run(
+        [sys.executable, script["path"], str(ckpt), str(out), str(k), str(n)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out, allow_pickle=False) as resumed:
+        for i, v in enumerate(full_vars.values()):
+            assert resumed[f"var{i}"].dtype == v.dtype
+            assert _bits(resumed[f"var{i}"]) == _bits(v), list(full_vars)[i]
+        weights = full_opt.get_weights()
+        assert len(resumed.files) == len(full_vars) + len(weights)
+        for i, w in enumerate(weights):
+            assert _bits(resumed[f"w{i}"]) == _bits(w)
+    assert int(full_opt.iterations) == n
+
+
+def test_resume_in_process_with_slots_created_in_separate_calls(tmp_path):
+    # Slots created over two calls are ordered [m_a, v_a, m_b, v_b]; a rebuilt
+    # optimizer orders them [m_a, m_b, v_a, v_b]: loading maps them by role.
+    def run(opt, a, b, steps):
+        for t in steps:
+            ga = np.full(3, 0.1 * (t + 1), np.float32)
+            if t == 0:
+                opt.apply_gradients([(ga, a)])
+            else:
+                opt.apply_gradients([(ga, a), (np.full(2, -0.2, np.float32), b)])
+
+    a1, b1 = np.ones(3, np.float32), np.ones(2, np.float32)
+    o1 = numbadam.Adam(0.01, amsgrad=True)
+    run(o1, a1, b1, range(6))
+
+    a2, b2 = np.ones(3, np.float32), np.ones(2, np.float32)
+    o2 = numbadam.Adam(0.01, amsgrad=True)
+    run(o2, a2, b2, range(3))
+    save_checkpoint(tmp_path / "c.npz", o2, [a2, b2])
+    a3, b3 = np.zeros(3, np.float32), np.zeros(2, np.float32)
+    ckpt = load_checkpoint(tmp_path / "c.npz", [a3, b3])
+    run(ckpt.optimizer, a3, b3, range(3, 6))
+    assert _bits(a3) == _bits(a1) and _bits(b3) == _bits(b1)
+    for w1 in o1.get_weights()[1:]:
+        assert any(_bits(w1) == _bits(w3) for w3 in ckpt.optimizer.get_weights())
+
+
+def _trained(amsgrad=False):
+    table = np.arange(20, dtype=np.float32).reshape(10, 2)
+    bias = np.zeros(2, np.float32)
+    opt = numbadam.Adam(learning_rate=0.01, amsgrad=amsgrad, beta_1=0.8)
+    for _ in range(3):
+        g = numbadam.IndexedSlices(np.ones((3, 2), np.float32), [1, 1, 4], (10, 2))
+        opt.apply_gradients([(g, table), (np.ones(2, np.float32), bias)])
+    return opt, {"table": table, "bias": bias}
+
+
+def test_round_trip_new_arrays(tmp_path):
+    opt, variables = _trained(amsgrad=True)
+    path = tmp_path / "c.npz"
+    assert save_checkpoint(path, opt, variables, metadata={"epoch": 3}) == str(path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.path == str(path)
+    assert ckpt.step == 3 and ckpt.metadata == {"epoch": 3}
+    assert list(ckpt.variables) == ["table", "bias"]
+    for name, v in variables.items():
+        assert _bits(ckpt.variables[name]) == _bits(v)
+        assert ckpt.variables[name] is not v
+        assert ckpt.variables[name].flags.writeable
+    assert type(ckpt.optimizer) is numbadam.Adam
+    assert ckpt.optimizer.get_config() == opt.get_config()
+    got, want = ckpt.optimizer.get_weights(), opt.get_weights()
+    assert len(got) == len(want) == 7
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and _bits(g) == _bits(w)
+
+
+def test_restore_in_place_dict_and_list(tmp_path):
+    opt, variables = _trained()
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, opt, variables)
+    table, bias = np.zeros((10, 2), np.float32), np.zeros(2, np.float32)
+    ckpt = load_checkpoint(path, {"bias": bias, "table": table})
+    assert ckpt.variables["table"] is table and _bits(table) == _bits(
+        variables["table"]
+    )
+    assert ckpt.optimizer.get_slot(table, "m") is not None
+    table2, bias2 = np.zeros((10, 2), np.float32), np.zeros(2, np.float32)
+    load_checkpoint(path, [table2, bias2])
+    assert _bits(bias2) == _bits(variables["bias"])
+
+
+def test_list_variables_and_untrained_optimizer(tmp_path):
+    w = np.ones(3)
+    opt = numbadam.Adam()
+    save_checkpoint(tmp_path / "c.npz", opt, [w])
+    ckpt = load_checkpoint(tmp_path / "c.npz")
+    assert ckpt.step == 0 and list(ckpt.variables) == ["0"]
+    ckpt.optimizer.apply_gradients([(np.ones(3), ckpt.variables["0"])])
+    opt.apply_gradients([(np.ones(3), w)])
+    assert _bits(w) == _bits(ckpt.variables["0"])
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
+    opt, variables = _trained()
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, opt, variables, metadata={"v": 1})
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of a write
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, opt, variables, metadata={"v": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["c.npz"]
+    save_checkpoint(path, opt, variables, metadata={"v": 3})
+    assert load_checkpoint(path).metadata == {"v": 3}
+    assert os.listdir(tmp_path) == ["c.npz"]
+
+
+def test_save_errors(tmp_path):
+    opt, variables = _trained()
+    with pytest.raises(CheckpointError, match="not in `variables`"):
+        save_checkpoint(tmp_path / "c.npz", opt, {"table": variables["table"]})
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        save_checkpoint(tmp_path / "missing" / "c.npz", opt, variables)
+    with pytest.raises(CheckpointError, match="JSON"):
+        save_checkpoint(tmp_path / "c.npz", opt, variables, metadata={"x": object()})
+    with pytest.raises(CheckpointError, match="only numeric"):
+        save_checkpoint(tmp_path / "c.npz", numbadam.Adam(), {"s": np.array(["a"])})
+    with pytest.raises(TypeError, match="numbadam optimizer"):
+        save_checkpoint(tmp_path / "c.npz", object(), variables)
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# bad files: one clear CheckpointError naming the file, nothing modified
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def good(tmp_path):
+    opt, variables = _trained(amsgrad=True)
+    path = tmp_path / "good.npz"
+    save_checkpoint(path, opt, variables)
+    return path, variables
+
+
+def _arrays(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _rewrite(src, dst, allow_pickle=False, **changes):
+    arrays = _arrays(src)
+    for k, v in changes.items():
+        if v is None:
+            del arrays[k]
+        else:
+            arrays[k] = v
+    np.savez(dst, **arrays)
+    return dst
+
+
+def _header(path):
+    return json.loads(_arrays(path)[HEADER_KEY].tobytes())
+
+
+def _encode(header):
+    return np.frombuffer(json.dumps(header).encode(), np.uint8)
+
+
+def _expect(path, match, variables=None):
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_checkpoint(path, variables)
+    assert str(info.value).startswith(str(path) + ": ")
+    assert info.value.path == str(path)
+    assert "\n" not in str(info.value)
+    # No chained NumPy/zipfile traceback behind it.
+    exc = info.value
+    assert exc.__cause__ is None and (
+        exc.__context__ is None or exc.__suppress_context__
+    )
+    return info.value
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope.npz")
+    _expect(tmp_path, "is a folder")
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", "empty"),
+        (b"hello world, not a checkpoint", "not an .npz archive"),
+        (b"\x80\x04\x95\x00\x00", "not an .npz archive"),  # a raw pickle
+    ],
+)
+def test_not_an_npz(tmp_path, content, match):
+    path = tmp_path / "x.npz"
+    path.write_bytes(content)
+    _expect(path, match)
+
+
+def test_npy_file(tmp_path):
+    path = tmp_path / "x.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.arange(3))
+    _expect(path, "single .npy array")
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.3, 0.6, 0.95, 0.999])
+def test_truncated(good, tmp_path, fraction):
+    src, _ = good
+    data = src.read_bytes()
+    path = tmp_path / "cut.npz"
+    path.write_bytes(data[: max(3, int(len(data) * fraction))])
+    _expect(path, "truncated or corrupt")
+
+
+def test_corrupted_bytes(good, tmp_path):
+    src, variables = good
+    data = bytearray(src.read_bytes())
+    # Flip bytes inside the first member's payload: its CRC no longer matches.
+    with zipfile.ZipFile(src) as zf:
+        info = zf.infolist()[-1]
+    pos = info.header_offset + 30 + len(info.filename) + 60
+    data[pos : pos + 4] = b"\xff\xfe\xfd\xfc"
+    path = tmp_path / "flip.npz"
+    path.write_bytes(bytes(data))
+    table = np.zeros((10, 2), np.float32)
+    _expect(path, "corrupt", {"table": table, "bias": np.zeros(2, np.float32)})
+    assert not table.any()
+
+
+def test_foreign_npz(tmp_path):
+    path = tmp_path / "foreign.npz"
+    np.savez(path, weights=np.ones(3), bias=np.zeros(2))
+    _expect(path, "not a numbadam checkpoint.*arrays: bias, weights")
+
+
+def test_pickle_bearing_npz(good, tmp_path):
+    src, _ = good
+    arrays = _arrays(src)
+    arrays["variable_0"] = np.array([{"evil": "payload"}, None], dtype=object)
+    path = tmp_path / "pickled.npz"
+    np.savez(path, **arrays)  # np.savez pickles object arrays
+    _expect(path, "pickled Python objects")
+
+
+def test_wrong_keys(good, tmp_path):
+    src, _ = good
+    _expect(_rewrite(src, tmp_path / "a.npz", weight_2=None), "missing array.*weight_2")
+    _expect(
+        _rewrite(src, tmp_path / "b.npz", extra=np.zeros(1)), "unexpected array.*extra"
+    )
+
+
+def test_wrong_shapes_in_file(good, tmp_path):
+    src, _ = good
+    bad = np.zeros((9, 2), np.float32)
+    _expect(
+        _rewrite(src, tmp_path / "a.npz", variable_0=bad), "variable 'table' has shape"
+    )
+    _expect(
+        _rewrite(src, tmp_path / "b.npz", weight_1=bad), "optimizer weight 1 has shape"
+    )
+    wrong_dtype = _arrays(src)["variable_1"].astype(np.float64)
+    _expect(_rewrite(src, tmp_path / "c.npz", variable_1=wrong_dtype), "dtype float64")
+
+
+def test_bad_headers(good, tmp_path):
+    src, _ = good
+    header = _header(src)
+
+    def variant(name, **changes):
+        h = json.loads(json.dumps(header))
+        h.update(changes)
+        return _rewrite(src, tmp_path / name, **{HEADER_KEY: _encode(h)})
+
+    raw = np.frombuffer(b"{not json", np.uint8)
+    _expect(_rewrite(src, tmp_path / "a.npz", **{HEADER_KEY: raw}), "not valid JSON")
+    _expect(
+        _rewrite(src, tmp_path / "b.npz", **{HEADER_KEY: np.ones(3, np.float32)}),
+        "not a uint8",
+    )
+    _expect(variant("c.npz", format="other"), "not a numbadam checkpoint header")
+    _expect(variant("d.npz", version=99), "version 99")
+    _expect(variant("e.npz", weights="x"), "malformed")
+    _expect(variant("f.npz", step=17), "step count disagrees")
+    opt = dict(header["optimizer"], class_name="SGD")
+    _expect(variant("g.npz", optimizer=opt), "unknown optimizer class 'SGD'")
+    cfg = dict(header["optimizer"]["config"], bogus=1)
+    _expect(
+        variant("h.npz", optimizer=dict(header["optimizer"], config=cfg)),
+        "cannot rebuild the optimizer",
+    )
+    cfg = dict(header["optimizer"]["config"], amsgrad=False)  # file has vhat slots
+    _expect(
+        variant("i.npz", optimizer=dict(header["optimizer"], config=cfg)),
+        "does not use",
+    )
+
+
+def test_mismatched_variables_given(good):
+    path, variables = good
+    table = np.zeros((10, 2), np.float32)
+    bias = np.zeros(2, np.float32)
+    _expect(
+        path,
+        "'extra'.*given but not in the file",
+        {"table": table, "bias": bias, "extra": bias},
+    )
+    _expect(path, r"\['bias'\] are in the file but not given", {"table": table})
+    _expect(path, "holds 2 variables, 1 were given", [table])
+    _expect(
+        path,
+        r"'table' has shape \(10, 2\) in the file, \(5, 4\) given",
+        {"table": np.zeros((5, 4), np.float32), "bias": bias},
+    )
+    _expect(
+        path,
+        "'bias' has dtype float32 in the file, float64 given",
+        {"table": table, "bias": np.zeros(2)},
+    )
+    readonly = np.zeros(2, np.float32)
+    readonly.flags.writeable = False
+    _expect(path, "read-only", {"table": table, "bias": readonly})
+    assert not table.any() and not bias.any()
+
+
+def test_resume_parameter_buffer_in_place(tmp_path):
+    # Variables that are views of one flat buffer (one fused pass per step).
+    def make():
+        buf = numbadam.ParameterBuffer([(3, 2), (2,), (4,)])
+        for p in buf.params:
+            p[...] = 0.5
+        return buf
+
+    def step(opt, buf, t):
+        rng = np.random.default_rng(t)
+        for g in buf.grads:
+            g[...] = rng.standard_normal(g.shape)
+        opt.apply_gradients(buf.grads_and_vars())
+
+    whole, opt = make(), numbadam.Adam(0.1, amsgrad=True)
+    for t in range(6):
+        step(opt, whole, t)
+    part, opt2 = make(), numbadam.Adam(0.1, amsgrad=True)
+    for t in range(3):
+        step(opt2, part, t)
+    save_checkpoint(tmp_path / "c.npz", opt2, part.params)
+    resumed = make()
+    ckpt = load_checkpoint(tmp_path / "c.npz", resumed.params)
+    for t in range(3, 6):
+        step(ckpt.optimizer, resumed, t)
+    for a, b in zip(whole.params, resumed.params):
+        assert _bits(a) == _bits(b)
+    for a, b in zip(opt.get_weights(), ckpt.optimizer.get_weights()):
+        assert _bits(a) == _bits(b)
