@@ -11,7 +11,7 @@ Examples
 >>> w = np.zeros(3, np.float32)
 >>> opt = numbadam.Adam(learning_rate=0.01)
 >>> _ = opt.apply_gradients([(np.ones(3, np.float32), w)])
->>> w.round(3).tolist()
+>>> w.astype(float).round(3).tolist()
 [-0.01, -0.01, -0.01]
 """
 

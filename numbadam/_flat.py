@@ -68,7 +68,7 @@ class ParameterBuffer:
     >>> buf.grads[1][...] = -1.0
     >>> opt = numbadam.Adam(learning_rate=0.1)
     >>> _ = opt.apply_gradients(buf.grads_and_vars())
-    >>> w.round(3).tolist(), b.round(3).tolist()
+    >>> w.astype(float).round(3).tolist(), b.astype(float).round(3).tolist()
     ([[-0.1, -0.1], [-0.1, -0.1], [-0.1, -0.1]], [0.1, 0.1])
     """
 

@@ -124,7 +124,7 @@ class Adam(OptimizerV2):
     >>> opt = numbadam.Adam(learning_rate=0.1)
     >>> w = np.array([1.0, 2.0], dtype=np.float32)
     >>> _ = opt.apply_gradients([(np.array([0.5, -0.5], np.float32), w)])
-    >>> w.round(4).tolist(), int(opt.iterations)
+    >>> w.astype(float).round(4).tolist(), int(opt.iterations)
     ([0.9, 2.1], 1)
     >>> opt.get_slot_names()
     ['m', 'v']

@@ -197,6 +197,15 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
         help="CPU threads of numbadam's kernels (default: all cores; 1 is often "
         "as fast, and far better on a busy machine)",
     )
+    g.add_argument(
+        "--distributed",
+        nargs="?",
+        const="sharded",
+        choices=("data", "sharded"),
+        help="train an embedding model over MPI ranks, data-parallel or ZeRO-sharded "
+        "(default sharded); launch as 'mpiexec -n 2 python -m mpi4py -m numbadam "
+        "demo --distributed' (one process without mpiexec)",
+    )
     g = p.add_argument_group("output")
     g.add_argument(
         "--json",
@@ -244,6 +253,22 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mlp-epochs", type=_int_at_least(0), help="epochs (20 / 8)")
 
 
+def _run_distributed_demo(args: argparse.Namespace) -> int:
+    # The same learning curve at any number of ranks (docs/scaling.md).
+    from .distributed import get_communicator, train_embedding_distributed
+
+    comm = get_communicator()
+    epochs = 2 if args.quick else 5
+    losses = train_embedding_distributed(
+        mode=args.distributed, epochs=epochs, seed=args.seed, comm=comm,
+        verbose=not args.json,
+    )  # fmt: skip
+    if args.json and comm.rank == 0:
+        print(json.dumps({"mode": args.distributed, "ranks": comm.size,
+                          "epoch_losses": [float(x) for x in losses]}))  # fmt: skip
+    return 0
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     # Numba's OpenMP threads spin while waiting for work by default; on a busy
     # machine each parallel step then waits for descheduled spinners. Measured on
@@ -256,6 +281,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .demo import DemoError, MLPSettings, RecommenderSettings, Reporter, run_demo
 
     prog = f"{PROG} demo"
+    if args.distributed:
+        return _run_distributed_demo(args)
     if args.resume and not args.checkpoint_dir:
         print(f"{prog}: error: --resume needs --checkpoint-dir DIR", file=sys.stderr)
         return 2

@@ -1,0 +1,305 @@
+"""Data-parallel Adam (Horovod-style): replicated state, averaged gradients."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .. import _dispatch
+from .._types import IndexedSlices
+from ..adam import Adam
+from . import _checkpoint
+from ._comm import Communicator, get_communicator
+from ._embedding import ShardedEmbedding
+
+__all__ = ["DistributedAdam", "broadcast_variables"]
+
+
+def _check_host(var: Any, label: str) -> None:
+    if _dispatch.is_device_array(var):
+        raise TypeError(
+            f"{label} is a CUDA array; numbadam.distributed works on NumPy arrays"
+        )
+
+
+def _common_dtype(dtypes: Iterable[np.dtype]) -> np.dtype:
+    # One buffer for every dense gradient: the widest compute dtype (float16 is
+    # summed in float32, like its kernels compute).
+    cdts = {_dispatch.compute_dtype(d) for d in dtypes}
+    return (
+        np.dtype(np.float64) if np.dtype(np.float64) in cdts else np.dtype(np.float32)
+    )
+
+
+def broadcast_variables(
+    variables: Sequence[np.ndarray], root: int = 0, comm: Any = None
+):
+    """Overwrite every rank's ``variables`` with root's, in place (``Bcast``).
+
+    Call once before training so that every rank starts from identical
+    parameters (and, with ``opt.weights`` after ``opt.build(vars)`` on every
+    rank, identical optimizer state).
+
+    Parameters
+    ----------
+    variables : sequence of ndarray
+        The same arrays (shape and dtype) on every rank, in the same order.
+    root : int, default 0
+    comm : optional
+        See :func:`~numbadam.distributed.get_communicator`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbadam.distributed import broadcast_variables
+    >>> w = np.ones(3)
+    >>> broadcast_variables([w], comm="self")
+    """
+    c = get_communicator(comm)
+    for i, var in enumerate(variables):
+        if not isinstance(var, np.ndarray):
+            raise TypeError(f"variable {i} is a {type(var).__name__}, not an ndarray")
+        if var.flags.c_contiguous:
+            c.bcast_(var.reshape(-1), root=root)
+        else:
+            tmp = np.ascontiguousarray(var)
+            c.bcast_(tmp.reshape(-1), root=root)
+            var[...] = tmp
+
+
+class DistributedAdam(Adam):
+    """Data-parallel :class:`~numbadam.Adam`: every rank holds all variables and
+    all optimizer state, and applies the average of the ranks' gradients.
+
+    Each :meth:`apply_gradients` is collective. Dense gradients are packed into
+    one buffer and averaged with a single in-place ``Allreduce`` (sum, then
+    divided by the number of ranks); each :class:`~numbadam.IndexedSlices` is
+    exchanged with ``Allgatherv`` of its indices and values (rank order), its
+    values divided by the number of ranks, and applied as IndexedSlices. Then
+    the ordinary Adam step runs on every rank with the same averaged gradients,
+    so after every step all ranks hold bit-identical variables and slots
+    (given identical starting variables: see :func:`broadcast_variables`).
+
+    Parameters
+    ----------
+    learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
+        As :class:`numbadam.Adam` (``sparse_mode``, ``clipnorm``, ``clipvalue``,
+        ``decay``...; clipping applies to the averaged gradient).
+    comm : Communicator, mpi4py communicator, "mpi", "self" or None
+        See :func:`~numbadam.distributed.get_communicator`; ``None`` is the
+        world of this launch (one process without MPI).
+
+    Attributes
+    ----------
+    comm : Communicator
+    last_comm_seconds : float
+        Wall time spent in communication (packing included) by the last step.
+
+    Notes
+    -----
+    The dense buffer has the widest compute dtype of the gradients (float64 if
+    any variable is float64, else float32); the average is rounded to each
+    variable's dtype. Every rank must pass the same variables, in the same
+    order, with gradients of the same kinds (dense, IndexedSlices or ``None``).
+    Variables are NumPy arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbadam.distributed import DistributedAdam
+    >>> w = np.zeros(2, np.float32)
+    >>> opt = DistributedAdam(learning_rate=0.1, comm="self")
+    >>> _ = opt.apply_gradients([(np.ones(2, np.float32), w)])
+    >>> w.astype(float).round(3).tolist()
+    [-0.1, -0.1]
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        beta_1: Any = 0.9,
+        beta_2: Any = 0.999,
+        epsilon: Any = 1e-7,
+        amsgrad: bool = False,
+        name: str = "Adam",
+        comm: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
+        )
+        self.comm: Communicator = get_communicator(comm)
+        self.last_comm_seconds = 0.0
+        self._tracked: Dict[int, Any] = {}  # variables with slots, first-seen order
+        self._buf: Optional[np.ndarray] = None  # the Allreduce buffer
+
+    def apply_gradients(
+        self,
+        grads_and_vars: Iterable[Tuple[Any, Any]],
+        name: Optional[str] = None,
+        experimental_aggregate_gradients: bool = True,
+    ) -> Optional[np.ndarray]:
+        """Average the gradients over the ranks, then apply one Adam step (collective).
+
+        Parameters and return value as :meth:`numbadam.Adam.apply_gradients`.
+        Everything is validated locally before any communication.
+        """
+        pairs = self._check_pairs(grads_and_vars)
+        if not pairs:
+            return None
+        dense: List[Tuple[int, Any]] = []
+        sparse: List[Tuple[int, Any]] = []
+        for i, (g, v) in enumerate(pairs):
+            label = self._label(v, i)
+            if isinstance(v, ShardedEmbedding):
+                raise TypeError(
+                    f"{label}: a ShardedEmbedding's rows live on different ranks; "
+                    "use ShardedAdam for it"
+                )
+            _check_host(v, label)
+            if g is None:
+                continue
+            backend = _dispatch.backend_for(v)
+            if isinstance(g, IndexedSlices):
+                sparse.append((i, backend.prepare_sparse(v, g, label)))
+            else:
+                _check_host(g, label)
+                dense.append((i, backend.prepare_dense(v, g, label)))
+        t0 = time.perf_counter()
+        out = list(pairs)
+        comm = self.comm
+        if comm.size == 1:  # the average of one gradient is itself
+            dense, sparse = [], []
+            if isinstance(grads_and_vars, tuple):
+                out = grads_and_vars  # keeps a ParameterBuffer's one-pass step
+        if dense:
+            n = sum(w.grad.size for _, w in dense)
+            dt = _common_dtype(w.grad.dtype for _, w in dense)
+            if self._buf is None or self._buf.dtype != dt or self._buf.size < n:
+                self._buf = np.empty(n, dt)  # reused: no page faults per step
+            buf = self._buf[:n]
+            off = 0
+            for _, w in dense:
+                buf[off : off + w.grad.size] = w.grad
+                off += w.grad.size
+            comm.allreduce_sum_(buf)
+            np.divide(buf, buf.dtype.type(comm.size), out=buf)
+            off = 0
+            for i, w in dense:
+                out[i] = (buf[off : off + w.grad.size].reshape(w.var.shape), w.var)
+                off += w.grad.size
+        if sparse:
+            counts = comm.allgather_counts(
+                np.array([w.indices.shape[0] for _, w in sparse], np.int64)
+            )
+            for j, (i, w) in enumerate(sparse):
+                c = counts[:, j]
+                idx = comm.allgatherv(w.indices.astype(np.int64, copy=False), c)
+                vals = comm.allgatherv(w.values.reshape(-1), c * w.width)
+                cdt = _dispatch.compute_dtype(vals.dtype)
+                vals = (vals.astype(cdt) / cdt.type(comm.size)).astype(vals.dtype)
+                var = w.var
+                vals = vals.reshape((idx.shape[0],) + var.shape[1:])
+                out[i] = (IndexedSlices(vals, idx, var.shape), var)
+        self.last_comm_seconds = time.perf_counter() - t0
+        result = super().apply_gradients(out, name, experimental_aggregate_gradients)
+        self._track(v for g, v in pairs if g is not None)
+        return result
+
+    # -- checkpoints ---------------------------------------------------------------
+
+    def _track(self, var_list) -> None:
+        for var in var_list:
+            self._tracked.setdefault(id(var), var)  # holding var keeps its id
+
+    def build(self, var_list: Iterable[Any]) -> None:
+        var_list = list(var_list)
+        super().build(var_list)
+        self._track(var_list)
+
+    build.__doc__ = Adam.build.__doc__
+
+    def _entries(self):
+        # (slot name, variable) of every slot, in weights order, from the
+        # public slot API only.
+        owner = {}
+        for var in self._tracked.values():
+            for sname in self.get_slot_names():
+                try:
+                    owner[id(self.get_slot(var, sname))] = (sname, var)
+                except KeyError:
+                    pass
+        it = self.iterations
+        return [owner[id(w)] for w in self.weights if w is not it]
+
+    def save_sharded(self, path: str) -> None:
+        """Save the state in the sharded-checkpoint format (collective; rank 0 writes).
+
+        The state is replicated, so one shard holds all of it. Load it with
+        :meth:`load_sharded`, or into a :class:`ShardedAdam` at any number of
+        ranks.
+        """
+        entries = self._entries()
+        variables, weights, index = [], [], {}
+        for sname, var in entries:
+            key = self._var_key(var)
+            if key not in index:
+                index[key] = len(variables)
+                variables.append(
+                    {
+                        "shape": list(var.shape),
+                        "dtype": var.dtype.name,
+                        "layout": "flat",
+                    }
+                )
+            weights.append({"name": sname, "variable": index[key]})
+        it = self.iterations
+        arrays = [
+            np.ascontiguousarray(w).reshape(-1) for w in self.weights if w is not it
+        ]
+        _checkpoint.write(
+            path,
+            self.comm,
+            {"kind": type(self).__name__, "config": self.get_config()},
+            variables,
+            weights,
+            [(0, int(np.prod(v["shape"], dtype=np.int64))) for v in variables],
+            arrays,
+            int(self.iterations),
+            [0],
+        )
+
+    def load_sharded(self, path: str, var_list: Optional[Sequence[Any]] = None) -> None:
+        """Load a sharded checkpoint saved at any number of ranks (no communication).
+
+        Parameters
+        ----------
+        path : str
+        var_list : sequence of ndarray, optional
+            The variables, in the order of the saved ones; when given, their
+            slots are created first (:meth:`build`). Otherwise the optimizer
+            must already have exactly the saved slots.
+        """
+        if var_list is not None:
+            self.build(var_list)
+        entries = self._entries()
+        with _checkpoint.Reader(path) as r:
+            order, seen = [], {}
+            for _, var in entries:
+                key = self._var_key(var)
+                if key not in seen:
+                    seen[key] = len(order)
+                    order.append(var)
+            r.check_variables([(tuple(v.shape), v.dtype) for v in order])
+            saved = [(w["name"], w["variable"]) for w in r.weights]
+            mine = [(s, seen[self._var_key(v)]) for s, v in entries]
+            if saved != mine:
+                raise ValueError(
+                    f"checkpoint {path} has slots {saved}, the optimizer {mine}"
+                )
+            values = [np.asarray(r.iterations, np.int64)]
+            for k, (_, var) in enumerate(entries):
+                values.append(r.read(k, 0, var.size).reshape(var.shape))
+        self.set_weights(values)

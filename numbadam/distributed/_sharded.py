@@ -1,0 +1,675 @@
+"""ZeRO stage 1 Adam: replicated parameters, optimizer state sharded over ranks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .. import _dispatch
+from .._types import IndexedSlices
+from ..adam import Adam
+from ..optimizer import logger
+from . import _checkpoint
+from ._comm import Communicator, get_communicator, partition
+from ._data_parallel import _check_host, _common_dtype
+from ._embedding import ShardedEmbedding
+
+__all__ = ["ShardedAdam", "BUCKET_MIN_ELEMENTS"]
+
+#: Variables with at least this many elements get their own Reduce_scatter and
+#: Allgatherv, straight from the gradient and into the variable (no copies);
+#: smaller ones are packed together into one buffer per collective.
+BUCKET_MIN_ELEMENTS = 1 << 16
+
+
+class _Shard:
+    """One variable as ShardedAdam sees it: this rank's flat range and its slots."""
+
+    __slots__ = (
+        "key",
+        "var",
+        "emb",
+        "shape",
+        "dtype",
+        "size",
+        "bounds",
+        "lo",
+        "hi",
+        "view",
+        "slots",
+        "label",
+    )
+
+    def __init__(self, key, var, comm: Communicator, label: str) -> None:
+        self.key = key
+        self.var = var
+        self.label = label
+        self.shape = tuple(var.shape)
+        self.dtype = np.dtype(var.dtype)
+        self.slots: Dict[str, np.ndarray] = {}
+        if isinstance(var, ShardedEmbedding):
+            self.emb = var
+            self.size = var.size
+            self.bounds = var.row_bounds * var.shape[1]
+            self.view = var.local.reshape(-1)
+        else:
+            self.emb = None
+            self.size = int(var.size)
+            self.bounds = partition(self.size, comm.size)
+            self.view = None
+        self.lo = int(self.bounds[comm.rank])
+        self.hi = int(self.bounds[comm.rank + 1])
+        if self.emb is None:
+            self.view = var.reshape(-1)[self.lo : self.hi]
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.bounds)
+
+
+def _sumsq(g: np.ndarray, dtype: np.dtype, clipvalue: Optional[float]) -> float:
+    # Sum of squares of the value-clipped gradient, accumulated in float64 as
+    # the CPU backend's sum_squares_cpu (the order of the sum differs).
+    lo, hi, _, _ = _dispatch.transform_scalars(dtype, clipvalue, None, None)
+    c = np.clip(g.reshape(-1).astype(_dispatch.compute_dtype(dtype)), lo, hi)
+    return float(np.dot(c.astype(np.float64), c.astype(np.float64))) if c.size else 0.0
+
+
+def _transform(g, dtype, clipvalue, clipnorm, sumsq) -> np.ndarray:
+    """TF's clip_by_value then clip_by_norm, as the kernels do it, in compute dtype."""
+    lo, hi, mul, div = _dispatch.transform_scalars(dtype, clipvalue, clipnorm, sumsq)
+    c = g.astype(_dispatch.compute_dtype(dtype), copy=True)
+    if clipvalue is not None:
+        np.clip(c, lo, hi, out=c)
+    if clipnorm is not None:
+        np.multiply(c, mul, out=c)
+        np.divide(c, div, out=c)
+    return c
+
+
+def _average(vals: np.ndarray, size: int) -> np.ndarray:
+    # Divide in the compute dtype, store in the gradient's dtype.
+    if size == 1:
+        return vals
+    cdt = _dispatch.compute_dtype(vals.dtype)
+    return (vals.astype(cdt) / cdt.type(size)).astype(vals.dtype)
+
+
+class ShardedAdam(Adam):
+    """ZeRO stage 1 :class:`~numbadam.Adam`: parameters are replicated, the
+    optimizer state is split over the ranks.
+
+    Every variable is seen flattened and cut into ``size`` contiguous, near-equal
+    slices (:func:`~numbadam.distributed.partition`; sizes need not divide).
+    Rank ``r`` keeps ``m``, ``v`` (``vhat``) only for its slice ``r`` (1/N of the
+    unsharded optimizer's state). Each :meth:`apply_gradients` is collective:
+
+    1. dense gradients, packed rank-major into one buffer, are reduce-scattered
+       (``Reduce_scatter``, uneven counts) and divided by the number of ranks,
+       so each rank gets the average gradient of its slices;
+    2. each rank runs the same fused Adam kernels on its slices;
+    3. the updated slices are all-gathered (``Allgatherv``) into every rank's
+       variables.
+
+    :class:`~numbadam.IndexedSlices` gradients of ordinary variables are
+    all-gathered (indices and values, rank order) and each rank applies the part
+    falling in its slice. Variables that are a
+    :class:`~numbadam.distributed.ShardedEmbedding` (rows *and* state sharded)
+    take IndexedSlices of global row ids: the rows are routed to their owners
+    with ``Alltoallv`` and each owner applies the sparse step to its block once
+    per step (``m``, ``v`` decay on every row, as in TensorFlow).
+
+    Results equal the single-process optimizer's on the averaged gradients to
+    float tolerance (the average is a sum over ranks divided by their number)
+    and are bit-identical across ranks.
+
+    Parameters
+    ----------
+    learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
+        As :class:`numbadam.Adam` (``sparse_mode``, ``clipnorm``, ``clipvalue``,
+        ``decay``...).
+    comm : Communicator, mpi4py communicator, "mpi", "self" or None
+        See :func:`~numbadam.distributed.get_communicator`.
+
+    Attributes
+    ----------
+    comm : Communicator
+    last_comm_seconds : float
+        Wall time in communication (packing included) during the last step.
+
+    Notes
+    -----
+    ``clipnorm`` uses the norm of the *whole* averaged gradient of a variable
+    (partial sums of squares of every slice, combined by one ``Allreduce`` per
+    step), not of the slice; the clipped gradient is computed before the
+    slice step as ``(clip(g, -clipvalue, clipvalue) * clipnorm) / max(norm,
+    clipnorm)`` in the compute dtype, exactly TensorFlow's formula (float16
+    gradients are then rounded to float16 once more than in the single-process
+    kernels). Variables must be C-contiguous NumPy arrays, the same on every
+    rank, passed in the same order with gradients of the same kinds.
+
+    Besides the state, a rank keeps communication buffers from step to step
+    (no page faults per step): the averaged gradient of its slices (1/N of the
+    parameters) and the packing buffers of the variables smaller than
+    :data:`BUCKET_MIN_ELEMENTS`; :meth:`state_nbytes` counts the state only.
+
+    :attr:`weights` and :meth:`get_slot` give this rank's slices (1-D);
+    :meth:`get_weights` gathers the full state in Keras' order (collective) and
+    :meth:`set_weights` takes a full list; :meth:`save_sharded` /
+    :meth:`load_sharded` write and read one file per rank and re-slice at load.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbadam.distributed import ShardedAdam
+    >>> w = np.zeros(3, np.float32)
+    >>> opt = ShardedAdam(learning_rate=0.1, comm="self")
+    >>> _ = opt.apply_gradients([(np.ones(3, np.float32), w)])
+    >>> w.astype(float).round(3).tolist(), opt.get_slot(w, "m").shape
+    ([-0.1, -0.1, -0.1], (3,))
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        beta_1: Any = 0.9,
+        beta_2: Any = 0.999,
+        epsilon: Any = 1e-7,
+        amsgrad: bool = False,
+        name: str = "Adam",
+        comm: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
+        )
+        self.comm: Communicator = get_communicator(comm)
+        self.last_comm_seconds = 0.0
+        self._shards: Dict[Any, _Shard] = {}
+        self._order: List[_Shard] = []  # variables, in slot-creation order
+        self._entries: List[Tuple[str, _Shard]] = []  # weights after iterations
+        self._ws: Dict[Any, np.ndarray] = {}  # communication buffers
+
+    # -- variables and slots -------------------------------------------------------
+
+    def _key(self, var: Any) -> Any:
+        if isinstance(var, ShardedEmbedding):
+            return ("emb", id(var))
+        return self._var_key(var)
+
+    def _shard_for(self, var: Any, label: str) -> _Shard:
+        key = self._key(var)
+        sh = self._shards.get(key)
+        if sh is not None:
+            return sh
+        if isinstance(var, ShardedEmbedding):
+            if var.comm.size != self.comm.size or var.comm.rank != self.comm.rank:
+                raise ValueError(
+                    f"{label} is sharded over {var.comm.size} ranks, the optimizer's "
+                    f"communicator has {self.comm.size}"
+                )
+        else:
+            _check_host(var, label)
+            _dispatch.backend_for(var).check_variable(var, label)
+            if not var.flags.c_contiguous:
+                raise ValueError(
+                    f"{label} is not C-contiguous; ShardedAdam updates contiguous "
+                    "slices of each variable and all-gathers them in place"
+                )
+        return _Shard(key, var, self.comm, label)
+
+    def _create_shard_slots(self, shards: Sequence[_Shard]) -> None:
+        _ = self.iterations
+        self._create_hypers()
+        for sh in shards:
+            if sh.key not in self._shards:
+                self._shards[sh.key] = sh
+                self._order.append(sh)
+        names = ["m", "v"] + (["vhat"] if self.amsgrad else [])
+        for name in names:
+            if name not in self._slot_names:
+                self._slot_names.append(name)
+            for sh in shards:
+                if name not in sh.slots:
+                    sh.slots[name] = np.zeros(sh.hi - sh.lo, sh.dtype)
+                    self._entries.append((name, sh))
+
+    def build(self, var_list: Iterable[Any]) -> None:
+        """Create ``iterations`` and this rank's slot slices for ``var_list`` now.
+
+        ``var_list`` may hold NumPy arrays and
+        :class:`~numbadam.distributed.ShardedEmbedding` tables.
+        """
+        shards = []
+        for i, var in enumerate(var_list):
+            sh = self._shard_for(var, self._label(var, i))
+            if all(s.key != sh.key for s in shards):
+                shards.append(sh)
+        self._create_shard_slots(shards)
+
+    def add_slot(self, var: Any, slot_name: str, initializer: Any = "zeros") -> Any:
+        """Not supported: ShardedAdam creates its slot slices itself."""
+        raise NotImplementedError("ShardedAdam manages its own sharded slots")
+
+    def get_slot(self, var: Any, slot_name: str) -> np.ndarray:
+        """This rank's slice (1-D, live) of slot ``slot_name`` of ``var``.
+
+        Raises
+        ------
+        KeyError
+            If ``var`` has no such slot (yet).
+        """
+        sh = self._shards.get(self._key(var))
+        if sh is None or slot_name not in sh.slots:
+            raise KeyError(
+                f"no slot {slot_name!r} for this variable; slots are created on the "
+                f"variable's first gradient. Known slot names: {self._slot_names}"
+            )
+        return sh.slots[slot_name]
+
+    def gather_slot(self, var: Any, slot_name: str) -> np.ndarray:
+        """The whole slot ``slot_name`` of ``var``, in ``var``'s shape (collective)."""
+        self.get_slot(var, slot_name)
+        sh = self._shards[self._key(var)]
+        return self._gather(sh, sh.slots[slot_name])
+
+    def _gather(self, sh: _Shard, local: np.ndarray) -> np.ndarray:
+        out = np.empty(sh.size, sh.dtype)
+        self.comm.allgatherv(local, sh.counts, out=out)
+        return out.reshape(sh.shape)
+
+    @property
+    def weights(self) -> List[Any]:
+        """This rank's state arrays, live: ``[iterations, slot slices...]``."""
+        return [self.iterations] + [sh.slots[n] for n, sh in self._entries]
+
+    def variables(self) -> List[Any]:
+        """Same as :attr:`weights`."""
+        return self.weights
+
+    def state_nbytes(self) -> int:
+        """Bytes of optimizer state held by this rank (slot slices + iterations)."""
+        return int(sum(w.nbytes for w in self.weights))
+
+    def get_weights(self) -> List[np.ndarray]:
+        """The full state in Keras' order, gathered from all ranks (collective).
+
+        Same list as an unsharded :class:`numbadam.Adam`'s ``get_weights()``.
+        """
+        out = [np.array(self.iterations, copy=True)]
+        for name, sh in self._entries:
+            out.append(self._gather(sh, sh.slots[name]))
+        return out
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Set the state from a full list like :meth:`get_weights`' (no communication).
+
+        Each rank keeps its slices. Call :meth:`build` first on a fresh optimizer.
+
+        Raises
+        ------
+        ValueError
+            If the length or a shape differs.
+        """
+        weights = list(weights)
+        if len(weights) != 1 + len(self._entries):
+            raise ValueError(
+                f"You called set_weights(weights) on optimizer {self._name} with a "
+                f"weight list of length {len(weights)}, but the optimizer was "
+                f"expecting {1 + len(self._entries)} weights (build it first)."
+            )
+        host = [np.asarray(weights[0])]
+        if host[0].shape != ():
+            raise ValueError(f"Optimizer weight 0 has shape () not {host[0].shape}")
+        for k, ((_, sh), w) in enumerate(zip(self._entries, weights[1:]), 1):
+            w = np.asarray(w)
+            if w.shape != sh.shape:
+                raise ValueError(
+                    f"Optimizer weight {k} has shape {sh.shape} not compatible with "
+                    f"provided weight shape {w.shape}"
+                )
+            host.append(w.reshape(-1)[sh.lo : sh.hi].astype(sh.dtype))
+        self.iterations[...] = host[0]
+        for (name, sh), w in zip(self._entries, host[1:]):
+            sh.slots[name][...] = w
+
+    def get_local_weights(self) -> List[np.ndarray]:
+        """Copies of this rank's :attr:`weights` (no communication)."""
+        return [np.array(w, copy=True) for w in self.weights]
+
+    def set_local_weights(self, weights: Sequence[Any]) -> None:
+        """Set this rank's slices from a list like :meth:`get_local_weights`'."""
+        weights = list(weights)
+        mine = self.weights
+        if len(weights) != len(mine) or any(
+            np.shape(w) != m.shape for w, m in zip(weights, mine)
+        ):
+            raise ValueError("local weights do not match this rank's slices")
+        for m, w in zip(mine, weights):
+            m[...] = w
+
+    # -- checkpoints ---------------------------------------------------------------
+
+    def save_sharded(self, path: str) -> None:
+        """Save the state: one ``.npz`` per rank plus ``manifest.json`` (collective).
+
+        :meth:`load_sharded` reads it back at this or any other number of ranks
+        (and :meth:`DistributedAdam.load_sharded` at any number too).
+        """
+        index = {sh.key: i for i, sh in enumerate(self._order)}
+        variables = [
+            {
+                "shape": list(sh.shape),
+                "dtype": sh.dtype.name,
+                "layout": "rows" if sh.emb is not None else "flat",
+            }
+            for sh in self._order
+        ]
+        _checkpoint.write(
+            path,
+            self.comm,
+            {"kind": type(self).__name__, "config": self.get_config()},
+            variables,
+            [{"name": n, "variable": index[sh.key]} for n, sh in self._entries],
+            [(sh.lo, sh.hi) for sh in self._order],
+            [sh.slots[n] for n, sh in self._entries],
+            int(self.iterations),
+            list(range(self.comm.size)),
+        )
+
+    def load_sharded(self, path: str, var_list: Optional[Sequence[Any]] = None) -> None:
+        """Load this rank's slices from a sharded checkpoint saved at any size.
+
+        No communication: every rank reads the pieces of the shard files that
+        overlap its slices.
+
+        Parameters
+        ----------
+        path : str
+        var_list : sequence, optional
+            The variables in the saved order; :meth:`build` is called with them
+            first. Otherwise the optimizer must already hold the saved slots.
+        """
+        if var_list is not None:
+            self.build(var_list)
+        with _checkpoint.Reader(path) as r:
+            r.check_variables([(sh.shape, sh.dtype) for sh in self._order])
+            index = {sh.key: i for i, sh in enumerate(self._order)}
+            mine = [(n, index[sh.key]) for n, sh in self._entries]
+            saved = [(w["name"], w["variable"]) for w in r.weights]
+            if saved != mine:
+                raise ValueError(
+                    f"checkpoint {path} has slots {saved}, the optimizer {mine}"
+                )
+            data = [r.read(k, sh.lo, sh.hi) for k, (_, sh) in enumerate(self._entries)]
+            self.iterations[...] = r.iterations
+        for (n, sh), d in zip(self._entries, data):
+            sh.slots[n][...] = d
+
+    # -- the step --------------------------------------------------------------------
+
+    def apply_gradients(
+        self,
+        grads_and_vars: Iterable[Tuple[Any, Any]],
+        name: Optional[str] = None,
+        experimental_aggregate_gradients: bool = True,
+    ) -> Optional[np.ndarray]:
+        """One collective ZeRO-1 step: reduce-scatter, slice step, all-gather.
+
+        Parameters
+        ----------
+        grads_and_vars : iterable of (gradient, variable)
+            Variables: C-contiguous NumPy arrays (gradients dense or
+            :class:`~numbadam.IndexedSlices`) or
+            :class:`~numbadam.distributed.ShardedEmbedding` (IndexedSlices of
+            global row ids). ``None`` skips a pair (on every rank).
+        name, experimental_aggregate_gradients
+            Ignored (Keras compatibility).
+
+        Returns
+        -------
+        numpy.ndarray or None
+            :attr:`iterations` after the step; ``None`` for an empty list.
+
+        Raises
+        ------
+        ValueError, TypeError, IndexError
+            As :meth:`numbadam.Adam.apply_gradients`, raised before any
+            communication; also for non-contiguous variables.
+        """
+        pairs = self._check_pairs(grads_and_vars)
+        if not pairs:
+            return None
+        comm, size = self.comm, self.comm.size
+        dense, rows_all, emb = [], [], []
+        live: List[_Shard] = []
+        skipped, seen = [], {}
+        for i, (g, v) in enumerate(pairs):
+            label = self._label(v, i)
+            sh = self._shard_for(v, label)
+            if sh.key in seen:
+                raise ValueError(
+                    f"{label} appears twice in grads_and_vars (also at position "
+                    f"{seen[sh.key]}); sum its gradients first"
+                )
+            seen[sh.key] = i
+            if g is None:
+                skipped.append(label)
+                continue
+            if sh.emb is not None:
+                emb.append((sh, *sh.emb.prepare_gradient(g, label)))
+            elif isinstance(g, IndexedSlices):
+                w = _dispatch.backend_for(v).prepare_sparse(v, g, label)
+                rows_all.append((sh, w.indices.astype(np.int64, copy=False), w.values))
+            else:
+                _check_host(g, label)
+                dense.append(
+                    (sh, _dispatch.backend_for(v).prepare_dense(v, g, label).grad)
+                )
+            live.append(sh)
+        if not live:
+            raise ValueError(f"No gradients provided for any variable: {skipped}.")
+        step = int(self.iterations) if self._iterations is not None else 0
+        state = self._prepare_step(step, {sh.dtype for sh in live})
+        if skipped:
+            logger.warning(
+                "Gradients do not exist for variables %s when minimizing the loss; "
+                "they were skipped.",
+                skipped,
+            )
+
+        t0 = time.perf_counter()
+        # 1. dense: Reduce_scatter, straight from the gradient for large
+        # float32/64 variables, one rank-major packed buffer for the rest
+        grads: Dict[Any, Any] = {}
+        small = []
+        for sh, g in dense:
+            if size == 1:  # the average of one gradient is itself
+                grads[sh.key] = g
+            elif g.size < BUCKET_MIN_ELEMENTS or g.dtype.char == "e":
+                small.append((sh, g))  # float16 is summed in the float32 buffer
+            else:
+                out = self._workspace(("rs", sh.key), sh.hi - sh.lo, g.dtype)
+                mine = comm.reduce_scatter_sum(g, sh.counts, out=out)
+                np.divide(mine, mine.dtype.type(size), out=mine)
+                grads[sh.key] = mine
+        if small:
+            cd = _common_dtype(g.dtype for _, g in small)
+            counts = sum((sh.counts for sh, _ in small), np.zeros(size, np.int64))
+            send = self._workspace("pack", int(counts.sum()), cd)
+            off = 0
+            for r in range(size):
+                for sh, g in small:
+                    a, b = int(sh.bounds[r]), int(sh.bounds[r + 1])
+                    send[off : off + b - a] = g[a:b]
+                    off += b - a
+            mine = comm.reduce_scatter_sum(
+                send, counts, out=self._workspace("packed", int(counts[comm.rank]), cd)
+            )
+            np.divide(mine, mine.dtype.type(size), out=mine)
+            off = 0
+            for sh, _ in small:
+                n = sh.hi - sh.lo
+                grads[sh.key] = mine[off : off + n].astype(sh.dtype, copy=False)
+                off += n
+        # 2. IndexedSlices of replicated variables: Allgatherv in rank order
+        if rows_all:
+            counts = comm.allgather_counts(
+                np.array([i.shape[0] for _, i, _ in rows_all], np.int64)
+            )
+            for j, (sh, idx, vals) in enumerate(rows_all):
+                c = counts[:, j]
+                width = vals.shape[1]
+                all_idx = comm.allgatherv(idx, c)
+                all_vals = comm.allgatherv(vals.reshape(-1), c * width)
+                grads[sh.key] = (all_idx, _average(all_vals, size).reshape(-1, width))
+        # 3. ShardedEmbedding rows: Alltoallv to their owners
+        for sh, idx, vals in emb:
+            e = sh.emb
+            order, sc, rc = e._route(idx)
+            w = e.shape[1]
+            r_idx = comm.alltoallv(idx[order], sc, rc)
+            r_vals = comm.alltoallv(
+                np.ascontiguousarray(vals[order]).reshape(-1), sc * w, rc * w
+            )
+            grads[sh.key] = (r_idx - e.row_start, _average(r_vals, size).reshape(-1, w))
+        # 4. clipnorm: the norm of the whole gradient, one Allreduce of partial sums
+        sumsq: Dict[Any, float] = {}
+        if self._clipnorm is not None:
+            shared = [sh for sh, _ in dense] + [sh for sh, _, _ in emb]
+            partial = np.array(
+                [
+                    _sumsq(
+                        grads[sh.key] if sh.emb is None else grads[sh.key][1],
+                        sh.dtype,
+                        self._clipvalue,
+                    )
+                    for sh in shared
+                ],
+                np.float64,
+            )
+            if shared:
+                comm.allreduce_sum_(partial)
+            sumsq.update({sh.key: s for sh, s in zip(shared, partial)})
+            for sh, _, _ in rows_all:
+                sumsq[sh.key] = _sumsq(grads[sh.key][1], sh.dtype, self._clipvalue)
+        comm_seconds = time.perf_counter() - t0
+
+        # --- from here on nothing can fail on user input ---
+        self._create_shard_slots(live)
+        for sh in live:
+            self._step(sh, grads[sh.key], state, sumsq.get(sh.key))
+        self._iterations[...] += 1
+
+        # 5. all-gather the updated slices of the replicated variables
+        t0 = time.perf_counter()
+        self._allgather_params([sh for sh in live if sh.emb is None])
+        self.last_comm_seconds = comm_seconds + time.perf_counter() - t0
+        return self._iterations
+
+    def _step(self, sh: _Shard, grad: Any, state: Any, sumsq: Optional[float]) -> None:
+        if sh.hi == sh.lo:
+            return
+        backend = _dispatch.backend_for(sh.view)
+        coef = state[_dispatch.compute_dtype(sh.dtype)]
+        m, v = sh.slots["m"], sh.slots["v"]
+        vhat = sh.slots["vhat"] if self.amsgrad else None
+        cv, cn = self._clipvalue, self._clipnorm
+        lazy = getattr(self, "sparse_mode", "dense") == "lazy"
+        if sh.emb is not None:
+            local_idx, vals = grad
+            if cn is not None:
+                vals = _transform(vals, sh.dtype, cv, cn, sumsq).astype(sh.dtype)
+                cv = None
+            table = sh.emb.local
+            work = backend.prepare_sparse(
+                table, IndexedSlices(vals, local_idx, table.shape), sh.label
+            )
+            if lazy:
+                backend.sparse_step(work, m, v, vhat, coef, cv, None, lazy=True)
+            else:
+                backend.sparse_step(work, m, v, vhat, coef, cv, None)
+            return
+        if isinstance(grad, tuple):
+            # IndexedSlices of a replicated variable: this slice's dense gradient,
+            # duplicates summed in order of appearance from zero, as the sparse
+            # kernels do (so the rows without a gradient take g = 0 exactly).
+            idx, vals = grad
+            width = vals.shape[1]
+            tv = _transform(vals, sh.dtype, cv, cn, sumsq)
+            r0, r1 = sh.lo // width, -(-sh.hi // width)
+            sel = (idx >= r0) & (idx < r1)
+            block = np.zeros((r1 - r0, width), tv.dtype)
+            np.add.at(block, idx[sel] - r0, tv[sel])
+            a = sh.lo - r0 * width
+            g = block.reshape(-1)[a : a + sh.hi - sh.lo].astype(sh.dtype)
+            if lazy:
+                # LazyAdam: only the elements of rows with a gradient change; the
+                # same element arithmetic on a gathered copy of them.
+                rows = np.unique(idx[sel]) - r0
+                el = (rows[:, None] * width + np.arange(width)).reshape(-1) - a
+                el = el[(el >= 0) & (el < sh.hi - sh.lo)]
+                if el.size == 0:
+                    return
+                x = np.ascontiguousarray(sh.view[el])
+                parts = [np.ascontiguousarray(s[el]) for s in (m, v)]
+                h = None if vhat is None else np.ascontiguousarray(vhat[el])
+                work = backend.prepare_dense(x, g[el], sh.label)
+                backend.dense_step(work, parts[0], parts[1], h, coef, None, None)
+                sh.view[el], m[el], v[el] = x, parts[0], parts[1]
+                if vhat is not None:
+                    vhat[el] = h
+                return
+            cv = None
+        else:
+            g = grad
+            if cn is not None:
+                g = _transform(g, sh.dtype, cv, cn, sumsq).astype(sh.dtype)
+                cv = None
+        work = backend.prepare_dense(sh.view, g, sh.label)
+        backend.dense_step(work, m, v, vhat, coef, cv, None)
+
+    def _workspace(self, name: Any, n: int, dtype: Any) -> np.ndarray:
+        # Communication buffers reused from step to step (no page faults).
+        buf = self._ws.get(name)
+        if buf is None or buf.dtype != dtype or buf.size < n:
+            buf = self._ws[name] = np.empty(n, dtype)
+        return buf[:n]
+
+    def _allgather_params(self, shards: List[_Shard]) -> None:
+        comm = self.comm
+        if not shards or comm.size == 1:
+            return
+        # Large variables in place, each with its own Allgatherv (no copies)...
+        small = []
+        for sh in shards:
+            if sh.size < BUCKET_MIN_ELEMENTS:
+                small.append(sh)
+            else:
+                comm.allgatherv(None, sh.counts, out=sh.var.reshape(-1))
+        if not small:
+            return
+        # ... the small ones, maybe of several dtypes, in one Allgatherv of bytes.
+        itemsize = [sh.dtype.itemsize for sh in small]
+        counts = sum(
+            (sh.counts * s for sh, s in zip(small, itemsize)),
+            np.zeros(comm.size, np.int64),
+        )
+        send = self._workspace("send8", int(counts[comm.rank]), np.uint8)
+        off = 0
+        for sh in small:
+            b = sh.view.view(np.uint8)
+            send[off : off + b.size] = b
+            off += b.size
+        recv = comm.allgatherv(
+            send, counts, out=self._workspace("recv8", int(counts.sum()), np.uint8)
+        )
+        off = 0
+        for r in range(comm.size):
+            for sh, s in zip(small, itemsize):
+                a, b = int(sh.bounds[r]) * s, int(sh.bounds[r + 1]) * s
+                if r != comm.rank:
+                    sh.var.reshape(-1).view(np.uint8)[a:b] = recv[off : off + b - a]
+                off += b - a

@@ -1,0 +1,208 @@
+"""Cases shared by the MPI rank programs and tests/test_distributed.py.
+
+Every step's global gradient is made of ``PIECES`` seeded pieces (as if there
+were 4 workers); at N ranks (N divides 4), rank ``r`` holds pieces
+``[r*4/N, (r+1)*4/N)`` and its local gradient is their sum scaled by ``N/4``, so
+the ranks' average is the mean of the 4 pieces whatever N is. IndexedSlices
+pieces are concatenated with values scaled by ``N/4`` (exact: powers of two),
+so the averaged IndexedSlices are bit-identical to the single-process
+reference's (concatenation of all pieces, values divided by 4).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+
+import numbadam
+from numbadam import IndexedSlices
+
+PIECES = 4
+STEPS = 4
+LR = 0.05
+
+# Sizes not divisible by 2 or 4, one smaller than 4 ranks, a 0-d and a float16.
+# (257, 257) is above ShardedAdam's BUCKET_MIN_ELEMENTS: its own collectives.
+DENSE = [
+    ((7, 5), "float32"),
+    ((13,), "float32"),
+    ((), "float32"),
+    ((3,), "float64"),
+    ((2, 3), "float16"),
+    ((257, 257), "float32"),
+]
+TABLE = (11, 3)  # replicated table with IndexedSlices gradients
+EMB = (10, 3)  # ShardedEmbedding: 10 rows over 4 ranks -> 3, 3, 2, 2
+
+# name -> (mode, dense variable indices, replicated table?, sharded table?, Adam kwargs)
+CASES: Dict[str, Any] = {
+    "dp_dense": ("dp", [0, 1, 2, 3, 4, 5], False, False, {}),
+    "dp_sparse": ("dp", [1], True, False, {}),
+    "dp_amsgrad": ("dp", [0, 2, 3], True, False, {"amsgrad": True}),
+    "dp_clip": ("dp", [0, 1, 3], True, False, {"clipnorm": 1.0, "clipvalue": 0.6}),
+    "zero_dense": ("zero", [0, 5, 1, 2, 3, 4], False, False, {}),
+    "zero_sparse": ("zero", [0], True, False, {}),
+    "zero_amsgrad": ("zero", [0, 1, 2, 3], True, False, {"amsgrad": True}),
+    "zero_clip": (
+        "zero",
+        [0, 1, 5, 3, 4],
+        True,
+        True,
+        {"clipnorm": 1.0, "clipvalue": 0.6},
+    ),
+    "emb": ("zero", [1], False, True, {}),
+    "emb_amsgrad": ("zero", [], False, True, {"amsgrad": True}),
+}
+# The checkpoint case: saved after SAVE_AT steps, resumed at another size.
+CKPT_CASES = ("zero_ckpt", "dp_ckpt")
+CASES["zero_ckpt"] = ("zero", [0, 2, 4], True, True, {"amsgrad": True})
+CASES["dp_ckpt"] = ("dp", [0, 3], True, False, {})
+SAVE_AT = 2
+# Cases whose table results must be bit-identical to the reference's.
+EXACT_TABLES = (
+    "dp_sparse",
+    "dp_amsgrad",
+    "zero_sparse",
+    "emb",
+    "emb_amsgrad",
+    "zero_ckpt",
+    "dp_ckpt",
+)
+# A short run of the distributed demo (train_embedding_distributed).
+TRAIN = dict(epochs=2, batch=64, n=384, vocab=50, dim=4, bag=3, learning_rate=0.05)
+LOOKUP_IDS = np.array([9, 0, 3, 3, 7, 2, 9, 5], np.int64)
+
+
+def _rng(*seed: int) -> np.random.Generator:
+    return np.random.default_rng(list(seed))
+
+
+def init_variables(name: str) -> List[np.ndarray]:
+    """Initial variables of a case, in order: dense..., table, emb (full)."""
+    _, dense, table, emb, _ = CASES[name]
+    out = []
+    for i in dense:
+        shape, dt = DENSE[i]
+        out.append(np.asarray(_rng(1, i).standard_normal(shape), dt))
+    if table:
+        out.append(_rng(2).standard_normal(TABLE).astype(np.float32))
+    if emb:
+        out.append(_rng(3).standard_normal(EMB).astype(np.float32))
+    return out
+
+
+def _dense_piece(step, piece, i):
+    shape, _ = DENSE[i]
+    return _rng(10, step, piece, i).standard_normal(shape)
+
+
+def _sparse_piece(step, piece, rows, salt):
+    k = (piece + step) % 4  # piece 0 at step 0 is empty
+    rng = _rng(20 + salt, step, piece)
+    idx = rng.integers(0, rows, k).astype(np.int64)
+    vals = rng.standard_normal((k, 3)).astype(np.float32)
+    return idx, vals
+
+
+def _my_pieces(rank, size):
+    per = PIECES // size
+    return range(rank * per, (rank + 1) * per)
+
+
+def local_gradients(name: str, step: int, rank: int, size: int) -> List[Any]:
+    """Rank ``rank``'s gradients (of ``size`` ranks) at ``step``, in variable order."""
+    _, dense, table, emb, _ = CASES[name]
+    pieces = _my_pieces(rank, size)
+    scale = size / PIECES
+    out: List[Any] = []
+    for i in dense:
+        shape, dt = DENSE[i]
+        g = sum(_dense_piece(step, p, i) for p in pieces) * scale
+        out.append(np.asarray(g, dt))
+    for salt, present, rows in ((0, table, TABLE[0]), (1, emb, EMB[0])):
+        if present:
+            parts = [_sparse_piece(step, p, rows, salt) for p in pieces]
+            idx = np.concatenate([a for a, _ in parts])
+            vals = np.concatenate([b for _, b in parts]) * np.float32(scale)
+            out.append(IndexedSlices(vals, idx, (rows, 3)))
+    return out
+
+
+def reference_gradients(name: str, step: int) -> List[Any]:
+    """The averaged gradients, as a single process would get them."""
+    _, dense, table, emb, _ = CASES[name]
+    out: List[Any] = []
+    for i in dense:
+        shape, dt = DENSE[i]
+        g = sum(_dense_piece(step, p, i) for p in range(PIECES)) / PIECES
+        out.append(np.asarray(g, dt))
+    for salt, present, rows in ((0, table, TABLE[0]), (1, emb, EMB[0])):
+        if present:
+            parts = [_sparse_piece(step, p, rows, salt) for p in range(PIECES)]
+            idx = np.concatenate([a for a, _ in parts])
+            vals = np.concatenate([b for _, b in parts]) / np.float32(PIECES)
+            out.append(IndexedSlices(vals, idx, (rows, 3)))
+    return out
+
+
+def reference(name: str, steps: int = STEPS) -> Dict[str, Any]:
+    """Single-process numbadam.Adam on the averaged gradients."""
+    kwargs = CASES[name][4]
+    variables = init_variables(name)
+    opt = numbadam.Adam(learning_rate=LR, **kwargs)
+    for step in range(steps):
+        opt.apply_gradients(zip(reference_gradients(name, step), variables))
+    return {"vars": variables, "weights": opt.get_weights()}
+
+
+def make_distributed(name: str, comm):
+    """(optimizer, variables to pass, full-variable getter) of a case at ``comm``."""
+    from numbadam.distributed import DistributedAdam, ShardedAdam, ShardedEmbedding
+
+    mode, _, _, emb, kwargs = CASES[name]
+    full = init_variables(name)
+    if mode == "dp":
+        return DistributedAdam(learning_rate=LR, comm=comm, **kwargs), full
+    variables = list(full)
+    if emb:
+        variables[-1] = ShardedEmbedding.from_full(full[-1], comm=comm)
+    return ShardedAdam(learning_rate=LR, comm=comm, **kwargs), variables
+
+
+def gather_variables(variables) -> List[np.ndarray]:
+    out = []
+    for v in variables:
+        out.append(v.gather() if hasattr(v, "gather") else np.array(v, copy=True))
+    return out
+
+
+def run(name: str, comm, steps=range(STEPS), opt=None, variables=None):
+    """Run ``steps`` of a case on ``comm``; returns (opt, variables)."""
+    if opt is None:
+        opt, variables = make_distributed(name, comm)
+    for step in steps:
+        grads = local_gradients(name, step, comm.rank, comm.size)
+        opt.apply_gradients(zip(grads, variables))
+    return opt, variables
+
+
+def results(name: str, opt, variables) -> Dict[str, np.ndarray]:
+    """Arrays a rank records for a case (collective: gathers sharded state)."""
+    out = {}
+    for k, v in enumerate(gather_variables(variables)):
+        out[f"var{k}"] = v
+    for k, w in enumerate(opt.get_weights()):
+        out[f"weight{k}"] = np.asarray(w)
+    local = opt.weights
+    out["local_nbytes"] = np.array(sum(np.asarray(w).nbytes for w in local[1:]))
+    if hasattr(variables[-1], "lookup"):
+        out["lookup"] = variables[-1].lookup(LOOKUP_IDS[comm_rank_slice(opt)])
+    return out
+
+
+def comm_rank_slice(opt):
+    # Each rank looks up a different (possibly empty) slice of LOOKUP_IDS.
+    c = opt.comm
+    per = -(-len(LOOKUP_IDS) // c.size)
+    return slice(c.rank * per, (c.rank + 1) * per)

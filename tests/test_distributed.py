@@ -1,0 +1,566 @@
+"""numbadam.distributed: the communicator layer, DistributedAdam, ShardedAdam,
+ShardedEmbedding and sharded checkpoints.
+
+Two kinds of tests:
+
+* in-process, on the one-process fallback (``SelfCommunicator``), always run;
+* MPI tests that spawn ``mpiexec -n 1``, ``-n 2`` and ``-n 4`` running
+  ``python -m mpi4py tests/mpi_scripts/run_cases.py OUT``: every rank writes its
+  own ``OUT/rank{r}.npz`` and the tests read those (mpiexec's exit status alone
+  is not trusted). They are skipped, with the reason, when mpi4py or mpiexec is
+  missing (``pip install numbadam[mpi]``).
+
+The cases live in ``tests/mpi_scripts/distributed_cases.py``: gradients are made
+of 4 seeded pieces split over the ranks, so every size has the same averaged
+gradients and the single-process :class:`numbadam.Adam` on them is the reference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import numbadam
+from numbadam import IndexedSlices
+from numbadam.distributed import (
+    DistributedAdam,
+    SelfCommunicator,
+    ShardedAdam,
+    ShardedEmbedding,
+    broadcast_variables,
+    get_communicator,
+    partition,
+    train_embedding_distributed,
+)
+
+SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
+sys.path.insert(0, str(SCRIPTS))
+import distributed_cases as cases  # noqa: E402
+
+TIMEOUT = 120  # seconds per mpiexec run
+SIZES = (1, 2, 4)
+TOL = {  # dtype -> (rtol, atol) for results that go through a float sum over ranks
+    np.dtype(np.float16): (1e-2, 2e-3),
+    np.dtype(np.float32): (1e-5, 1e-6),
+    np.dtype(np.float64): (1e-12, 1e-13),
+}
+
+
+def _find_mpiexec():
+    # The mpiexec next to this Python first: the mpich wheel's, matching mpi4py.
+    here = os.path.dirname(sys.executable)
+    return shutil.which("mpiexec", path=here + os.pathsep + os.environ.get("PATH", ""))
+
+
+MPIEXEC = _find_mpiexec()
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+needs_mpi = pytest.mark.skipif(
+    not (MPIEXEC and HAVE_MPI4PY),
+    reason="needs mpi4py and mpiexec (pip install numbadam[mpi]): "
+    f"mpi4py {'found' if HAVE_MPI4PY else 'missing'}, "
+    f"mpiexec {'found' if MPIEXEC else 'missing'}",
+)
+
+
+def assert_close(actual, desired, what=""):
+    desired = np.asarray(desired)
+    if desired.dtype.kind in "iu":  # iterations
+        np.testing.assert_array_equal(actual, desired, what)
+        return
+    rtol, atol = TOL[np.dtype(desired.dtype)]
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64),
+        desired.astype(np.float64),
+        rtol,
+        atol,
+        err_msg=what,
+    )
+
+
+# ---------------------------------------------------------------------------
+# imports and the communicator layer
+# ---------------------------------------------------------------------------
+
+
+def _python(code: str, env=None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    for k in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK"):
+        full_env.pop(k, None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full_env,
+    )
+
+
+def test_import_numbadam_does_not_import_mpi4py():
+    r = _python(
+        """
+        import sys, numbadam
+        assert "mpi4py" not in sys.modules, "import numbadam imported mpi4py"
+        import numbadam.distributed as d
+        assert "mpi4py" not in sys.modules, "import numbadam.distributed did"
+        assert isinstance(d.get_communicator(), d.SelfCommunicator)
+        print("ok")
+        """
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_missing_mpi4py_gives_one_clear_error():
+    r = _python(
+        """
+        import os, sys
+        sys.modules["mpi4py"] = None  # as if not installed
+        import numpy as np
+        import numbadam.distributed as d
+        # the one-process fallback still works
+        w = np.zeros(2, np.float32)
+        opt = d.DistributedAdam(learning_rate=0.1)
+        opt.apply_gradients([(np.ones(2, np.float32), w)])
+        assert np.allclose(w, -0.1), w
+        try:
+            d.get_communicator("mpi")
+        except ImportError as e:
+            print("ERR1", e)
+        os.environ["PMI_SIZE"] = "2"  # started by mpiexec, without mpi4py
+        try:
+            d.DistributedAdam()
+        except ImportError as e:
+            print("ERR2", e)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and all("pip install numbadam[mpi]" in x for x in lines)
+
+
+@pytest.mark.parametrize(
+    "total, parts, expected",
+    [
+        (10, 4, [0, 3, 6, 8, 10]),
+        (2, 4, [0, 1, 2, 2, 2]),
+        (0, 3, [0, 0, 0, 0]),
+        (7, 1, [0, 7]),
+    ],
+)
+def test_partition(total, parts, expected):
+    assert partition(total, parts).tolist() == expected
+
+
+def test_self_communicator_collectives():
+    c = get_communicator("self")
+    assert (c.rank, c.size, c.is_mpi) == (0, 1, False)
+    a = np.arange(4.0)
+    assert c.allreduce_sum_(a) is a and a.tolist() == [0, 1, 2, 3]
+    assert c.reduce_scatter_sum(a, [4]).tolist() == [0, 1, 2, 3]
+    assert c.allgatherv(a[:2], [2]).tolist() == [0, 1]
+    assert c.alltoallv(a, [4], [4]).tolist() == [0, 1, 2, 3]
+    assert c.allgather_counts(np.array([5, 6])).tolist() == [[5, 6]]
+    assert c.bcast_obj({"x": 1}) == {"x": 1} and c.allgather_obj(3) == [3]
+    with pytest.raises(ValueError):
+        c.bcast_(a, root=1)
+    with pytest.raises(ValueError, match="unknown communicator"):
+        get_communicator("tcp")
+    with pytest.raises(TypeError):
+        get_communicator(42)
+
+
+# ---------------------------------------------------------------------------
+# in-process: the one-process fallback equals numbadam.Adam
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def references():
+    # Also warms Numba's on-disk cache for every kernel the rank programs use,
+    # so that ranks load compiled code instead of compiling it concurrently.
+    return {name: cases.reference(name) for name in cases.CASES}
+
+
+def _self_run(name):
+    comm = SelfCommunicator()
+    opt, variables = cases.run(name, comm)
+    return cases.results(name, opt, variables)
+
+
+@pytest.mark.parametrize("name", list(cases.CASES))
+def test_fallback_equals_adam(name, references):
+    got = _self_run(name)
+    ref = references[name]
+    for k, v in enumerate(ref["vars"]):
+        if name.endswith("clip") and v.dtype == np.float16:
+            # clipped float16 gradients are rounded once more (see ShardedAdam)
+            assert_close(got[f"var{k}"], v, f"{name} var{k}")
+        else:
+            np.testing.assert_array_equal(got[f"var{k}"], v, f"{name} var{k}")
+    for k, w in enumerate(ref["weights"]):
+        assert_close(got[f"weight{k}"], w, f"{name} weight{k}")
+
+
+def test_sharded_adam_api_in_process():
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    opt = ShardedAdam(learning_rate=0.1, amsgrad=True, comm="self")
+    plain = numbadam.Adam(learning_rate=0.1, amsgrad=True)
+    w2 = w.copy()
+    g = np.ones((2, 3), np.float32)
+    opt.apply_gradients([(g, w)])
+    plain.apply_gradients([(g, w2)])
+    np.testing.assert_array_equal(w, w2)
+    assert opt.get_slot(w, "m").shape == (6,)
+    assert opt.get_slot_names() == ["m", "v", "vhat"]
+    np.testing.assert_array_equal(opt.gather_slot(w, "v"), plain.get_slot(w2, "v"))
+    assert int(opt.iterations) == 1 and len(opt.weights) == 4
+    assert opt.state_nbytes() == 3 * 6 * 4 + 8
+    cfg = opt.get_config()
+    assert cfg == plain.get_config()
+    assert ShardedAdam.from_config(cfg).get_config() == cfg
+    # set_weights takes a full Keras list (even an unsharded Adam's)
+    fresh = ShardedAdam(learning_rate=0.1, amsgrad=True, comm="self")
+    fresh.build([w])
+    fresh.set_weights(plain.get_weights())
+    for a, b in zip(fresh.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="length"):
+        fresh.set_weights(plain.get_weights()[:2])
+    fresh.set_local_weights(fresh.get_local_weights())
+    with pytest.raises(KeyError):
+        opt.get_slot(np.zeros(3, np.float32), "m")
+
+
+def test_sharded_adam_rejects_bad_input_before_any_change():
+    w = np.zeros((4, 3), np.float32)
+    opt = ShardedAdam(comm="self")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        opt.apply_gradients([(np.ones((3, 4), np.float32).T, w.T)])
+    with pytest.raises(ValueError, match="shape"):
+        opt.apply_gradients([(np.ones(3, np.float32), w)])
+    with pytest.raises(IndexError):
+        opt.apply_gradients([(IndexedSlices(np.ones((1, 3), np.float32), [9]), w)])
+    with pytest.raises(ValueError, match="twice"):
+        opt.apply_gradients([(np.ones_like(w), w), (np.ones_like(w), w)])
+    assert opt.weights == [opt.iterations] and int(opt.iterations) == 0
+    assert not w.any()
+    emb = ShardedEmbedding(5, 3, comm="self")
+    with pytest.raises(TypeError, match="IndexedSlices"):
+        opt.apply_gradients([(np.ones((5, 3), np.float32), emb)])
+    with pytest.raises(TypeError, match="ShardedAdam"):
+        DistributedAdam(comm="self").apply_gradients(
+            [(IndexedSlices(np.ones((1, 3), np.float32), [0]), emb)]
+        )
+
+
+def test_sharded_adam_lazy_sparse_mode_matches_adam():
+    rng = np.random.default_rng(5)
+    t1 = rng.standard_normal((9, 4)).astype(np.float32)
+    t2, t3 = t1.copy(), t1.copy()
+    emb = ShardedEmbedding.from_full(t3, comm="self")
+    a = numbadam.Adam(learning_rate=0.1, sparse_mode="lazy")
+    b = ShardedAdam(learning_rate=0.1, sparse_mode="lazy", comm="self")
+    c = ShardedAdam(learning_rate=0.1, sparse_mode="lazy", comm="self")
+    for step in range(3):
+        g = IndexedSlices(
+            rng.standard_normal((3, 4)).astype(np.float32),
+            rng.integers(0, 9, 3),
+            (9, 4),
+        )
+        a.apply_gradients([(g, t1)])
+        b.apply_gradients([(g, t2)])
+        c.apply_gradients([(g, emb)])
+    np.testing.assert_array_equal(t2, t1)
+    np.testing.assert_array_equal(emb.gather(), t1)
+
+
+def test_distributed_adam_config_and_broadcast():
+    opt = DistributedAdam(learning_rate=0.01, clipnorm=1.0, comm="self")
+    cfg = opt.get_config()
+    assert cfg == numbadam.Adam(learning_rate=0.01, clipnorm=1.0).get_config()
+    assert DistributedAdam.from_config(cfg).get_config() == cfg
+    w = np.ones((3, 2))
+    broadcast_variables([w, w.T])  # non-contiguous views too
+    assert w.sum() == 6
+
+
+def test_sharded_embedding_in_process():
+    full = np.arange(20, dtype=np.float32).reshape(10, 2)
+    emb = ShardedEmbedding.from_full(full, comm="self")
+    np.testing.assert_array_equal(emb.lookup([[1, 2], [9, 9]]), full[[[1, 2], [9, 9]]])
+    np.testing.assert_array_equal(emb.gather(), full)
+    with pytest.raises(IndexError):
+        emb.lookup([10])
+    with pytest.raises(ValueError):
+        ShardedEmbedding(3, 2, comm="self", local=np.zeros((2, 2), np.float32))
+
+
+def test_checkpoint_roundtrip_in_process(tmp_path, references):
+    name = "zero_ckpt"
+    comm = SelfCommunicator()
+    opt, variables = cases.run(name, comm, range(cases.SAVE_AT))
+    opt.save_sharded(str(tmp_path / "opt"))
+    variables[-1].save(str(tmp_path / "table"))
+    saved = [np.array(v, copy=True) for v in variables[:-1]]
+    cases.run(name, comm, range(cases.SAVE_AT, cases.STEPS), opt, variables)
+    fresh, fvars = cases.make_distributed(name, comm)
+    for v, s in zip(fvars[:-1], saved):
+        v[...] = s
+    fvars[-1].load(str(tmp_path / "table"))
+    fresh.load_sharded(str(tmp_path / "opt"), var_list=fvars)
+    assert int(fresh.iterations) == cases.SAVE_AT
+    cases.run(name, comm, range(cases.SAVE_AT, cases.STEPS), fresh, fvars)
+    for a, b in zip(cases.gather_variables(fvars), references[name]["vars"]):
+        np.testing.assert_array_equal(a, b)
+    # an incomplete checkpoint (no manifest) is refused
+    os.remove(tmp_path / "opt" / "manifest.json")
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        fresh.load_sharded(str(tmp_path / "opt"))
+
+
+def test_distributed_adam_checkpoint_in_process(tmp_path):
+    rng = np.random.default_rng(1)
+    w, t = np.ones((5, 2), np.float32), np.ones((6, 3), np.float64)
+    opt = DistributedAdam(amsgrad=True, comm="self")
+    for _ in range(2):
+        g = IndexedSlices(rng.standard_normal((2, 3)), [1, 4], t.shape)
+        opt.apply_gradients([(rng.standard_normal(w.shape), w), (g, t)])
+    opt.save_sharded(str(tmp_path))
+    again = DistributedAdam(amsgrad=True, comm="self")
+    again.load_sharded(str(tmp_path), var_list=[w, t])
+    zero = ShardedAdam(amsgrad=True, comm="self")
+    zero.load_sharded(str(tmp_path), var_list=[w, t])
+    for a, b, c in zip(opt.get_weights(), again.get_weights(), zero.get_weights()):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    with pytest.raises(ValueError, match="shape"):
+        DistributedAdam(amsgrad=True, comm="self").load_sharded(
+            str(tmp_path), var_list=[t, w]
+        )
+
+
+def test_sharded_embedding_from_root_in_process():
+    full = np.arange(12, dtype=np.float16).reshape(4, 3)
+    emb = ShardedEmbedding.from_full(full, comm="self", root=0)
+    assert emb.dtype == np.float16 and emb.shape == (4, 3)
+    np.testing.assert_array_equal(emb.gather(), full)
+    emb.assign_full(full + 1)
+    np.testing.assert_array_equal(emb.local, full + 1)
+
+
+def test_train_embedding_modes_agree_in_process():
+    h_data = train_embedding_distributed(
+        "data", comm="self", verbose=False, **cases.TRAIN
+    )
+    h_shard = train_embedding_distributed(
+        "sharded", comm="self", verbose=False, **cases.TRAIN
+    )
+    assert h_data == h_shard and h_data[-1] < h_data[0]
+
+
+# ---------------------------------------------------------------------------
+# MPI: mpiexec -n 1, 2, 4
+# ---------------------------------------------------------------------------
+
+
+def _mpirun(n, script, *args, timeout=TIMEOUT):
+    env = dict(os.environ)
+    env["NUMBA_NUM_THREADS"] = "1"  # 4 ranks share 2 cores
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "mpi4py", str(SCRIPTS / script)]
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(
+            cmd + [str(a) for a in args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd)} did not end within {timeout} s: {exc}")
+    return r, time.monotonic() - t0
+
+
+class _Run:
+    def __init__(self, n, out, proc):
+        self.n, self.out, self.proc = n, out, proc
+        self.ranks = []
+        for r in range(n):
+            path = out / f"rank{r}.npz"
+            if path.exists():
+                with np.load(path) as f:
+                    self.ranks.append({k: f[k] for k in f.files})
+
+    def check(self):
+        assert self.proc.returncode == 0 and len(self.ranks) == self.n, (
+            f"mpiexec -n {self.n} failed (rc {self.proc.returncode}, "
+            f"{len(self.ranks)} result files)\n{self.proc.stdout}\n{self.proc.stderr}"
+        )
+        return self
+
+
+@pytest.fixture(scope="module")
+def mpi_runs(tmp_path_factory, references):
+    """Run the cases at 2, then 4 (resuming 2's checkpoints), then 1 (resuming 4's)."""
+    if not (MPIEXEC and HAVE_MPI4PY):
+        pytest.skip("needs mpi4py and mpiexec (pip install numbadam[mpi])")
+    root = tmp_path_factory.mktemp("mpi")
+    runs, previous = {}, None
+    for n in (2, 4, 1):
+        out = root / f"n{n}"
+        out.mkdir()
+        args = [out] + ([previous] if previous is not None else [])
+        proc, _ = _mpirun(n, "run_cases.py", *args)
+        runs[n] = _Run(n, out, proc)
+        previous = out
+    return runs
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", SIZES)
+def test_mpi_run_writes_one_result_per_rank(mpi_runs, n):
+    run = mpi_runs[n].check()
+    assert [int(f["meta__rank"]) for f in run.ranks] == list(range(n))
+    assert all(int(f["meta__size"]) == n for f in run.ranks)
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", SIZES)
+def test_ranks_hold_identical_variables_and_state(mpi_runs, n):
+    run = mpi_runs[n].check()
+    first = run.ranks[0]
+    for r, f in enumerate(run.ranks[1:], 1):
+        for key, value in first.items():
+            if key.startswith("meta__") or key.endswith(("__local_nbytes", "__lookup")):
+                continue
+            np.testing.assert_array_equal(f[key], value, f"rank {r} differs: {key}")
+    # the replicated modes hold the same local state on every rank, too
+    for name, (mode, *_rest) in cases.CASES.items():
+        if mode == "dp":
+            assert len({int(f[f"{name}__local_nbytes"]) for f in run.ranks}) == 1
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("name", list(cases.CASES))
+def test_equals_single_process_adam(mpi_runs, references, n, name):
+    got = mpi_runs[n].check().ranks[0]
+    ref = references[name]
+    for k, v in enumerate(ref["vars"]):
+        assert_close(got[f"{name}__var{k}"], v, f"{name} var{k} at {n} ranks")
+    for k, w in enumerate(ref["weights"]):
+        assert_close(got[f"{name}__weight{k}"], w, f"{name} weight{k} at {n} ranks")
+    if name in cases.EXACT_TABLES:
+        # IndexedSlices averaged by powers of two: bit-identical tables and slots
+        np.testing.assert_array_equal(
+            got[f"{name}__var{len(ref['vars']) - 1}"], ref["vars"][-1]
+        )
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", SIZES)
+def test_uneven_shards_hold_one_nth_of_the_state(mpi_runs, references, n):
+    run = mpi_runs[n].check()
+    for name in ("zero_dense", "zero_amsgrad", "emb"):
+        _, dense, table, emb, kw = cases.CASES[name]
+        variables = cases.init_variables(name)
+        nslots = 3 if kw.get("amsgrad") else 2
+        per_rank = []
+        for r in range(n):
+            nbytes = 0
+            for k, v in enumerate(variables):
+                if emb and k == len(variables) - 1:  # rows of the table
+                    b = partition(v.shape[0], n) * v.shape[1]
+                else:
+                    b = partition(v.size, n)
+                nbytes += nslots * int(b[r + 1] - b[r]) * v.dtype.itemsize
+            per_rank.append(nbytes)
+        got = [int(f[f"{name}__local_nbytes"]) for f in run.ranks]
+        assert got == per_rank, name
+        full = sum(nslots * v.nbytes for v in variables)
+        assert sum(got) == full and max(got) <= -(-full // n) + nslots * 8 * len(
+            variables
+        )
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", SIZES)
+def test_sharded_embedding_lookup(mpi_runs, n):
+    run = mpi_runs[n].check()
+    for name in ("emb", "emb_amsgrad", "zero_clip"):
+        table = run.ranks[0][f"{name}__var{len(cases.init_variables(name)) - 1}"]
+        per = -(-len(cases.LOOKUP_IDS) // n)
+        for r, f in enumerate(run.ranks):
+            ids = cases.LOOKUP_IDS[r * per : (r + 1) * per]
+            np.testing.assert_array_equal(f[f"{name}__lookup"], table[ids])
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", [4, 1])
+@pytest.mark.parametrize("name", cases.CKPT_CASES)
+def test_checkpoint_saved_at_n_loads_at_m(mpi_runs, references, n, name):
+    # 2 -> 4 and 4 -> 1 ranks, then continue training
+    got = mpi_runs[n].check().ranks[0]
+    assert int(got[f"{name}_resumed__iterations_at_load"]) == cases.SAVE_AT
+    ref = references[name]
+    for k, v in enumerate(ref["vars"]):
+        assert_close(got[f"{name}_resumed__var{k}"], v, f"{name} var{k}")
+    for k, w in enumerate(ref["weights"]):
+        assert_close(got[f"{name}_resumed__weight{k}"], w, f"{name} weight{k}")
+    np.testing.assert_array_equal(
+        got[f"{name}_resumed__var{len(ref['vars']) - 1}"], ref["vars"][-1]
+    )
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", [2, 4])
+def test_checkpoint_saved_under_mpi_loads_in_process(mpi_runs, references, n):
+    mpi_runs[n].check()
+    ck = mpi_runs[n].out / "zero_ckpt"
+    comm = SelfCommunicator()
+    opt, variables = cases.make_distributed("zero_ckpt", comm)
+    with np.load(ck / "vars.npz") as f:
+        for k, v in enumerate(variables[:-1]):
+            v[...] = f[f"arr_{k}"]
+    variables[-1].load(str(ck / "table"))
+    opt.load_sharded(str(ck / "opt"), var_list=variables)
+    cases.run("zero_ckpt", comm, range(cases.SAVE_AT, cases.STEPS), opt, variables)
+    for k, (a, b) in enumerate(
+        zip(cases.gather_variables(variables), references["zero_ckpt"]["vars"])
+    ):
+        assert_close(a, b, f"var{k}")
+    # a DistributedAdam checkpoint loads into a ShardedAdam (same slots)
+    dp = ShardedAdam(learning_rate=cases.LR, comm=comm)
+    dvars = cases.init_variables("dp_ckpt")
+    dp.load_sharded(str(mpi_runs[n].out / "dp_ckpt" / "opt"), var_list=dvars)
+    assert int(dp.iterations) == cases.SAVE_AT
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", SIZES)
+def test_distributed_demo_same_learning_curve(mpi_runs, n):
+    run = mpi_runs[n].check()
+    ref = train_embedding_distributed("data", comm="self", verbose=False, **cases.TRAIN)
+    for mode in ("data", "sharded"):
+        np.testing.assert_allclose(
+            run.ranks[0][f"train_{mode}__history"], ref, rtol=1e-5
+        )
+
+
+@needs_mpi
+def test_a_rank_that_raises_aborts_the_job(tmp_path, references):
+    proc, elapsed = _mpirun(2, "raise_on_rank.py", tmp_path, timeout=TIMEOUT)
+    assert proc.returncode != 0
+    assert elapsed < TIMEOUT / 2, f"the abort took {elapsed:.1f} s"
+    assert "rank 1 fails on purpose" in proc.stdout + proc.stderr
+    assert not list(tmp_path.glob("finished*"))
