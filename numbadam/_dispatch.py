@@ -23,7 +23,7 @@ implements the same):
     A host copy.
 ``assign(dst, host_value)``
     Copy a host array of ``dst``'s shape into ``dst``, in place.
-``dense_step(work, m, v, vhat, coef, transform)``
+``dense_step(work, m, v, vhat, coef, clipvalue, clipnorm)``
 ``sparse_step(work, m, v, vhat, coef, clipvalue, clipnorm, lazy=False)``
     Run the fused kernels (``vhat`` is ``None`` without AMSGrad; ``lazy``
     updates only the rows with a gradient).
@@ -55,7 +55,14 @@ _SUPPORTED_NAMES = "float16, float32 or float64"
 
 def is_device_array(x: Any) -> bool:
     """True for CUDA arrays (including Numba's simulator arrays)."""
-    return hasattr(x, "__cuda_array_interface__") or hasattr(x, "__cuda_ndarray__")
+    if isinstance(x, np.ndarray):
+        return False
+    try:
+        return hasattr(x, "__cuda_array_interface__") or hasattr(x, "__cuda_ndarray__")
+    except Exception:
+        # e.g. a PyTorch CUDA tensor that requires grad raises RuntimeError: it is
+        # a device array all the same (the backend explains to pass param.data)
+        return True
 
 
 _COMPUTE = {"e": np.dtype(np.float32), "f": np.dtype(np.float32), "d": np.dtype(np.float64)}

@@ -230,7 +230,7 @@ class Adam(OptimizerV2):
         return out
 
     def _apply(self, sparse: bool, work: Any, backend: Any, slots: Dict, state: Any):
-        coef = state[_dispatch.compute_dtype(work.var.dtype)]
+        coef = state[_dispatch.compute_dtype(work.flat.dtype)]
         vhat = slots["vhat"] if self.amsgrad else None
         if sparse:
             backend.sparse_step(

@@ -318,7 +318,7 @@ class OptimizerV2:
             if slot is None:
                 slot = backend.zeros_like(var)
             if not (isinstance(initializer, str) and initializer == "zeros"):
-                init = self._initial_value(initializer, tuple(var.shape), var.dtype)
+                init = self._initial_value(initializer, tuple(var.shape), slot.dtype)
                 backend.assign(slot, init)
             entry.slots[slot_name] = slot
             self._weights.append(slot)
@@ -604,7 +604,7 @@ class OptimizerV2:
         if not live:
             raise ValueError(f"No gradients provided for any variable: {[str(x) for x in skipped]}.")
         step = 0 if self._iterations is None else int(self._iterations)
-        state = self._prepare_step(step, {item[3].dtype for item in live})
+        state = self._prepare_step(step, {item[1].flat.dtype for item in live})
         if skipped:
             logger.warning(
                 "Gradients do not exist for variables %s when minimizing the loss; "
@@ -662,7 +662,12 @@ class OptimizerV2:
         if g is None or (self._clipvalue is None and self._clipnorm is None):
             return g
         if isinstance(g, IndexedSlices):
-            return IndexedSlices(self._clip(np.asarray(g.values)), g.indices, g.dense_shape)
+            return IndexedSlices(self._clip(g.values), g.indices, g.dense_shape)
+        if _dispatch.is_device_array(g):
+            raise NotImplementedError(
+                "get_gradients cannot clip CUDA arrays on the host; apply_gradients "
+                "clips them on the device (pass the unclipped gradients there)"
+            )
         g = np.asarray(g)
         if self._clipvalue is not None:
             g = np.clip(g, -self._clipvalue, self._clipvalue).astype(g.dtype)
@@ -756,6 +761,12 @@ class OptimizerV2:
     def _scale(g: Any, factor: Any) -> Any:
         if g is None:
             return None
+        values = g.values if isinstance(g, IndexedSlices) else g
+        if _dispatch.is_device_array(values):
+            raise TypeError(
+                "grad_loss cannot scale CUDA gradients on the host; scale them on the "
+                "device before minimize (or fold grad_loss into the loss callable)"
+            )
         if isinstance(g, IndexedSlices):
             return IndexedSlices(np.asarray(g.values) * factor, g.indices, g.dense_shape)
         return g * factor

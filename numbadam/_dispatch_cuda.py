@@ -1,0 +1,529 @@
+"""The CUDA backend: validation and launches of the ``@cuda.jit`` kernels.
+
+Imported by :func:`numbadam._dispatch.backend_for` the first time it sees a
+device array, never by ``import numbadam``. It implements the backend interface
+documented in :mod:`numbadam._dispatch` for variables that expose
+``__cuda_array_interface__`` (Numba device arrays, CuPy arrays, PyTorch CUDA
+tensors, ...) or ``__cuda_ndarray__`` (Numba's arrays, including the
+simulator's, which expose only this one).
+
+Policies
+--------
+Host and device
+    A device variable takes device gradients only: a host gradient (NumPy
+    array, list, scalar) or host ``IndexedSlices.values`` raise ``TypeError``
+    naming the variable, as the CPU backend does for a device gradient. Nothing
+    is copied behind the caller's back. The exception is
+    ``IndexedSlices.indices``: k integers, they may be a host array (checked on
+    the host, then copied to the device once) or a device array (int32 or
+    int64; range-checked on the device, only the min and max come back).
+Layout
+    C-contiguous arrays are used in place. A strided device view (a column
+    slice, a transpose; up to 4-D, positive strides) is staged like the CPU
+    backend stages a NumPy view: gathered into a contiguous device copy,
+    stepped, and scattered back (two extra passes over the variable). A
+    strided gradient is gathered likewise. A gradient of another floating
+    dtype that casts ``same_kind`` to the variable's is cast on the device
+    (one extra pass), as the CPU backend casts on the host; device indices of
+    an integer dtype other than int32/int64 are cast to int64 on the device.
+State
+    Slots are Numba device arrays on the current device, whatever the
+    variable's array type (a CuPy or PyTorch variable gets Numba slots). The
+    optimizer's ``iterations`` stays on the host: the per-step scalars are
+    computed there.
+Streams
+    Kernels run on the default stream. Foreign arrays are wrapped with
+    :func:`numba.cuda.as_cuda_array`, which synchronises their stream.
+Host syncs
+    A step with ``clipnorm`` copies back one float64 (the sum of squares); a
+    sparse gradient with device indices copies back their min and max during
+    validation. The gradient itself never leaves the device.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from . import _config
+from ._dispatch import (
+    DenseWork,
+    SparseWork,
+    cast_gradient_dtype,
+    check_float_dtype,
+    is_device_array,
+    transform_scalars,
+)
+from ._types import AdamCoefficients, IndexedSlices
+
+__all__ = ["CUDABackend", "INSTALL_HINT"]
+
+INSTALL_HINT = (
+    "numbadam's CUDA backend needs the optional numba-cuda package: "
+    "pip install numbadam[cuda] (or pip install numba-cuda). It runs on an "
+    "NVIDIA GPU, or without one under Numba's CUDA simulator "
+    "(set NUMBA_ENABLE_CUDASIM=1 before numba is imported)."
+)
+
+
+def _import_numba_cuda():
+    """``numba.cuda`` from numba-cuda, or one clear error saying what to install."""
+    try:
+        # numba-cuda itself: numba's deprecated built-in numba.cuda lacks what
+        # the kernels use (numba.cuda.extending, libdevice)
+        import numba_cuda  # noqa: F401
+        from numba import cuda
+        from numba.cuda import extending  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
+    if not cuda.is_available():
+        raise RuntimeError(
+            "a CUDA array was given but no CUDA GPU is available "
+            f"({cuda.cuda_error()}). {INSTALL_HINT}"
+        )
+    return cuda
+
+
+cuda = _import_numba_cuda()
+
+from numba import config as _numba_config  # noqa: E402  (after the check above)
+
+_SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
+
+_INT64_MIN = np.iinfo(np.int64).min
+_INT64_MAX = np.iinfo(np.int64).max
+_INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+_MAX_STAGED_NDIM = 4
+# numba-cuda warns below 128 blocks; small variables make small grids on purpose.
+_FEW_BLOCKS = 128
+
+
+class CUDABackend:
+    """Backend for CUDA arrays: the ``@cuda.jit`` kernels of ``kernels.cuda``."""
+
+    name = "cuda"
+
+    def __init__(self) -> None:
+        from .kernels import cuda as kernels  # compiles lazily, per dtype
+
+        self._k = kernels
+        self._ready: dict = {}  # (kernel name, dtype char or None) -> dispatcher
+        self._identity: dict = {}  # dtype char -> (lo, hi, mul, div) of no clipping
+
+    # -- launches -------------------------------------------------------------
+
+    def _kernel(self, name: str, dtype: Optional[np.dtype] = None):
+        key = (name, None if dtype is None else dtype.char)
+        kern = self._ready.get(key)
+        if kern is None:
+            kern = getattr(self._k, name)
+            self._k.ensure_compiled(kern, dtype)
+            self._ready[key] = kern
+        return kern
+
+    def _threads(self) -> int:
+        tpb = int(_config.CUDA_THREADS_PER_BLOCK)
+        if not 1 <= tpb <= self._k.MAX_THREADS_PER_BLOCK:
+            raise ValueError(
+                f"numbadam._config.CUDA_THREADS_PER_BLOCK={tpb}; expected 1 to 1024"
+            )
+        return tpb
+
+    def _dims(self, n: int) -> Tuple[int, int]:
+        """``(blocks, threads)`` of a grid-stride launch over ``n`` items."""
+        tpb = self._threads()
+        blocks = max(1, min(int(_config.CUDA_MAX_BLOCKS), -(-n // tpb)))
+        return blocks, tpb
+
+    @staticmethod
+    def _configure(kernel, blocks: int, tpb: int, shared: int = 0):
+        # ``shared``: bytes of dynamic shared memory per block (0: none)
+        if blocks >= _FEW_BLOCKS:
+            return kernel[blocks, tpb, 0, shared]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Grid size")
+            return kernel[blocks, tpb, 0, shared]
+
+    def _shared(self, tpb: int) -> int:
+        return tpb * self._k.SHARED_BYTES_PER_THREAD
+
+    def _launch(self, kernel, n: int, *args) -> None:
+        blocks, tpb = self._dims(n)
+        self._configure(kernel, blocks, tpb)(*args)
+
+    # -- arrays ---------------------------------------------------------------
+
+    @staticmethod
+    def _wrap(x: Any):
+        """A Numba device array viewing ``x`` (``x`` itself for Numba arrays)."""
+        if getattr(x, "__cuda_ndarray__", False):
+            return x
+        if _SIMULATOR:
+            raise TypeError(
+                f"a {type(x).__name__} exposing __cuda_array_interface__ cannot be "
+                "used under the CUDA simulator; use numba.cuda.to_device arrays"
+            )
+        return cuda.as_cuda_array(x)
+
+    @staticmethod
+    def _flat(d: Any):
+        return d.reshape(int(np.prod(d.shape, dtype=np.int64)))
+
+    @staticmethod
+    def _view4(d: Any, label: Any, what: str, writable: bool = False):
+        """``d`` as a 4-D strided view of the same memory (for gather/scatter)."""
+        shape, strides = tuple(d.shape), tuple(d.strides)
+        if (
+            len(shape) > _MAX_STAGED_NDIM
+            or any(st < 0 for st in strides)
+            or (writable and any(st == 0 and n > 1 for st, n in zip(strides, shape)))
+        ):
+            raise ValueError(
+                f"{what + ' ' if what else ''}{label} is a non-contiguous CUDA "
+                f"array with strides "
+                f"{strides}; the CUDA backend stages views of up to "
+                f"{_MAX_STAGED_NDIM} dimensions with positive strides only: pass "
+                "a C-contiguous array"
+            )
+        pad = _MAX_STAGED_NDIM - len(shape)
+        shape4, strides4 = (1,) * pad + shape, (0,) * pad + strides
+        if _SIMULATOR:
+            from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+            return FakeCUDAArray(
+                np.lib.stride_tricks.as_strided(d._ary, shape4, strides4)
+            )
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+        return DeviceNDArray(
+            shape4, strides4, d.dtype, stream=d.stream, gpu_data=d.gpu_data
+        )
+
+    def _contiguous(self, d: Any, label: Any, what: str):
+        """``d`` flattened: a view when C-contiguous, else a gathered copy."""
+        if d.is_c_contiguous():
+            return self._flat(d)
+        dtype = np.dtype(d.dtype)
+        view = self._view4(d, label, what)
+        n = int(np.prod(d.shape, dtype=np.int64))
+        out = cuda.device_array(n, dtype)
+        if n:
+            self._launch(self._kernel("gather_cuda", dtype), n, view, out)
+        return out
+
+    def _writeback(self, work: Any) -> None:
+        """Scatter a staged variable's flat copy back into the user's view."""
+        if work.staged:
+            d = self._wrap(work.var)
+            view = self._view4(d, work.label, "", writable=True)
+            n = int(work.flat.shape[0])
+            kern = self._kernel("scatter_cuda", np.dtype(d.dtype))
+            self._launch(kern, n, work.flat, view)
+
+    def _variable_flat(self, d: Any, label: Any) -> Tuple[Any, bool]:
+        if d.is_c_contiguous():
+            return self._flat(d), False
+        self._view4(d, label, "", writable=True)  # raises if it cannot be staged
+        return self._contiguous(d, label, ""), True
+
+    def _device_float(self, x: Any, label: Any, what: str):
+        if not is_device_array(x):
+            raise TypeError(
+                f"{what} of {label} is a host {type(x).__name__} but the variable "
+                "is a CUDA array; move it to the variable's device first (e.g. "
+                "numba.cuda.to_device(g)): numbadam does not copy gradients "
+                "implicitly"
+            )
+        d = self._wrap(x)
+        if np.dtype(d.dtype).kind != "f":
+            raise TypeError(
+                f"{what} of {label} has dtype {d.dtype}; expected a floating dtype"
+            )
+        return d
+
+    def _cast(self, d: Any, dtype: np.dtype):
+        """``d`` (1-D or 2-D, contiguous) in ``dtype``: itself, or a device copy."""
+        if np.dtype(d.dtype) == dtype:
+            return d
+        out = cuda.device_array(tuple(d.shape), dtype)
+        n = int(np.prod(d.shape, dtype=np.int64))
+        if n:
+            self._launch(
+                self._kernel("cast_cuda", dtype), n, self._flat(d), self._flat(out)
+            )
+        return out
+
+    # -- validation -----------------------------------------------------------
+
+    def _variable(self, var: Any, label: Any):
+        if not is_device_array(var):
+            raise TypeError(
+                f"{label} is a {type(var).__name__}, not an array exposing "
+                "__cuda_array_interface__ (or a numpy.ndarray)"
+            )
+        cai = getattr(var, "__cuda_array_interface__", None)
+        if cai is not None and cai.get("data", (0, False))[1]:
+            raise ValueError(f"{label} is read-only; Adam updates variables in place")
+        d = self._wrap(var)
+        check_float_dtype(d.dtype, label)
+        if not d.is_c_contiguous():
+            self._view4(d, label, "", writable=True)  # raises if it cannot be staged
+        return d
+
+    def check_variable(self, var: Any, label: Any) -> None:
+        self._variable(var, label)
+
+    def prepare_dense(self, var: Any, grad: Any, label: Any) -> DenseWork:
+        d = self._variable(var, label)
+        dtype = np.dtype(d.dtype)
+        g = self._device_float(grad, label, "gradient")
+        cast_gradient_dtype(g.dtype, dtype, label)
+        if tuple(g.shape) != tuple(d.shape):
+            raise ValueError(
+                f"gradient of {label} has shape {tuple(g.shape)}, the variable "
+                f"{tuple(d.shape)}"
+            )
+        g = self._cast(self._contiguous(g, label, "gradient of"), dtype)
+        flat, staged = self._variable_flat(d, label)
+        return DenseWork(var, flat, g, staged, label)
+
+    def prepare_sparse(self, var: Any, grad: IndexedSlices, label: Any) -> SparseWork:
+        d = self._variable(var, label)
+        dtype = np.dtype(d.dtype)
+        shape = tuple(d.shape)
+        if len(shape) == 0:
+            raise ValueError(f"{label} is 0-d; an IndexedSlices gradient needs rows")
+        if grad.dense_shape is not None and tuple(grad.dense_shape) != shape:
+            raise ValueError(
+                f"IndexedSlices for {label} has dense_shape {tuple(grad.dense_shape)}"
+                f", the variable {shape}"
+            )
+        vals = self._device_float(grad.values, label, "IndexedSlices values")
+        cast_gradient_dtype(vals.dtype, dtype, label)
+        idx = self._indices(grad.indices, label)
+        k = int(idx.shape[0])
+        vshape = tuple(vals.shape)
+        if len(vshape) == 0 or vshape[0] != k:
+            raise ValueError(
+                f"IndexedSlices for {label}: {k} indices but values of shape {vshape}"
+            )
+        if vshape[1:] != shape[1:]:
+            raise ValueError(
+                f"IndexedSlices for {label}: rows of shape {vshape[1:]}, the "
+                f"variable's rows {shape[1:]}"
+            )
+        idx = self._checked_indices(idx, shape[0], label)
+        width = int(np.prod(shape[1:], dtype=np.int64))
+        vals = self._contiguous(vals, label, "IndexedSlices values of")
+        vals = self._cast(vals.reshape(k, width), dtype)
+        flat, staged = self._variable_flat(d, label)
+        return SparseWork(var, flat, idx, vals, width, staged, label)
+
+    def _indices(self, indices: Any, label: Any):
+        if is_device_array(indices):
+            idx = self._wrap(indices)
+            dt = np.dtype(idx.dtype)
+            if dt.kind not in "iu":
+                raise TypeError(
+                    f"IndexedSlices indices of {label} have dtype {dt}; "
+                    "expected integers"
+                )
+        else:
+            idx = np.asarray(indices)
+            if idx.dtype.kind not in "iu":
+                raise TypeError(
+                    f"IndexedSlices indices of {label} have dtype {idx.dtype}; "
+                    "expected integers"
+                )
+        if len(idx.shape) != 1:
+            raise ValueError(
+                f"IndexedSlices indices of {label} have shape {tuple(idx.shape)}; "
+                "expected 1-D"
+            )
+        if is_device_array(idx):
+            if not idx.is_c_contiguous():
+                raise ValueError(
+                    f"IndexedSlices indices of {label} are a non-contiguous CUDA array"
+                )
+            dt = np.dtype(idx.dtype)
+            if dt not in _INDEX_DTYPES:  # e.g. uint16: to int64, on the device
+                out = cuda.device_array(int(idx.shape[0]), np.int64)
+                if out.shape[0]:
+                    kern = self._kernel("index_cast_cuda", dt)
+                    self._launch(kern, int(idx.shape[0]), idx, out)
+                idx = out
+        return idx
+
+    def _checked_indices(self, idx: Any, nrows: int, label: Any):
+        """Range-check ``idx``; return it as a device int32/int64 array."""
+        k = int(idx.shape[0])
+        if isinstance(idx, np.ndarray):
+            if k:
+                self._check_range(int(idx.min()), int(idx.max()), nrows, label)
+            if idx.dtype not in _INDEX_DTYPES:
+                idx = idx.astype(np.int64)
+            return cuda.to_device(np.ascontiguousarray(idx))
+        if k:
+            out = cuda.to_device(np.array([_INT64_MAX, _INT64_MIN], np.int64))
+            kern = self._kernel("index_bounds_cuda", np.dtype(idx.dtype))
+            self._launch(kern, k, idx, out)
+            lo, hi = out.copy_to_host()
+            self._check_range(int(lo), int(hi), nrows, label)
+        return idx
+
+    @staticmethod
+    def _check_range(lo: int, hi: int, nrows: int, label: Any) -> None:
+        if lo < 0:
+            raise IndexError(f"IndexedSlices for {label}: negative index {lo}")
+        if hi >= nrows:
+            raise IndexError(
+                f"IndexedSlices for {label}: index {hi} out of range for {nrows} rows"
+            )
+
+    # -- state ----------------------------------------------------------------
+
+    def zeros_like(self, var: Any):
+        d = self._wrap(var)
+        dtype = np.dtype(d.dtype)
+        out = cuda.device_array(tuple(d.shape), dtype)
+        n = int(np.prod(d.shape, dtype=np.int64))
+        if n:
+            self._launch(self._kernel("fill_cuda", dtype), n, self._flat(out), 0.0)
+        return out
+
+    def to_host(self, arr: Any) -> np.ndarray:
+        return np.asarray(self._wrap(arr).copy_to_host())
+
+    def assign(self, dst: Any, value: Any) -> None:
+        d = self._wrap(dst)
+        host = np.ascontiguousarray(
+            np.asarray(value, dtype=d.dtype).reshape(tuple(d.shape))
+        )
+        d.copy_to_device(host)
+
+    # -- steps ----------------------------------------------------------------
+
+    def _transform(self, dtype: np.dtype, clipvalue, clipnorm, sumsq):
+        if clipvalue is None and clipnorm is None:
+            tr = self._identity.get(dtype.char)
+            if tr is None:
+                tr = self._identity[dtype.char] = transform_scalars(
+                    dtype, None, None, None
+                )
+            return tr
+        return transform_scalars(dtype, clipvalue, clipnorm, sumsq)
+
+    def _scalars(self, flat: Any, dtype: np.dtype, clipvalue, clipnorm):
+        """``(lo, hi, mul, div)``; with ``clipnorm``, the norm of ``flat`` on device."""
+        sumsq = None
+        if clipnorm is not None:
+            lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
+            sumsq = self._sumsq(flat, dtype, lo, hi)
+        return self._transform(dtype, clipvalue, clipnorm, sumsq)
+
+    def _sumsq(self, flat: Any, dtype: np.dtype, lo, hi) -> float:
+        """``sum(clip(flat, lo, hi)**2)`` in float64: fixed block partials, then
+        one block adds them in a fixed order. Only the sum comes back."""
+        n = int(flat.shape[0])
+        blocks, tpb = self._dims(n)
+        partials = cuda.device_array(blocks, np.float64)
+        shared = self._shared(tpb)
+        kern = self._kernel("sum_squares_cuda", dtype)
+        self._configure(kern, blocks, tpb, shared)(flat, lo, hi, partials)
+        out = cuda.device_array(1, np.float64)
+        kern = self._kernel("sum_partials_cuda")
+        self._configure(kern, 1, tpb, shared)(partials, out)
+        return float(out.copy_to_host()[0])
+
+    def _sorted(self, indices: Any) -> Tuple[Any, Any]:
+        """``(keys, pos)``: ``indices`` as int64, stable-sorted, and their positions.
+
+        Tiles of ``CUDA_THREADS_PER_BLOCK`` are rank-sorted in shared memory,
+        then adjacent runs are merged (one launch per doubling). Arrays have at
+        least one element (unused when ``indices`` is empty).
+        """
+        k = int(indices.shape[0])
+        keys = cuda.device_array(max(k, 1), np.int64)
+        pos = cuda.device_array(max(k, 1), np.int64)
+        if k == 0:
+            return keys, pos
+        tpb = self._threads()
+        ntiles = -(-k // tpb)
+        blocks = max(1, min(int(_config.CUDA_MAX_BLOCKS), ntiles))
+        sort = self._kernel("sort_tiles_cuda", np.dtype(indices.dtype))
+        self._configure(sort, blocks, tpb, self._shared(tpb))(indices, keys, pos, k)
+        width = tpb
+        if width < k:
+            merge = self._kernel("merge_runs_cuda")
+            keys2 = cuda.device_array(k, np.int64)
+            pos2 = cuda.device_array(k, np.int64)
+            while width < k:
+                self._launch(merge, k, keys, pos, keys2, pos2, width, k)
+                keys, keys2, pos, pos2 = keys2, keys, pos2, pos
+                width *= 2
+        return keys, pos
+
+    def dense_step(
+        self,
+        work: DenseWork,
+        m: Any,
+        v: Any,
+        vhat: Optional[Any],
+        coef: AdamCoefficients,
+        clipvalue: Optional[float],
+        clipnorm: Optional[float],
+    ) -> None:
+        n = int(work.flat.shape[0])
+        if n == 0:
+            return
+        dtype = np.dtype(work.flat.dtype)
+        tr = self._scalars(work.grad, dtype, clipvalue, clipnorm)
+        mf, vf = self._flat(m), self._flat(v)
+        if vhat is None:
+            kern = self._kernel("adam_dense_cuda", dtype)
+            self._launch(kern, n, work.flat, work.grad, mf, vf, *coef, *tr)
+        else:
+            kern = self._kernel("amsgrad_dense_cuda", dtype)
+            hf = self._flat(vhat)
+            self._launch(kern, n, work.flat, work.grad, mf, vf, hf, *coef, *tr)
+        self._writeback(work)
+
+    def sparse_step(
+        self,
+        work: SparseWork,
+        m: Any,
+        v: Any,
+        vhat: Optional[Any],
+        coef: AdamCoefficients,
+        clipvalue: Optional[float],
+        clipnorm: Optional[float],
+        lazy: bool = False,
+    ) -> None:
+        n = int(work.flat.shape[0])
+        if n == 0:
+            return
+        dtype = np.dtype(work.flat.dtype)
+        k = int(work.indices.shape[0])
+        tr = self._scalars(self._flat(work.values), dtype, clipvalue, clipnorm)
+        keys, pos = self._sorted(work.indices)
+        values = work.values
+        if k == 0:
+            if lazy:
+                return
+            values = cuda.device_array((1, work.width), dtype)  # never read
+        mf, vf = self._flat(m), self._flat(v)
+        state = (
+            (work.flat, mf, vf)
+            if vhat is None
+            else (work.flat, mf, vf, self._flat(vhat))
+        )
+        name = ("adam" if vhat is None else "amsgrad") + (
+            "_lazy_sparse_cuda" if lazy else "_sparse_cuda"
+        )
+        items = k * work.width if lazy else n
+        self._launch(
+            self._kernel(name, dtype), items, *state, keys, pos, k, values, *coef, *tr
+        )
+        self._writeback(work)
