@@ -657,28 +657,11 @@ class OptimizerV2:
             raise ValueError(f"loss() returned {len(grads)} gradients for {n} parameters")
         return value, grads
 
-    def _clip(self, g: Any) -> Any:
-        # TF's gradient transform outside the kernels (get_gradients).
-        if g is None or (self._clipvalue is None and self._clipnorm is None):
-            return g
-        if isinstance(g, IndexedSlices):
-            return IndexedSlices(self._clip(g.values), g.indices, g.dense_shape)
-        if _dispatch.is_device_array(g):
-            raise NotImplementedError(
-                "get_gradients cannot clip CUDA arrays on the host; apply_gradients "
-                "clips them on the device (pass the unclipped gradients there)"
-            )
-        g = np.asarray(g)
-        if self._clipvalue is not None:
-            g = np.clip(g, -self._clipvalue, self._clipvalue).astype(g.dtype)
-        if self._clipnorm is not None:
-            sumsq = np.sum(np.square(g, dtype=np.float64))
-            _, _, mul, div = _dispatch.transform_scalars(g.dtype, None, self._clipnorm, sumsq)
-            g = ((g.astype(mul.dtype) * mul) / div).astype(g.dtype)
-        return g
-
     def get_gradients(self, loss: Callable, params: Sequence[Any]) -> List[Any]:
-        """Gradients of ``loss`` with respect to ``params``, clipped as configured.
+        """Gradients of ``loss`` with respect to ``params`` (Keras 1 style).
+
+        As in tf-keras, no clipping happens here: :meth:`apply_gradients`
+        clips.
 
         Parameters
         ----------
@@ -689,7 +672,7 @@ class OptimizerV2:
         Returns
         -------
         list
-            One gradient per parameter (``clipvalue``, then ``clipnorm``).
+            One gradient per parameter, as ``loss`` returned them.
 
         Raises
         ------
@@ -705,13 +688,13 @@ class OptimizerV2:
                     "that all of your ops have a gradient defined (i.e. are "
                     "differentiable)."
                 )
-        return [self._clip(g) for g in grads]
+        return grads
 
     def get_updates(self, loss: Callable, params: Sequence[Any]) -> List[Any]:
         """Apply one step from ``loss`` (Keras 1 style) and return ``[iterations]``.
 
-        As in TF, the gradients come from :meth:`get_gradients` (already
-        clipped) and :meth:`apply_gradients` clips them again.
+        The gradients of :meth:`get_gradients` go through
+        :meth:`apply_gradients`, which clips them, as in tf-keras.
         """
         params = list(params)
         grads = self.get_gradients(loss, params)
