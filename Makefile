@@ -1,12 +1,14 @@
 # Two entry points for a fresh machine with only Python 3 and pip:
 #   make demo   create .venv, install numbadam[examples], run the main job
-#   make test   create .venv, install numbadam[test], run the whole suite
+#   make test   create .venv, install numbadam with its test, docs, bench, mpi and
+#               cuda extras, run the whole suite (docs, asv smoke run, CPU tests and
+#               doctests, CUDA tests under the simulator)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test test-cpu test-cuda-sim clean
+.PHONY: demo test test-docs test-asv test-cpu test-cuda-sim clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +19,7 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e ".[test,cuda,mpi,examples]"
+	$(PIP) install -q -e ".[test,cuda,mpi,examples,docs,bench]"
 	touch $@
 
 # The main job (docs/demo.md): an embedding recommender and an MLP trained with
@@ -27,10 +29,23 @@ DEMO_ARGS ?=
 demo: $(VENV)/.installed-demo
 	$(BIN)/numbadam demo --plot demo-output/demo.png --checkpoint-dir demo-output/ckpt $(DEMO_ARGS)
 
-test: test-cpu test-cuda-sim
+# The whole suite: docs (-W), asv smoke run, CPU tests + doctests, CUDA tests
+# under the simulator (a separate process: the flag is read when numba starts).
+test: test-docs test-asv test-cpu test-cuda-sim
 
+test-docs: $(VENV)/.installed-test
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+test-asv: $(VENV)/.installed-test
+	cd asv_bench && $(abspath $(BIN))/asv machine --yes > /dev/null \
+		&& $(abspath $(BIN))/asv run --python=same --quick --show-stderr
+
+# numbadam's CUDA modules have no doctests and need numba-cuda's simulator or a GPU.
 test-cpu: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not cuda" tests
+	$(BIN)/python -m pytest -q -m "not cuda" --doctest-modules \
+		--ignore=numbadam/_dispatch_cuda.py --ignore=numbadam/kernels/cuda.py \
+		--doctest-glob="*.md" tests numbadam docs/index.md docs/migrating.md \
+		docs/semantics.md
 
 # The simulator flag must be set before numba is imported: a separate process.
 test-cuda-sim: $(VENV)/.installed-test
