@@ -74,6 +74,16 @@ def set_num_threads(n: int) -> None:
     per calling thread; the ceiling is ``NUMBA_NUM_THREADS`` (default: the
     number of cores), fixed when Numba starts.
 
+    Parameters
+    ----------
+    n : int
+        Number of threads, ``1 <= n <= NUMBA_NUM_THREADS``.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer or exceeds ``NUMBA_NUM_THREADS``.
+
     Examples
     --------
     >>> import numbadam
@@ -95,14 +105,44 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads the CPU kernels use."""
+    """The number of threads the CPU kernels use.
+
+    Returns
+    -------
+    int
+        The calling thread's setting (Numba's ``get_num_threads``), by default
+        ``NUMBA_NUM_THREADS``.
+
+    Examples
+    --------
+    >>> import numba
+    >>> import numbadam
+    >>> numbadam.set_num_threads(1)
+    >>> numbadam.get_num_threads()
+    1
+    >>> numbadam.reset_num_threads()
+    >>> numbadam.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    True
+    """
     import numba
 
     return numba.get_num_threads()
 
 
 def reset_num_threads() -> None:
-    """Use all of Numba's threads again (``NUMBA_NUM_THREADS``)."""
+    """Use all of Numba's threads again (``NUMBA_NUM_THREADS``).
+
+    Undoes :func:`set_num_threads` for the calling thread.
+
+    Examples
+    --------
+    >>> import numba
+    >>> import numbadam
+    >>> numbadam.set_num_threads(1)     # e.g. while other processes are busy
+    >>> numbadam.reset_num_threads()
+    >>> numbadam.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    True
+    """
     import numba
 
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)

@@ -361,7 +361,8 @@ class CPUBackend:
         uidx = np.empty(k, np.int64)
         uvals = np.empty((k, work.width), cdt)
         dedup = self._kernel("sum_duplicate_rows_cpu", dtype)
-        u = dedup(work.indices, _kernel_view(work.values), *tr, uidx, uvals)
+        maxkey = int(work.indices.max()) if k else 0
+        u = dedup(work.indices, _kernel_view(work.values), *tr, maxkey, uidx, uvals)
         uidx, uvals = uidx[:u], uvals[:u]
         x = _kernel_view(work.flat)
         mf, vf = _kernel_view(m.reshape(-1)), _kernel_view(v.reshape(-1))

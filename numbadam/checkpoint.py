@@ -59,6 +59,13 @@ class CheckpointError(ValueError):
     bears pickled objects, or does not match the variables it is loaded into.
     The message starts with the file's path and says what is wrong.
 
+    Parameters
+    ----------
+    path : str or os.PathLike or None
+        The checkpoint file concerned (kept as ``exc.path``).
+    problem : str
+        What is wrong with it (kept as ``exc.problem``).
+
     Examples
     --------
     >>> import os, tempfile

@@ -106,6 +106,38 @@ class OptimizerV2:
         For an unknown keyword argument.
     ValueError
         For a negative ``clipnorm``, ``clipvalue``, ``lr`` or ``decay``.
+
+    Examples
+    --------
+    :class:`~numbadam.Adam` is an OptimizerV2; its state is
+    :attr:`~numbadam.OptimizerV2.weights`, ``[iterations, m..., v...]`` in
+    Keras' order:
+
+    >>> import numpy as np
+    >>> import numbadam
+    >>> opt = numbadam.Adam(learning_rate=0.1, clipnorm=1.0)
+    >>> isinstance(opt, numbadam.OptimizerV2)
+    True
+    >>> w = np.zeros(3, np.float32)
+    >>> _ = opt.apply_gradients([(np.full(3, 2.0, np.float32), w)])
+    >>> [tuple(x.shape) for x in opt.weights], int(opt.iterations)
+    ([(), (3,), (3,)], 1)
+    >>> config = opt.get_config()
+    >>> config["name"], config["clipnorm"]
+    ('Adam', 1.0)
+
+    A config and the weights rebuild the optimizer: both then take the same
+    steps, bit for bit.
+
+    >>> twin = numbadam.Adam.from_config(config)
+    >>> w2 = w.copy()
+    >>> twin.build([w2])
+    >>> twin.set_weights(opt.get_weights())
+    >>> g = np.array([0.5, -1.0, 2.0], np.float32)
+    >>> _ = opt.apply_gradients([(g, w)])
+    >>> _ = twin.apply_gradients([(g, w2)])
+    >>> bool(np.array_equal(w, w2)), int(twin.iterations)
+    (True, 2)
     """
 
     def __init__(self, name: str, **kwargs: Any) -> None:

@@ -498,21 +498,28 @@ def test_optimizer_with_small_blocks():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("nrows", [8, 3000, 5_000_000], ids=["1pass", "2pass", "3pass"])
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize(
     "clip", [(None, None), (0.5, None), (0.7, 1.5)], ids=["noclip", "clipvalue", "both"]
 )
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_sum_duplicate_rows(dtype, clip, index_dtype):
+def test_sum_duplicate_rows(dtype, clip, index_dtype, nrows):
     rng = np.random.default_rng(9)
     k, width = 30, 4
-    idx = rng.integers(0, 8, size=k).astype(index_dtype)
+    # few distinct rows spread over the whole range: duplicates and several
+    # radix digits
+    pool = rng.integers(0, nrows, size=8)
+    idx = pool[rng.integers(0, 8, size=k)].astype(index_dtype)
     vals = np.array(rng.standard_normal((k, width)), dtype=dtype)
     tr = _transform(dtype, vals, *clip)
     c = compute(dtype)
     out_i = np.full(k, -1, np.int64)
     out_v = np.full((k, width), np.nan, c)
-    u = kernel("sum_duplicate_rows_cpu", dtype)(idx, kview(vals), *tr, out_i, out_v)
+    maxkey = int(idx.max())
+    u = kernel("sum_duplicate_rows_cpu", dtype)(
+        idx, kview(vals), *tr, maxkey, out_i, out_v
+    )
     uniq = np.unique(idx)
     assert u == len(uniq)
     assert np.array_equal(out_i[:u], uniq)
@@ -524,9 +531,27 @@ def test_sum_duplicate_rows(dtype, clip, index_dtype):
             acc = acc + (np.minimum(np.maximum(vals[r].astype(c), lo), hi) * mul) / div
         assert_bitwise(out_v[j], acc, f"row {i}")
     # and the float64 oracle, to tolerance
-    summed = np.zeros((8, width))
-    np.add.at(summed, idx, clip_ref(vals, *clip))
-    assert_close(out_v[:u], summed[uniq], dtype, what="summed rows")
+    summed = {}
+    for i, row in zip(idx.tolist(), clip_ref(vals, *clip)):
+        summed[i] = summed.get(i, 0.0) + row
+    assert_close(
+        out_v[:u], np.array([summed[i] for i in uniq.tolist()]), dtype,
+        what="summed rows",
+    )  # fmt: skip
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    keys=st.lists(st.integers(0, 2**40), min_size=0, max_size=200),
+    dup=st.integers(1, 5),
+)
+def test_stable_argsort_matches_numpy(keys, dup):
+    from numbadam.kernels.cpu import _stable_argsort
+
+    arr = np.array(keys * dup, dtype=np.int64)
+    maxkey = int(arr.max()) if arr.size else 0
+    order = _stable_argsort(arr, maxkey)
+    assert np.array_equal(order, np.argsort(arr, kind="stable"))
 
 
 def test_sum_duplicate_rows_empty():
@@ -538,6 +563,7 @@ def test_sum_duplicate_rows_empty():
         np.inf,
         1.0,
         1.0,
+        0,
         np.zeros(0, np.int64),
         np.zeros((0, 3)),
     )

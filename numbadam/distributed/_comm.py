@@ -57,6 +57,24 @@ def launched_under_mpi() -> bool:
     mpi4py`` imports it) and at the environment variables that ``mpiexec`` /
     ``mpirun`` of MPICH, Intel MPI, Open MPI, MVAPICH and PMIx set. Does not
     import mpi4py.
+
+    Returns
+    -------
+    bool
+        Whether :func:`get_communicator` with no argument uses MPI
+        (``MPI.COMM_WORLD``) rather than the one-process
+        :class:`SelfCommunicator`.
+
+    Examples
+    --------
+    ``python script.py`` gives ``False``; ``mpiexec -n 4 python -m mpi4py
+    script.py`` gives ``True`` on every rank. Either way it decides what
+    :func:`get_communicator` returns:
+
+    >>> from numbadam.distributed import get_communicator, launched_under_mpi
+    >>> under_mpi = launched_under_mpi()
+    >>> get_communicator().is_mpi == under_mpi
+    True
     """
     if "mpi4py.MPI" in sys.modules:
         return True
@@ -77,9 +95,26 @@ def _launcher_size() -> Optional[int]:
 def partition(total: int, parts: int) -> np.ndarray:
     """Bounds of ``parts`` contiguous, near-equal pieces of ``range(total)``.
 
-    Returns an int64 array ``b`` of length ``parts + 1``: piece ``r`` is
-    ``[b[r], b[r + 1])``. The first ``total % parts`` pieces get one element
-    more (as ``numpy.array_split``); pieces may be empty when ``total < parts``.
+    The first ``total % parts`` pieces get one element more (as
+    ``numpy.array_split``); pieces may be empty when ``total < parts``.
+
+    Parameters
+    ----------
+    total : int
+        Number of elements (or rows) to split; non-negative.
+    parts : int
+        Number of pieces, e.g. the number of ranks; positive.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 bounds ``b`` of length ``parts + 1``: piece ``r`` is
+        ``[b[r], b[r + 1])``.
+
+    Raises
+    ------
+    ValueError
+        If ``parts < 1`` or ``total < 0``.
 
     Examples
     --------
@@ -124,6 +159,24 @@ class Communicator:
         Number of processes.
     is_mpi : bool
         Whether MPI does the communication.
+
+    Examples
+    --------
+    Code written against this interface runs on one process and under MPI
+    alike; here a global mean, with the one-process communicator:
+
+    >>> import numpy as np
+    >>> from numbadam.distributed import Communicator, get_communicator
+    >>> def global_mean(x, comm):
+    ...     total = comm.allreduce_sum_(np.array([x.sum(), x.size], np.float64))
+    ...     return total[0] / total[1]
+    >>> comm = get_communicator("self")
+    >>> isinstance(comm, Communicator), comm.rank, comm.size, comm.is_mpi
+    (True, 0, 1, False)
+    >>> float(global_mean(np.arange(4.0), comm))
+    1.5
+    >>> comm.allgatherv(np.array([1.0, 2.0]), counts=[2]).tolist()
+    [1.0, 2.0]
     """
 
     rank: int = 0
@@ -284,6 +337,34 @@ class MPICommunicator(Communicator):
     ------
     ImportError
         If mpi4py is not installed (``pip install numbadam[mpi]``).
+    RuntimeError
+        If the launcher started a different number of processes than mpi4py's
+        MPI sees (mpi4py built against another MPI than this ``mpiexec``).
+
+    Examples
+    --------
+    Rarely built by hand: :func:`get_communicator` returns one for
+    ``MPI.COMM_WORLD`` when the process was started by ``mpiexec``, and the
+    one-process :class:`SelfCommunicator` otherwise (as in this example, run
+    without ``mpiexec``):
+
+    >>> from numbadam.distributed import (
+    ...     Communicator, MPICommunicator, get_communicator, launched_under_mpi)
+    >>> issubclass(MPICommunicator, Communicator), MPICommunicator.is_mpi
+    (True, True)
+    >>> comm = get_communicator()
+    >>> isinstance(comm, MPICommunicator) == launched_under_mpi()
+    True
+    >>> isinstance(get_communicator("self"), MPICommunicator)
+    False
+
+    Under ``mpiexec -n 4 python -m mpi4py script.py``, ``get_communicator()``
+    is ``MPICommunicator()`` with ``rank`` 0 to 3 and ``size`` 4, and a
+    sub-communicator of mpi4py is wrapped the same way::
+
+        from mpi4py import MPI
+        half = MPI.COMM_WORLD.Split(color=MPI.COMM_WORLD.Get_rank() % 2)
+        comm = get_communicator(half)          # an MPICommunicator of 2 ranks
     """
 
     is_mpi = True

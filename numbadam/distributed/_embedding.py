@@ -146,10 +146,29 @@ class ShardedEmbedding:
 
     @property
     def num_rows(self) -> int:
+        """Number of rows of the whole table (all ranks), ``shape[0]``.
+
+        This rank holds ``row_stop - row_start`` of them in :attr:`local`.
+
+        Examples
+        --------
+        >>> from numbadam.distributed import ShardedEmbedding
+        >>> emb = ShardedEmbedding(10, 4, comm="self")
+        >>> emb.num_rows, emb.local.shape[0]
+        (10, 10)
+        """
         return self.shape[0]
 
     @property
     def dim(self) -> int:
+        """Width of a row (the embedding dimension), ``shape[1]``.
+
+        Examples
+        --------
+        >>> from numbadam.distributed import ShardedEmbedding
+        >>> ShardedEmbedding(10, 4, comm="self").dim
+        4
+        """
         return self.shape[1]
 
     @property
