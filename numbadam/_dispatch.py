@@ -31,7 +31,7 @@ implements the same):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 from typing import Any, Optional
 
 import numpy as np
@@ -118,28 +118,47 @@ def transform_scalars(
     return lo, hi, cn, np.maximum(l2norm, cn)
 
 
-@dataclass
 class DenseWork:
-    """A validated dense pair, in the shapes the kernels take."""
+    """A validated dense pair, in the shapes the kernels take.
 
-    var: Any  # the user's variable
-    flat: Any  # 1-D C-contiguous view of it, or a staging copy
-    grad: Any  # 1-D C-contiguous gradient in the variable's dtype
-    staged: bool  # flat is a copy to be written back into var
-    label: str
+    Attributes: ``var`` (the user's variable), ``flat`` (a 1-D C-contiguous view
+    of it, or a staging copy), ``grad`` (1-D C-contiguous, the variable's dtype),
+    ``staged`` (``flat`` is a copy to write back into ``var``), ``label``.
+    """
+
+    __slots__ = ("var", "flat", "grad", "staged", "label")
+
+    def __init__(self, var: Any, flat: Any, grad: Any, staged: bool, label: Any):
+        self.var = var
+        self.flat = flat
+        self.grad = grad
+        self.staged = staged
+        self.label = label
 
 
-@dataclass
 class SparseWork:
-    """A validated IndexedSlices pair, in the shapes the kernels take."""
+    """A validated IndexedSlices pair, in the shapes the kernels take.
 
-    var: Any
-    flat: Any  # 1-D view (or staging copy) of the (R, W) table
-    indices: Any  # 1-D int32/int64
-    values: Any  # (k, W) C-contiguous, variable's dtype
-    width: int
-    staged: bool
-    label: str
+    Attributes: ``var``, ``flat`` (a 1-D view, or staging copy, of the ``(R, W)``
+    table), ``indices`` (1-D int32/int64), ``values`` (``(k, W)`` C-contiguous,
+    the variable's dtype), ``width``, ``staged``, ``label``.
+    """
+
+    __slots__ = (
+        "var", "flat", "indices", "values", "width", "staged", "label", "maxkey"
+    )  # fmt: skip
+
+    def __init__(
+        self, var, flat, indices, values, width, staged, label, maxkey=None
+    ) -> None:
+        self.var = var
+        self.flat = flat
+        self.indices = indices
+        self.values = values
+        self.width = width
+        self.staged = staged
+        self.label = label
+        self.maxkey = maxkey  # the largest index, when the backend knows it
 
 
 def _kernel_view(a: np.ndarray) -> np.ndarray:
@@ -246,8 +265,12 @@ class CPUBackend:
                 f"variable's rows {var.shape[1:]}"
             )
         nrows = var.shape[0]
+        hi = 0
         if idx.size:
-            lo, hi = idx.min(), idx.max()
+            if idx.dtype in (np.int32, np.int64):
+                lo, hi = self._kernel("index_range_cpu", idx.dtype)(idx)
+            else:  # other integer types, uint64 beyond int64 included
+                lo, hi = idx.min(), idx.max()
             if lo < 0:
                 raise IndexError(f"IndexedSlices for {label}: negative index {lo}")
             if hi >= nrows:
@@ -256,12 +279,14 @@ class CPUBackend:
                     f"{nrows} rows"
                 )
         if idx.dtype not in (np.int32, np.int64):
-            idx = idx.astype(np.int64)
-        width = int(np.prod(var.shape[1:], dtype=np.int64))
+            idx = idx.astype(np.int64)  # in range, so exact
+        width = math.prod(var.shape[1:])
         vals = np.ascontiguousarray(vals, dtype=var.dtype).reshape(idx.shape[0], width)
         staged = not var.flags.c_contiguous
         flat = np.ascontiguousarray(var).reshape(-1) if staged else var.reshape(-1)
-        return SparseWork(var, flat, np.ascontiguousarray(idx), vals, width, staged, label)
+        return SparseWork(
+            var, flat, np.ascontiguousarray(idx), vals, width, staged, label, int(hi)
+        )
 
     def _gradient_indices(self, indices: Any, label: str) -> np.ndarray:
         if is_device_array(indices):
@@ -317,8 +342,9 @@ class CPUBackend:
             lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
             sumsq = self._sumsq(work.grad, lo, hi)
         tr = self._transform(dtype, clipvalue, clipnorm, sumsq)
-        x, g = _kernel_view(work.flat), _kernel_view(work.grad)
-        mf, vf = _kernel_view(m.reshape(-1)), _kernel_view(v.reshape(-1))
+        x, g, mf, vf = work.flat, work.grad, m.reshape(-1), v.reshape(-1)
+        if dtype.char == "e":
+            x, g, mf, vf = (a.view(np.uint16) for a in (x, g, mf, vf))
         serial = x.shape[0] <= _config.CPU_SERIAL_MAX
         if vhat is None:
             if serial:
@@ -358,29 +384,36 @@ class CPUBackend:
             sumsq = self._sumsq(work.values.reshape(-1), lo, hi)
         tr = self._transform(dtype, clipvalue, clipnorm, sumsq)
         k = work.indices.shape[0]
+        maxkey = work.maxkey
+        if maxkey is None:
+            maxkey = int(work.indices.max()) if k else 0
+        x = _kernel_view(work.flat)
+        mf, vf = _kernel_view(m.reshape(-1)), _kernel_view(v.reshape(-1))
+        if lazy:  # one fused pass over the unique rows: no summed-rows buffer
+            vals = _kernel_view(work.values)
+            if vhat is None:
+                kern = self._kernel("adam_lazy_sparse_cpu", dtype)
+                kern(x, mf, vf, work.indices, vals, *tr, maxkey, *coef)
+            else:
+                kern = self._kernel("amsgrad_lazy_sparse_cpu", dtype)
+                hf = _kernel_view(vhat.reshape(-1))
+                kern(x, mf, vf, hf, work.indices, vals, *tr, maxkey, *coef)
+            if work.staged:
+                work.var[...] = work.flat.reshape(work.var.shape)
+            return
         uidx = np.empty(k, np.int64)
         uvals = np.empty((k, work.width), cdt)
         dedup = self._kernel("sum_duplicate_rows_cpu", dtype)
-        maxkey = int(work.indices.max()) if k else 0
         u = dedup(work.indices, _kernel_view(work.values), *tr, maxkey, uidx, uvals)
         uidx, uvals = uidx[:u], uvals[:u]
-        x = _kernel_view(work.flat)
-        mf, vf = _kernel_view(m.reshape(-1)), _kernel_view(v.reshape(-1))
         rows = _config.CPU_SPARSE_BLOCK_ROWS
         if vhat is None:
-            if lazy:
-                self._kernel("adam_lazy_sparse_cpu", dtype)(x, mf, vf, uidx, uvals, *coef)
-            else:
-                kern = self._kernel("adam_sparse_cpu", dtype)
-                kern(x, mf, vf, uidx, uvals, *coef, rows)
+            kern = self._kernel("adam_sparse_cpu", dtype)
+            kern(x, mf, vf, uidx, uvals, *coef, rows)
         else:
             hf = _kernel_view(vhat.reshape(-1))
-            if lazy:
-                kern = self._kernel("amsgrad_lazy_sparse_cpu", dtype)
-                kern(x, mf, vf, hf, uidx, uvals, *coef)
-            else:
-                kern = self._kernel("amsgrad_sparse_cpu", dtype)
-                kern(x, mf, vf, hf, uidx, uvals, *coef, rows)
+            kern = self._kernel("amsgrad_sparse_cpu", dtype)
+            kern(x, mf, vf, hf, uidx, uvals, *coef, rows)
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)
 

@@ -390,7 +390,7 @@ class OptimizerV2:
         ):
             self._create_all_weights(list(buf.params))
         self._apply(False, work, backend, state.flat, coefs)
-        self._iterations[...] += 1
+        self._iterations[()] = step + 1
         return self._iterations
 
     def _entry(self, var: Any) -> Optional[_Entry]:
@@ -547,6 +547,9 @@ class OptimizerV2:
             ) from None
         pairs = []
         for i, item in enumerate(items):
+            if type(item) is tuple and len(item) == 2 and item[1] is not None:
+                pairs.append(item)  # the common case, cheaply
+                continue
             if (
                 isinstance(item, (str, bytes, np.ndarray))
                 or _dispatch.is_device_array(item)
@@ -615,11 +618,16 @@ class OptimizerV2:
         skipped = []
         seen: Dict[Any, int] = {}
         backend_for = _dispatch.backend_for
+        nreq = len(self._required_slots())
+        need_weights = self._iterations is None or not self._hypers_created
         for i, (g, v) in enumerate(pairs):
             label = _Label(v, i)
             backend = backend_for(v)
-            backend.check_variable(v, label)
+            if g is None:  # (prepare_dense/prepare_sparse check the others)
+                backend.check_variable(v, label)
             entry = self._entry(v)
+            if entry is None or len(entry.slots) < nreq:
+                need_weights = True
             key = id(entry) if entry is not None else self._var_key(v)
             if key in seen:
                 raise ValueError(
@@ -644,16 +652,13 @@ class OptimizerV2:
                 [str(x) for x in skipped],
             )
         # --- from here on nothing can fail on user input ---
-        required = self._required_slots()
-        if self._iterations is None or not self._hypers_created or any(
-            e is None or len(e.slots) < len(required) for _, _, _, _, e in live
-        ):
+        if need_weights:
             self._create_all_weights([item[3] for item in live])
         for sparse, work, backend, v, entry in live:
             if entry is None:
                 entry = self._entry(v)
             self._apply(sparse, work, backend, entry.slots, state)
-        self._iterations[...] += 1
+        self._iterations[()] = step + 1
         return self._iterations
 
     def _required_slots(self) -> Tuple[str, ...]:

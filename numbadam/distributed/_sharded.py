@@ -573,7 +573,7 @@ class ShardedAdam(Adam):
         if sh.hi == sh.lo:
             return
         backend = _dispatch.backend_for(sh.view)
-        coef = state[_dispatch.compute_dtype(sh.dtype)]
+        coef = state[sh.dtype]
         m, v = sh.slots["m"], sh.slots["v"]
         vhat = sh.slots["vhat"] if self.amsgrad else None
         cv, cn = self._clipvalue, self._clipnorm

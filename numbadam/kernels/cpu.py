@@ -36,6 +36,7 @@ import threading
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
+from numba.np import numpy_support
 
 __all__ = [
     "adam_dense_cpu",
@@ -48,6 +49,7 @@ __all__ = [
     "amsgrad_lazy_sparse_cpu",
     "sum_duplicate_rows_cpu",
     "sum_squares_cpu",
+    "index_range_cpu",
     "half_bits_to_float",
     "float_to_half_bits",
     "SIGNATURES",
@@ -146,6 +148,18 @@ def _zero_of_impl(x):
     return lambda x: ty(0)
 
 
+def load2(a, r, j):
+    """``a[r, j]`` of a 2-D array in the compute type."""
+    return a[r, j]
+
+
+@overload(load2)
+def _load2_impl(a, r, j):
+    if a.dtype == types.uint16:
+        return lambda a, r, j: half_bits_to_float(a[r, j])
+    return lambda a, r, j: a[r, j]
+
+
 # ---------------------------------------------------------------------------
 # Element arithmetic shared by every kernel, so dense and sparse agree bitwise
 # ---------------------------------------------------------------------------
@@ -159,6 +173,12 @@ def _clip(g, lo, hi):
     if g > hi:
         return hi
     return g
+
+
+@njit(**_SERIAL)
+def _is_identity(lo, hi, mul, div):
+    # the transform of "no clipping": -inf, inf, 1, 1
+    return lo == -np.inf and hi == np.inf and mul == 1 and div == 1
 
 
 @njit(**_SERIAL)
@@ -400,33 +420,126 @@ def amsgrad_sparse_cpu(
                 r += 1
 
 
+def scratch_like(x, n):
+    """An uninitialised 1-D array of ``n`` elements of ``x``'s (scalar) type."""
+    return np.empty(n, type(x))
+
+
+@overload(scratch_like)
+def _scratch_like_impl(x, n):
+    dt = numpy_support.as_dtype(x)
+    return lambda x, n: np.empty(n, dt)
+
+
+@njit(**_SERIAL)
+def _group_grad(acc, values, order, s0, s1, lo, hi, mul, div):
+    # One unique row's gradient into acc: the transformed rows order[s0:s1]
+    # summed from zero in order of appearance (sum_duplicate_rows_cpu's bits),
+    # row by row so each source row is read contiguously.
+    for j in range(acc.shape[0]):
+        acc[j] = zero_of(lo)
+    if _is_identity(lo, hi, mul, div):  # no clipping: (g * 1) / 1 is g, bit for bit
+        for s in range(s0, s1):
+            src = values[order[s]]
+            for j in range(acc.shape[0]):
+                acc[j] += load(src, j)
+    else:
+        for s in range(s0, s1):
+            src = values[order[s]]
+            for j in range(acc.shape[0]):
+                acc[j] += _transform(load(src, j), lo, hi, mul, div)
+
+
+@njit(**_SERIAL)
+def _lazy_group(xs, ms, vs, values, order, s0, s1, lo, hi, mul, div, alpha, omb1,
+                omb2, eps):  # fmt: skip
+    # One unique row of a lazy step: its summed gradient, then the dense step.
+    if s1 - s0 == 1:  # the common case: one row, no scratch
+        row = values[order[s0]]
+        zero = zero_of(alpha)
+        for j in range(xs.shape[0]):
+            gj = zero + _transform(load(row, j), lo, hi, mul, div)
+            mj, vj = _moments(gj, load(ms, j), load(vs, j), omb1, omb2)
+            store(ms, j, mj)
+            store(vs, j, vj)
+            store(xs, j, _step(load(xs, j), mj, vj, alpha, eps))
+    else:  # duplicates: O(W) scratch, within the O(k W) a sparse step may use
+        acc = scratch_like(alpha, xs.shape[0])
+        _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
+        for j in range(xs.shape[0]):
+            mj, vj = _moments(acc[j], load(ms, j), load(vs, j), omb1, omb2)
+            store(ms, j, mj)
+            store(vs, j, vj)
+            store(xs, j, _step(load(xs, j), mj, vj, alpha, eps))
+
+
+@njit(**_SERIAL)
+def _lazy_group_ams(xs, ms, vs, hs, values, order, s0, s1, lo, hi, mul, div, alpha,
+                    omb1, omb2, eps):  # fmt: skip
+    acc = scratch_like(alpha, xs.shape[0])
+    _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
+    for j in range(xs.shape[0]):
+        mj, vj = _moments(acc[j], load(ms, j), load(vs, j), omb1, omb2)
+        hj = load(hs, j)
+        if vj > hj:
+            hj = vj
+        store(ms, j, mj)
+        store(vs, j, vj)
+        store(hs, j, hj)
+        store(xs, j, _step(load(xs, j), mj, hj, alpha, eps))
+
+
+@njit(**_SERIAL)
+def _groups(indices, maxkey):
+    # stable order of the indices and the start of each run of equal ones
+    k = indices.shape[0]
+    order = _stable_argsort(indices, maxkey)
+    starts = np.empty(k + 1, np.int64)
+    u = 0
+    for i in range(k):
+        if i == 0 or indices[order[i]] != indices[order[i - 1]]:
+            starts[u] = i
+            u += 1
+    starts[u] = k
+    return order, starts, u
+
+
 @njit(**_PARALLEL)
-def adam_lazy_sparse_cpu(var, m, v, indices, values, alpha, omb1, omb2, eps):
+def adam_lazy_sparse_cpu(
+    var, m, v, indices, values, lo, hi, mul, div, maxkey, alpha, omb1, omb2, eps
+):
     """Lazy sparse Adam step: only rows ``indices`` of ``var``, ``m``, ``v`` change.
 
     ``var``, ``m``, ``v`` are flat views of an ``(R, W)`` table; ``indices``
-    (int64, unique) and ``values`` (``(k, W)``, compute dtype, summed) as in
-    :func:`adam_sparse_cpu`. Each listed row takes the dense arithmetic; other
-    rows are not read. Cost O(k W), independent of R.
+    (raw, with duplicates, non-negative and at most ``maxkey``) and ``values``
+    (``(k, W)``, storage dtype) are the IndexedSlices. Duplicates are summed
+    (clipped by ``(clip(g, lo, hi) * mul) / div`` first) in order of appearance
+    and each row then takes the dense arithmetic, in one parallel pass over the
+    unique rows; other rows are not read. Cost O(k W), independent of R.
     """
     width = values.shape[1]
-    for p in prange(indices.shape[0]):
-        a = indices[p] * width
+    order, starts, u = _groups(indices, maxkey)
+    for q in prange(u):
+        a = indices[order[starts[q]]] * width
         e = a + width
-        _grad_row(var[a:e], m[a:e], v[a:e], values[p], alpha, omb1, omb2, eps)
+        _lazy_group(var[a:e], m[a:e], v[a:e], values, order, starts[q],
+                    starts[q + 1], lo, hi, mul, div, alpha, omb1, omb2, eps)  # fmt: skip
 
 
 @njit(**_PARALLEL)
-def amsgrad_lazy_sparse_cpu(var, m, v, vhat, indices, values, alpha, omb1, omb2, eps):
+def amsgrad_lazy_sparse_cpu(
+    var, m, v, vhat, indices, values, lo, hi, mul, div, maxkey, alpha, omb1, omb2, eps
+):
     """Lazy sparse AMSGrad step: as :func:`adam_lazy_sparse_cpu` with
     ``vhat = max(vhat, v)`` on the listed rows."""
     width = values.shape[1]
-    for p in prange(indices.shape[0]):
-        a = indices[p] * width
+    order, starts, u = _groups(indices, maxkey)
+    for q in prange(u):
+        a = indices[order[starts[q]]] * width
         e = a + width
-        _grad_row_ams(
-            var[a:e], m[a:e], v[a:e], vhat[a:e], values[p], alpha, omb1, omb2, eps
-        )
+        _lazy_group_ams(var[a:e], m[a:e], v[a:e], vhat[a:e], values, order,
+                        starts[q], starts[q + 1], lo, hi, mul, div, alpha, omb1,
+                        omb2, eps)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -472,26 +585,28 @@ def sum_duplicate_rows_cpu(
     storage dtype; ``indices`` are non-negative and at most ``maxkey``. The
     scratch is O(k).
     """
-    k = indices.shape[0]
     width = values.shape[1]
-    order = _stable_argsort(indices, maxkey)  # stable: appearance order
-    starts = np.empty(k + 1, np.int64)
-    u = 0
-    for i in range(k):
-        if i == 0 or indices[order[i]] != indices[order[i - 1]]:
-            out_indices[u] = indices[order[i]]
-            starts[u] = i
-            u += 1
-    starts[u] = k
+    order, starts, u = _groups(indices, maxkey)  # stable: appearance order
+    for q in range(u):
+        out_indices[q] = indices[order[starts[q]]]
     for q in prange(u):
-        row = out_values[q]
-        for j in range(width):
-            row[j] = zero_of(lo)
-        for s in range(starts[q], starts[q + 1]):
-            src = values[order[s]]
-            for j in range(width):
-                row[j] += _transform(load(src, j), lo, hi, mul, div)
+        _group_grad(out_values[q], values, order, starts[q], starts[q + 1], lo, hi,
+                    mul, div)  # fmt: skip
     return u
+
+
+@njit(**_SERIAL)
+def index_range_cpu(indices):
+    """``(min, max)`` of a non-empty 1-D integer array, in one pass."""
+    lo = indices[0]
+    hi = indices[0]
+    for i in range(1, indices.shape[0]):
+        x = indices[i]
+        if x < lo:
+            lo = x
+        if x > hi:
+            hi = x
+    return np.int64(lo), np.int64(hi)
 
 
 @njit(**_PARALLEL)
@@ -575,17 +690,30 @@ def _signatures(storage):
         "amsgrad_dense_run_cpu": [ams_dense[:-1]],
         "adam_sparse_cpu": [sparse],
         "amsgrad_sparse_cpu": [ams_sparse],
-        "adam_lazy_sparse_cpu": [sparse[:-1]],
-        "amsgrad_lazy_sparse_cpu": [ams_sparse[:-1]],
+        "adam_lazy_sparse_cpu": [
+            (W, W, W, _arr(it, readonly=True), _arr(s, 2, readonly=True))
+            + (c,) * 4 + (i64,) + (c,) * 4
+            for it in (types.int32, types.int64)
+        ],
+        "amsgrad_lazy_sparse_cpu": [
+            (W, W, W, W, _arr(it, readonly=True), _arr(s, 2, readonly=True))
+            + (c,) * 4 + (i64,) + (c,) * 4
+            for it in (types.int32, types.int64)
+        ],
         "sum_duplicate_rows_cpu": dedup,
         "sum_squares_cpu": [(R, c, c, i64)],
     }
 
 
-#: Kernel name -> storage dtype -> list of argument-type tuples.
+#: Kernel name -> storage dtype (index dtype for ``index_range_cpu``) -> list
+#: of argument-type tuples.
 SIGNATURES = {
     name: {dt: _signatures(dt)[name] for dt in STORAGE_DTYPES}
     for name in _signatures(np.float64)
+}
+SIGNATURES["index_range_cpu"] = {
+    np.dtype(np.int32): [(_arr(types.int32, readonly=True),)],
+    np.dtype(np.int64): [(_arr(types.int64, readonly=True),)],
 }
 
 _compiled: set = set()
