@@ -44,6 +44,21 @@ def _median_time(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
+def _interleaved(fns: Dict[str, Callable[[], Any]], repeat: int, warmup: int = 2):
+    """Median time of each function, timed round-robin so that drift in the
+    machine's state (turbo, other load) falls on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def _repeat_for(nbytes: float, quick: bool) -> int:
     # enough runs for a stable median without dragging big cases out
     base = 7 if quick else 21
@@ -81,6 +96,9 @@ class _Case:
 
     def add(self, impl: str, seconds: float) -> None:
         self.times[impl] = seconds
+
+    def add_interleaved(self, fns: Dict[str, Callable[[], Any]], repeat: int) -> None:
+        self.times.update(_interleaved(fns, repeat))
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -255,11 +273,12 @@ def _dense_case(n: int, quick: bool, torch, jo, amsgrad: bool = False) -> _Case:
     name = f"{'amsgrad' if amsgrad else 'dense'} float32 n={n:.0e}"
     case = _Case(name, bpe * n, f"{bpe} bytes/element")
     r = _repeat_for(case.nbytes, quick)
-    case.add("numbadam", _median_time(_numbadam_dense(n, amsgrad), r))
-    case.add("probe", _median_time(_probe(n, amsgrad), r))
+    fns = {"numbadam": _numbadam_dense(n, amsgrad), "probe": _probe(n, amsgrad)}
+    if torch is not None:
+        fns["torch-fused"] = _torch_dense(torch, [n], "fused", amsgrad)
+    case.add_interleaved(fns, r)
     case.add("numpy", _median_time(_numpy_dense(n, amsgrad), max(3, r // 3)))
     if torch is not None:
-        case.add("torch-fused", _median_time(_torch_dense(torch, [n], "fused", amsgrad), r))
         case.add(
             "torch-foreach", _median_time(_torch_dense(torch, [n], "foreach", amsgrad), r)
         )
@@ -282,12 +301,13 @@ def _many_case(count: int, size: int, quick: bool, torch) -> _Case:
     buf.grad[:] = 1.0
     opt = numbadam.Adam(1e-3)
     gv = buf.grads_and_vars()
-    case.add("numbadam-buffer", _median_time(lambda: opt.apply_gradients(gv), r))
+    case.add_interleaved(
+        {"numbadam-buffer": lambda: opt.apply_gradients(gv), "probe": _probe(n)}, r
+    )
     arrays = [np.zeros(size, F32) for _ in range(count)]
     pairs = [(np.ones(size, F32), a) for a in arrays]
     opt2 = numbadam.Adam(1e-3)
     case.add("numbadam-list", _median_time(lambda: opt2.apply_gradients(pairs), max(3, r // 4)))
-    case.add("probe", _median_time(_probe(n), r))
     if torch is not None:
         sizes = [size] * count
         case.add("torch-fused", _median_time(_torch_dense(torch, sizes, "fused"), max(3, r // 4)))
@@ -307,8 +327,13 @@ def _sparse_case(rows: int, width: int, k: int, quick: bool, torch) -> _Case:
         f"{np.unique(idx).size} unique rows; whole table moves",
     )
     r = _repeat_for(case.nbytes, quick)
-    case.add("numbadam", _median_time(_numbadam_sparse(rows, width, idx, vals, "dense"), r))
-    case.add("numbadam-dense-step", _median_time(_numbadam_dense(rows * width), r))
+    case.add_interleaved(
+        {
+            "numbadam": _numbadam_sparse(rows, width, idx, vals, "dense"),
+            "numbadam-dense-step": _numbadam_dense(rows * width),
+        },
+        r,
+    )
     case.add("numpy-tf-style", _median_time(_numpy_sparse_tf(rows, width, idx, vals), max(3, r // 3)))
     case.add(
         "numpy-tf-literal",
@@ -332,9 +357,10 @@ def _lazy_case(rows_list: List[int], width: int, k: int, quick: bool, torch) -> 
             f"{nuniq} unique rows move",
         )
         r = _repeat_for(1e6, quick)
-        case.add("numbadam-lazy", _median_time(_numbadam_sparse(rows, width, idx, vals, "lazy"), r))
+        fns = {"numbadam-lazy": _numbadam_sparse(rows, width, idx, vals, "lazy")}
         if torch is not None and rows <= 2_000_000:
-            case.add("torch-SparseAdam", _median_time(_torch_sparse_adam(torch, rows, width, idx, vals), r))
+            fns["torch-SparseAdam"] = _torch_sparse_adam(torch, rows, width, idx, vals)
+        case.add_interleaved(fns, r)
         out.append(case)
     return out
 
@@ -346,8 +372,10 @@ def _threads_case(n: int, quick: bool) -> _Case:
     try:
         for t in sorted({1, before}):
             numbadam.set_num_threads(t)
-            case.add(f"numbadam-{t}-thread", _median_time(_numbadam_dense(n), r))
-            case.add(f"probe-{t}-thread", _median_time(_probe(n), r))
+            case.add_interleaved(
+                {f"numbadam-{t}-thread": _numbadam_dense(n), f"probe-{t}-thread": _probe(n)},
+                r,
+            )
     finally:
         numbadam.set_num_threads(before)
     return case
