@@ -18,7 +18,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 __all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main", "register"]
 
@@ -202,8 +202,9 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
         nargs="?",
         const="sharded",
         choices=("data", "sharded"),
-        help="train an embedding model over MPI ranks, data-parallel or ZeRO-sharded "
-        "(default sharded); launch as 'mpiexec -n 2 python -m mpi4py -m numbadam "
+        help="train the recommender alone over MPI ranks, data-parallel or "
+        "ZeRO-sharded (default sharded), with the same learning curve at any "
+        "number of ranks; launch as 'mpiexec -n 2 python -m mpi4py -m numbadam "
         "demo --distributed' (one process without mpiexec)",
     )
     g = p.add_argument_group("output")
@@ -253,19 +254,31 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mlp-epochs", type=_int_at_least(0), help="epochs (20 / 8)")
 
 
-def _run_distributed_demo(args: argparse.Namespace) -> int:
-    # The same learning curve at any number of ranks (docs/scaling.md).
-    from .distributed import get_communicator, train_embedding_distributed
+def _run_distributed_demo(
+    args: argparse.Namespace, rec: Any, reporter: Any, prog: str
+) -> int:
+    # The demo's recommender over MPI ranks: the same learning curve at any
+    # number of ranks (docs/scaling.md).
+    import numbadam
+
+    from .demo.recommender import train_recommender_distributed
+    from .distributed import get_communicator
 
     comm = get_communicator()
-    epochs = 2 if args.quick else 5
-    losses = train_embedding_distributed(
-        mode=args.distributed, epochs=epochs, seed=args.seed, comm=comm,
-        verbose=not args.json,
-    )  # fmt: skip
+    threads = numbadam.get_num_threads()
+    try:
+        if args.threads is not None:
+            try:
+                numbadam.set_num_threads(args.threads)
+            except ValueError as exc:
+                print(f"{prog}: error: --threads: {exc}", file=sys.stderr)
+                return 2
+        out = train_recommender_distributed(rec, args.distributed, comm, reporter)
+    finally:
+        numbadam.set_num_threads(threads)
     if args.json and comm.rank == 0:
-        print(json.dumps({"mode": args.distributed, "ranks": comm.size,
-                          "epoch_losses": [float(x) for x in losses]}))  # fmt: skip
+        keys = ("mode", "ranks", "epoch_train_loss", "epoch_rmse", "baseline_rmse")
+        print(json.dumps({k: out[k] for k in keys}))
     return 0
 
 
@@ -281,8 +294,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .demo import DemoError, MLPSettings, RecommenderSettings, Reporter, run_demo
 
     prog = f"{PROG} demo"
-    if args.distributed:
-        return _run_distributed_demo(args)
     if args.resume and not args.checkpoint_dir:
         print(f"{prog}: error: --resume needs --checkpoint-dir DIR", file=sys.stderr)
         return 2
@@ -311,6 +322,26 @@ def _run_demo(args: argparse.Namespace) -> int:
         mlp = None
     progress = not (args.json or args.no_progress) and sys.stderr.isatty()
     reporter = Reporter(mode="json" if args.json else "text", progress=progress)
+    if args.distributed:
+        unsupported = [
+            flag
+            for flag, used in (
+                ("--only mlp", args.only == "mlp"),
+                ("--checkpoint-dir", args.checkpoint_dir),
+                ("--resume", args.resume),
+                ("--plot", args.plot),
+                ("--mlp-epochs", args.mlp_epochs is not None),
+            )
+            if used
+        ]
+        if unsupported:
+            print(
+                f"{prog}: error: --distributed trains the recommender only, without "
+                f"checkpoints or plots: drop {', '.join(unsupported)}",
+                file=sys.stderr,
+            )
+            return 2
+        return _run_distributed_demo(args, rec, reporter, prog)
     threads = numbadam.get_num_threads()
     try:
         if args.threads is not None:
