@@ -30,10 +30,6 @@ from numbadam import distributed, schedules
 
 MODULES = (numbadam, schedules, distributed)
 
-# Known gaps, by test id: strict, so documenting one makes its xfail fail and
-# the entry must then be removed.
-KNOWN_GAPS: dict = {}  # id -> reason; every entry must be fixed, not kept
-
 _HEADER = re.compile(r"^(?P<title>[A-Z][A-Za-z ]*)\n-{3,}[ \t]*$", re.MULTILINE)
 _ENTRY = re.compile(r"^(?P<names>[*\w][\w*, ]*?)\s*(?::.*)?$")
 
@@ -127,17 +123,7 @@ def test_examples_section(obj):
     )
 
 
-def _with_known_gaps(params):
-    out = []
-    for p in params:
-        if p.id in KNOWN_GAPS:
-            mark = pytest.mark.xfail(reason=KNOWN_GAPS[p.id], strict=True)
-            p = pytest.param(*p.values, id=p.id, marks=mark)
-        out.append(p)
-    return out
-
-
-@pytest.mark.parametrize("obj", _with_known_gaps(_public_objects()))
+@pytest.mark.parametrize("obj", _public_objects())
 def test_parameters_and_returns(obj):
     doc = inspect.getdoc(obj) or ""
     found = sections(doc)
