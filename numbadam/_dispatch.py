@@ -186,12 +186,17 @@ class CPUBackend:
             self._ready[(name, dtype.char)] = kern
         return kern
 
-    def _transform(self, dtype, clipvalue, clipnorm, sumsq):
+    def _transform(self, dtype, clipvalue, clipnorm, grad_flat):
+        # (lo, hi, mul, div) of the clipping, the norm taken over grad_flat
         if clipvalue is None and clipnorm is None:
             tr = self._identity.get(dtype.char)
             if tr is None:
                 tr = self._identity[dtype.char] = transform_scalars(dtype, None, None, None)
             return tr
+        sumsq = None
+        if clipnorm is not None:
+            lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
+            sumsq = self._sumsq(grad_flat, lo, hi)
         return transform_scalars(dtype, clipvalue, clipnorm, sumsq)
 
     # -- validation ---------------------------------------------------------
@@ -337,11 +342,7 @@ class CPUBackend:
         if work.flat.size == 0:
             return
         dtype = work.flat.dtype
-        sumsq = None
-        if clipnorm is not None:
-            lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
-            sumsq = self._sumsq(work.grad, lo, hi)
-        tr = self._transform(dtype, clipvalue, clipnorm, sumsq)
+        tr = self._transform(dtype, clipvalue, clipnorm, work.grad)
         x, g, mf, vf = work.flat, work.grad, m.reshape(-1), v.reshape(-1)
         if dtype.char == "e":
             x, g, mf, vf = (a.view(np.uint16) for a in (x, g, mf, vf))
@@ -377,43 +378,35 @@ class CPUBackend:
         if work.flat.size == 0:
             return
         dtype = work.flat.dtype
-        cdt = compute_dtype(dtype)
-        sumsq = None
-        if clipnorm is not None:
-            lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
-            sumsq = self._sumsq(work.values.reshape(-1), lo, hi)
-        tr = self._transform(dtype, clipvalue, clipnorm, sumsq)
+        tr = self._transform(dtype, clipvalue, clipnorm, work.values.reshape(-1))
         k = work.indices.shape[0]
         maxkey = work.maxkey
         if maxkey is None:
             maxkey = int(work.indices.max()) if k else 0
         x = _kernel_view(work.flat)
         mf, vf = _kernel_view(m.reshape(-1)), _kernel_view(v.reshape(-1))
+        vals = _kernel_view(work.values)
+        hf = None if vhat is None else _kernel_view(vhat.reshape(-1))
         if lazy:  # one fused pass over the unique rows: no summed-rows buffer
-            vals = _kernel_view(work.values)
-            if vhat is None:
+            if hf is None:
                 kern = self._kernel("adam_lazy_sparse_cpu", dtype)
                 kern(x, mf, vf, work.indices, vals, *tr, maxkey, *coef)
             else:
                 kern = self._kernel("amsgrad_lazy_sparse_cpu", dtype)
-                hf = _kernel_view(vhat.reshape(-1))
                 kern(x, mf, vf, hf, work.indices, vals, *tr, maxkey, *coef)
-            if work.staged:
-                work.var[...] = work.flat.reshape(work.var.shape)
-            return
-        uidx = np.empty(k, np.int64)
-        uvals = np.empty((k, work.width), cdt)
-        dedup = self._kernel("sum_duplicate_rows_cpu", dtype)
-        u = dedup(work.indices, _kernel_view(work.values), *tr, maxkey, uidx, uvals)
-        uidx, uvals = uidx[:u], uvals[:u]
-        rows = _config.CPU_SPARSE_BLOCK_ROWS
-        if vhat is None:
-            kern = self._kernel("adam_sparse_cpu", dtype)
-            kern(x, mf, vf, uidx, uvals, *coef, rows)
-        else:
-            hf = _kernel_view(vhat.reshape(-1))
-            kern = self._kernel("amsgrad_sparse_cpu", dtype)
-            kern(x, mf, vf, hf, uidx, uvals, *coef, rows)
+        else:  # sum duplicates, then one pass over the whole table
+            uidx = np.empty(k, np.int64)
+            uvals = np.empty((k, work.width), compute_dtype(dtype))
+            dedup = self._kernel("sum_duplicate_rows_cpu", dtype)
+            u = dedup(work.indices, vals, *tr, maxkey, uidx, uvals)
+            uidx, uvals = uidx[:u], uvals[:u]
+            rows = _config.CPU_SPARSE_BLOCK_ROWS
+            if hf is None:
+                kern = self._kernel("adam_sparse_cpu", dtype)
+                kern(x, mf, vf, uidx, uvals, *coef, rows)
+            else:
+                kern = self._kernel("amsgrad_sparse_cpu", dtype)
+                kern(x, mf, vf, hf, uidx, uvals, *coef, rows)
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)
 

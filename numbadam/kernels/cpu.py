@@ -148,18 +148,6 @@ def _zero_of_impl(x):
     return lambda x: ty(0)
 
 
-def load2(a, r, j):
-    """``a[r, j]`` of a 2-D array in the compute type."""
-    return a[r, j]
-
-
-@overload(load2)
-def _load2_impl(a, r, j):
-    if a.dtype == types.uint16:
-        return lambda a, r, j: half_bits_to_float(a[r, j])
-    return lambda a, r, j: a[r, j]
-
-
 # ---------------------------------------------------------------------------
 # Element arithmetic shared by every kernel, so dense and sparse agree bitwise
 # ---------------------------------------------------------------------------
@@ -466,11 +454,7 @@ def _lazy_group(xs, ms, vs, values, order, s0, s1, lo, hi, mul, div, alpha, omb1
     else:  # duplicates: O(W) scratch, within the O(k W) a sparse step may use
         acc = scratch_like(alpha, xs.shape[0])
         _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
-        for j in range(xs.shape[0]):
-            mj, vj = _moments(acc[j], load(ms, j), load(vs, j), omb1, omb2)
-            store(ms, j, mj)
-            store(vs, j, vj)
-            store(xs, j, _step(load(xs, j), mj, vj, alpha, eps))
+        _grad_row(xs, ms, vs, acc, alpha, omb1, omb2, eps)
 
 
 @njit(**_SERIAL)
@@ -478,15 +462,7 @@ def _lazy_group_ams(xs, ms, vs, hs, values, order, s0, s1, lo, hi, mul, div, alp
                     omb1, omb2, eps):  # fmt: skip
     acc = scratch_like(alpha, xs.shape[0])
     _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
-    for j in range(xs.shape[0]):
-        mj, vj = _moments(acc[j], load(ms, j), load(vs, j), omb1, omb2)
-        hj = load(hs, j)
-        if vj > hj:
-            hj = vj
-        store(ms, j, mj)
-        store(vs, j, vj)
-        store(hs, j, hj)
-        store(xs, j, _step(load(xs, j), mj, hj, alpha, eps))
+    _grad_row_ams(xs, ms, vs, hs, acc, alpha, omb1, omb2, eps)
 
 
 @njit(**_SERIAL)
