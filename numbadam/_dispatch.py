@@ -240,10 +240,13 @@ class CPUBackend:
             raise ValueError(
                 f"gradient of {label} has shape {g.shape}, the variable {var.shape}"
             )
-        g = np.ascontiguousarray(g, dtype=var.dtype).reshape(-1)
-        staged = not var.flags.c_contiguous
-        flat = np.ascontiguousarray(var).reshape(-1) if staged else var.reshape(-1)
-        return DenseWork(var, flat, g, staged, label)
+        if g.dtype is not var.dtype or not g.flags.c_contiguous:
+            g = np.ascontiguousarray(g, dtype=var.dtype)
+        if g.ndim != 1:
+            g = g.reshape(-1)
+        if var.flags.c_contiguous:
+            return DenseWork(var, var if var.ndim == 1 else var.reshape(-1), g, False, label)
+        return DenseWork(var, np.ascontiguousarray(var).reshape(-1), g, True, label)
 
     def prepare_sparse(
         self, var: np.ndarray, grad: IndexedSlices, label: str
@@ -339,14 +342,17 @@ class CPUBackend:
         clipvalue: Optional[float],
         clipnorm: Optional[float],
     ) -> None:
-        if work.flat.size == 0:
+        x, g = work.flat, work.grad
+        n = x.shape[0]
+        if n == 0:
             return
-        dtype = work.flat.dtype
-        tr = self._transform(dtype, clipvalue, clipnorm, work.grad)
-        x, g, mf, vf = work.flat, work.grad, m.reshape(-1), v.reshape(-1)
+        dtype = x.dtype
+        tr = self._transform(dtype, clipvalue, clipnorm, g)
+        mf = m if m.ndim == 1 else m.reshape(-1)
+        vf = v if v.ndim == 1 else v.reshape(-1)
         if dtype.char == "e":
             x, g, mf, vf = (a.view(np.uint16) for a in (x, g, mf, vf))
-        serial = x.shape[0] <= _config.CPU_SERIAL_MAX
+        serial = n <= _config.CPU_SERIAL_MAX
         if vhat is None:
             if serial:
                 self._kernel("adam_dense_run_cpu", dtype)(x, g, mf, vf, *coef, *tr)

@@ -53,6 +53,7 @@ from ._dispatch import (
     SparseWork,
     cast_gradient_dtype,
     check_float_dtype,
+    compute_dtype,
     is_device_array,
     transform_scalars,
 )
@@ -98,6 +99,14 @@ _INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _MAX_STAGED_NDIM = 4
 # numba-cuda warns below 128 blocks; small variables make small grids on purpose.
 _FEW_BLOCKS = 128
+
+
+def _typed(coef: AdamCoefficients, dtype: np.dtype) -> AdamCoefficients:
+    # The per-step scalars as NumPy scalars of the compute dtype (they may come
+    # as Python floats): CUDA kernels, and the simulator's Python arithmetic,
+    # type their scalar arguments from the values passed.
+    c = compute_dtype(dtype).type
+    return AdamCoefficients(*(c(x) for x in coef))
 
 
 class CUDABackend:
@@ -480,6 +489,7 @@ class CUDABackend:
             return
         dtype = np.dtype(work.flat.dtype)
         tr = self._scalars(work.grad, dtype, clipvalue, clipnorm)
+        coef = _typed(coef, dtype)
         mf, vf = self._flat(m), self._flat(v)
         if vhat is None:
             kern = self._kernel("adam_dense_cuda", dtype)
@@ -507,6 +517,7 @@ class CUDABackend:
         dtype = np.dtype(work.flat.dtype)
         k = int(work.indices.shape[0])
         tr = self._scalars(self._flat(work.values), dtype, clipvalue, clipnorm)
+        coef = _typed(coef, dtype)
         keys, pos = self._sorted(work.indices)
         values = work.values
         if k == 0:

@@ -58,7 +58,10 @@ class IndexedSlices:
 
 
 class AdamCoefficients(NamedTuple):
-    """The per-step scalars of one Adam step, in the kernels' compute dtype.
+    """The per-step scalars of one Adam step, values of the kernels' compute dtype.
+
+    (Python floats or NumPy scalars holding values exactly representable in the
+    compute dtype.)
 
     ``alpha = lr_t * sqrt(1 - beta_2**t) / (1 - beta_1**t)`` is the step size with
     the bias correction folded in; ``one_minus_beta_1`` and ``one_minus_beta_2``

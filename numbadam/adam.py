@@ -31,12 +31,14 @@ def _scalars32(lr, b1, b2, eps, decay, step):
 
 @njit(cache=True, error_model="numpy")
 def _scalars64(lr, b1, b2, eps, decay, step):
-    lr_t = lr
+    # the float32 hyperparameters widened exactly, then float64 arithmetic
+    lr_t = np.float64(lr)
     if decay > 0:
-        lr_t = lr_t / (1.0 + decay * np.float64(step))
+        lr_t = lr_t / (1.0 + np.float64(decay) * np.float64(step))
+    b1c, b2c = np.float64(b1), np.float64(b2)
     t = np.float64(step + 1)
-    alpha = (lr_t * np.sqrt(1.0 - b2**t)) / (1.0 - b1**t)
-    return alpha, 1.0 - b1, 1.0 - b2, eps
+    alpha = (lr_t * np.sqrt(1.0 - b2c**t)) / (1.0 - b1c**t)
+    return alpha, 1.0 - b1c, 1.0 - b2c, np.float64(eps)
 
 
 def _coefficients(c, lr32, b1_32, b2_32, eps, decay, step) -> AdamCoefficients:
@@ -46,15 +48,17 @@ def _coefficients(c, lr32, b1_32, b2_32, eps, decay, step) -> AdamCoefficients:
     rounded in ``c``, as TF's graph does; ``epsilon`` is cast directly. A tiny
     compiled function does the arithmetic (the same IEEE operations and C
     ``pow``/``powf`` as NumPy scalars, at a tenth of the Python cost).
+
+    The results are Python floats holding values of ``c`` exactly (the CPU
+    kernels' float32 arguments take them without rounding; the CUDA backend
+    casts them to ``c``): building four NumPy scalars would cost more than
+    the arithmetic.
     """
+    if type(eps) is not float:
+        eps = float(eps)
     d32 = float(np.float32(decay)) if decay > 0 else 0.0
-    if c is np.float64:
-        a, o1, o2, e = _scalars64(float(lr32), float(b1_32), float(b2_32),
-                                  float(eps), d32, step)  # fmt: skip
-    else:
-        a, o1, o2, e = _scalars32(float(lr32), float(b1_32), float(b2_32),
-                                  float(eps), d32, step)  # fmt: skip
-    return AdamCoefficients(c(a), c(o1), c(o2), c(e))
+    f = _scalars64 if c is np.float64 else _scalars32
+    return AdamCoefficients(*f(lr32, b1_32, b2_32, eps, d32, step))
 
 
 _SPARSE_MODES = ("dense", "lazy")
@@ -224,9 +228,17 @@ class Adam(OptimizerV2):
         lr32 = self._hyper_value("learning_rate", step)
         b1_32 = self._hyper_value("beta_1", step)
         b2_32 = self._hyper_value("beta_2", step)
-        eps = self.epsilon() if callable(self.epsilon) else self.epsilon
-        if not _is_number(eps) or isinstance(eps, bool):
-            raise TypeError(f"epsilon evaluated to {eps!r}, not a real number")
+        eps = self.epsilon
+        if type(eps) is not float:  # (the common case skips these checks)
+            if callable(eps):
+                eps = eps()
+            if not _is_number(eps) or isinstance(eps, bool):
+                raise TypeError(f"epsilon evaluated to {eps!r}, not a real number")
+        decay = self._initial_decay
+        if len(dtypes) == 1:
+            for dtype in dtypes:
+                c = _dispatch.compute_dtype(dtype).type
+                return {dtype: _coefficients(c, lr32, b1_32, b2_32, eps, decay, step)}
         # keyed by storage dtype (what _apply looks up), computed per compute dtype
         by_compute: Dict[Any, AdamCoefficients] = {}
         out = {}
@@ -235,7 +247,7 @@ class Adam(OptimizerV2):
             coef = by_compute.get(cdt)
             if coef is None:
                 coef = by_compute[cdt] = _coefficients(
-                    cdt.type, lr32, b1_32, b2_32, eps, self._initial_decay, step
+                    cdt.type, lr32, b1_32, b2_32, eps, decay, step
                 )
             out[dtype] = coef
         return out
