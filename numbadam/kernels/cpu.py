@@ -139,6 +139,19 @@ def _store_impl(a, i, x):
     return impl
 
 
+def bits(a):
+    """``a``'s elements as unsigned integers of their width (a view of the bits)."""
+    return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.itemsize])
+
+
+@overload(bits)
+def _bits_impl(a):
+    if isinstance(a.dtype, types.Integer):  # float16 storage: already its bits
+        return lambda a: a
+    ut = np.uint64 if a.dtype == types.float64 else np.uint32
+    return lambda a: a.view(ut)
+
+
 def zero_of(x):
     """A zero of ``x``'s type (``x * 0`` would be NaN for an infinite ``x``)."""
     return type(x)(0)
@@ -335,29 +348,78 @@ def amsgrad_dense_cpu(
 # ---------------------------------------------------------------------------
 
 
+# Rows without a gradient whose m and v (and vhat) are all +0.0 keep every bit
+# under the dense arithmetic (m' = 0 + (0 - 0) * omb1 = +0, v' = +0, and
+# var - (0 * alpha) / (sqrt(0) + eps) = var), provided alpha > 0 and eps > 0 are
+# finite and omb1, omb2 finite: the sparse kernels then skip such stretches,
+# reading only m and v there. Rows of a table that no gradient ever reached stay
+# so (an embedding table's never-seen ids); warm rows take the full pass.
+_SKIP_CHUNK = 256  # elements checked at once: 1 KB of float32 per array
+
+
 @njit(**_SERIAL)
-def _decay_run(xs, ms, vs, alpha, omb1, omb2, eps):
+def _zero_rows_stay(alpha, omb1, omb2, eps):
+    inf = np.inf
+    return (
+        alpha > 0 and alpha < inf and eps > 0 and -inf < omb1 < inf and -inf < omb2 < inf
+    )
+
+
+@njit(**_SERIAL)
+def _all_zero_bits(a):
+    # +0.0 everywhere (-0.0 does not count: the dense arithmetic makes it +0.0)
+    b = bits(a)
+    acc = b[0]
+    for j in range(1, b.shape[0]):
+        acc |= b[j]
+    return acc == 0
+
+
+@njit(**_SERIAL)
+def _decay_span(xs, ms, vs, alpha, omb1, omb2, eps):
     # Rows without a gradient: exactly the dense arithmetic with g = 0.
     zero = zero_of(alpha)
     for j in range(xs.shape[0]):
-        mj, vj = _moments(zero, load(ms, j), load(vs, j), omb1, omb2)
-        store(ms, j, mj)
-        store(vs, j, vj)
-        store(xs, j, _step(load(xs, j), mj, vj, alpha, eps))
+        _adam_elem(xs, ms, vs, j, zero, alpha, omb1, omb2, eps)
 
 
 @njit(**_SERIAL)
-def _decay_run_ams(xs, ms, vs, hs, alpha, omb1, omb2, eps):
+def _decay_span_ams(xs, ms, vs, hs, alpha, omb1, omb2, eps):
     zero = zero_of(alpha)
     for j in range(xs.shape[0]):
-        mj, vj = _moments(zero, load(ms, j), load(vs, j), omb1, omb2)
-        hj = load(hs, j)
-        if vj > hj:
-            hj = vj
-        store(ms, j, mj)
-        store(vs, j, vj)
-        store(hs, j, hj)
-        store(xs, j, _step(load(xs, j), mj, hj, alpha, eps))
+        _amsgrad_elem(xs, ms, vs, hs, j, zero, alpha, omb1, omb2, eps)
+
+
+@njit(**_SERIAL)
+def _decay_run(xs, ms, vs, alpha, omb1, omb2, eps, skip):
+    n = xs.shape[0]
+    if not skip:
+        _decay_span(xs, ms, vs, alpha, omb1, omb2, eps)
+        return
+    for c0 in range(0, n, _SKIP_CHUNK):
+        c1 = min(c0 + _SKIP_CHUNK, n)
+        if _all_zero_bits(ms[c0:c1]) and _all_zero_bits(vs[c0:c1]):
+            continue
+        _decay_span(xs[c0:c1], ms[c0:c1], vs[c0:c1], alpha, omb1, omb2, eps)
+
+
+@njit(**_SERIAL)
+def _decay_run_ams(xs, ms, vs, hs, alpha, omb1, omb2, eps, skip):
+    n = xs.shape[0]
+    if not skip:
+        _decay_span_ams(xs, ms, vs, hs, alpha, omb1, omb2, eps)
+        return
+    for c0 in range(0, n, _SKIP_CHUNK):
+        c1 = min(c0 + _SKIP_CHUNK, n)
+        if (
+            _all_zero_bits(ms[c0:c1])
+            and _all_zero_bits(vs[c0:c1])
+            and _all_zero_bits(hs[c0:c1])
+        ):
+            continue
+        _decay_span_ams(
+            xs[c0:c1], ms[c0:c1], vs[c0:c1], hs[c0:c1], alpha, omb1, omb2, eps
+        )
 
 
 @njit(**_SERIAL)
@@ -390,11 +452,13 @@ def adam_sparse_cpu(var, m, v, indices, values, alpha, omb1, omb2, eps, block_ro
     values.shape[1]``; ``indices`` (int64) are unique and ascending and
     ``values[i]`` (compute dtype, already clipped and summed) is the gradient of
     row ``indices[i]``. Every row gets the dense arithmetic, with a zero gradient
-    where it has none: runs of such rows are processed as one flat stretch.
+    where it has none: runs of such rows are processed as one flat stretch,
+    whose parts with ``m = v = +0.0`` are only read (they would not change).
     """
     width = values.shape[1]
     nrows = var.shape[0] // width if width > 0 else 0
     k = indices.shape[0]
+    skip = _zero_rows_stay(alpha, omb1, omb2, eps)
     nblocks = (nrows + block_rows - 1) // block_rows
     for b in prange(nblocks):
         r0 = b * block_rows
@@ -407,7 +471,7 @@ def adam_sparse_cpu(var, m, v, indices, values, alpha, omb1, omb2, eps, block_ro
             if stop > r:
                 a = r * width
                 e = stop * width
-                _decay_run(var[a:e], m[a:e], v[a:e], alpha, omb1, omb2, eps)
+                _decay_run(var[a:e], m[a:e], v[a:e], alpha, omb1, omb2, eps, skip)
                 r = stop
             if r < r1 and p < k and indices[p] == r:
                 a = r * width
@@ -428,6 +492,7 @@ def amsgrad_sparse_cpu(
     width = values.shape[1]
     nrows = var.shape[0] // width if width > 0 else 0
     k = indices.shape[0]
+    skip = _zero_rows_stay(alpha, omb1, omb2, eps)
     nblocks = (nrows + block_rows - 1) // block_rows
     for b in prange(nblocks):
         r0 = b * block_rows
@@ -441,7 +506,7 @@ def amsgrad_sparse_cpu(
                 a = r * width
                 e = stop * width
                 _decay_run_ams(
-                    var[a:e], m[a:e], v[a:e], vhat[a:e], alpha, omb1, omb2, eps
+                    var[a:e], m[a:e], v[a:e], vhat[a:e], alpha, omb1, omb2, eps, skip
                 )
                 r = stop
             if r < r1 and p < k and indices[p] == r:
