@@ -558,8 +558,8 @@ def _group_grad(acc, values, order, s0, s1, lo, hi, mul, div):
 
 
 @njit(**_SERIAL)
-def _lazy_group(xs, ms, vs, values, order, s0, s1, lo, hi, mul, div, alpha, omb1,
-                omb2, eps):  # fmt: skip
+def _lazy_group(xs, ms, vs, values, order, s0, s1, acc, lo, hi, mul, div, alpha,
+                omb1, omb2, eps):  # fmt: skip
     # One unique row of a lazy step: its summed gradient, then the dense step.
     if s1 - s0 == 1:  # the common case: one row, no scratch
         row = values[order[s0]]
@@ -571,29 +571,50 @@ def _lazy_group(xs, ms, vs, values, order, s0, s1, lo, hi, mul, div, alpha, omb1
             for j in range(xs.shape[0]):
                 gj = zero + _transform(load(row, j), lo, hi, mul, div)
                 _adam_elem(xs, ms, vs, j, gj, alpha, omb1, omb2, eps)
-    else:  # duplicates: O(W) scratch, within the O(k W) a sparse step may use
-        acc = scratch_like(alpha, xs.shape[0])
+    else:  # duplicates: summed into the group's row of the step's scratch
         _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
         _grad_row(xs, ms, vs, acc, alpha, omb1, omb2, eps)
 
 
 @njit(**_SERIAL)
-def _lazy_group_ams(xs, ms, vs, hs, values, order, s0, s1, lo, hi, mul, div, alpha,
-                    omb1, omb2, eps):  # fmt: skip
-    acc = scratch_like(alpha, xs.shape[0])
-    _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
-    _grad_row_ams(xs, ms, vs, hs, acc, alpha, omb1, omb2, eps)
+def _lazy_group_ams(xs, ms, vs, hs, values, order, s0, s1, acc, lo, hi, mul, div,
+                    alpha, omb1, omb2, eps):  # fmt: skip
+    if s1 - s0 == 1:
+        row = values[order[s0]]
+        zero = zero_of(alpha)
+        for j in range(xs.shape[0]):
+            gj = zero + _transform(load(row, j), lo, hi, mul, div)
+            _amsgrad_elem(xs, ms, vs, hs, j, gj, alpha, omb1, omb2, eps)
+    else:
+        _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
+        _grad_row_ams(xs, ms, vs, hs, acc, alpha, omb1, omb2, eps)
+
+
+@njit(**_SERIAL)
+def _dup_scratch(starts, u, width, like):
+    # one scratch row (of like's type) per group with duplicates: at[q] is group
+    # q's offset into it (-1: a single row, summed in registers). One allocation
+    # per step, not one per group inside the parallel loop.
+    at = np.empty(u, np.int64)
+    n = 0
+    for q in range(u):
+        if starts[q + 1] - starts[q] > 1:
+            at[q] = n * width
+            n += 1
+        else:
+            at[q] = -1
+    return at, scratch_like(like, n * width)
 
 
 @njit(**_SERIAL)
 def _groups(indices, maxkey):
     # stable order of the indices and the start of each run of equal ones
     k = indices.shape[0]
-    order = _stable_argsort(indices, maxkey)
+    order, sk = _stable_sort_keys(indices, maxkey)
     starts = np.empty(k + 1, np.int64)
     u = 0
     for i in range(k):
-        if i == 0 or indices[order[i]] != indices[order[i - 1]]:
+        if i == 0 or sk[i] != sk[i - 1]:
             starts[u] = i
             u += 1
     starts[u] = k
@@ -631,14 +652,16 @@ def adam_lazy_sparse_cpu(
     """
     width = values.shape[1]
     order, starts, u = _groups(indices, maxkey)
+    at, scratch = _dup_scratch(starts, u, width, alpha)
     for q in prange(u):
         if q + _PREFETCH_GROUPS < u:
             _prefetch_group((var, m, v), values, indices, order,
                             starts[q + _PREFETCH_GROUPS], width)  # fmt: skip
         a = indices[order[starts[q]]] * width
         e = a + width
+        acc = scratch[max(at[q], 0):max(at[q], 0) + width]
         _lazy_group(var[a:e], m[a:e], v[a:e], values, order, starts[q],
-                    starts[q + 1], lo, hi, mul, div, alpha, omb1, omb2, eps)  # fmt: skip
+                    starts[q + 1], acc, lo, hi, mul, div, alpha, omb1, omb2, eps)  # fmt: skip
 
 
 @njit(**_PARALLEL)
@@ -649,15 +672,17 @@ def amsgrad_lazy_sparse_cpu(
     ``vhat = max(vhat, v)`` on the listed rows."""
     width = values.shape[1]
     order, starts, u = _groups(indices, maxkey)
+    at, scratch = _dup_scratch(starts, u, width, alpha)
     for q in prange(u):
         if q + _PREFETCH_GROUPS < u:
             _prefetch_group((var, m, v, vhat), values, indices, order,
                             starts[q + _PREFETCH_GROUPS], width)  # fmt: skip
         a = indices[order[starts[q]]] * width
         e = a + width
+        acc = scratch[max(at[q], 0):max(at[q], 0) + width]
         _lazy_group_ams(var[a:e], m[a:e], v[a:e], vhat[a:e], values, order,
-                        starts[q], starts[q + 1], lo, hi, mul, div, alpha, omb1,
-                        omb2, eps)  # fmt: skip
+                        starts[q], starts[q + 1], acc, lo, hi, mul, div, alpha,
+                        omb1, omb2, eps)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -665,29 +690,64 @@ def amsgrad_lazy_sparse_cpu(
 # ---------------------------------------------------------------------------
 
 
+_RADIX_BITS = 11
+_RADIX = 1 << _RADIX_BITS
+
+
 @njit(**_SERIAL)
-def _stable_argsort(keys, maxkey):
+def _stable_sort_keys(keys, maxkey):
     # LSD radix sort on 11-bit digits of non-negative keys: stable (equal keys
     # keep their order of appearance), O(k) scratch, ceil(bits(maxkey)/11)
     # passes -- 2 for a million-row table, against k log k for a merge sort.
+    # Returns (order, keys[order]). Every digit is counted in one read of the
+    # keys, and each pass carries the keys along, so no pass reads keys[order[i]].
     k = keys.shape[0]
-    order = np.arange(k)
-    tmp = np.empty(k, np.int64)
-    count = np.empty(2049, np.int64)
-    shift = 0
-    while k > 1 and (maxkey >> shift) > 0:
-        count[:] = 0
+    npass = 0
+    while (maxkey >> (_RADIX_BITS * npass)) > 0:
+        npass += 1
+    order = np.empty(k, np.int64)
+    sk = np.empty(k, np.int64)
+    if k <= 1 or npass == 0:  # nothing to sort (npass 0: every key is 0)
         for i in range(k):
-            count[((keys[order[i]] >> shift) & 2047) + 1] += 1
-        for b in range(2048):
-            count[b + 1] += count[b]
+            order[i] = i
+            sk[i] = keys[i]
+        return order, sk
+    mask = _RADIX - 1
+    counts = np.zeros((npass, _RADIX + 1), np.int64)
+    for i in range(k):
+        key = np.int64(keys[i])
+        for p in range(npass):
+            counts[p, ((key >> (_RADIX_BITS * p)) & mask) + 1] += 1
+    for p in range(npass):
+        for b in range(_RADIX):
+            counts[p, b + 1] += counts[p, b]
+    for i in range(k):  # the first pass reads the input directly
+        key = np.int64(keys[i])
+        d = key & mask
+        pos = counts[0, d]
+        counts[0, d] = pos + 1
+        order[pos] = i
+        sk[pos] = key
+    o2 = np.empty(k, np.int64)
+    k2 = np.empty(k, np.int64)
+    for p in range(1, npass):
+        shift = _RADIX_BITS * p
         for i in range(k):
-            d = (keys[order[i]] >> shift) & 2047
-            tmp[count[d]] = order[i]
-            count[d] += 1
-        order, tmp = tmp, order
-        shift += 11
-    return order
+            key = sk[i]
+            d = (key >> shift) & mask
+            pos = counts[p, d]
+            counts[p, d] = pos + 1
+            o2[pos] = order[i]
+            k2[pos] = key
+        order, o2 = o2, order
+        sk, k2 = k2, sk
+    return order, sk
+
+
+@njit(**_SERIAL)
+def _stable_argsort(keys, maxkey):
+    # the stable order of non-negative keys at most maxkey (radix sort)
+    return _stable_sort_keys(keys, maxkey)[0]
 
 
 @njit(**_PARALLEL)
