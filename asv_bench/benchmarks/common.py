@@ -51,3 +51,13 @@ def warmed_adam(pairs, **kwargs) -> numbadam.Adam:
     opt = numbadam.Adam(**kwargs)
     opt.apply_gradients(pairs)
     return opt
+
+
+def zipf_batches(rows: int, k: int, count: int, seed: int = SEED):
+    """``count`` batches of ``k`` row indices with Zipf(1.2) frequencies (a few
+    rows very often, most rarely: an embedding lookup), each of its own seed."""
+    out = []
+    for i in range(count):
+        r = rng(seed + i)
+        out.append(((r.zipf(1.2, k) - 1) % rows).astype(np.int64))
+    return out
