@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))  # what the kernels take
 _SUPPORTED_NAMES = "float16, float32 or float64"
 
 
@@ -261,7 +262,8 @@ class CPUBackend:
             )
         idx = self._gradient_indices(grad.indices, label)
         vals = self._gradient_array(grad.values, label, "IndexedSlices values")
-        cast_gradient_dtype(vals.dtype, var.dtype, label)
+        if vals.dtype is not var.dtype:
+            cast_gradient_dtype(vals.dtype, var.dtype, label)
         if vals.ndim == 0 or vals.shape[0] != idx.shape[0]:
             raise ValueError(
                 f"IndexedSlices for {label}: {idx.shape[0]} indices but values of "
@@ -274,8 +276,10 @@ class CPUBackend:
             )
         nrows = var.shape[0]
         hi = 0
+        if idx.dtype in _INDEX_DTYPES and not idx.flags.c_contiguous:
+            idx = np.ascontiguousarray(idx)  # (a strided view: the kernels take C)
         if idx.size:
-            if idx.dtype in (np.int32, np.int64):
+            if idx.dtype in _INDEX_DTYPES:
                 lo, hi = self._kernel("index_range_cpu", idx.dtype)(idx)
             else:  # other integer types, uint64 beyond int64 included
                 lo, hi = idx.min(), idx.max()
@@ -286,15 +290,16 @@ class CPUBackend:
                     f"IndexedSlices for {label}: index {hi} out of range for "
                     f"{nrows} rows"
                 )
-        if idx.dtype not in (np.int32, np.int64):
+        if idx.dtype not in _INDEX_DTYPES:
             idx = idx.astype(np.int64)  # in range, so exact
         width = math.prod(var.shape[1:])
-        vals = np.ascontiguousarray(vals, dtype=var.dtype).reshape(idx.shape[0], width)
+        if vals.dtype is not var.dtype or not vals.flags.c_contiguous:
+            vals = np.ascontiguousarray(vals, dtype=var.dtype)
+        if vals.ndim != 2:
+            vals = vals.reshape(idx.shape[0], width)
         staged = not var.flags.c_contiguous
         flat = np.ascontiguousarray(var).reshape(-1) if staged else var.reshape(-1)
-        return SparseWork(
-            var, flat, np.ascontiguousarray(idx), vals, width, staged, label, int(hi)
-        )
+        return SparseWork(var, flat, idx, vals, width, staged, label, int(hi))
 
     def _gradient_indices(self, indices: Any, label: str) -> np.ndarray:
         if is_device_array(indices):

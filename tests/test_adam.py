@@ -413,6 +413,26 @@ def test_strided_view_device(backend):
         ref_state = exp
 
 
+@pytest.mark.parametrize("sparse_mode", ["dense", "lazy"])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64, np.uint16])
+def test_strided_indices_and_values(sparse_mode, index_dtype):
+    """IndexedSlices built from strided views (every other index, reversed
+    values) step exactly as their contiguous copies do."""
+    rng = _rng("strided-slices", sparse_mode, np.dtype(index_dtype).name)
+    var0 = random_var(rng, (12, 3), np.float32)
+    idx_base = rng.integers(0, 12, 16).astype(index_dtype)
+    vals_base = rng.standard_normal((8, 6)).astype(np.float32)
+    idx, vals = idx_base[::2], vals_base[::-1, ::2]
+    assert not idx.flags.c_contiguous and not vals.flags.c_contiguous
+    a, b = var0.copy(), var0.copy()
+    oa, ob = numbadam.Adam(0.1, sparse_mode=sparse_mode), numbadam.Adam(0.1, sparse_mode=sparse_mode)
+    for _ in range(2):
+        oa.apply_gradients([(IndexedSlices(vals, idx, a.shape), a)])
+        ob.apply_gradients([(IndexedSlices(vals.copy(), idx.copy(), b.shape), b)])
+    assert_bitwise(a, b, "var")
+    assert not np.array_equal(a, var0)
+
+
 def test_float64_gradient_cast_for_float32_variable(backend):
     rng = _rng("cast")
     var0 = random_var(rng, (33,), np.float32)
