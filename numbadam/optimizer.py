@@ -642,7 +642,8 @@ class OptimizerV2:
             else:
                 live.append((False, backend.prepare_dense(v, g, label), backend, v, entry))
         if not live:
-            raise ValueError(f"No gradients provided for any variable: {[str(x) for x in skipped]}.")
+            names = [str(x) for x in skipped]
+            raise ValueError(f"No gradients provided for any variable: {names}.")
         step = 0 if self._iterations is None else int(self._iterations)
         state = self._prepare_step(step, {item[1].flat.dtype for item in live})
         if skipped:

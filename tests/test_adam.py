@@ -425,7 +425,8 @@ def test_strided_indices_and_values(sparse_mode, index_dtype):
     idx, vals = idx_base[::2], vals_base[::-1, ::2]
     assert not idx.flags.c_contiguous and not vals.flags.c_contiguous
     a, b = var0.copy(), var0.copy()
-    oa, ob = numbadam.Adam(0.1, sparse_mode=sparse_mode), numbadam.Adam(0.1, sparse_mode=sparse_mode)
+    oa = numbadam.Adam(0.1, sparse_mode=sparse_mode)
+    ob = numbadam.Adam(0.1, sparse_mode=sparse_mode)
     for _ in range(2):
         oa.apply_gradients([(IndexedSlices(vals, idx, a.shape), a)])
         ob.apply_gradients([(IndexedSlices(vals.copy(), idx.copy(), b.shape), b)])

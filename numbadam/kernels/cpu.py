@@ -763,7 +763,6 @@ def sum_duplicate_rows_cpu(
     storage dtype; ``indices`` are non-negative and at most ``maxkey``. The
     scratch is O(k).
     """
-    width = values.shape[1]
     order, starts, u = _groups(indices, maxkey)  # stable: appearance order
     for q in range(u):
         out_indices[q] = indices[order[starts[q]]]
