@@ -425,23 +425,13 @@ def _decay_run_ams(xs, ms, vs, hs, alpha, omb1, omb2, eps, skip):
 @njit(**_SERIAL)
 def _grad_row(xs, ms, vs, gs, alpha, omb1, omb2, eps):
     for j in range(xs.shape[0]):
-        mj, vj = _moments(gs[j], load(ms, j), load(vs, j), omb1, omb2)
-        store(ms, j, mj)
-        store(vs, j, vj)
-        store(xs, j, _step(load(xs, j), mj, vj, alpha, eps))
+        _adam_elem(xs, ms, vs, j, gs[j], alpha, omb1, omb2, eps)
 
 
 @njit(**_SERIAL)
 def _grad_row_ams(xs, ms, vs, hs, gs, alpha, omb1, omb2, eps):
     for j in range(xs.shape[0]):
-        mj, vj = _moments(gs[j], load(ms, j), load(vs, j), omb1, omb2)
-        hj = load(hs, j)
-        if vj > hj:
-            hj = vj
-        store(ms, j, mj)
-        store(vs, j, vj)
-        store(hs, j, hj)
-        store(xs, j, _step(load(xs, j), mj, hj, alpha, eps))
+        _amsgrad_elem(xs, ms, vs, hs, j, gs[j], alpha, omb1, omb2, eps)
 
 
 @njit(**_PARALLEL)
