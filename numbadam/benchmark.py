@@ -3,8 +3,9 @@
 Every case times numbadam through its public API (``Adam.apply_gradients``)
 next to, in the same process and run: a Numba memory-bandwidth probe with the
 same bytes moved, a careful NumPy implementation, and PyTorch (fused, foreach,
-SparseAdam) and optax when they are installed. It prints medians and the ratios
-the project's speed goals are stated in.
+SparseAdam) and optax when they are installed (``pip install
+'numbadam[compare]'``). It prints medians and the ratios the project's speed
+goals are stated in.
 
 Run ``numbadam bench`` (full), ``numbadam bench --quick`` (under 90 s),
 ``--json`` for machines and ``--plot PATH`` for a bar chart.
@@ -13,6 +14,7 @@ Run ``numbadam bench`` (full), ``numbadam bench --quick`` (under 90 s),
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -180,18 +182,20 @@ def _optax_dense(jo, n: int):
 
     tx = optax.adam(1e-3)
     params = jnp.zeros(n, jnp.float32)
-    grads = jnp.ones(n, jnp.float32)
+    grads = jnp.asarray(np.random.default_rng(0).standard_normal(n, dtype=F32))
     state = tx.init(params)
 
-    @jax.jit
-    def update(params, state):
+    # the gradient is an argument (a constant could be folded into the step)
+    # and the old parameters and state are donated, so XLA may update in place
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def update(params, state, grads):
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
     box = [params, state]
 
     def step():
-        p, s = update(box[0], box[1])
+        p, s = update(box[0], box[1], grads)
         p.block_until_ready()
         box[0], box[1] = p, s
 
