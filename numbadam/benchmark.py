@@ -536,10 +536,10 @@ def _goals(cases: List[_Case]) -> List[Dict[str, Any]]:
 
     for c in cases:
         if c.name.startswith(("dense", "amsgrad")) and "threads" not in c.name:
-            ratio(c, "numbadam", "probe", 0.95, "bandwidth vs probe >= 0.95")
-            if c.nbytes < 1e6:
+            if c.nbytes < 1e6:  # in cache: fixed costs, not bandwidth, are the goal
                 ratio(c, "numbadam", "torch-fused", 3.0, "speed-up vs torch fused >= 3")
             else:
+                ratio(c, "numbadam", "probe", 0.95, "bandwidth vs probe >= 0.95")
                 ratio(c, "numbadam", "torch-fused", 1.0, "speed-up vs torch fused >= 1")
             ratio(c, "numbadam", "numpy", 1.0, "speed-up vs numpy")
         elif c.name.startswith("fixed cost"):
