@@ -28,7 +28,9 @@ from __future__ import annotations
 import os
 
 _DEFAULTS = {
-    "CPU_BLOCK": 16384,
+    # 4096: in-cache variables of 1e5-3e5 elements split evenly over the
+    # threads (20-25% faster than 16384); no difference from 1e6 elements up
+    "CPU_BLOCK": 4096,
     "CPU_SERIAL_MAX": 16384,
     "CPU_SPARSE_BLOCK_ROWS": 256,
     "NORM_CHUNKS": 64,
