@@ -187,12 +187,12 @@ def _prefetch(typingctx, arr, i):
 
 @njit(**_SERIAL)
 def _prefetch_span(a, start, count):
-    # every cache line of a[start:start + count]
+    # the cache lines of a[start:start + count] (one hint per 64 bytes: a
+    # stretch that straddles one more line gets that line from the hardware's
+    # own next-line prefetch)
     step = max(1, 64 // a.itemsize)
     for j in range(start, start + count, step):
         _prefetch(a, j)
-    if count > 0:
-        _prefetch(a, start + count - 1)
 
 
 # ---------------------------------------------------------------------------
@@ -618,12 +618,13 @@ _PREFETCH_GROUPS = 4
 
 
 @njit(**_SERIAL)
-def _prefetch_group(tables, values, indices, order, start, width):
+def _prefetch_group(var, m, v, values, indices, order, start, width):
     # the variable/slot rows and the first gradient row of one group
     i = order[start]
     a = indices[i] * width
-    for t in tables:
-        _prefetch_span(t, a, width)
+    _prefetch_span(var, a, width)
+    _prefetch_span(m, a, width)
+    _prefetch_span(v, a, width)
     _prefetch_span(values[i], 0, width)
 
 
@@ -645,7 +646,7 @@ def adam_lazy_sparse_cpu(
     at, scratch = _dup_scratch(starts, u, width, alpha)
     for q in prange(u):
         if q + _PREFETCH_GROUPS < u:
-            _prefetch_group((var, m, v), values, indices, order,
+            _prefetch_group(var, m, v, values, indices, order,
                             starts[q + _PREFETCH_GROUPS], width)  # fmt: skip
         a = indices[order[starts[q]]] * width
         e = a + width
@@ -665,8 +666,10 @@ def amsgrad_lazy_sparse_cpu(
     at, scratch = _dup_scratch(starts, u, width, alpha)
     for q in prange(u):
         if q + _PREFETCH_GROUPS < u:
-            _prefetch_group((var, m, v, vhat), values, indices, order,
+            _prefetch_group(var, m, v, values, indices, order,
                             starts[q + _PREFETCH_GROUPS], width)  # fmt: skip
+            _prefetch_span(vhat, indices[order[starts[q + _PREFETCH_GROUPS]]] * width,
+                           width)  # fmt: skip
         a = indices[order[starts[q]]] * width
         e = a + width
         acc = scratch[max(at[q], 0):max(at[q], 0) + width]
