@@ -322,6 +322,19 @@ def _row_gradient(e, width, keys, pos, nkeys, values, lo, hi, mul, div, zero):
     return zero
 
 
+@cuda.jit(device=True)
+def _zero_rows_stay(alpha, omb1, omb2, eps):
+    # As the CPU kernels: with these scalars, an element without gradient whose
+    # m and v (and vhat) are +0.0 keeps every bit, so it need not be written.
+    inf = math.inf
+    return alpha > 0 and alpha < inf and eps > 0 and -inf < omb1 < inf and -inf < omb2 < inf
+
+
+@cuda.jit(device=True)
+def _is_pos_zero(x):
+    return x == 0 and math.copysign(1.0, x) > 0
+
+
 @cuda.jit(cache=True)
 def adam_sparse_cuda(
     var, m, v, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul, div
@@ -338,9 +351,13 @@ def adam_sparse_cuda(
     """
     width = values.shape[1]
     zero = _zero(alpha)
+    skip = _zero_rows_stay(alpha, omb1, omb2, eps)
     for e in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         g = _row_gradient(e, width, keys, pos, nkeys, values, lo, hi, mul, div, zero)
-        mi, vi = _moments(g, _widen(m[e]), _widen(v[e]), omb1, omb2)
+        m0, v0 = _widen(m[e]), _widen(v[e])
+        if skip and g == 0 and _is_pos_zero(m0) and _is_pos_zero(v0):
+            continue  # stays bit for bit: read m and v only
+        mi, vi = _moments(g, m0, v0, omb1, omb2)
         m[e] = mi
         v[e] = vi
         var[e] = _step(_widen(var[e]), mi, vi, alpha, eps)
@@ -356,10 +373,14 @@ def amsgrad_sparse_cuda(
     """
     width = values.shape[1]
     zero = _zero(alpha)
+    skip = _zero_rows_stay(alpha, omb1, omb2, eps)
     for e in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         g = _row_gradient(e, width, keys, pos, nkeys, values, lo, hi, mul, div, zero)
-        mi, vi = _moments(g, _widen(m[e]), _widen(v[e]), omb1, omb2)
+        m0, v0 = _widen(m[e]), _widen(v[e])
         hv = _widen(vhat[e])
+        if skip and g == 0 and _is_pos_zero(m0) and _is_pos_zero(v0) and _is_pos_zero(hv):
+            continue
+        mi, vi = _moments(g, m0, v0, omb1, omb2)
         if vi > hv:
             hv = vi
         m[e] = mi
