@@ -82,9 +82,17 @@ def compute_dtype(dtype: Any) -> np.dtype:
 
 
 def check_float_dtype(dtype: Any, what: str) -> None:
-    """Raise ``TypeError`` unless ``dtype`` is float16, float32 or float64."""
-    if np.dtype(dtype) not in SUPPORTED_DTYPES:
-        raise TypeError(f"{what} has dtype {np.dtype(dtype)}; expected {_SUPPORTED_NAMES}")
+    """Raise ``TypeError`` unless ``dtype`` is native float16, float32 or float64."""
+    dtype = np.dtype(dtype)
+    if dtype in SUPPORTED_DTYPES:
+        return
+    if dtype.kind == "f" and not dtype.isnative:
+        raise TypeError(
+            f"{what} has non-native byte order ({dtype.str}); variables are updated "
+            "in place, so pass a native-endian array "
+            "(var.astype(var.dtype.newbyteorder('=')))"
+        )
+    raise TypeError(f"{what} has dtype {dtype}; expected {_SUPPORTED_NAMES}")
 
 
 def cast_gradient_dtype(gdtype: Any, vdtype: Any, label: str) -> None:
@@ -203,8 +211,8 @@ class CPUBackend:
     # -- validation ---------------------------------------------------------
 
     def check_variable(self, var: Any, label: str) -> None:
-        if type(var) is np.ndarray and var.dtype.char in "efd" and var.flags.writeable:
-            return  # the common case, cheaply
+        if type(var) is np.ndarray and var.dtype in SUPPORTED_DTYPES and var.flags.writeable:
+            return  # the common case, cheaply (native float16/32/64 only)
         if not isinstance(var, np.ndarray):
             raise TypeError(
                 f"{label} is a {type(var).__name__}, not a numpy.ndarray "

@@ -281,6 +281,19 @@ HOST: dict[str, Any] = {
         ValueError,
         [r"read-only"],
     ),
+    "big-endian variable": (
+        lambda be, b: (np.ones(3, np.float32), np.zeros(3, ">f4")),
+        TypeError,
+        [r"byte order", r">f4"],
+    ),
+    "big-endian sparse variable": (
+        lambda be, b: (
+            IndexedSlices(np.ones((1, 2), np.float32), np.array([0]), (3, 2)),
+            np.zeros((3, 2), ">f8"),
+        ),
+        TypeError,
+        [r"byte order"],
+    ),
     "string gradient": (
         lambda be, b: (np.full((6, 4), "x"), b),
         TypeError,
