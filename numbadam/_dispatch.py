@@ -240,6 +240,8 @@ class CPUBackend:
 
     def prepare_dense(self, var: np.ndarray, grad: Any, label: str) -> DenseWork:
         self.check_variable(var, label)
+        if type(var) is not np.ndarray:  # a subclass (np.matrix stays 2-D): its memory
+            var = var.view(np.ndarray)
         if type(grad) is np.ndarray and grad.dtype is var.dtype:
             g = grad
         else:
@@ -261,6 +263,8 @@ class CPUBackend:
         self, var: np.ndarray, grad: IndexedSlices, label: str
     ) -> SparseWork:
         self.check_variable(var, label)
+        if type(var) is not np.ndarray:
+            var = var.view(np.ndarray)
         if var.ndim == 0:
             raise ValueError(f"{label} is 0-d; an IndexedSlices gradient needs rows")
         if grad.dense_shape is not None and tuple(grad.dense_shape) != var.shape:

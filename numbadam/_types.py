@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any, NamedTuple, Optional, Sequence
 
 __all__ = ["IndexedSlices", "AdamCoefficients", "GradientTransform"]
@@ -44,9 +45,19 @@ class IndexedSlices:
     ) -> None:
         self.values = values
         self.indices = indices
-        self.dense_shape = None if dense_shape is None else tuple(
-            int(d) for d in dense_shape
-        )
+        if dense_shape is None:
+            self.dense_shape = None
+            return
+        try:
+            shape = tuple(operator.index(d) for d in dense_shape)
+        except TypeError:
+            raise TypeError(
+                f"IndexedSlices dense_shape must be a sequence of integers, got "
+                f"{dense_shape!r}"
+            ) from None
+        if any(d < 0 for d in shape):
+            raise ValueError(f"IndexedSlices dense_shape {shape} has a negative size")
+        self.dense_shape = shape
 
     def __repr__(self) -> str:
         shape = getattr(self.values, "shape", None)

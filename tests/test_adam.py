@@ -413,6 +413,32 @@ def test_strided_view_device(backend):
         ref_state = exp
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix itself
+@pytest.mark.parametrize("kind", ["matrix", "memmap"])
+def test_ndarray_subclass_variables(kind, tmp_path):
+    """np.matrix (always 2-D) and np.memmap variables are updated in place,
+    bit for bit as plain arrays, by dense and sparse steps."""
+    rng = _rng("subclass", kind)
+    base = random_var(rng, (4, 3), np.float32)
+    if kind == "matrix":
+        var = np.matrix(base.copy())
+    else:
+        var = np.memmap(tmp_path / "w.dat", np.float32, "w+", shape=(4, 3))
+        var[...] = base
+    plain = base.copy()
+    o_sub, o_plain = numbadam.Adam(0.1), numbadam.Adam(0.1)
+    for _ in range(2):
+        g = rng.standard_normal((4, 3)).astype(np.float32)
+        sl = IndexedSlices(g[:2], np.array([3, 1]), (4, 3))
+        o_sub.apply_gradients([(g, var)])
+        o_sub.apply_gradients([(sl, var)])
+        o_plain.apply_gradients([(g, plain)])
+        o_plain.apply_gradients([(sl, plain)])
+    assert type(var) is (np.matrix if kind == "matrix" else np.memmap)
+    assert_bitwise(np.asarray(var), plain, "variable")
+    assert_bitwise(o_sub.get_slot(var, "v"), o_plain.get_slot(plain, "v"), "v")
+
+
 @pytest.mark.parametrize("sparse_mode", ["dense", "lazy"])
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64, np.uint16])
 def test_strided_indices_and_values(sparse_mode, index_dtype):

@@ -430,3 +430,23 @@ def test_mixed_host_and_device(cuda_backend, make):
         return make(b, host_b)
 
     _check("cuda", fn, TypeError, [r"CUDA|device|host"], variables_extra=(host_b,))
+
+
+@pytest.mark.parametrize(
+    "dense_shape, exc, pattern",
+    [
+        ("abc", TypeError, r"sequence of integers"),
+        ((4, 3.5), TypeError, r"sequence of integers"),
+        ((4, -1), ValueError, r"negative"),
+        (5, TypeError, r"sequence of integers"),
+    ],
+)
+def test_indexed_slices_bad_dense_shape(dense_shape, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        IndexedSlices(np.ones((1, 3), np.float32), np.array([0]), dense_shape)
+
+
+def test_indexed_slices_dense_shape_forms():
+    for shape in ([4, 3], np.array([4, 3]), (np.int64(4), np.int32(3))):
+        got = IndexedSlices(np.ones((1, 3)), np.array([0]), shape).dense_shape
+        assert got == (4, 3) and all(type(d) is int for d in got)
