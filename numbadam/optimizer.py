@@ -248,6 +248,11 @@ class OptimizerV2:
             value = value(step)
         elif callable(value):
             value = value()
+        if value is None or isinstance(value, (str, bytes, bool, np.bool_)):
+            # (np.float32 would take None as NaN and a bool as 0 or 1)
+            raise TypeError(
+                f"hyperparameter {name!r} evaluated to {value!r}, not a real number"
+            )
         try:
             out = np.float32(value)
         except (TypeError, ValueError):

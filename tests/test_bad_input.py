@@ -237,12 +237,18 @@ def test_same_variable_twice(backend):
     assert int(opt.apply_gradients(goods)) == 2
 
 
+@pytest.mark.parametrize("bad_value", ["oops", None, True])
 @pytest.mark.parametrize("which", ["learning_rate", "beta_1", "beta_2", "epsilon"])
-def test_callable_hyperparameter_returning_string(backend, which):
+def test_callable_hyperparameter_returning_string(backend, which, bad_value):
+    """A callable hyperparameter that returns a string, None (which np.float32
+    would turn into NaN) or a bool: TypeError, nothing changed."""
     opt, a, b, c, goods = _setup(backend)
     value = {"learning_rate": 0.1, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
     state = {"bad": True}
-    fn = lambda: "oops" if state["bad"] else value[which]
+
+    def fn():
+        return bad_value if state["bad"] else value[which]
+
     if which == "epsilon":
         opt.epsilon = fn
     else:
@@ -250,7 +256,7 @@ def test_callable_hyperparameter_returning_string(backend, which):
     before = snapshot(opt, [a, b, c])
     with pytest.raises(TypeError) as info:
         opt.apply_gradients(goods)
-    assert which in str(info.value) and "oops" in str(info.value)
+    assert which in str(info.value) and repr(bad_value) in str(info.value)
     assert_unchanged(before, opt, [a, b, c])
     state["bad"] = False
     assert int(opt.apply_gradients(goods)) == 2
