@@ -509,7 +509,10 @@ class OptimizerV2:
         Raises
         ------
         ValueError
-            If the length or any shape differs from :attr:`weights`.
+            If the length or any shape differs from :attr:`weights`, or
+            ``iterations`` is not a non-negative integer.
+        TypeError
+            If a weight is not numeric.
         """
         params = self._weights
         weights = list(weights)
@@ -530,6 +533,13 @@ class OptimizerV2:
                 )
             if w.dtype.kind not in "iuf" and w.size:
                 raise TypeError(f"Optimizer weight {i} has dtype {w.dtype}")
+            if p is self._iterations and not (
+                np.isfinite(w) and w >= 0 and float(w) == int(w)
+            ):  # a negative or fractional step count would corrupt the bias correction
+                raise ValueError(
+                    f"Optimizer weight {i} is iterations, which must be a "
+                    f"non-negative integer, got {w!r}"
+                )
             host.append(w.astype(p.dtype, copy=False))
         for p, w in zip(params, host):
             _dispatch.backend_for(p).assign(p, w)

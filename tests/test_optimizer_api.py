@@ -160,6 +160,21 @@ def test_set_weights_round_trip_into_fresh_optimizer(backend, amsgrad):
         assert_bitwise(x, y, "weights after resuming")
 
 
+@pytest.mark.parametrize("bad", [-1, 1.5, np.nan, np.inf])
+def test_set_weights_rejects_bad_iterations(bad):
+    """A negative, fractional or non-finite step count would corrupt the bias
+    correction: ValueError, and no weight changes (the slots come after it)."""
+    a = np.ones((2, 3), np.float32)
+    opt = numbadam.Adam()
+    opt.apply_gradients([(np.ones((2, 3), np.float32), a)])
+    before = [w.copy() for w in opt.get_weights()]
+    new = [np.array(bad)] + [np.full((2, 3), 9.0, np.float32)] * 2
+    with pytest.raises(ValueError, match=r"iterations.*non-negative integer"):
+        opt.set_weights(new)
+    for w, b in zip(opt.get_weights(), before):
+        assert_bitwise(w, b)
+
+
 def test_set_weights_keras1_list_is_cut():
     """A Keras-1 Adam list of 3n+1 weights (with vhat) is cut to 2n+1."""
     rng = _rng("keras1")
