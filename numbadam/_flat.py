@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Iterable, List, Sequence, Tuple
 
 import numpy as np
@@ -25,6 +26,19 @@ class GradsAndVars(tuple):
         self = super().__new__(cls, tuple(zip(buffer.grads, buffer.params)))
         self.buffer = buffer
         return self
+
+
+def _shape(s: Any) -> Tuple[int, ...]:
+    # a tuple of non-negative ints (numpy integers too; no floats, no strings)
+    try:
+        shape = tuple(operator.index(d) for d in s)
+    except TypeError:
+        raise TypeError(
+            f"ParameterBuffer shapes must be sequences of integers, got {s!r}"
+        ) from None
+    if any(d < 0 for d in shape):
+        raise ValueError(f"ParameterBuffer shape {shape} has a negative size")
+    return shape
 
 
 class ParameterBuffer:
@@ -75,7 +89,7 @@ class ParameterBuffer:
     def __init__(self, shapes: Iterable[Sequence[int]], dtype: Any = np.float32):
         dtype = np.dtype(dtype)
         check_float_dtype(dtype, "ParameterBuffer")
-        self.shapes: List[Tuple[int, ...]] = [tuple(int(d) for d in s) for s in shapes]
+        self.shapes: List[Tuple[int, ...]] = [_shape(s) for s in shapes]
         sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         total = int(self.offsets[-1])

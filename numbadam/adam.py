@@ -165,6 +165,10 @@ class Adam(OptimizerV2):
         if not (epsilon is None or callable(epsilon) or _is_number(epsilon)):
             raise TypeError(f"epsilon must be a float or a callable, got {epsilon!r}")
         self.epsilon = epsilon or 1e-7
+        if not isinstance(amsgrad, (bool, np.bool_)) and (
+            not _is_number(amsgrad) or amsgrad not in (0, 1)
+        ):  # bool("no") is True: a string would silently turn AMSGrad on
+            raise TypeError(f"amsgrad must be a bool, got {amsgrad!r}")
         self.amsgrad = bool(amsgrad)
 
     # -- hyperparameter properties (Keras exposes them as attributes) ---------

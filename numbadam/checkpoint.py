@@ -279,6 +279,11 @@ def save_checkpoint(
         raise FileNotFoundError(
             errno.ENOENT, f"cannot save checkpoint: no such folder {directory!r}", path
         )
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            errno.EISDIR, "cannot save checkpoint: the path is a folder; give a file "
+            "name, e.g. os.path.join(folder, 'model.npz')", path
+        )  # fmt: skip
     named = _named(variables, path)
     names = [n for n, _ in named]
     if len(set(names)) != len(names):

@@ -238,6 +238,11 @@ def test_save_errors(tmp_path):
         save_checkpoint(tmp_path / "c.npz", opt, {"table": variables["table"]})
     with pytest.raises(FileNotFoundError, match="no such folder"):
         save_checkpoint(tmp_path / "missing" / "c.npz", opt, variables)
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        save_checkpoint(tmp_path / "adir", opt, variables)
+    assert sorted(os.listdir(tmp_path)) == ["adir"]  # no temporary file left
+    (tmp_path / "adir").rmdir()
     with pytest.raises(CheckpointError, match="JSON"):
         save_checkpoint(tmp_path / "c.npz", opt, variables, metadata={"x": object()})
     with pytest.raises(CheckpointError, match="only numeric"):

@@ -202,3 +202,17 @@ def test_benchmark_machinery_smoke():
     text = benchmark.format_report(result)
     assert "dense float32" in text and "Goals" in text
     json.dumps(result)
+
+
+@pytest.mark.parametrize(
+    "shapes, exc, pattern",
+    [
+        (["ab"], TypeError, r"sequences of integers"),
+        ([(3.5,)], TypeError, r"sequences of integers"),
+        ([3], TypeError, r"sequences of integers"),
+        ([(2, -1)], ValueError, r"negative"),
+    ],
+)
+def test_parameter_buffer_bad_shapes(shapes, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        numbadam.ParameterBuffer(shapes)

@@ -536,3 +536,14 @@ def test_get_updates_clips_once():
         oc.apply_gradients(zip(grads, c))
     for x, y in zip(a, c):
         assert_close(x, y, np.float64, what="get_updates vs once-clipped step")
+
+
+@pytest.mark.parametrize("bad", ["no", "yes", None, 2, [True]])
+def test_amsgrad_must_be_a_bool(bad):
+    with pytest.raises(TypeError, match=r"amsgrad must be a bool"):
+        numbadam.Adam(amsgrad=bad)
+
+
+def test_amsgrad_bool_like_values():
+    assert numbadam.Adam(amsgrad=np.True_).amsgrad is True
+    assert numbadam.Adam(amsgrad=0).amsgrad is False
