@@ -4,8 +4,9 @@ Every kernel updates its arrays **in place** in one pass: each element of ``var`
 ``m``, ``v`` (and ``vhat``) is read once and written once, with no temporaries the
 size of the variable. (The sparse TF-rule kernels read, and do not rewrite,
 stretches without a gradient whose ``m`` and ``v`` are ``+0.0``: the arithmetic
-would give them back bit for bit.) They know nothing of optimizers, hyperparameters or slots:
-the caller passes C-contiguous arrays and the per-step scalars.
+would give them back bit for bit.) They know nothing of optimizers,
+hyperparameters or slots: the caller passes C-contiguous arrays and the per-step
+scalars.
 
 Storage and compute types
 -------------------------
