@@ -256,6 +256,27 @@ def _block_sum(sh, t, nthreads):
 # ---------------------------------------------------------------------------
 
 
+@cuda.jit(device=True)
+def _adam_update(var, m, v, i, g, m0, v0, alpha, omb1, omb2, eps):
+    # element i of every Adam kernel, from its gradient g and moments m0, v0
+    mi, vi = _moments(g, m0, v0, omb1, omb2)
+    m[i] = mi
+    v[i] = vi
+    var[i] = _step(_widen(var[i]), mi, vi, alpha, eps)
+
+
+@cuda.jit(device=True)
+def _amsgrad_update(var, m, v, vhat, i, g, m0, v0, h0, alpha, omb1, omb2, eps):
+    mi, vi = _moments(g, m0, v0, omb1, omb2)
+    hv = h0
+    if vi > hv:
+        hv = vi
+    m[i] = mi
+    v[i] = vi
+    vhat[i] = hv
+    var[i] = _step(_widen(var[i]), mi, hv, alpha, eps)
+
+
 @cuda.jit(cache=True)
 def adam_dense_cuda(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div):
     """Dense Adam step, in place on ``var``, ``m``, ``v`` (1-D, same length).
@@ -265,10 +286,8 @@ def adam_dense_cuda(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div):
     """
     for i in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         gi = _transform(_widen(g[i]), lo, hi, mul, div)
-        mi, vi = _moments(gi, _widen(m[i]), _widen(v[i]), omb1, omb2)
-        m[i] = mi
-        v[i] = vi
-        var[i] = _step(_widen(var[i]), mi, vi, alpha, eps)
+        _adam_update(var, m, v, i, gi, _widen(m[i]), _widen(v[i]), alpha, omb1,
+                     omb2, eps)  # fmt: skip
 
 
 @cuda.jit(cache=True)
@@ -280,14 +299,8 @@ def amsgrad_dense_cuda(var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mul, 
     """
     for i in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         gi = _transform(_widen(g[i]), lo, hi, mul, div)
-        mi, vi = _moments(gi, _widen(m[i]), _widen(v[i]), omb1, omb2)
-        hv = _widen(vhat[i])
-        if vi > hv:
-            hv = vi
-        m[i] = mi
-        v[i] = vi
-        vhat[i] = hv
-        var[i] = _step(_widen(var[i]), mi, hv, alpha, eps)
+        _amsgrad_update(var, m, v, vhat, i, gi, _widen(m[i]), _widen(v[i]),
+                        _widen(vhat[i]), alpha, omb1, omb2, eps)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -357,10 +370,7 @@ def adam_sparse_cuda(
         m0, v0 = _widen(m[e]), _widen(v[e])
         if skip and g == 0 and _is_pos_zero(m0) and _is_pos_zero(v0):
             continue  # stays bit for bit: read m and v only
-        mi, vi = _moments(g, m0, v0, omb1, omb2)
-        m[e] = mi
-        v[e] = vi
-        var[e] = _step(_widen(var[e]), mi, vi, alpha, eps)
+        _adam_update(var, m, v, e, g, m0, v0, alpha, omb1, omb2, eps)
 
 
 @cuda.jit(cache=True)
@@ -380,13 +390,7 @@ def amsgrad_sparse_cuda(
         hv = _widen(vhat[e])
         if skip and g == 0 and _is_pos_zero(m0) and _is_pos_zero(v0) and _is_pos_zero(hv):
             continue
-        mi, vi = _moments(g, m0, v0, omb1, omb2)
-        if vi > hv:
-            hv = vi
-        m[e] = mi
-        v[e] = vi
-        vhat[e] = hv
-        var[e] = _step(_widen(var[e]), mi, hv, alpha, eps)
+        _amsgrad_update(var, m, v, vhat, e, g, m0, v0, hv, alpha, omb1, omb2, eps)
 
 
 @cuda.jit(cache=True)
@@ -410,10 +414,8 @@ def adam_lazy_sparse_cuda(
                 s, w, keys, pos, nkeys, values, lo, hi, mul, div, zero
             )
             e = keys[s] * width + w
-            mi, vi = _moments(g, _widen(m[e]), _widen(v[e]), omb1, omb2)
-            m[e] = mi
-            v[e] = vi
-            var[e] = _step(_widen(var[e]), mi, vi, alpha, eps)
+            _adam_update(var, m, v, e, g, _widen(m[e]), _widen(v[e]), alpha, omb1,
+                         omb2, eps)  # fmt: skip
 
 
 @cuda.jit(cache=True)
@@ -432,14 +434,8 @@ def amsgrad_lazy_sparse_cuda(
                 s, w, keys, pos, nkeys, values, lo, hi, mul, div, zero
             )
             e = keys[s] * width + w
-            mi, vi = _moments(g, _widen(m[e]), _widen(v[e]), omb1, omb2)
-            hv = _widen(vhat[e])
-            if vi > hv:
-                hv = vi
-            m[e] = mi
-            v[e] = vi
-            vhat[e] = hv
-            var[e] = _step(_widen(var[e]), mi, hv, alpha, eps)
+            _amsgrad_update(var, m, v, vhat, e, g, _widen(m[e]), _widen(v[e]),
+                            _widen(vhat[e]), alpha, omb1, omb2, eps)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
