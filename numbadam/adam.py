@@ -239,10 +239,6 @@ class Adam(OptimizerV2):
             if not _is_number(eps) or isinstance(eps, bool):
                 raise TypeError(f"epsilon evaluated to {eps!r}, not a real number")
         decay = self._initial_decay
-        if len(dtypes) == 1:
-            for dtype in dtypes:
-                c = _dispatch.compute_dtype(dtype).type
-                return {dtype: _coefficients(c, lr32, b1_32, b2_32, eps, decay, step)}
         # keyed by storage dtype (what _apply looks up), computed per compute dtype
         by_compute: Dict[Any, AdamCoefficients] = {}
         out = {}

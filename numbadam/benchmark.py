@@ -277,22 +277,25 @@ def _table(rows: int, width: int) -> np.ndarray:
     return np.full((rows, width), 0.5, F32)
 
 
+def _state_values(warm: bool):
+    """The ``m, v`` everywhere in a table: zeros (fresh), or nonzero (warm:
+    every row has had a gradient, so a TF-rule step rewrites them all)."""
+    return (1e-3, 1e-6) if warm else (0.0, 0.0)
+
+
 def _sparse_state(x: np.ndarray, warm: bool):
-    """``m, v`` for a table, resident: zeros (fresh), or nonzero everywhere
-    (warm: every row has had a gradient, so a TF-rule step rewrites them all)."""
-    if not warm:
-        return np.full_like(x, 0.0), np.full_like(x, 0.0)
-    return np.full_like(x, 1e-3), np.full_like(x, 1e-6)
+    """``m, v`` arrays for a table, resident (written once)."""
+    m0, v0 = _state_values(warm)
+    return np.full_like(x, m0), np.full_like(x, v0)
 
 
 def _numbadam_sparse(rows: int, width: int, batches, vals, mode: str, warm: bool = False):
     x = _table(rows, width)
     opt = numbadam.Adam(1e-3, sparse_mode=mode)
     opt.build([x])
-    m, v = _sparse_state(x, warm)
-    opt.get_slot(x, "m")[...] = m  # (also pages the slots in)
-    opt.get_slot(x, "v")[...] = v
-    del m, v
+    m0, v0 = _state_values(warm)
+    opt.get_slot(x, "m").fill(m0)  # in place, which also pages the slots in
+    opt.get_slot(x, "v").fill(v0)
 
     def make(idx):
         pairs = [(numbadam.IndexedSlices(vals, idx, x.shape), x)]

@@ -622,13 +622,15 @@ _PREFETCH_GROUPS = 4
 
 @njit(**_SERIAL)
 def _prefetch_group(var, m, v, values, indices, order, start, width):
-    # the variable/slot rows and the first gradient row of one group
+    # the variable/slot rows and the first gradient row of one group; returns
+    # the rows' offset (for any further slot, e.g. vhat)
     i = order[start]
     a = indices[i] * width
     _prefetch_span(var, a, width)
     _prefetch_span(m, a, width)
     _prefetch_span(v, a, width)
     _prefetch_span(values[i], 0, width)
+    return a
 
 
 @njit(**_PARALLEL)
@@ -653,7 +655,8 @@ def adam_lazy_sparse_cpu(
                             starts[q + _PREFETCH_GROUPS], width)  # fmt: skip
         a = indices[order[starts[q]]] * width
         e = a + width
-        acc = scratch[max(at[q], 0):max(at[q], 0) + width]
+        o = max(at[q], 0)  # (-1: a single row, which needs no scratch)
+        acc = scratch[o:o + width]
         _lazy_group(var[a:e], m[a:e], v[a:e], values, order, starts[q],
                     starts[q + 1], acc, lo, hi, mul, div, alpha, omb1, omb2, eps)  # fmt: skip
 
@@ -669,13 +672,13 @@ def amsgrad_lazy_sparse_cpu(
     at, scratch = _dup_scratch(starts, u, width, alpha)
     for q in prange(u):
         if q + _PREFETCH_GROUPS < u:
-            _prefetch_group(var, m, v, values, indices, order,
-                            starts[q + _PREFETCH_GROUPS], width)  # fmt: skip
-            _prefetch_span(vhat, indices[order[starts[q + _PREFETCH_GROUPS]]] * width,
-                           width)  # fmt: skip
+            ahead = _prefetch_group(var, m, v, values, indices, order,
+                                    starts[q + _PREFETCH_GROUPS], width)  # fmt: skip
+            _prefetch_span(vhat, ahead, width)
         a = indices[order[starts[q]]] * width
         e = a + width
-        acc = scratch[max(at[q], 0):max(at[q], 0) + width]
+        o = max(at[q], 0)
+        acc = scratch[o:o + width]
         _lazy_group_ams(var[a:e], m[a:e], v[a:e], vhat[a:e], values, order,
                         starts[q], starts[q + 1], acc, lo, hi, mul, div, alpha,
                         omb1, omb2, eps)  # fmt: skip
@@ -738,12 +741,6 @@ def _stable_sort_keys(keys, maxkey):
         order, o2 = o2, order
         sk, k2 = k2, sk
     return order, sk
-
-
-@njit(**_SERIAL)
-def _stable_argsort(keys, maxkey):
-    # the stable order of non-negative keys at most maxkey (radix sort)
-    return _stable_sort_keys(keys, maxkey)[0]
 
 
 @njit(**_PARALLEL)
