@@ -410,18 +410,19 @@ class CPUBackend:
         mf, vf = _kernel_view(m.reshape(-1)), _kernel_view(v.reshape(-1))
         vals = _kernel_view(work.values)
         hf = None if vhat is None else _kernel_view(vhat.reshape(-1))
+        nt = _config.get_num_threads()  # (the workers unique rows are dealt to)
         if lazy:  # one fused pass over the unique rows: no summed-rows buffer
             if hf is None:
                 kern = self._kernel("adam_lazy_sparse_cpu", dtype)
-                kern(x, mf, vf, work.indices, vals, *tr, maxkey, *coef)
+                kern(x, mf, vf, work.indices, vals, *tr, maxkey, *coef, nt)
             else:
                 kern = self._kernel("amsgrad_lazy_sparse_cpu", dtype)
-                kern(x, mf, vf, hf, work.indices, vals, *tr, maxkey, *coef)
+                kern(x, mf, vf, hf, work.indices, vals, *tr, maxkey, *coef, nt)
         else:  # sum duplicates, then one pass over the whole table
             uidx = np.empty(k, np.int64)
             uvals = np.empty((k, work.width), compute_dtype(dtype))
             dedup = self._kernel("sum_duplicate_rows_cpu", dtype)
-            u = dedup(work.indices, vals, *tr, maxkey, uidx, uvals)
+            u = dedup(work.indices, vals, *tr, maxkey, uidx, uvals, nt)
             uidx, uvals = uidx[:u], uvals[:u]
             rows = _config.CPU_SPARSE_BLOCK_ROWS
             if hf is None:

@@ -506,20 +506,29 @@ def test_optimizer_with_small_blocks():
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_sum_duplicate_rows(dtype, clip, index_dtype, nrows):
     rng = np.random.default_rng(9)
-    k, width = 30, 4
+    k, width = 60, 4
     # few distinct rows spread over the whole range: duplicates and several
-    # radix digits
-    pool = rng.integers(0, nrows, size=8)
-    idx = pool[rng.integers(0, 8, size=k)].astype(index_dtype)
+    # radix digits; skewed, so runs of 1 to ~20 rows (the sum takes four rows at
+    # a time, then the rest)
+    pool = rng.integers(0, nrows, size=10)
+    idx = pool[(rng.random(k) ** 2 * 10).astype(int)].astype(index_dtype)
     vals = np.array(rng.standard_normal((k, width)), dtype=dtype)
     tr = _transform(dtype, vals, *clip)
     c = compute(dtype)
-    out_i = np.full(k, -1, np.int64)
-    out_v = np.full((k, width), np.nan, c)
     maxkey = int(idx.max())
-    u = kernel("sum_duplicate_rows_cpu", dtype)(
-        idx, kview(vals), *tr, maxkey, out_i, out_v
-    )
+    outs = []
+    for nt in (1, 2, 3):  # workers the sums are dealt to: the same bits
+        out_i = np.full(k, -1, np.int64)
+        out_v = np.full((k, width), np.nan, c)
+        u = kernel("sum_duplicate_rows_cpu", dtype)(
+            idx, kview(vals), *tr, maxkey, out_i, out_v, nt
+        )
+        outs.append((u, out_i, out_v))
+    for u2, i2, v2 in outs[1:]:
+        assert u2 == outs[0][0]
+        assert_bitwise(i2, outs[0][1])
+        assert_bitwise(v2, outs[0][2])
+    u, out_i, out_v = outs[0]
     uniq = np.unique(idx)
     assert u == len(uniq)
     assert np.array_equal(out_i[:u], uniq)
@@ -571,8 +580,72 @@ def test_sum_duplicate_rows_empty():
         0,
         np.zeros(0, np.int64),
         np.zeros((0, 3)),
+        2,
     )
     assert u == 0
+
+
+def _lazy_numpy(dtype, x, m, v, h, idx, vals, tr, coef):
+    """The lazy step in NumPy, in the kernels' compute dtype and operation
+    order, so bit for bit: each listed row's transformed gradients summed from
+    zero in order of appearance, then TensorFlow's element arithmetic."""
+    c = compute(dtype)
+    lo, hi, mul, div = tr
+    alpha, omb1, omb2, eps = coef
+    x, m, v = x.copy(), m.copy(), v.copy()
+    h = None if h is None else h.copy()
+    for i in np.unique(idx):
+        g = np.zeros(vals.shape[1], c)
+        for r in np.flatnonzero(idx == i):
+            row = vals[r].astype(c)
+            clipped = np.where(row < lo, lo, np.where(row > hi, hi, row))
+            g = g + (clipped * mul) / div
+        mj = m[i].astype(c) + (g - m[i].astype(c)) * omb1
+        vj = v[i].astype(c) + (g * g - v[i].astype(c)) * omb2
+        d = vj
+        if h is not None:
+            d = np.where(vj > h[i].astype(c), vj, h[i].astype(c))
+            h[i] = d.astype(dtype)
+        m[i], v[i] = mj.astype(dtype), vj.astype(dtype)
+        x[i] = (x[i].astype(c) - (mj * alpha) / (np.sqrt(d) + eps)).astype(dtype)
+    return x, m, v, h
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    ams=st.booleans(),
+    clip=st.sampled_from([(None, None), (0.5, None), (None, 2.0), (0.7, 3.0)]),
+    rows=st.integers(1, 300),
+    width=st.integers(1, 9),
+    k=st.integers(0, 80),
+    skew=st.sampled_from([1.0, 3.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_lazy_kernel_bitwise_any_worker_count(
+    dtype, ams, clip, rows, width, k, skew, seed
+):
+    # skew 3: small row ids repeat, in runs of up to dozens of rows
+    rng = np.random.default_rng(seed)
+    idx = (rng.random(k) ** skew * rows).astype(np.int64)
+    vals = np.array(rng.standard_normal((k, width)), dtype=dtype)
+    vals[rng.random((k, width)) < 0.1] = -0.0  # (0 + -0.0 is +0.0)
+    x, m, v, h = (
+        a.reshape(rows, width) if a is not None else None
+        for a in _state(rng, rows * width, dtype, ams)
+    )
+    tr = _transform(dtype, vals, *clip)
+    c = compute(dtype).type
+    coef = (c(0.01), c(0.1), c(0.001), c(1e-7))
+    want = _lazy_numpy(dtype, x, m, v, h, idx, vals, tr, coef)
+    name = "amsgrad_lazy_sparse_cpu" if ams else "adam_lazy_sparse_cpu"
+    for nt in (1, 2, 3, 5):  # workers the rows are dealt to
+        got = [a.copy() for a in (x, m, v, h) if a is not None]
+        flat = [kview(a).reshape(-1) for a in got]
+        maxkey = int(idx.max()) if k else 0
+        kernel(name, dtype)(*flat, idx, kview(vals), *tr, maxkey, *coef, nt)
+        for what, g, w in zip(("var", "m", "v", "vhat"), got, want):
+            assert_bitwise(g, w, f"{what}, {nt} workers")
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 5, 63, 64, 65, 1000])

@@ -390,7 +390,7 @@ def _with_threads(n, fn):
     seed=SEEDS,
     amsgrad=st.booleans(),
     clipnorm=st.sampled_from([None, 0.5]),
-    sparse=st.booleans(),
+    sparse=st.sampled_from([None, "dense", "lazy"]),
 )
 def test_one_thread_equals_two_threads(dtype, n, seed, amsgrad, clipnorm, sparse):
     _config.CPU_SERIAL_MAX = 1  # the parallel kernels
@@ -411,7 +411,9 @@ def test_one_thread_equals_two_threads(dtype, n, seed, amsgrad, clipnorm, sparse
 
         def run():
             w = var0.copy()
-            opt = numbadam.Adam(0.1, amsgrad=amsgrad, clipnorm=clipnorm)
+            opt = numbadam.Adam(
+                0.1, amsgrad=amsgrad, clipnorm=clipnorm, sparse_mode=sparse or "dense"
+            )
             for g in grads:
                 opt.apply_gradients([(g, w)])
             return [w] + opt.get_weights()

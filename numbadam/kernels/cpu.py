@@ -535,19 +535,44 @@ def _scratch_like_impl(x, n):
 def _group_grad(acc, values, order, s0, s1, lo, hi, mul, div):
     # One unique row's gradient into acc: the transformed rows order[s0:s1]
     # summed from zero in order of appearance (sum_duplicate_rows_cpu's bits),
-    # row by row so each source row is read contiguously.
+    # row by row so each source row is read contiguously. Four rows go in per
+    # pass over acc, ((((acc + g0) + g1) + g2) + g3): the same additions in the
+    # same order, with a quarter of acc's loads and stores (whose store-to-load
+    # latency bounds a long run of duplicates).
     for j in range(acc.shape[0]):
         acc[j] = zero_of(lo)
+    s = s0
     if _is_identity(lo, hi, mul, div):  # no clipping: (g * 1) / 1 is g, bit for bit
-        for s in range(s0, s1):
-            src = values[order[s]]
+        while s + 4 <= s1:
+            r0, r1 = values[order[s]], values[order[s + 1]]
+            r2, r3 = values[order[s + 2]], values[order[s + 3]]
             for j in range(acc.shape[0]):
-                acc[j] += load(src, j)
+                a = acc[j] + load(r0, j)
+                a += load(r1, j)
+                a += load(r2, j)
+                acc[j] = a + load(r3, j)
+            s += 4
+        while s < s1:
+            r0 = values[order[s]]
+            for j in range(acc.shape[0]):
+                acc[j] += load(r0, j)
+            s += 1
     else:
-        for s in range(s0, s1):
-            src = values[order[s]]
+        while s + 4 <= s1:
+            r0, r1 = values[order[s]], values[order[s + 1]]
+            r2, r3 = values[order[s + 2]], values[order[s + 3]]
             for j in range(acc.shape[0]):
-                acc[j] += _transform(load(src, j), lo, hi, mul, div)
+                g0 = _transform(load(r0, j), lo, hi, mul, div)
+                g1 = _transform(load(r1, j), lo, hi, mul, div)
+                g2 = _transform(load(r2, j), lo, hi, mul, div)
+                g3 = _transform(load(r3, j), lo, hi, mul, div)
+                acc[j] = (((acc[j] + g0) + g1) + g2) + g3  # (in this order)
+            s += 4
+        while s < s1:
+            r0 = values[order[s]]
+            for j in range(acc.shape[0]):
+                acc[j] += _transform(load(r0, j), lo, hi, mul, div)
+            s += 1
 
 
 @njit(**_SERIAL)
@@ -615,9 +640,18 @@ def _groups(indices, maxkey):
 
 
 # Lazy steps read rows scattered over a table far larger than the caches: each
-# group's rows are prefetched this many groups ahead, so their memory latency
-# overlaps the arithmetic of the groups before (2.5x on a 256 MB table).
+# group's rows are prefetched this many groups ahead (of the thread's own), so
+# their memory latency overlaps the arithmetic of the groups before (2.5x on a
+# 256 MB table).
 _PREFETCH_GROUPS = 4
+
+# Round-robin groups: the unique rows (groups, in ascending index order) are
+# dealt to the threads in turn, thread c taking groups c, c + nt, c + 2 nt, ...
+# rather than nt contiguous runs: the frequent ids of a skewed batch (Zipf:
+# small ids, long runs of duplicates) are then shared out instead of landing on
+# one thread (6% on a (1e6, 64) table, one batch and rotating batches alike).
+# Every row's arithmetic is the same whichever thread does it, so results do
+# not depend on the thread count.
 
 
 @njit(**_SERIAL)
@@ -635,7 +669,7 @@ def _prefetch_group(var, m, v, values, indices, order, start, width):
 
 @njit(**_PARALLEL)
 def adam_lazy_sparse_cpu(
-    var, m, v, indices, values, lo, hi, mul, div, maxkey, alpha, omb1, omb2, eps
+    var, m, v, indices, values, lo, hi, mul, div, maxkey, alpha, omb1, omb2, eps, nt
 ):
     """Lazy sparse Adam step: only rows ``indices`` of ``var``, ``m``, ``v`` change.
 
@@ -644,44 +678,52 @@ def adam_lazy_sparse_cpu(
     (``(k, W)``, storage dtype) are the IndexedSlices. Duplicates are summed
     (clipped by ``(clip(g, lo, hi) * mul) / div`` first) in order of appearance
     and each row then takes the dense arithmetic, in one parallel pass over the
-    unique rows; other rows are not read. Cost O(k W), independent of R.
+    unique rows; other rows are not read. Cost O(k W), independent of R. The
+    unique rows are dealt round-robin to ``nt`` workers (pass Numba's thread
+    count); results do not depend on ``nt``.
     """
     width = values.shape[1]
     order, starts, u = _groups(indices, maxkey)
     at, scratch = _dup_scratch(starts, u, width, alpha)
-    for q in prange(u):
-        if q + _PREFETCH_GROUPS < u:
-            _prefetch_group(var, m, v, values, indices, order,
-                            starts[q + _PREFETCH_GROUPS], width)  # fmt: skip
-        a = indices[order[starts[q]]] * width
-        e = a + width
-        o = max(at[q], 0)  # (-1: a single row, which needs no scratch)
-        acc = scratch[o:o + width]
-        _lazy_group(var[a:e], m[a:e], v[a:e], values, order, starts[q],
-                    starts[q + 1], acc, lo, hi, mul, div, alpha, omb1, omb2, eps)  # fmt: skip
+    for c in prange(nt):  # round-robin groups (see above)
+        for q in range(c, u, nt):
+            ahead = q + _PREFETCH_GROUPS * nt
+            if ahead < u:
+                _prefetch_group(var, m, v, values, indices, order, starts[ahead],
+                                width)  # fmt: skip
+            a = indices[order[starts[q]]] * width
+            e = a + width
+            o = max(at[q], 0)  # (-1: a single row, which needs no scratch)
+            acc = scratch[o:o + width]
+            _lazy_group(var[a:e], m[a:e], v[a:e], values, order, starts[q],
+                        starts[q + 1], acc, lo, hi, mul, div, alpha, omb1, omb2,
+                        eps)  # fmt: skip
 
 
 @njit(**_PARALLEL)
 def amsgrad_lazy_sparse_cpu(
-    var, m, v, vhat, indices, values, lo, hi, mul, div, maxkey, alpha, omb1, omb2, eps
-):
+    var, m, v, vhat, indices, values, lo, hi, mul, div, maxkey, alpha, omb1, omb2,
+    eps, nt,
+):  # fmt: skip
     """Lazy sparse AMSGrad step: as :func:`adam_lazy_sparse_cpu` with
     ``vhat = max(vhat, v)`` on the listed rows."""
     width = values.shape[1]
     order, starts, u = _groups(indices, maxkey)
     at, scratch = _dup_scratch(starts, u, width, alpha)
-    for q in prange(u):
-        if q + _PREFETCH_GROUPS < u:
-            ahead = _prefetch_group(var, m, v, values, indices, order,
-                                    starts[q + _PREFETCH_GROUPS], width)  # fmt: skip
-            _prefetch_span(vhat, ahead, width)
-        a = indices[order[starts[q]]] * width
-        e = a + width
-        o = max(at[q], 0)
-        acc = scratch[o:o + width]
-        _lazy_group_ams(var[a:e], m[a:e], v[a:e], vhat[a:e], values, order,
-                        starts[q], starts[q + 1], acc, lo, hi, mul, div, alpha,
-                        omb1, omb2, eps)  # fmt: skip
+    for c in prange(nt):
+        for q in range(c, u, nt):
+            ahead = q + _PREFETCH_GROUPS * nt
+            if ahead < u:
+                r = _prefetch_group(var, m, v, values, indices, order, starts[ahead],
+                                    width)  # fmt: skip
+                _prefetch_span(vhat, r, width)
+            a = indices[order[starts[q]]] * width
+            e = a + width
+            o = max(at[q], 0)
+            acc = scratch[o:o + width]
+            _lazy_group_ams(var[a:e], m[a:e], v[a:e], vhat[a:e], values, order,
+                            starts[q], starts[q + 1], acc, lo, hi, mul, div, alpha,
+                            omb1, omb2, eps)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -745,7 +787,7 @@ def _stable_sort_keys(keys, maxkey):
 
 @njit(**_PARALLEL)
 def sum_duplicate_rows_cpu(
-    indices, values, lo, hi, mul, div, maxkey, out_indices, out_values
+    indices, values, lo, hi, mul, div, maxkey, out_indices, out_values, nt
 ):
     """Sum the rows of ``values`` that share an index, deterministically.
 
@@ -754,14 +796,16 @@ def sum_duplicate_rows_cpu(
     to ``out_values[:u]``; returns ``u``. Rows with the same index are added in
     their order of appearance, starting from zero. ``values`` is ``(k, W)`` in
     storage dtype; ``indices`` are non-negative and at most ``maxkey``. The
-    scratch is O(k).
+    scratch is O(k). The sums are dealt round-robin to ``nt`` workers, as in
+    :func:`adam_lazy_sparse_cpu`.
     """
     order, starts, u = _groups(indices, maxkey)  # stable: appearance order
     for q in range(u):
         out_indices[q] = indices[order[starts[q]]]
-    for q in prange(u):
-        _group_grad(out_values[q], values, order, starts[q], starts[q + 1], lo, hi,
-                    mul, div)  # fmt: skip
+    for c in prange(nt):  # round-robin groups (see above)
+        for q in range(c, u, nt):
+            _group_grad(out_values[q], values, order, starts[q], starts[q + 1], lo,
+                        hi, mul, div)  # fmt: skip
     return u
 
 
@@ -850,7 +894,7 @@ def _signatures(storage):
     dedup = [
         (_arr(it, readonly=True), _arr(s, 2, readonly=True))
         + (c,) * 4
-        + (i64, _arr(i64), _arr(c, 2))
+        + (i64, _arr(i64), _arr(c, 2), i64)
         for it in (types.int32, types.int64)
     ]
     return {
@@ -862,12 +906,12 @@ def _signatures(storage):
         "amsgrad_sparse_cpu": [ams_sparse],
         "adam_lazy_sparse_cpu": [
             (W, W, W, _arr(it, readonly=True), _arr(s, 2, readonly=True))
-            + (c,) * 4 + (i64,) + (c,) * 4
+            + (c,) * 4 + (i64,) + (c,) * 4 + (i64,)
             for it in (types.int32, types.int64)
         ],
         "amsgrad_lazy_sparse_cpu": [
             (W, W, W, W, _arr(it, readonly=True), _arr(s, 2, readonly=True))
-            + (c,) * 4 + (i64,) + (c,) * 4
+            + (c,) * 4 + (i64,) + (c,) * 4 + (i64,)
             for it in (types.int32, types.int64)
         ],
         "sum_duplicate_rows_cpu": dedup,
