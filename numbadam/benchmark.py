@@ -46,19 +46,23 @@ def _median_time(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
+#: Untimed runs open each block for at least this long (see _interleaved).
+SETTLE_S = 2e-3
+
+
 def _interleaved(fns: Dict[str, Callable[[], Any]], repeat: int, warmup: int = 2):
     """Median time of each function over ``repeat`` runs, timed in alternating
     blocks of a few runs each, so that drift in the machine's state (turbo,
     bandwidth, other load) falls on all of them alike.
 
-    Blocks rather than single runs in turn: a step that starts right after
-    another library's pays for it. numbadam (Numba's OpenMP pool) and PyTorch
-    (its own OpenMP runtime) each keep their worker threads spinning for a while
-    after a parallel region, which holds the cores the next step wants, and the
-    other step's data has replaced this one's in the caches. On a 2-core machine
-    that adds 10-15% to either side's short steps (a lazy step on one batch:
-    102 us alternating run by run, 89 us in blocks; torch SparseAdam 388 and
-    352 us). A training loop runs one optimizer, as a block does.
+    A run that starts right after another library's pays for it: numbadam
+    (Numba's OpenMP pool) and PyTorch (its own OpenMP runtime) each keep their
+    worker threads spinning for about a millisecond after a parallel region,
+    holding the cores the next run wants. Measured on 2 cores, a lazy step on
+    one batch right after torch SparseAdam's takes 315 us, then 122, 106, 99,
+    ... and 89 us from the tenth run on, which is its time alone. So each block
+    opens with untimed runs for :data:`SETTLE_S` and then times its runs: every
+    implementation is measured as a training loop runs it, alone.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -67,6 +71,10 @@ def _interleaved(fns: Dict[str, Callable[[], Any]], repeat: int, warmup: int = 2
     times: Dict[str, List[float]] = {name: [] for name in fns}
     while min(len(t) for t in times.values()) < repeat:
         for name, fn in fns.items():
+            settle = time.perf_counter() + SETTLE_S
+            fn()
+            while time.perf_counter() < settle:
+                fn()
             for _ in range(block):
                 t0 = time.perf_counter()
                 fn()
