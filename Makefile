@@ -72,3 +72,14 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 bench: $(VENV)/.installed-bench
 	cd asv_bench && $(abspath $(BIN))/asv machine --yes > /dev/null \
 		&& $(abspath $(BIN))/asv run --python=same --quick --show-stderr
+
+# Lint and format check (STYLE.md: ruff, 88 columns). Not part of `make test`:
+# a new ruff release may add checks, and CI should fail on numbadam, not on that.
+.PHONY: lint
+$(VENV)/.installed-lint: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e ".[lint]"
+	touch $@
+
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

@@ -13,7 +13,7 @@ HERE = Path(__file__).resolve().parent
 # Document the checkout, not whatever numbadam happens to be installed.
 sys.path.insert(0, str(HERE.parent))
 
-import numbadam
+import numbadam  # noqa: E402  (after the path above)
 
 project = "numbadam"
 author = "numbadam developers"

@@ -66,7 +66,11 @@ def is_device_array(x: Any) -> bool:
         return True
 
 
-_COMPUTE = {"e": np.dtype(np.float32), "f": np.dtype(np.float32), "d": np.dtype(np.float64)}
+_COMPUTE = {
+    "e": np.dtype(np.float32),
+    "f": np.dtype(np.float32),
+    "d": np.dtype(np.float64),
+}
 
 
 def compute_dtype(dtype: Any) -> np.dtype:
@@ -200,7 +204,9 @@ class CPUBackend:
         if clipvalue is None and clipnorm is None:
             tr = self._identity.get(dtype.char)
             if tr is None:
-                tr = self._identity[dtype.char] = transform_scalars(dtype, None, None, None)
+                tr = self._identity[dtype.char] = transform_scalars(
+                    dtype, None, None, None
+                )
             return tr
         sumsq = None
         if clipnorm is not None:
@@ -211,7 +217,11 @@ class CPUBackend:
     # -- validation ---------------------------------------------------------
 
     def check_variable(self, var: Any, label: str) -> None:
-        if type(var) is np.ndarray and var.dtype in SUPPORTED_DTYPES and var.flags.writeable:
+        if (
+            type(var) is np.ndarray
+            and var.dtype in SUPPORTED_DTYPES
+            and var.flags.writeable
+        ):
             return  # the common case, cheaply (native float16/32/64 only)
         if not isinstance(var, np.ndarray):
             raise TypeError(
@@ -256,7 +266,9 @@ class CPUBackend:
         if g.ndim != 1:
             g = g.reshape(-1)
         if var.flags.c_contiguous:
-            return DenseWork(var, var if var.ndim == 1 else var.reshape(-1), g, False, label)
+            return DenseWork(
+                var, var if var.ndim == 1 else var.reshape(-1), g, False, label
+            )
         return DenseWork(var, np.ascontiguousarray(var).reshape(-1), g, True, label)
 
     def prepare_sparse(
@@ -327,8 +339,7 @@ class CPUBackend:
             )
         if idx.ndim != 1:
             raise ValueError(
-                f"IndexedSlices indices of {label} have shape {idx.shape}; "
-                "expected 1-D"
+                f"IndexedSlices indices of {label} have shape {idx.shape}; expected 1-D"
             )
         return idx
 

@@ -310,7 +310,9 @@ def _sparse_state(x: np.ndarray, warm: bool):
     return np.full_like(x, m0), np.full_like(x, v0)
 
 
-def _numbadam_sparse(rows: int, width: int, batches, vals, mode: str, warm: bool = False):
+def _numbadam_sparse(
+    rows: int, width: int, batches, vals, mode: str, warm: bool = False
+):
     x = _table(rows, width)
     opt = numbadam.Adam(1e-3, sparse_mode=mode)
     opt.build([x])
@@ -360,7 +362,8 @@ def _dense_case(n: int, quick: bool, torch, jo, amsgrad: bool = False) -> _Case:
     case.add("numpy", _median_time(_numpy_dense(n, amsgrad), max(3, r // 3)))
     if torch is not None:
         case.add(
-            "torch-foreach", _median_time(_torch_dense(torch, [n], "foreach", amsgrad), r)
+            "torch-foreach",
+            _median_time(_torch_dense(torch, [n], "foreach", amsgrad), r),
         )
     if jo is not None and not amsgrad:
         case.add("optax", _median_time(_optax_dense(jo, n), r))
@@ -369,7 +372,9 @@ def _dense_case(n: int, quick: bool, torch, jo, amsgrad: bool = False) -> _Case:
 
 def _overhead_case(quick: bool) -> _Case:
     case = _Case("fixed cost, one 10-element variable", 28 * 10, "Python + launch")
-    case.add("numbadam", _median_time(_numbadam_dense(10), 2000 if quick else 20000, 50))
+    case.add(
+        "numbadam", _median_time(_numbadam_dense(10), 2000 if quick else 20000, 50)
+    )
     return case
 
 
@@ -387,12 +392,19 @@ def _many_case(count: int, size: int, quick: bool, torch) -> _Case:
     arrays = [np.zeros(size, F32) for _ in range(count)]
     pairs = [(np.ones(size, F32), a) for a in arrays]
     opt2 = numbadam.Adam(1e-3)
-    case.add("numbadam-list", _median_time(lambda: opt2.apply_gradients(pairs), max(3, r // 4)))
+    case.add(
+        "numbadam-list",
+        _median_time(lambda: opt2.apply_gradients(pairs), max(3, r // 4)),
+    )
     if torch is not None:
         sizes = [size] * count
-        case.add("torch-fused", _median_time(_torch_dense(torch, sizes, "fused"), max(3, r // 4)))
         case.add(
-            "torch-foreach", _median_time(_torch_dense(torch, sizes, "foreach"), max(3, r // 4))
+            "torch-fused",
+            _median_time(_torch_dense(torch, sizes, "fused"), max(3, r // 4)),
+        )
+        case.add(
+            "torch-foreach",
+            _median_time(_torch_dense(torch, sizes, "foreach"), max(3, r // 4)),
         )
     return case
 
@@ -424,7 +436,9 @@ def _sparse_case(
     )
     case.add(
         "numpy-tf-style",
-        _median_time(_numpy_sparse_tf(rows, width, batches, vals, warm), max(3, r // 3)),
+        _median_time(
+            _numpy_sparse_tf(rows, width, batches, vals, warm), max(3, r // 3)
+        ),
     )
     case.add(
         "numpy-tf-literal",
@@ -453,7 +467,9 @@ def _lazy_case(
         r = _repeat_for(1e6, quick)
         fns = {"numbadam-lazy": _numbadam_sparse(rows, width, batches, vals, "lazy")}
         if torch is not None and rows <= 2_000_000:
-            fns["torch-SparseAdam"] = _torch_sparse_adam(torch, rows, width, batches, vals)
+            fns["torch-SparseAdam"] = _torch_sparse_adam(
+                torch, rows, width, batches, vals
+            )
         case.add_interleaved(fns, r)
         out.append(case)
     return out
@@ -467,7 +483,10 @@ def _threads_case(n: int, quick: bool) -> _Case:
         for t in sorted({1, before}):
             numbadam.set_num_threads(t)
             case.add_interleaved(
-                {f"numbadam-{t}-thread": _numbadam_dense(n), f"probe-{t}-thread": _probe(n)},
+                {
+                    f"numbadam-{t}-thread": _numbadam_dense(n),
+                    f"probe-{t}-thread": _probe(n),
+                },
                 r,
             )
     finally:
@@ -496,7 +515,9 @@ def _compile_case() -> _Case:
     return case
 
 
-def run(quick: bool = False, progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+def run(
+    quick: bool = False, progress: Optional[Callable[[str], None]] = None
+) -> Dict[str, Any]:
     """Run every case and return the results and the goal ratios as a dict.
 
     Parameters
@@ -525,7 +546,9 @@ def run(quick: bool = False, progress: Optional[Callable[[str], None]] = None) -
     plan.append(lambda: _sparse_case(rows, 64, 4096, quick, torch, warm=True))
     lazy_rows = [10**4, 10**6] if quick else [10**5, 10**6, 10**7]
     plan.append(lambda: _lazy_case(lazy_rows, 64, 4096, quick, torch, rotate=False))
-    plan.append(lambda: _lazy_case([lazy_rows[-2]], 64, 4096, quick, torch, rotate=True))
+    plan.append(
+        lambda: _lazy_case([lazy_rows[-2]], 64, 4096, quick, torch, rotate=True)
+    )
     plan.append(lambda: _threads_case(10**7, quick))
     plan.append(_compile_case)
     for item in plan:
@@ -552,7 +575,9 @@ def _goals(cases: List[_Case]) -> List[Dict[str, Any]]:
     goals: List[Dict[str, Any]] = []
 
     def add(case: str, text: str, val: float, target: float, met: bool) -> None:
-        goals.append({"case": case, "goal": text, "ratio": val, "target": target, "met": met})
+        goals.append(
+            {"case": case, "goal": text, "ratio": val, "target": target, "met": met}
+        )
 
     def ratio(case: _Case, a: str, b: str, target: float, text: str) -> None:
         # time of b over time of a: how many times faster a is
@@ -573,7 +598,13 @@ def _goals(cases: List[_Case]) -> List[Dict[str, Any]]:
             t = c.times["numbadam"]
             add(c.name, "fixed cost < 10 us", t * 1e6, 10.0, t < 10e-6)
         elif "variables" in c.name:
-            ratio(c, "numbadam-buffer", "torch-fused", 10.0, "speed-up vs torch fused >= 10")
+            ratio(
+                c,
+                "numbadam-buffer",
+                "torch-fused",
+                10.0,
+                "speed-up vs torch fused >= 10",
+            )
             ratio(c, "numbadam-buffer", "probe", 1 / 1.5,
                   "probe/numbadam >= 1/1.5 (within 1.5x of one pass)")  # fmt: skip
         elif c.name.startswith("sparse TF"):
@@ -581,14 +612,29 @@ def _goals(cases: List[_Case]) -> List[Dict[str, Any]]:
                   "speed-up vs NumPy TF-style (TF's ops) >= 6")  # fmt: skip
             ratio(c, "numbadam", "numpy-tf-style", 6.0,
                   "speed-up vs NumPy TF-style with out= buffers >= 6")  # fmt: skip
-            ratio(c, "numbadam", "numbadam-dense-step", 1 / 1.1, "within 1.1x of the dense step")
+            ratio(
+                c,
+                "numbadam",
+                "numbadam-dense-step",
+                1 / 1.1,
+                "within 1.1x of the dense step",
+            )
         elif c.name.startswith("sparse lazy"):
-            ratio(c, "numbadam-lazy", "torch-SparseAdam", 4.0, "speed-up vs torch SparseAdam >= 4")
-    lazy = [c for c in cases if c.name.startswith("sparse lazy") and "one batch" in c.name]
+            ratio(
+                c,
+                "numbadam-lazy",
+                "torch-SparseAdam",
+                4.0,
+                "speed-up vs torch SparseAdam >= 4",
+            )
+    lazy = [
+        c for c in cases if c.name.startswith("sparse lazy") and "one batch" in c.name
+    ]
     if len(lazy) >= 2:
         t0, t1 = lazy[0].times["numbadam-lazy"], lazy[-1].times["numbadam-lazy"]
-        add(f"{lazy[0].name} vs {lazy[-1].name}", "lazy cost independent of rows (<= 1.3x)",
-            t1 / t0, 1.3, t1 / t0 <= 1.3)  # fmt: skip
+        add(f"{lazy[0].name} vs {lazy[-1].name}",
+            "lazy cost independent of rows (<= 1.3x)", t1 / t0, 1.3,
+            t1 / t0 <= 1.3)  # fmt: skip
     return goals
 
 
@@ -597,15 +643,18 @@ def format_report(result: Dict[str, Any]) -> str:
     lines = []
     mach = result["machine"]
     lines.append(
-        f"numbadam {mach['numbadam']} | numpy {mach['numpy']} | torch {mach['torch']} | "
-        f"optax {mach['optax']} | {mach['threads']} threads | quick={mach['quick']}"
+        f"numbadam {mach['numbadam']} | numpy {mach['numpy']} | "
+        f"torch {mach['torch']} | optax {mach['optax']} | "
+        f"{mach['threads']} threads | quick={mach['quick']}"
     )
     for c in result["cases"]:
         lines.append("")
         lines.append(f"== {c['case']}  ({c['note']})")
-        ref = c["median_s"].get("numbadam") or c["median_s"].get("numbadam-buffer") or c[
-            "median_s"
-        ].get("numbadam-lazy")
+        ref = (
+            c["median_s"].get("numbadam")
+            or c["median_s"].get("numbadam-buffer")
+            or c["median_s"].get("numbadam-lazy")
+        )
         for impl, t in c["median_s"].items():
             if c["bytes"] == 0:
                 lines.append(f"  {impl:22s} {t:10.3f} s")

@@ -292,7 +292,9 @@ class OptimizerV2:
     @iterations.setter
     def iterations(self, value: Any) -> None:
         if not _is_number(value) or float(value) != int(value) or int(value) < 0:
-            raise ValueError(f"iterations must be a non-negative integer, got {value!r}")
+            raise ValueError(
+                f"iterations must be a non-negative integer, got {value!r}"
+            )
         self.iterations[...] = int(value)
 
     @property
@@ -315,12 +317,22 @@ class OptimizerV2:
         if isinstance(var, np.ndarray):
             if var.size == 0:  # empty views may share an address; nothing aliases
                 return ("obj", id(var))
-            return ("cpu", var.__array_interface__["data"][0], var.shape, var.strides,
-                    var.dtype.str)
+            return (
+                "cpu",
+                var.__array_interface__["data"][0],
+                var.shape,
+                var.strides,
+                var.dtype.str,
+            )
         cai = getattr(var, "__cuda_array_interface__", None)
         if cai is not None and all(cai["shape"]):
-            return ("cuda", cai["data"][0], tuple(cai["shape"]), cai.get("strides"),
-                    cai["typestr"])
+            return (
+                "cuda",
+                cai["data"][0],
+                tuple(cai["shape"]),
+                cai.get("strides"),
+                cai["typestr"],
+            )
         return ("obj", id(var))
 
     def add_slot(self, var: Any, slot_name: str, initializer: Any = "zeros") -> Any:
@@ -390,8 +402,10 @@ class OptimizerV2:
         step = 0 if self._iterations is None else int(self._iterations)
         coefs = self._prepare_step(step, {buf.data.dtype})
         required = self._required_slots()
-        if self._iterations is None or not self._hypers_created or any(
-            name not in state.flat for name in required
+        if (
+            self._iterations is None
+            or not self._hypers_created
+            or any(name not in state.flat for name in required)
         ):
             self._create_all_weights(list(buf.params))
         self._apply(False, work, backend, state.flat, coefs)
@@ -469,8 +483,10 @@ class OptimizerV2:
         numpy.ndarray
         """
         dtype = np.dtype(np.float32 if dtype is None else dtype)
-        shape = tuple(int(s) for s in np.atleast_1d(shape)) if np.ndim(shape) else (
-            () if shape == () or shape is None else (int(shape),)
+        shape = (
+            tuple(int(s) for s in np.atleast_1d(shape))
+            if np.ndim(shape)
+            else (() if shape == () or shape is None else (int(shape),))
         )
         return self._initial_value(initializer, shape, dtype)
 
@@ -653,9 +669,13 @@ class OptimizerV2:
             if g is None:
                 skipped.append(label)
             elif isinstance(g, IndexedSlices):
-                live.append((True, backend.prepare_sparse(v, g, label), backend, v, entry))
+                live.append(
+                    (True, backend.prepare_sparse(v, g, label), backend, v, entry)
+                )
             else:
-                live.append((False, backend.prepare_dense(v, g, label), backend, v, entry))
+                live.append(
+                    (False, backend.prepare_dense(v, g, label), backend, v, entry)
+                )
         if not live:
             names = [str(x) for x in skipped]
             raise ValueError(f"No gradients provided for any variable: {names}.")
@@ -707,7 +727,9 @@ class OptimizerV2:
         value, grads = out
         grads = list(grads)
         if len(grads) != n:
-            raise ValueError(f"loss() returned {len(grads)} gradients for {n} parameters")
+            raise ValueError(
+                f"loss() returned {len(grads)} gradients for {n} parameters"
+            )
         return value, grads
 
     def get_gradients(self, loss: Callable, params: Sequence[Any]) -> List[Any]:
@@ -804,7 +826,9 @@ class OptimizerV2:
                 "device before minimize (or fold grad_loss into the loss callable)"
             )
         if isinstance(g, IndexedSlices):
-            return IndexedSlices(np.asarray(g.values) * factor, g.indices, g.dense_shape)
+            return IndexedSlices(
+                np.asarray(g.values) * factor, g.indices, g.dense_shape
+            )
         return g * factor
 
     # ------------------------------------------------------------------

@@ -213,7 +213,8 @@ def assert_bitwise(actual: Any, expected: Any, what: str = "") -> None:
         diff = np.flatnonzero(a.reshape(-1) != e.reshape(-1))
         raise AssertionError(
             f"{what}: not bitwise equal at {diff.size} entries, e.g. flat index "
-            f"{diff[:5].tolist()}: {a.reshape(-1)[diff[:3]]} vs {e.reshape(-1)[diff[:3]]}"
+            f"{diff[:5].tolist()}: {a.reshape(-1)[diff[:3]]} vs "
+            f"{e.reshape(-1)[diff[:3]]}"
         )
 
 

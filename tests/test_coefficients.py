@@ -40,7 +40,9 @@ def test_coefficients_bitwise(c, lr, b1, b2, eps, decay, step):
         # a value of c exactly (the kernels' c-typed arguments take it unrounded)
         assert np.isnan(g) or c(g) == g, (got, want)
         assert type(w) is c
-        assert (np.isnan(g) and np.isnan(w)) or (c(g) == w and np.signbit(g) == np.signbit(w)), (
+        assert (np.isnan(g) and np.isnan(w)) or (
+            c(g) == w and np.signbit(g) == np.signbit(w)
+        ), (
             got,
             want,
         )

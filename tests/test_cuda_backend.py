@@ -79,7 +79,8 @@ def assert_same_bits(actual, expected, what=""):
     ie = np.ascontiguousarray(e[~ne]).view(f"u{e.itemsize}")
     diff = np.flatnonzero(ia != ie)
     assert diff.size == 0, (
-        f"{what}: {diff.size} entries differ, e.g. {a[~na][diff[:3]]} vs {e[~ne][diff[:3]]}"
+        f"{what}: {diff.size} entries differ, e.g. {a[~na][diff[:3]]} vs "
+        f"{e[~ne][diff[:3]]}"
     )
 
 

@@ -14,9 +14,9 @@ import pytest
 from numbadam.cli import main
 from numbadam.demo.recommender import RecommenderSettings, train_recommender
 
-MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which(
-    "mpiexec"
-)
+MPIEXEC = shutil.which(
+    "mpiexec", path=str(Path(sys.executable).parent)
+) or shutil.which("mpiexec")
 KEYS = {"mode", "ranks", "epoch_train_loss", "epoch_rmse", "baseline_rmse"}
 
 

@@ -270,7 +270,7 @@ def test_sharded_adam_lazy_sparse_mode_matches_adam():
     a = numbadam.Adam(learning_rate=0.1, sparse_mode="lazy")
     b = ShardedAdam(learning_rate=0.1, sparse_mode="lazy", comm="self")
     c = ShardedAdam(learning_rate=0.1, sparse_mode="lazy", comm="self")
-    for step in range(3):
+    for _ in range(3):
         g = IndexedSlices(
             rng.standard_normal((3, 4)).astype(np.float32),
             rng.integers(0, 9, 3),

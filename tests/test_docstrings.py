@@ -163,7 +163,7 @@ def _public_members(cls):
 )
 def test_members_have_docstrings(cls):
     missing = []
-    for name, member in _public_members(cls):
+    for name, _member in _public_members(cls):
         # getdoc falls back to the docstring of the same name on a base class.
         doc = inspect.getdoc(getattr(cls, name))
         if not (doc or "").strip():

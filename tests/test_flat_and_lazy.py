@@ -122,7 +122,9 @@ def test_buffer_from_arrays_and_mixed_use():
     # the same views may also be passed one by one; slots are shared
     g0 = np.full((2, 3), 1.0)
     opt.apply_gradients([(g0, buf.params[0])])
-    assert opt.get_slot(buf.params[0], "m").base is opt.get_slot(buf.params[1], "m").base
+    assert (
+        opt.get_slot(buf.params[0], "m").base is opt.get_slot(buf.params[1], "m").base
+    )
     assert int(opt.iterations) == 2
 
 

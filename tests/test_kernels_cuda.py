@@ -87,7 +87,8 @@ def bits(a):
 
 
 def assert_same_bits(actual, expected, what=""):
-    """Bitwise equal, except that any NaN matches any NaN (payloads differ by target)."""
+    """Bitwise equal, except that any NaN matches any NaN (payloads differ by
+    target)."""
     a, e = np.asarray(actual), np.asarray(expected)
     assert a.dtype == e.dtype and a.shape == e.shape, what
     nan_a, nan_e = np.isnan(a), np.isnan(e)
@@ -97,7 +98,8 @@ def assert_same_bits(actual, expected, what=""):
         i = np.flatnonzero(~ok)[:3]
         raise AssertionError(
             f"{what}: {np.count_nonzero(~ok)} entries differ, e.g. "
-            f"{a.reshape(-1)[~nan_a.reshape(-1)][i]} vs {e.reshape(-1)[~nan_e.reshape(-1)][i]}"
+            f"{a.reshape(-1)[~nan_a.reshape(-1)][i]} vs "
+            f"{e.reshape(-1)[~nan_e.reshape(-1)][i]}"
         )
 
 
@@ -554,7 +556,9 @@ _PTX_CHECK = textwrap.dedent(
         sys.exit(0)
     from numbadam.kernels import cuda as kc
 
-    sigs = [(n, s) for n, per in kc.SIGNATURES.items() for ss in per.values() for s in ss]
+    sigs = [
+        (n, s) for n, per in kc.SIGNATURES.items() for ss in per.values() for s in ss
+    ]
     sigs += [(n, s) for n, ss in kc.SHARED_SIGNATURES.items() for s in ss]
     for name, sig in sigs:
         ptx, _ = compiler.compile_ptx(getattr(kc, name).py_func, sig, cc=(8, 0))

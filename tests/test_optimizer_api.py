@@ -531,7 +531,7 @@ def test_get_updates_clips_once():
     # and a reference step from the once-clipped gradients agrees
     c = [np.zeros(3), np.zeros((1, 2))]
     oc = numbadam.Adam(0.1)
-    for k in range(3):
+    for _ in range(3):
         grads = [clip_ref(g, None, 1.0) for g in _quadratic(c, t)()[1]]
         oc.apply_gradients(zip(grads, c))
     for x, y in zip(a, c):

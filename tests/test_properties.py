@@ -230,7 +230,9 @@ def test_zero_state_stretches_equal_dense_zero_filled(backend):
                 od.apply_gradients([(to_device(dense, backend), wd)])
         _assert_bitwise_nan_aside(ws, wd, "var")
         for name in os_.get_slot_names():
-            _assert_bitwise_nan_aside(os_.get_slot(ws, name), od.get_slot(wd, name), name)
+            _assert_bitwise_nan_aside(
+                os_.get_slot(ws, name), od.get_slot(wd, name), name
+            )
 
     prop()
 

@@ -27,8 +27,7 @@ NNZ = 10_000  # looked-up rows per sparse step (with duplicates)
 def _cuda():
     """``numba.cuda`` on a real GPU, or ``NotImplementedError`` (asv skips)."""
     try:
-        from numba import config
-        from numba import cuda
+        from numba import config, cuda
     except ImportError as exc:
         raise NotImplementedError(f"numba-cuda is not installed: {exc}") from None
     if config.ENABLE_CUDASIM:

@@ -70,7 +70,9 @@ class Probe:
     def setup(self, pattern, threads):
         _use_threads(threads)
         n = 10_000_000
-        self.arrays = [np.ones(n, np.float32) for _ in range(4 if pattern == "4r3w" else 5)]
+        self.arrays = [
+            np.ones(n, np.float32) for _ in range(4 if pattern == "4r3w" else 5)
+        ]
         self.kernel = probe.triad_4r3w if pattern == "4r3w" else probe.triad_5r4w
         self.kernel(*self.arrays, _config.CPU_BLOCK)
 

@@ -364,7 +364,11 @@ _SKIP_CHUNK = 256  # elements checked at once: 1 KB of float32 per array
 def _zero_rows_stay(alpha, omb1, omb2, eps):
     inf = np.inf
     return (
-        alpha > 0 and alpha < inf and eps > 0 and -inf < omb1 < inf and -inf < omb2 < inf
+        alpha > 0
+        and alpha < inf
+        and eps > 0
+        and -inf < omb1 < inf
+        and -inf < omb2 < inf
     )
 
 
@@ -694,7 +698,7 @@ def adam_lazy_sparse_cpu(
             a = indices[order[starts[q]]] * width
             e = a + width
             o = max(at[q], 0)  # (-1: a single row, which needs no scratch)
-            acc = scratch[o:o + width]
+            acc = scratch[o : o + width]
             _lazy_group(var[a:e], m[a:e], v[a:e], values, order, starts[q],
                         starts[q + 1], acc, lo, hi, mul, div, alpha, omb1, omb2,
                         eps)  # fmt: skip
@@ -720,7 +724,7 @@ def amsgrad_lazy_sparse_cpu(
             a = indices[order[starts[q]]] * width
             e = a + width
             o = max(at[q], 0)
-            acc = scratch[o:o + width]
+            acc = scratch[o : o + width]
             _lazy_group_ams(var[a:e], m[a:e], v[a:e], vhat[a:e], values, order,
                             starts[q], starts[q + 1], acc, lo, hi, mul, div, alpha,
                             omb1, omb2, eps)  # fmt: skip
@@ -921,12 +925,18 @@ def _signatures(storage):
         "amsgrad_sparse_cpu": [ams_sparse],
         "adam_lazy_sparse_cpu": [
             (W, W, W, _arr(it, readonly=True), _arr(s, 2, readonly=True))
-            + (c,) * 4 + (i64,) + (c,) * 4 + (i64,)
+            + (c,) * 4
+            + (i64,)
+            + (c,) * 4
+            + (i64,)
             for it in (types.int32, types.int64)
         ],
         "amsgrad_lazy_sparse_cpu": [
             (W, W, W, W, _arr(it, readonly=True), _arr(s, 2, readonly=True))
-            + (c,) * 4 + (i64,) + (c,) * 4 + (i64,)
+            + (c,) * 4
+            + (i64,)
+            + (c,) * 4
+            + (i64,)
             for it in (types.int32, types.int64)
         ],
         "sum_duplicate_rows_cpu": dedup,

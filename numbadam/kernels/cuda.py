@@ -340,7 +340,13 @@ def _zero_rows_stay(alpha, omb1, omb2, eps):
     # As the CPU kernels: with these scalars, an element without gradient whose
     # m and v (and vhat) are +0.0 keeps every bit, so it need not be written.
     inf = math.inf
-    return alpha > 0 and alpha < inf and eps > 0 and -inf < omb1 < inf and -inf < omb2 < inf
+    return (
+        alpha > 0
+        and alpha < inf
+        and eps > 0
+        and -inf < omb1 < inf
+        and -inf < omb2 < inf
+    )
 
 
 @cuda.jit(device=True)
@@ -388,7 +394,13 @@ def amsgrad_sparse_cuda(
         g = _row_gradient(e, width, keys, pos, nkeys, values, lo, hi, mul, div, zero)
         m0, v0 = _widen(m[e]), _widen(v[e])
         hv = _widen(vhat[e])
-        if skip and g == 0 and _is_pos_zero(m0) and _is_pos_zero(v0) and _is_pos_zero(hv):
+        if (
+            skip
+            and g == 0
+            and _is_pos_zero(m0)
+            and _is_pos_zero(v0)
+            and _is_pos_zero(hv)
+        ):
             continue
         _amsgrad_update(var, m, v, vhat, e, g, m0, v0, hv, alpha, omb1, omb2, eps)
 

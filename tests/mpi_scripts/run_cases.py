@@ -16,6 +16,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import distributed_cases as cases  # noqa: E402
+
 from numbadam.distributed import (  # noqa: E402
     get_communicator,
     train_embedding_distributed,
