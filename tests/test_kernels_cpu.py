@@ -767,3 +767,38 @@ def test_cold_cache_compile_order(tmp_path):
     )
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", tail
+
+
+def test_every_kernel_is_cached_on_disk(tmp_path):
+    """Each kernel's compiled code lands in Numba's on-disk cache, so a second
+    process loads it instead of compiling (a kernel that reads a dynamic global,
+    e.g. calls ``numba.get_num_threads()``, silently is not cached). One dtype,
+    in a subprocess with a fresh ``NUMBA_CACHE_DIR``."""
+    script = textwrap.dedent(
+        """
+        import warnings
+        import numpy as np
+        from numba.core.errors import NumbaWarning
+        from numbadam.kernels import cpu
+
+        warnings.simplefilter("error", NumbaWarning)
+        for name, per_dtype in cpu.SIGNATURES.items():
+            dtype = np.dtype(np.int64 if name == "index_range_cpu" else np.float32)
+            cpu.ensure_compiled(getattr(cpu, name), dtype)
+        print("ok")
+        """
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", tail
+    indexed = {p.name.split("-")[0] for p in tmp_path.rglob("cpu.*.nbi")}
+    for name in KERNELS:
+        assert f"cpu.{name}" in indexed, f"{name} has no on-disk cache index"
