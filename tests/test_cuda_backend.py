@@ -726,3 +726,34 @@ def test_torch_cuda_tensors(cuda):
     ref = var0.copy()
     numbadam.Adam(0.1).apply_gradients([(g, ref)])
     assert_same_bits(w.cpu().numpy(), ref)
+
+
+def test_gpu_report_smoke(cuda, tmp_path):
+    """``asv_bench/gpu_report.py``, the one command for a lent GPU, runs every
+    case end to end (tiny sizes; the timings mean nothing here) and its check
+    finds the GPU's steps bitwise equal to the CPU's."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "asv_bench" / "gpu_report.py"
+    spec = importlib.util.spec_from_file_location("gpu_report", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "gpu.json"
+    assert mod.main(["--smoke", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["errors"] == []
+    cases = {(r["case"], r["impl"]) for r in data["rows"]}
+    for case in [
+        ("copy", "numba copy_to_device"),
+        ("dense", "numbadam"),
+        ("amsgrad", "numbadam"),
+        ("sparse TF rule", "numbadam"),
+        ("sparse TF rule", "numbadam dense step, same table"),
+        ("sparse lazy", "numbadam"),
+        ("launch, 10 elements", "numbadam"),
+    ]:
+        assert case in cases, case
+    check = [g for g in data["goals"] if g["goal"].startswith("GPU == CPU")]
+    assert check and check[0]["met"], data["goals"]
