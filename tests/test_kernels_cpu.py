@@ -729,6 +729,22 @@ def test_signatures_do_not_grow():
     assert after == counts
 
 
+def _run_with_fresh_cache(script, cache_dir):
+    """Run ``script`` in a new Python with ``NUMBA_CACHE_DIR=cache_dir`` (so no
+    earlier run's on-disk cache hides anything); it must print ``ok``."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", tail
+
+
 def test_cold_cache_compile_order(tmp_path):
     """With an empty Numba cache, the order in which dtypes and paths are first
     used must not matter: a small float16 variable (serial kernel) first, then
@@ -756,17 +772,7 @@ def test_cold_cache_compile_order(tmp_path):
         print("ok")
         """
     )
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", tail
+    _run_with_fresh_cache(script, tmp_path)
 
 
 def test_every_kernel_is_cached_on_disk(tmp_path):
@@ -782,23 +788,13 @@ def test_every_kernel_is_cached_on_disk(tmp_path):
         from numbadam.kernels import cpu
 
         warnings.simplefilter("error", NumbaWarning)
-        for name, per_dtype in cpu.SIGNATURES.items():
+        for name in cpu.SIGNATURES:
             dtype = np.dtype(np.int64 if name == "index_range_cpu" else np.float32)
             cpu.ensure_compiled(getattr(cpu, name), dtype)
         print("ok")
         """
     )
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", tail
+    _run_with_fresh_cache(script, tmp_path)
     indexed = {p.name.split("-")[0] for p in tmp_path.rglob("cpu.*.nbi")}
     for name in KERNELS:
         assert f"cpu.{name}" in indexed, f"{name} has no on-disk cache index"
