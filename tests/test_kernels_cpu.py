@@ -639,7 +639,7 @@ def test_lazy_kernel_bitwise_any_worker_count(
     coef = (c(0.01), c(0.1), c(0.001), c(1e-7))
     want = _lazy_numpy(dtype, x, m, v, h, idx, vals, tr, coef)
     name = "amsgrad_lazy_sparse_cpu" if ams else "adam_lazy_sparse_cpu"
-    for nt in (1, 2, 3, 5):  # workers the rows are dealt to
+    for nt in (1, 2, 3, 5, 0):  # workers the rows are dealt to (0 taken as 1)
         got = [a.copy() for a in (x, m, v, h) if a is not None]
         flat = [kview(a).reshape(-1) for a in got]
         maxkey = int(idx.max()) if k else 0

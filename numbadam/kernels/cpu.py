@@ -690,6 +690,7 @@ def adam_lazy_sparse_cpu(
     width = values.shape[1]
     order, starts, u = _groups(indices, maxkey)
     at, scratch = _dup_scratch(starts, u, width, alpha)
+    nt = max(nt, 1)
     for c in prange(nt):  # round-robin groups (see above)
         for q in range(c, u, nt):
             ahead = q + _PREFETCH_GROUPS * nt
@@ -715,6 +716,7 @@ def amsgrad_lazy_sparse_cpu(
     width = values.shape[1]
     order, starts, u = _groups(indices, maxkey)
     at, scratch = _dup_scratch(starts, u, width, alpha)
+    nt = max(nt, 1)
     for c in prange(nt):
         for q in range(c, u, nt):
             ahead = q + _PREFETCH_GROUPS * nt
@@ -822,6 +824,7 @@ def sum_duplicate_rows_cpu(
     order, starts, u = _groups(indices, maxkey)  # stable: appearance order
     for q in range(u):
         out_indices[q] = indices[order[starts[q]]]
+    nt = max(nt, 1)
     for c in prange(nt):  # round-robin groups (see above)
         for q in range(c, u, nt):
             _group_grad(out_values[q], values, order, starts[q], starts[q + 1], lo,
