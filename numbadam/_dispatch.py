@@ -375,7 +375,11 @@ class CPUBackend:
         if n == 0:
             return
         dtype = x.dtype
-        tr = self._transform(dtype, clipvalue, clipnorm, g)
+        tr = None
+        if clipvalue is None and clipnorm is None:  # (skip a call: the common case)
+            tr = self._identity.get(dtype.char)
+        if tr is None:
+            tr = self._transform(dtype, clipvalue, clipnorm, g)
         mf = m if m.ndim == 1 else m.reshape(-1)
         vf = v if v.ndim == 1 else v.reshape(-1)
         if dtype.char == "e":
@@ -453,6 +457,8 @@ _CUDA: Any = None
 def backend_for(var: Any):
     """The backend that owns ``var``: CPU for NumPy arrays, CUDA for device arrays."""
     global _CPU, _CUDA
+    if type(var) is np.ndarray and _CPU is not None:  # the common case, cheaply
+        return _CPU
     if is_device_array(var):
         if _CUDA is None:
             from ._dispatch_cuda import CUDABackend  # imports numba.cuda lazily

@@ -41,6 +41,48 @@ def _scalars64(lr, b1, b2, eps, decay, step):
     return alpha, 1.0 - b1c, 1.0 - b2c, np.float64(eps)
 
 
+@njit(cache=True, error_model="numpy")
+def _alphas32(lr, b1, b2, eps, decay, step, out):
+    # _scalars32's alpha for steps step, step + 1, ... (float32 values in float64)
+    for i in range(out.shape[0]):
+        out[i] = _scalars32(lr, b1, b2, eps, decay, step + i)[0]
+
+
+@njit(cache=True, error_model="numpy")
+def _alphas64(lr, b1, b2, eps, decay, step, out):
+    for i in range(out.shape[0]):
+        out[i] = _scalars64(lr, b1, b2, eps, decay, step + i)[0]
+
+
+def _same_objects(a: tuple, b: tuple) -> bool:
+    # (five hyperparameters; unrolled: a generator costs more than the lookup)
+    return (
+        a[0] is b[0] and a[1] is b[1] and a[2] is b[2] and a[3] is b[3] and a[4] is b[4]
+    )
+
+
+#: Steps of scalars computed at once while the hyperparameters stay the same.
+COEFFICIENT_BLOCK = 64
+
+
+def _coefficient_block(c, lr32, b1_32, b2_32, eps, decay, step, count):
+    """``[_coefficients(c, ..., step + i) for i in range(count)]``, bit for bit,
+    from one compiled call: only ``alpha`` depends on the step."""
+    if type(eps) is not float:
+        eps = float(eps)
+    d32 = float(np.float32(decay)) if decay > 0 else 0.0
+    f = _scalars64 if c is np.float64 else _scalars32
+    first = f(lr32, b1_32, b2_32, eps, d32, step)
+    if count == 1:
+        return [AdamCoefficients(*first)]
+    alphas = np.empty(count)
+    (_alphas64 if c is np.float64 else _alphas32)(
+        lr32, b1_32, b2_32, eps, d32, step, alphas
+    )
+    _, omb1, omb2, e = first
+    return [AdamCoefficients(a, omb1, omb2, e) for a in alphas.tolist()]
+
+
 def _coefficients(c, lr32, b1_32, b2_32, eps, decay, step) -> AdamCoefficients:
     """TF's ``_prepare_local`` for compute type ``c`` (np.float32 or np.float64).
 
@@ -54,11 +96,7 @@ def _coefficients(c, lr32, b1_32, b2_32, eps, decay, step) -> AdamCoefficients:
     casts them to ``c``): building four NumPy scalars would cost more than
     the arithmetic.
     """
-    if type(eps) is not float:
-        eps = float(eps)
-    d32 = float(np.float32(decay)) if decay > 0 else 0.0
-    f = _scalars64 if c is np.float64 else _scalars32
-    return AdamCoefficients(*f(lr32, b1_32, b2_32, eps, d32, step))
+    return _coefficient_block(c, lr32, b1_32, b2_32, eps, decay, step, 1)[0]
 
 
 _SPARSE_MODES = ("dense", "lazy")
@@ -158,6 +196,7 @@ class Adam(OptimizerV2):
                 f"sparse_mode must be one of {_SPARSE_MODES}, got {sparse_mode!r}"
             )
         self.sparse_mode = sparse_mode
+        self._coef_blocks: Dict[Any, Any] = {}  # compute dtype -> (hypers, step, list)
         self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
         self._set_hyper("decay", self._initial_decay)
         self._set_hyper("beta_1", beta_1)
@@ -229,9 +268,14 @@ class Adam(OptimizerV2):
 
     def _prepare_step(self, step: int, dtypes: set) -> Dict[Any, AdamCoefficients]:
         """Per-step scalars by storage dtype, as TF's ``_prepare_local``."""
-        lr32 = self._hyper_value("learning_rate", step)
-        b1_32 = self._hyper_value("beta_1", step)
-        b2_32 = self._hyper_value("beta_2", step)
+        hyper = self._hyper  # (float32 values need no evaluation: the common case)
+        lr32, b1_32, b2_32 = hyper["learning_rate"], hyper["beta_1"], hyper["beta_2"]
+        if type(lr32) is not np.float32:
+            lr32 = self._hyper_value("learning_rate", step)
+        if type(b1_32) is not np.float32:
+            b1_32 = self._hyper_value("beta_1", step)
+        if type(b2_32) is not np.float32:
+            b2_32 = self._hyper_value("beta_2", step)
         eps = self.epsilon
         if type(eps) is not float:  # (the common case skips these checks)
             if callable(eps):
@@ -246,11 +290,28 @@ class Adam(OptimizerV2):
             cdt = _dispatch.compute_dtype(dtype)
             coef = by_compute.get(cdt)
             if coef is None:
-                coef = by_compute[cdt] = _coefficients(
-                    cdt.type, lr32, b1_32, b2_32, eps, decay, step
-                )
+                hyp = (lr32, b1_32, b2_32, eps, decay)
+                coef = by_compute[cdt] = self._coefficients_at(cdt, hyp, step)
             out[dtype] = coef
         return out
+
+    def _coefficients_at(
+        self, cdt: np.dtype, hyp: tuple, step: int
+    ) -> AdamCoefficients:
+        # While the hyperparameters are the very objects of the last step (fixed
+        # floats; a callable or schedule returns new ones), the scalars of the
+        # next COEFFICIENT_BLOCK steps come from one compiled call, the same bits
+        # as step by step, and a step takes its own from the list.
+        block = self._coef_blocks.get(cdt)
+        count = 1
+        if block is not None and _same_objects(block[0], hyp):
+            i = step - block[1]
+            if 0 <= i < len(block[2]):
+                return block[2][i]
+            count = COEFFICIENT_BLOCK
+        coefs = _coefficient_block(cdt.type, *hyp, step, count)
+        self._coef_blocks[cdt] = (hyp, step, coefs)
+        return coefs[0]
 
     def _apply(self, sparse: bool, work: Any, backend: Any, slots: Dict, state: Any):
         coef = state[work.flat.dtype]

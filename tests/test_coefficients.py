@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from numbadam.adam import _coefficients
+import numbadam
+from numbadam.adam import _coefficient_block, _coefficients
 
 
 def numpy_scalars(c, lr32, b1_32, b2_32, eps, decay, step):
@@ -46,3 +47,51 @@ def test_coefficients_bitwise(c, lr, b1, b2, eps, decay, step):
             got,
             want,
         )
+
+
+def _bits(coef):
+    return [np.float64(x).tobytes() for x in coef]
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    c=st.sampled_from([np.float32, np.float64]),
+    lr=st.floats(1e-8, 10.0),
+    b1=st.floats(0.0, 1.0),
+    b2=st.floats(0.0, 1.0),
+    decay=st.one_of(st.just(0.0), st.floats(0.0, 1.0)),
+    step=st.one_of(st.integers(0, 100), st.integers(0, 10**8)),
+    count=st.integers(1, 70),
+)
+def test_coefficient_block_equals_step_by_step(c, lr, b1, b2, decay, step, count):
+    args = (np.float32(lr), np.float32(b1), np.float32(b2), 1e-7, decay)
+    block = _coefficient_block(c, *args, step, count)
+    assert len(block) == count
+    for i, coef in enumerate(block):
+        assert _bits(coef) == _bits(_coefficients(c, *args, step + i)), i
+
+
+def test_optimizer_scalars_follow_steps_and_changes():
+    # The optimizer reuses a block of precomputed scalars while its
+    # hyperparameters stay the same objects: every step, jump, and change of a
+    # hyperparameter must still give the step-by-step scalars, bit for bit.
+    opt = numbadam.Adam(0.01, beta_1=0.8, decay=0.01)
+    opt.apply_gradients([(np.ones(3, np.float32), np.zeros(3, np.float32))])
+    dtypes = {np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)}
+    steps = list(range(0, 140)) + [3, 2, 500, 5, 5, 10**7, 6]
+    for n, step in enumerate(steps):
+        if n == 90:
+            opt.learning_rate = 0.02
+        if n == 100:
+            opt.epsilon = 1e-3
+        if n == 110:
+            opt.decay = 0.0
+        if n == 120:
+            opt.beta_2 = lambda: 0.99  # a callable: new objects every step
+        got = opt._prepare_step(step, dtypes)
+        hyp = [np.float32(opt._hyper_value(k, step)) for k in ("learning_rate",
+               "beta_1", "beta_2")]  # fmt: skip
+        for dt in dtypes:
+            c = np.float64 if dt == np.float64 else np.float32
+            want = _coefficients(c, *hyp, opt.epsilon, opt.decay, step)
+            assert _bits(got[dt]) == _bits(want), (n, step, dt)
