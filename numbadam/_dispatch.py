@@ -375,11 +375,7 @@ class CPUBackend:
         if n == 0:
             return
         dtype = x.dtype
-        tr = None
-        if clipvalue is None and clipnorm is None:  # (skip a call: the common case)
-            tr = self._identity.get(dtype.char)
-        if tr is None:
-            tr = self._transform(dtype, clipvalue, clipnorm, g)
+        tr = self._transform(dtype, clipvalue, clipnorm, g)
         mf = m if m.ndim == 1 else m.reshape(-1)
         vf = v if v.ndim == 1 else v.reshape(-1)
         if dtype.char == "e":
