@@ -7,7 +7,7 @@ from typing import Any, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-from ._dispatch import check_float_dtype
+from ._backend import check_float_dtype
 
 __all__ = ["ParameterBuffer"]
 

@@ -5,98 +5,13 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import numpy as np
-from numba import njit
 
-from . import _dispatch
+from . import _backend
+from ._coefficients import CoefficientCache
 from ._types import AdamCoefficients
 from .optimizer import OptimizerV2, _is_number
 
 __all__ = ["Adam"]
-
-
-@njit(cache=True, error_model="numpy")
-def _scalars32(lr, b1, b2, eps, decay, step):
-    # TF's per-step scalars for float32 variables, every operation rounded to
-    # float32 as TF's graph rounds it (the hyperparameters are float32 values)
-    one = np.float32(1.0)
-    lr_t = np.float32(lr)
-    if decay > 0:
-        lr_t = lr_t / (one + np.float32(decay) * np.float32(step))
-    b1c, b2c = np.float32(b1), np.float32(b2)
-    t = np.float32(step + 1)
-    # Eigen's ApplyAdam: (lr * sqrt(1 - b2^t)) / (1 - b1^t)
-    alpha = (lr_t * np.sqrt(one - b2c**t)) / (one - b1c**t)
-    return alpha, one - b1c, one - b2c, np.float32(eps)
-
-
-@njit(cache=True, error_model="numpy")
-def _scalars64(lr, b1, b2, eps, decay, step):
-    # the float32 hyperparameters widened exactly, then float64 arithmetic
-    lr_t = np.float64(lr)
-    if decay > 0:
-        lr_t = lr_t / (1.0 + np.float64(decay) * np.float64(step))
-    b1c, b2c = np.float64(b1), np.float64(b2)
-    t = np.float64(step + 1)
-    alpha = (lr_t * np.sqrt(1.0 - b2c**t)) / (1.0 - b1c**t)
-    return alpha, 1.0 - b1c, 1.0 - b2c, np.float64(eps)
-
-
-@njit(cache=True, error_model="numpy")
-def _alphas32(lr, b1, b2, eps, decay, step, out):
-    # _scalars32's alpha for steps step, step + 1, ... (float32 values in float64)
-    for i in range(out.shape[0]):
-        out[i] = _scalars32(lr, b1, b2, eps, decay, step + i)[0]
-
-
-@njit(cache=True, error_model="numpy")
-def _alphas64(lr, b1, b2, eps, decay, step, out):
-    for i in range(out.shape[0]):
-        out[i] = _scalars64(lr, b1, b2, eps, decay, step + i)[0]
-
-
-def _same_objects(a: tuple, b: tuple) -> bool:
-    # (five hyperparameters; unrolled: a generator costs more than the lookup)
-    return (
-        a[0] is b[0] and a[1] is b[1] and a[2] is b[2] and a[3] is b[3] and a[4] is b[4]
-    )
-
-
-#: Steps of scalars computed at once while the hyperparameters stay the same.
-COEFFICIENT_BLOCK = 64
-
-
-def _coefficient_block(c, lr32, b1_32, b2_32, eps, decay, step, count):
-    """``[_coefficients(c, ..., step + i) for i in range(count)]``, bit for bit,
-    from one compiled call: only ``alpha`` depends on the step."""
-    if type(eps) is not float:
-        eps = float(eps)
-    d32 = float(np.float32(decay)) if decay > 0 else 0.0
-    f = _scalars64 if c is np.float64 else _scalars32
-    first = f(lr32, b1_32, b2_32, eps, d32, step)
-    if count == 1:
-        return [AdamCoefficients(*first)]
-    alphas = np.empty(count)
-    (_alphas64 if c is np.float64 else _alphas32)(
-        lr32, b1_32, b2_32, eps, d32, step, alphas
-    )
-    _, omb1, omb2, e = first
-    return [AdamCoefficients(a, omb1, omb2, e) for a in alphas.tolist()]
-
-
-def _coefficients(c, lr32, b1_32, b2_32, eps, decay, step) -> AdamCoefficients:
-    """TF's ``_prepare_local`` for compute type ``c`` (np.float32 or np.float64).
-
-    The float32-rounded hyperparameters are cast to ``c`` and every operation is
-    rounded in ``c``, as TF's graph does; ``epsilon`` is cast directly. A tiny
-    compiled function does the arithmetic (the same IEEE operations and C
-    ``pow``/``powf`` as NumPy scalars, at a tenth of the Python cost).
-
-    The results are Python floats holding values of ``c`` exactly (the CPU
-    kernels' float32 arguments take them without rounding; the CUDA backend
-    casts them to ``c``): building four NumPy scalars would cost more than
-    the arithmetic.
-    """
-    return _coefficient_block(c, lr32, b1_32, b2_32, eps, decay, step, 1)[0]
 
 
 _SPARSE_MODES = ("dense", "lazy")
@@ -196,7 +111,7 @@ class Adam(OptimizerV2):
                 f"sparse_mode must be one of {_SPARSE_MODES}, got {sparse_mode!r}"
             )
         self.sparse_mode = sparse_mode
-        self._coef_blocks: Dict[Any, Any] = {}  # compute dtype -> (hypers, step, list)
+        self._coefficients = CoefficientCache()
         self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
         self._set_hyper("decay", self._initial_decay)
         self._set_hyper("beta_1", beta_1)
@@ -282,36 +197,19 @@ class Adam(OptimizerV2):
                 eps = eps()
             if not _is_number(eps) or isinstance(eps, bool):
                 raise TypeError(f"epsilon evaluated to {eps!r}, not a real number")
+            eps = float(eps)  # (read now: a 0-d array may change in place)
         decay = self._initial_decay
         # keyed by storage dtype (what _apply looks up), computed per compute dtype
         by_compute: Dict[Any, AdamCoefficients] = {}
         out = {}
         for dtype in dtypes:
-            cdt = _dispatch.compute_dtype(dtype)
+            cdt = _backend.compute_dtype(dtype)
             coef = by_compute.get(cdt)
             if coef is None:
                 hyp = (lr32, b1_32, b2_32, eps, decay)
-                coef = by_compute[cdt] = self._coefficients_at(cdt, hyp, step)
+                coef = by_compute[cdt] = self._coefficients.at(cdt, hyp, step)
             out[dtype] = coef
         return out
-
-    def _coefficients_at(
-        self, cdt: np.dtype, hyp: tuple, step: int
-    ) -> AdamCoefficients:
-        # While the hyperparameters are the very objects of the last step (fixed
-        # floats; a callable or schedule returns new ones), the scalars of the
-        # next COEFFICIENT_BLOCK steps come from one compiled call, the same bits
-        # as step by step, and a step takes its own from the list.
-        block = self._coef_blocks.get(cdt)
-        count = 1
-        if block is not None and _same_objects(block[0], hyp):
-            i = step - block[1]
-            if 0 <= i < len(block[2]):
-                return block[2][i]
-            count = COEFFICIENT_BLOCK
-        coefs = _coefficient_block(cdt.type, *hyp, step, count)
-        self._coef_blocks[cdt] = (hyp, step, coefs)
-        return coefs[0]
 
     def _apply(self, sparse: bool, work: Any, backend: Any, slots: Dict, state: Any):
         coef = state[work.flat.dtype]

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numbadam
-from numbadam.adam import _coefficient_block, _coefficients
+from numbadam._coefficients import coefficient_block, coefficients
 
 
 def numpy_scalars(c, lr32, b1_32, b2_32, eps, decay, step):
@@ -35,7 +35,7 @@ def numpy_scalars(c, lr32, b1_32, b2_32, eps, decay, step):
 )
 def test_coefficients_bitwise(c, lr, b1, b2, eps, decay, step):
     args = (np.float32(lr), np.float32(b1), np.float32(b2), eps, decay, step)
-    got = _coefficients(c, *args)
+    got = coefficients(c, *args)
     want = numpy_scalars(c, *args)
     for g, w in zip(got, want):
         # a value of c exactly (the kernels' c-typed arguments take it unrounded)
@@ -65,10 +65,10 @@ def _bits(coef):
 )
 def test_coefficient_block_equals_step_by_step(c, lr, b1, b2, decay, step, count):
     args = (np.float32(lr), np.float32(b1), np.float32(b2), 1e-7, decay)
-    block = _coefficient_block(c, *args, step, count)
+    block = coefficient_block(c, *args, step, count)
     assert len(block) == count
     for i, coef in enumerate(block):
-        assert _bits(coef) == _bits(_coefficients(c, *args, step + i)), i
+        assert _bits(coef) == _bits(coefficients(c, *args, step + i)), i
 
 
 def test_optimizer_scalars_follow_steps_and_changes():
@@ -93,5 +93,36 @@ def test_optimizer_scalars_follow_steps_and_changes():
                "beta_1", "beta_2")]  # fmt: skip
         for dt in dtypes:
             c = np.float64 if dt == np.float64 else np.float32
-            want = _coefficients(c, *hyp, opt.epsilon, opt.decay, step)
+            want = coefficients(c, *hyp, opt.epsilon, opt.decay, step)
             assert _bits(got[dt]) == _bits(want), (n, step, dt)
+
+
+def test_epsilon_array_changed_in_place_is_read_every_step():
+    # The scalar cache is keyed on values: a 0-d array epsilon (or one returned
+    # by a callable) that changes in place must change the next step.
+    eps = np.array(1e-7)
+    opt = numbadam.Adam(0.1, epsilon=eps)
+    ref = numbadam.Adam(0.1, epsilon=1e-7)
+    w, w_ref = np.ones(4, np.float32), np.ones(4, np.float32)
+    g = np.full(4, 1e-4, np.float32)
+    for _ in range(3):
+        opt.apply_gradients([(g, w)])
+        ref.apply_gradients([(g, w_ref)])
+    assert np.array_equal(w, w_ref)
+    eps[()] = 0.5
+    ref.epsilon = 0.5
+    opt.apply_gradients([(g, w)])
+    ref.apply_gradients([(g, w_ref)])
+    assert np.array_equal(w, w_ref)
+    box = np.array(1e-7)
+    call = numbadam.Adam(0.1, epsilon=lambda: box)
+    ref2 = numbadam.Adam(0.1, epsilon=1e-7)
+    w_call, w_ref2 = np.ones(4, np.float32), np.ones(4, np.float32)
+    call.apply_gradients([(g, w_call)])
+    ref2.apply_gradients([(g, w_ref2)])
+    box[()] = 0.5
+    ref2.epsilon = 0.5
+    call.apply_gradients([(g, w_call)])
+    ref2.apply_gradients([(g, w_ref2)])
+    assert np.array_equal(w_call, w_ref2)
+    assert not np.array_equal(w_call, w)  # (the change is visible at all)

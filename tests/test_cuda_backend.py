@@ -151,7 +151,7 @@ def test_import_numbadam_does_not_import_numba_cuda():
         "w = np.zeros(3, np.float32)\n"
         "numbadam.Adam().apply_gradients([(np.ones(3, np.float32), w)])\n"
         "bad = [m for m in ('numba.cuda', 'numbadam.kernels.cuda', "
-        "'numbadam._dispatch_cuda') if m in sys.modules]\n"
+        "'numbadam._backend_cuda') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
@@ -159,7 +159,7 @@ def test_import_numbadam_does_not_import_numba_cuda():
 
 def _fresh_cuda_import(monkeypatch):
     monkeypatch.setattr(_dispatch, "_CUDA", None)
-    for mod in ("numbadam._dispatch_cuda",):
+    for mod in ("numbadam._backend_cuda",):
         monkeypatch.delitem(sys.modules, mod, raising=False)
 
 

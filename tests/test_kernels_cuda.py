@@ -22,7 +22,7 @@ import pytest
 from reference import adam_dense_ref, sparse_to_dense
 
 from numbadam import _config
-from numbadam._dispatch import compute_dtype, transform_scalars
+from numbadam._backend import compute_dtype, transform_scalars
 
 pytestmark = [
     pytest.mark.cuda,

@@ -7,7 +7,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import _dispatch
+from .. import _backend, _dispatch
 from .._types import IndexedSlices
 from ..adam import Adam
 from . import _checkpoint
@@ -27,7 +27,7 @@ def _check_host(var: Any, label: str) -> None:
 def _common_dtype(dtypes: Iterable[np.dtype]) -> np.dtype:
     # One buffer for every dense gradient: the widest compute dtype (float16 is
     # summed in float32, like its kernels compute).
-    cdts = {_dispatch.compute_dtype(d) for d in dtypes}
+    cdts = {_backend.compute_dtype(d) for d in dtypes}
     return (
         np.dtype(np.float64) if np.dtype(np.float64) in cdts else np.dtype(np.float32)
     )
@@ -198,7 +198,7 @@ class DistributedAdam(Adam):
                 c = counts[:, j]
                 idx = comm.allgatherv(w.indices.astype(np.int64, copy=False), c)
                 vals = comm.allgatherv(w.values.reshape(-1), c * w.width)
-                cdt = _dispatch.compute_dtype(vals.dtype)
+                cdt = _backend.compute_dtype(vals.dtype)
                 vals = (vals.astype(cdt) / cdt.type(comm.size)).astype(vals.dtype)
                 var = w.var
                 vals = vals.reshape((idx.shape[0],) + var.shape[1:])

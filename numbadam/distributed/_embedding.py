@@ -6,7 +6,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from .. import _dispatch
+from .. import _backend, _dispatch
 from .._types import IndexedSlices
 from . import _checkpoint
 from ._comm import Communicator, get_communicator, partition
@@ -72,7 +72,7 @@ class ShardedEmbedding:
         if num_rows < 0 or dim < 0:
             raise ValueError(f"bad table shape ({num_rows}, {dim})")
         dtype = np.dtype(dtype)
-        _dispatch.check_float_dtype(dtype, "ShardedEmbedding")
+        _backend.check_float_dtype(dtype, "ShardedEmbedding")
         self.shape: Tuple[int, int] = (num_rows, dim)
         self.dtype = dtype
         self.row_bounds = partition(num_rows, self.comm.size)
@@ -270,7 +270,7 @@ class ShardedEmbedding:
         vals = np.asarray(grad.values)
         if vals.dtype.kind != "f":
             raise TypeError(f"IndexedSlices values of {label} have dtype {vals.dtype}")
-        _dispatch.cast_gradient_dtype(vals.dtype, self.dtype, label)
+        _backend.cast_gradient_dtype(vals.dtype, self.dtype, label)
         if vals.shape != (idx.shape[0], self.shape[1]):
             raise ValueError(
                 f"IndexedSlices for {label}: {idx.shape[0]} indices but values of "

@@ -7,7 +7,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import _dispatch
+from .. import _backend, _dispatch
 from .._types import IndexedSlices
 from ..adam import Adam
 from ..optimizer import logger
@@ -72,15 +72,15 @@ class _Shard:
 def _sumsq(g: np.ndarray, dtype: np.dtype, clipvalue: Optional[float]) -> float:
     # Sum of squares of the value-clipped gradient, accumulated in float64 as
     # the CPU backend's sum_squares_cpu (the order of the sum differs).
-    lo, hi, _, _ = _dispatch.transform_scalars(dtype, clipvalue, None, None)
-    c = np.clip(g.reshape(-1).astype(_dispatch.compute_dtype(dtype)), lo, hi)
+    lo, hi, _, _ = _backend.transform_scalars(dtype, clipvalue, None, None)
+    c = np.clip(g.reshape(-1).astype(_backend.compute_dtype(dtype)), lo, hi)
     return float(np.dot(c.astype(np.float64), c.astype(np.float64))) if c.size else 0.0
 
 
 def _transform(g, dtype, clipvalue, clipnorm, sumsq) -> np.ndarray:
     """TF's clip_by_value then clip_by_norm, as the kernels do it, in compute dtype."""
-    lo, hi, mul, div = _dispatch.transform_scalars(dtype, clipvalue, clipnorm, sumsq)
-    c = g.astype(_dispatch.compute_dtype(dtype), copy=True)
+    lo, hi, mul, div = _backend.transform_scalars(dtype, clipvalue, clipnorm, sumsq)
+    c = g.astype(_backend.compute_dtype(dtype), copy=True)
     if clipvalue is not None:
         np.clip(c, lo, hi, out=c)
     if clipnorm is not None:
@@ -93,7 +93,7 @@ def _average(vals: np.ndarray, size: int) -> np.ndarray:
     # Divide in the compute dtype, store in the gradient's dtype.
     if size == 1:
         return vals
-    cdt = _dispatch.compute_dtype(vals.dtype)
+    cdt = _backend.compute_dtype(vals.dtype)
     return (vals.astype(cdt) / cdt.type(size)).astype(vals.dtype)
 
 

@@ -1,6 +1,6 @@
 """Fused Adam kernels for CUDA: ``@cuda.jit`` twins of :mod:`numbadam.kernels.cpu`.
 
-Imported lazily (by :mod:`numbadam._dispatch_cuda`) the first time a device array
+Imported lazily (by :mod:`numbadam._backend_cuda`) the first time a device array
 is seen: importing it imports ``numba.cuda``, which needs the optional
 ``numba-cuda`` package.
 

@@ -1,8 +1,8 @@
 """The CUDA backend: validation and launches of the ``@cuda.jit`` kernels.
 
 Imported by :func:`numbadam._dispatch.backend_for` the first time it sees a
-device array, never by ``import numbadam``. It implements the backend interface
-documented in :mod:`numbadam._dispatch` for variables that expose
+device array, never by ``import numbadam``. It implements
+:class:`numbadam._backend.Backend` for variables that expose
 ``__cuda_array_interface__`` (Numba device arrays, CuPy arrays, PyTorch CUDA
 tensors, ...) or ``__cuda_ndarray__`` (Numba's arrays, including the
 simulator's, which expose only this one).
@@ -48,11 +48,15 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from . import _config
-from ._dispatch import (
+from ._backend import (
+    INDEX_DTYPES,
     DenseWork,
     SparseWork,
     cast_gradient_dtype,
     check_float_dtype,
+    check_index_dtype,
+    check_index_range,
+    check_slices_shapes,
     compute_dtype,
     is_device_array,
     transform_scalars,
@@ -95,7 +99,6 @@ _SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
 
 _INT64_MIN = np.iinfo(np.int64).min
 _INT64_MAX = np.iinfo(np.int64).max
-_INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _MAX_STAGED_NDIM = 4
 # numba-cuda warns below 128 blocks; small variables make small grids on purpose.
 _FEW_BLOCKS = 128
@@ -302,28 +305,14 @@ class CUDABackend:
         d = self._variable(var, label)
         dtype = np.dtype(d.dtype)
         shape = tuple(d.shape)
-        if len(shape) == 0:
-            raise ValueError(f"{label} is 0-d; an IndexedSlices gradient needs rows")
-        if grad.dense_shape is not None and tuple(grad.dense_shape) != shape:
-            raise ValueError(
-                f"IndexedSlices for {label} has dense_shape {tuple(grad.dense_shape)}"
-                f", the variable {shape}"
-            )
+        idx = self._indices(grad.indices, label)
         vals = self._device_float(grad.values, label, "IndexedSlices values")
         cast_gradient_dtype(vals.dtype, dtype, label)
-        idx = self._indices(grad.indices, label)
+        check_slices_shapes(
+            label, shape, grad.dense_shape, tuple(idx.shape), tuple(vals.shape)
+        )
         k = int(idx.shape[0])
-        vshape = tuple(vals.shape)
-        if len(vshape) == 0 or vshape[0] != k:
-            raise ValueError(
-                f"IndexedSlices for {label}: {k} indices but values of shape {vshape}"
-            )
-        if vshape[1:] != shape[1:]:
-            raise ValueError(
-                f"IndexedSlices for {label}: rows of shape {vshape[1:]}, the "
-                f"variable's rows {shape[1:]}"
-            )
-        idx = self._checked_indices(idx, shape[0], label)
+        idx = self._checked_indices(self._device_indices(idx, label), shape[0], label)
         width = int(np.prod(shape[1:], dtype=np.int64))
         vals = self._contiguous(vals, label, "IndexedSlices values of")
         vals = self._cast(vals.reshape(k, width), dtype)
@@ -331,38 +320,26 @@ class CUDABackend:
         return SparseWork(var, flat, idx, vals, width, staged, label)
 
     def _indices(self, indices: Any, label: Any):
-        if is_device_array(indices):
-            idx = self._wrap(indices)
-            dt = np.dtype(idx.dtype)
-            if dt.kind not in "iu":
-                raise TypeError(
-                    f"IndexedSlices indices of {label} have dtype {dt}; "
-                    "expected integers"
-                )
-        else:
-            idx = np.asarray(indices)
-            if idx.dtype.kind not in "iu":
-                raise TypeError(
-                    f"IndexedSlices indices of {label} have dtype {idx.dtype}; "
-                    "expected integers"
-                )
-        if len(idx.shape) != 1:
+        """The indices as a wrapped device array or a host array (dtype checked)."""
+        idx = self._wrap(indices) if is_device_array(indices) else np.asarray(indices)
+        check_index_dtype(idx.dtype, label)
+        return idx
+
+    def _device_indices(self, idx: Any, label: Any):
+        """Device indices as C-contiguous int32/int64 (others cast on the device)."""
+        if not is_device_array(idx):
+            return idx
+        if not idx.is_c_contiguous():
             raise ValueError(
-                f"IndexedSlices indices of {label} have shape {tuple(idx.shape)}; "
-                "expected 1-D"
+                f"IndexedSlices indices of {label} are a non-contiguous CUDA array"
             )
-        if is_device_array(idx):
-            if not idx.is_c_contiguous():
-                raise ValueError(
-                    f"IndexedSlices indices of {label} are a non-contiguous CUDA array"
-                )
-            dt = np.dtype(idx.dtype)
-            if dt not in _INDEX_DTYPES:  # e.g. uint16: to int64, on the device
-                out = cuda.device_array(int(idx.shape[0]), np.int64)
-                if out.shape[0]:
-                    kern = self._kernel("index_cast_cuda", dt)
-                    self._launch(kern, int(idx.shape[0]), idx, out)
-                idx = out
+        dt = np.dtype(idx.dtype)
+        if dt not in INDEX_DTYPES:  # e.g. uint16: to int64, on the device
+            out = cuda.device_array(int(idx.shape[0]), np.int64)
+            if out.shape[0]:
+                kern = self._kernel("index_cast_cuda", dt)
+                self._launch(kern, int(idx.shape[0]), idx, out)
+            idx = out
         return idx
 
     def _checked_indices(self, idx: Any, nrows: int, label: Any):
@@ -370,8 +347,8 @@ class CUDABackend:
         k = int(idx.shape[0])
         if isinstance(idx, np.ndarray):
             if k:
-                self._check_range(int(idx.min()), int(idx.max()), nrows, label)
-            if idx.dtype not in _INDEX_DTYPES:
+                check_index_range(int(idx.min()), int(idx.max()), nrows, label)
+            if idx.dtype not in INDEX_DTYPES:
                 idx = idx.astype(np.int64)
             return cuda.to_device(np.ascontiguousarray(idx))
         if k:
@@ -379,17 +356,8 @@ class CUDABackend:
             kern = self._kernel("index_bounds_cuda", np.dtype(idx.dtype))
             self._launch(kern, k, idx, out)
             lo, hi = out.copy_to_host()
-            self._check_range(int(lo), int(hi), nrows, label)
+            check_index_range(int(lo), int(hi), nrows, label)
         return idx
-
-    @staticmethod
-    def _check_range(lo: int, hi: int, nrows: int, label: Any) -> None:
-        if lo < 0:
-            raise IndexError(f"IndexedSlices for {label}: negative index {lo}")
-        if hi >= nrows:
-            raise IndexError(
-                f"IndexedSlices for {label}: index {hi} out of range for {nrows} rows"
-            )
 
     # -- state ----------------------------------------------------------------
 
@@ -431,6 +399,11 @@ class CUDABackend:
             lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
             sumsq = self._sumsq(flat, dtype, lo, hi)
         return self._transform(dtype, clipvalue, clipnorm, sumsq)
+
+    def sumsq(self, flat: Any, clipvalue: Optional[float] = None) -> float:
+        dtype = np.dtype(flat.dtype)
+        lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
+        return self._sumsq(self._flat(self._wrap(flat)), dtype, lo, hi)
 
     def _sumsq(self, flat: Any, dtype: np.dtype, lo, hi) -> float:
         """``sum(clip(flat, lo, hi)**2)`` in float64: fixed block partials, then

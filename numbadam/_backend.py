@@ -1,0 +1,290 @@
+"""The backend interface: what the optimizer asks of a device, and its policies.
+
+The optimizer hands a backend ``(variable, gradient)`` pairs. For each pair the
+backend owning the variable first *prepares* a work item: every check happens
+there and nothing is written. Only once every pair of a call is prepared does
+the optimizer create slots and run the steps, so bad input never leaves a
+variable or slot half-updated.
+
+This module holds what every backend shares: the :class:`Backend` protocol, the
+work types (:class:`DenseWork`, :class:`SparseWork`), the dtype policy
+(:data:`SUPPORTED_DTYPES`, :func:`compute_dtype`, :func:`check_float_dtype`,
+:func:`cast_gradient_dtype`), the clipping scalars (:func:`transform_scalars`)
+and the one validation of :class:`~numbadam.IndexedSlices` shapes
+(:func:`check_slices_shapes`, :func:`check_index_range`). The implementations
+are siblings that import this module and never each other:
+:mod:`numbadam._backend_cpu` (NumPy arrays) and :mod:`numbadam._backend_cuda`
+(CUDA arrays, imported lazily); :mod:`numbadam._dispatch` chooses between them.
+
+Layering: kernels know nothing of this module; this module knows no kernel;
+the backends know both; the optimizer knows only this interface and
+:func:`numbadam._dispatch.backend_for`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Protocol, Tuple
+
+import numpy as np
+
+from ._types import AdamCoefficients, IndexedSlices
+
+__all__ = [
+    "Backend",
+    "DenseWork",
+    "SparseWork",
+    "SUPPORTED_DTYPES",
+    "INDEX_DTYPES",
+    "is_device_array",
+    "compute_dtype",
+    "check_float_dtype",
+    "cast_gradient_dtype",
+    "transform_scalars",
+    "check_slices_shapes",
+    "check_index_range",
+]
+
+SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+#: Index dtypes the kernels take; other integer indices are converted to int64.
+INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+_SUPPORTED_NAMES = "float16, float32 or float64"
+
+
+def is_device_array(x: Any) -> bool:
+    """True for CUDA arrays (including Numba's simulator arrays)."""
+    if isinstance(x, np.ndarray):
+        return False
+    try:
+        return hasattr(x, "__cuda_array_interface__") or hasattr(x, "__cuda_ndarray__")
+    except Exception:
+        # e.g. a PyTorch CUDA tensor that requires grad raises RuntimeError: it is
+        # a device array all the same (the backend explains to pass param.data)
+        return True
+
+
+_COMPUTE = {
+    "e": np.dtype(np.float32),
+    "f": np.dtype(np.float32),
+    "d": np.dtype(np.float64),
+}
+
+
+def compute_dtype(dtype: Any) -> np.dtype:
+    """The dtype the kernels compute in for a variable of ``dtype``.
+
+    float16 variables are computed in float32 and rounded once on store.
+    """
+    c = _COMPUTE.get(getattr(dtype, "char", None))
+    if c is not None:
+        return c
+    dtype = np.dtype(dtype)
+    return _COMPUTE.get(dtype.char, dtype)
+
+
+def check_float_dtype(dtype: Any, what: str) -> None:
+    """Raise ``TypeError`` unless ``dtype`` is native float16, float32 or float64."""
+    dtype = np.dtype(dtype)
+    if dtype in SUPPORTED_DTYPES:
+        return
+    if dtype.kind == "f" and not dtype.isnative:
+        raise TypeError(
+            f"{what} has non-native byte order ({dtype.str}); variables are updated "
+            "in place, so pass a native-endian array "
+            "(var.astype(var.dtype.newbyteorder('=')))"
+        )
+    raise TypeError(f"{what} has dtype {dtype}; expected {_SUPPORTED_NAMES}")
+
+
+def cast_gradient_dtype(gdtype: Any, vdtype: Any, label: Any) -> None:
+    """Check a gradient dtype can be cast (same kind) to the variable's."""
+    gdtype = np.dtype(gdtype)
+    if gdtype.kind != "f" or not np.can_cast(gdtype, vdtype, casting="same_kind"):
+        raise TypeError(
+            f"gradient of {label} has dtype {gdtype}; expected a floating dtype "
+            f"castable to the variable's {np.dtype(vdtype)}"
+        )
+
+
+def transform_scalars(
+    dtype: Any, clipvalue: Optional[float], clipnorm: Optional[float], sumsq: Any
+):
+    """``(lo, hi, mul, div)`` of TF's clip_by_value then clip_by_norm.
+
+    ``sumsq`` is the sum of squares of the value-clipped gradient (float64), or
+    ``None`` when ``clipnorm`` is unset. Computed in the compute ``dtype``.
+    """
+    c = compute_dtype(dtype).type
+    if clipvalue is None:
+        lo, hi = c(-np.inf), c(np.inf)
+    else:
+        lo, hi = c(-clipvalue), c(clipvalue)
+    if clipnorm is None:
+        return lo, hi, c(1), c(1)
+    l2sum = c(sumsq)
+    # TF: the norm is sqrt(sum) when the sum is positive, else the sum itself.
+    l2norm = np.sqrt(l2sum) if l2sum > 0 else l2sum
+    cn = c(clipnorm)
+    return lo, hi, cn, np.maximum(l2norm, cn)
+
+
+def check_slices_shapes(
+    label: Any,
+    var_shape: Tuple[int, ...],
+    dense_shape: Optional[Tuple[int, ...]],
+    index_shape: Tuple[int, ...],
+    values_shape: Tuple[int, ...],
+) -> None:
+    """The shape rules of an :class:`~numbadam.IndexedSlices` for a variable.
+
+    The variable has rows (not 0-d), ``dense_shape`` (when given) is the
+    variable's shape, the indices are 1-D, one row of values per index, and
+    each row has the shape of the variable's rows. Raises ``ValueError``
+    naming ``label``; dtypes and index ranges are checked by the backend.
+    """
+    if len(var_shape) == 0:
+        raise ValueError(f"{label} is 0-d; an IndexedSlices gradient needs rows")
+    if dense_shape is not None and tuple(dense_shape) != tuple(var_shape):
+        raise ValueError(
+            f"IndexedSlices for {label} has dense_shape {tuple(dense_shape)}"
+            f", the variable {tuple(var_shape)}"
+        )
+    if len(index_shape) != 1:
+        raise ValueError(
+            f"IndexedSlices indices of {label} have shape {tuple(index_shape)}; "
+            "expected 1-D"
+        )
+    k = index_shape[0]
+    if len(values_shape) == 0 or values_shape[0] != k:
+        raise ValueError(
+            f"IndexedSlices for {label}: {k} indices but values of shape "
+            f"{tuple(values_shape)}"
+        )
+    if tuple(values_shape[1:]) != tuple(var_shape[1:]):
+        raise ValueError(
+            f"IndexedSlices for {label}: rows of shape {tuple(values_shape[1:])}, "
+            f"the variable's rows {tuple(var_shape[1:])}"
+        )
+
+
+def check_index_dtype(dtype: Any, label: Any) -> None:
+    """Raise ``TypeError`` unless IndexedSlices indices have an integer dtype."""
+    if np.dtype(dtype).kind not in "iu":
+        raise TypeError(
+            f"IndexedSlices indices of {label} have dtype {np.dtype(dtype)}; "
+            "expected integers"
+        )
+
+
+def check_index_range(lo: int, hi: int, nrows: int, label: Any) -> None:
+    """Raise ``IndexError`` unless ``0 <= lo`` and ``hi < nrows``."""
+    if lo < 0:
+        raise IndexError(f"IndexedSlices for {label}: negative index {lo}")
+    if hi >= nrows:
+        raise IndexError(
+            f"IndexedSlices for {label}: index {hi} out of range for {nrows} rows"
+        )
+
+
+class DenseWork:
+    """A validated dense pair, in the shapes the kernels take.
+
+    Attributes: ``var`` (the user's variable), ``flat`` (a 1-D C-contiguous view
+    of it, or a staging copy), ``grad`` (1-D C-contiguous, the variable's dtype),
+    ``staged`` (``flat`` is a copy to write back into ``var``), ``label``.
+    """
+
+    __slots__ = ("var", "flat", "grad", "staged", "label")
+
+    def __init__(self, var: Any, flat: Any, grad: Any, staged: bool, label: Any):
+        self.var = var
+        self.flat = flat
+        self.grad = grad
+        self.staged = staged
+        self.label = label
+
+
+class SparseWork:
+    """A validated IndexedSlices pair, in the shapes the kernels take.
+
+    Attributes: ``var``, ``flat`` (a 1-D view, or staging copy, of the ``(R, W)``
+    table), ``indices`` (1-D int32/int64), ``values`` (``(k, W)`` C-contiguous,
+    the variable's dtype), ``width``, ``staged``, ``label``, ``maxkey`` (the
+    largest index, when the backend knows it, else ``None``).
+    """
+
+    __slots__ = (
+        "var", "flat", "indices", "values", "width", "staged", "label", "maxkey"
+    )  # fmt: skip
+
+    def __init__(
+        self, var, flat, indices, values, width, staged, label, maxkey=None
+    ) -> None:
+        self.var = var
+        self.flat = flat
+        self.indices = indices
+        self.values = values
+        self.width = width
+        self.staged = staged
+        self.label = label
+        self.maxkey = maxkey
+
+
+class Backend(Protocol):
+    """What the optimizer asks of the backend that owns a variable.
+
+    ``label`` is the variable's name for error messages (formatted only when an
+    error is raised). ``vhat`` is ``None`` without AMSGrad. Steps update the
+    variable and its slots in place; ``prepare_*`` and ``check_variable`` never
+    write anything.
+    """
+
+    #: ``"cpu"`` or ``"cuda"``.
+    name: str
+
+    def check_variable(self, var: Any, label: Any) -> None:
+        """Raise ``TypeError``/``ValueError`` if ``var`` cannot be optimised."""
+
+    def prepare_dense(self, var: Any, grad: Any, label: Any) -> DenseWork:
+        """Validate and canonicalise a dense gradient (no mutation)."""
+
+    def prepare_sparse(self, var: Any, grad: IndexedSlices, label: Any) -> SparseWork:
+        """Validate and canonicalise an IndexedSlices gradient (no mutation)."""
+
+    def zeros_like(self, var: Any) -> Any:
+        """A new zero slot with ``var``'s shape and dtype, on ``var``'s device."""
+
+    def to_host(self, arr: Any) -> np.ndarray:
+        """A host (NumPy) copy of ``arr``."""
+
+    def assign(self, dst: Any, value: np.ndarray) -> None:
+        """Copy a host array of ``dst``'s shape into ``dst``, in place."""
+
+    def sumsq(self, flat: Any, clipvalue: Optional[float]) -> float:
+        """``sum(clip(flat, -clipvalue, clipvalue) ** 2)`` in float64,
+        deterministic whatever the thread count (no clipping for ``None``)."""
+
+    def dense_step(
+        self,
+        work: DenseWork,
+        m: Any,
+        v: Any,
+        vhat: Optional[Any],
+        coef: AdamCoefficients,
+        clipvalue: Optional[float],
+        clipnorm: Optional[float],
+    ) -> None:
+        """One fused Adam pass over a dense pair."""
+
+    def sparse_step(
+        self,
+        work: SparseWork,
+        m: Any,
+        v: Any,
+        vhat: Optional[Any],
+        coef: AdamCoefficients,
+        clipvalue: Optional[float],
+        clipnorm: Optional[float],
+        lazy: bool = False,
+    ) -> None:
+        """One fused Adam pass over an IndexedSlices pair (``lazy``: only the
+        rows with a gradient change)."""

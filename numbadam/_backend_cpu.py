@@ -1,0 +1,275 @@
+"""The CPU backend: validation and launches of the ``@njit(parallel=True)`` kernels.
+
+It implements :class:`numbadam._backend.Backend` for NumPy arrays (writable,
+native float16/32/64, any shape and strides: strided views are staged through a
+contiguous copy and written back). Gradients are cast on the host when a
+same-kind cast exists; nothing is written before every check has passed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _config
+from ._backend import (
+    INDEX_DTYPES,
+    SUPPORTED_DTYPES,
+    DenseWork,
+    SparseWork,
+    cast_gradient_dtype,
+    check_float_dtype,
+    check_index_dtype,
+    check_index_range,
+    check_slices_shapes,
+    compute_dtype,
+    is_device_array,
+    transform_scalars,
+)
+from ._types import AdamCoefficients, IndexedSlices
+
+__all__ = ["CPUBackend"]
+
+
+def _kernel_view(a: np.ndarray) -> np.ndarray:
+    # Numba's CPU target has no float16: hand the kernels the raw bits.
+    return a.view(np.uint16) if a.dtype.char == "e" else a
+
+
+class CPUBackend:
+    """Backend for NumPy arrays: the ``@njit(parallel=True)`` kernels."""
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        from .kernels import cpu  # numba compiles lazily, per dtype, on first use
+
+        self._k = cpu
+        self._ready: dict = {}  # (kernel name, dtype char) -> compiled dispatcher
+        self._identity: dict = {}  # dtype char -> (lo, hi, mul, div) of no clipping
+
+    def _kernel(self, name: str, dtype: np.dtype):
+        kern = self._ready.get((name, dtype.char))
+        if kern is None:
+            kern = getattr(self._k, name)
+            self._k.ensure_compiled(kern, dtype)
+            self._ready[(name, dtype.char)] = kern
+        return kern
+
+    def _transform(self, dtype, clipvalue, clipnorm, grad_flat):
+        # (lo, hi, mul, div) of the clipping, the norm taken over grad_flat
+        if clipvalue is None and clipnorm is None:
+            tr = self._identity.get(dtype.char)
+            if tr is None:
+                tr = self._identity[dtype.char] = transform_scalars(
+                    dtype, None, None, None
+                )
+            return tr
+        sumsq = None
+        if clipnorm is not None:
+            lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
+            sumsq = self._sumsq(grad_flat, lo, hi)
+        return transform_scalars(dtype, clipvalue, clipnorm, sumsq)
+
+    # -- validation ---------------------------------------------------------
+
+    def check_variable(self, var: Any, label: str) -> None:
+        if (
+            type(var) is np.ndarray
+            and var.dtype in SUPPORTED_DTYPES
+            and var.flags.writeable
+        ):
+            return  # the common case, cheaply (native float16/32/64 only)
+        if not isinstance(var, np.ndarray):
+            raise TypeError(
+                f"{label} is a {type(var).__name__}, not a numpy.ndarray "
+                "(or an array exposing __cuda_array_interface__)"
+            )
+        check_float_dtype(var.dtype, label)
+        if not var.flags.writeable:
+            raise ValueError(f"{label} is read-only; Adam updates variables in place")
+
+    def _gradient_array(self, grad: Any, label: str, what: str) -> np.ndarray:
+        if is_device_array(grad):
+            raise TypeError(
+                f"{what} of {label} is a CUDA array but the variable is a NumPy "
+                "array; pass both on the same device"
+            )
+        try:
+            arr = np.asarray(grad)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{what} of {label} is not an array: {exc}") from None
+        if arr.dtype.kind != "f":
+            raise TypeError(
+                f"{what} of {label} has dtype {arr.dtype}; expected a floating dtype"
+            )
+        return arr
+
+    def prepare_dense(self, var: np.ndarray, grad: Any, label: str) -> DenseWork:
+        self.check_variable(var, label)
+        if type(var) is not np.ndarray:  # a subclass (np.matrix stays 2-D): its memory
+            var = var.view(np.ndarray)
+        if type(grad) is np.ndarray and grad.dtype is var.dtype:
+            g = grad
+        else:
+            g = self._gradient_array(grad, label, "gradient")
+            cast_gradient_dtype(g.dtype, var.dtype, label)
+        if g.shape != var.shape:
+            raise ValueError(
+                f"gradient of {label} has shape {g.shape}, the variable {var.shape}"
+            )
+        if g.dtype is not var.dtype or not g.flags.c_contiguous:
+            g = np.ascontiguousarray(g, dtype=var.dtype)
+        if g.ndim != 1:
+            g = g.reshape(-1)
+        if var.flags.c_contiguous:
+            return DenseWork(
+                var, var if var.ndim == 1 else var.reshape(-1), g, False, label
+            )
+        return DenseWork(var, np.ascontiguousarray(var).reshape(-1), g, True, label)
+
+    def prepare_sparse(
+        self, var: np.ndarray, grad: IndexedSlices, label: Any
+    ) -> SparseWork:
+        self.check_variable(var, label)
+        if type(var) is not np.ndarray:
+            var = var.view(np.ndarray)
+        if is_device_array(grad.indices):
+            raise TypeError(
+                f"IndexedSlices indices of {label} are a CUDA array but the "
+                "variable is a NumPy array"
+            )
+        idx = np.asarray(grad.indices)
+        check_index_dtype(idx.dtype, label)
+        vals = self._gradient_array(grad.values, label, "IndexedSlices values")
+        if vals.dtype is not var.dtype:
+            cast_gradient_dtype(vals.dtype, var.dtype, label)
+        check_slices_shapes(label, var.shape, grad.dense_shape, idx.shape, vals.shape)
+        nrows = var.shape[0]
+        hi = 0
+        if idx.dtype in INDEX_DTYPES and not idx.flags.c_contiguous:
+            idx = np.ascontiguousarray(idx)  # (a strided view: the kernels take C)
+        if idx.size:
+            if idx.dtype in INDEX_DTYPES:
+                lo, hi = self._kernel("index_range_cpu", idx.dtype)(idx)
+            else:  # other integer types, uint64 beyond int64 included
+                lo, hi = idx.min(), idx.max()
+            check_index_range(lo, hi, nrows, label)
+        if idx.dtype not in INDEX_DTYPES:
+            idx = idx.astype(np.int64)  # in range, so exact
+        width = math.prod(var.shape[1:])
+        if vals.dtype is not var.dtype or not vals.flags.c_contiguous:
+            vals = np.ascontiguousarray(vals, dtype=var.dtype)
+        if vals.ndim != 2:
+            vals = vals.reshape(idx.shape[0], width)
+        staged = not var.flags.c_contiguous
+        flat = np.ascontiguousarray(var).reshape(-1) if staged else var.reshape(-1)
+        return SparseWork(var, flat, idx, vals, width, staged, label, int(hi))
+
+    # -- state --------------------------------------------------------------
+
+    def zeros_like(self, var: np.ndarray) -> np.ndarray:
+        return np.zeros(var.shape, var.dtype)
+
+    def to_host(self, arr: Any) -> np.ndarray:
+        return np.array(arr, copy=True)
+
+    def assign(self, dst: np.ndarray, value: np.ndarray) -> None:
+        dst[...] = value
+
+    # -- steps --------------------------------------------------------------
+
+    def _sumsq(self, flat: np.ndarray, lo, hi) -> float:
+        k = self._kernel("sum_squares_cpu", flat.dtype)
+        return k(_kernel_view(flat), lo, hi, _config.NORM_CHUNKS)
+
+    def sumsq(self, flat: np.ndarray, clipvalue: Optional[float] = None) -> float:
+        lo, hi, _, _ = transform_scalars(flat.dtype, clipvalue, None, None)
+        return self._sumsq(flat, lo, hi)
+
+    def dense_step(
+        self,
+        work: DenseWork,
+        m: np.ndarray,
+        v: np.ndarray,
+        vhat: Optional[np.ndarray],
+        coef: AdamCoefficients,
+        clipvalue: Optional[float],
+        clipnorm: Optional[float],
+    ) -> None:
+        x, g = work.flat, work.grad
+        n = x.shape[0]
+        if n == 0:
+            return
+        dtype = x.dtype
+        tr = self._transform(dtype, clipvalue, clipnorm, g)
+        mf = m if m.ndim == 1 else m.reshape(-1)
+        vf = v if v.ndim == 1 else v.reshape(-1)
+        if dtype.char == "e":
+            x, g, mf, vf = (a.view(np.uint16) for a in (x, g, mf, vf))
+        serial = n <= _config.CPU_SERIAL_MAX
+        if vhat is None:
+            if serial:
+                self._kernel("adam_dense_run_cpu", dtype)(x, g, mf, vf, *coef, *tr)
+            else:
+                k = self._kernel("adam_dense_cpu", dtype)
+                k(x, g, mf, vf, *coef, *tr, _config.CPU_BLOCK)
+        else:
+            hf = _kernel_view(vhat.reshape(-1))
+            if serial:
+                k = self._kernel("amsgrad_dense_run_cpu", dtype)
+                k(x, g, mf, vf, hf, *coef, *tr)
+            else:
+                k = self._kernel("amsgrad_dense_cpu", dtype)
+                k(x, g, mf, vf, hf, *coef, *tr, _config.CPU_BLOCK)
+        if work.staged:
+            work.var[...] = work.flat.reshape(work.var.shape)
+
+    def sparse_step(
+        self,
+        work: SparseWork,
+        m: np.ndarray,
+        v: np.ndarray,
+        vhat: Optional[np.ndarray],
+        coef: AdamCoefficients,
+        clipvalue: Optional[float],
+        clipnorm: Optional[float],
+        lazy: bool = False,
+    ) -> None:
+        if work.flat.size == 0:
+            return
+        dtype = work.flat.dtype
+        tr = self._transform(dtype, clipvalue, clipnorm, work.values.reshape(-1))
+        k = work.indices.shape[0]
+        maxkey = work.maxkey
+        if maxkey is None:
+            maxkey = int(work.indices.max()) if k else 0
+        x = _kernel_view(work.flat)
+        mf, vf = _kernel_view(m.reshape(-1)), _kernel_view(v.reshape(-1))
+        vals = _kernel_view(work.values)
+        hf = None if vhat is None else _kernel_view(vhat.reshape(-1))
+        nt = _config.get_num_threads()  # (the workers unique rows are dealt to)
+        if lazy:  # one fused pass over the unique rows: no summed-rows buffer
+            if hf is None:
+                kern = self._kernel("adam_lazy_sparse_cpu", dtype)
+                kern(x, mf, vf, work.indices, vals, *tr, maxkey, *coef, nt)
+            else:
+                kern = self._kernel("amsgrad_lazy_sparse_cpu", dtype)
+                kern(x, mf, vf, hf, work.indices, vals, *tr, maxkey, *coef, nt)
+        else:  # sum duplicates, then one pass over the whole table
+            uidx = np.empty(k, np.int64)
+            uvals = np.empty((k, work.width), compute_dtype(dtype))
+            dedup = self._kernel("sum_duplicate_rows_cpu", dtype)
+            u = dedup(work.indices, vals, *tr, maxkey, uidx, uvals, nt)
+            uidx, uvals = uidx[:u], uvals[:u]
+            rows = _config.CPU_SPARSE_BLOCK_ROWS
+            if hf is None:
+                kern = self._kernel("adam_sparse_cpu", dtype)
+                kern(x, mf, vf, uidx, uvals, *coef, rows)
+            else:
+                kern = self._kernel("amsgrad_sparse_cpu", dtype)
+                kern(x, mf, vf, hf, uidx, uvals, *coef, rows)
+        if work.staged:
+            work.var[...] = work.flat.reshape(work.var.shape)
