@@ -47,16 +47,18 @@ class CPUBackend:
         from .kernels import cpu  # numba compiles lazily, per dtype, on first use
 
         self._k = cpu
-        self._ready: dict = {}  # (kernel name, dtype char) -> compiled dispatcher
+        self._ready: dict = {}  # (kernel, dtype char, amsgrad) -> compiled kernel
         self._identity: dict = {}  # dtype char -> (lo, hi, mul, div) of no clipping
 
-    def _kernel(self, name: str, dtype: np.dtype):
-        kern = self._ready.get((name, dtype.char))
-        if kern is None:
-            kern = getattr(self._k, name)
-            self._k.ensure_compiled(kern, dtype)
-            self._ready[(name, dtype.char)] = kern
-        return kern
+    def _kernel(self, kernel: Any, dtype: np.dtype, amsgrad: Optional[bool] = None):
+        """``kernel`` (a dispatcher of ``kernels.cpu``) compiled for ``dtype``
+        (and the Adam or AMSGrad variant), once."""
+        key = (kernel, dtype.char, amsgrad)
+        ready = self._ready.get(key)
+        if ready is None:
+            self._k.ensure_compiled(kernel, dtype, amsgrad)
+            ready = self._ready[key] = kernel
+        return ready
 
     def _transform(self, dtype, clipvalue, clipnorm, grad_flat):
         # (lo, hi, mul, div) of the clipping, the norm taken over grad_flat
@@ -153,7 +155,7 @@ class CPUBackend:
             idx = np.ascontiguousarray(idx)  # (a strided view: the kernels take C)
         if idx.size:
             if idx.dtype in INDEX_DTYPES:
-                lo, hi = self._kernel("index_range_cpu", idx.dtype)(idx)
+                lo, hi = self._kernel(self._k.index_range_cpu, idx.dtype)(idx)
             else:  # other integer types, uint64 beyond int64 included
                 lo, hi = idx.min(), idx.max()
             check_index_range(lo, hi, nrows, label)
@@ -182,7 +184,7 @@ class CPUBackend:
     # -- steps --------------------------------------------------------------
 
     def _sumsq(self, flat: np.ndarray, lo, hi) -> float:
-        k = self._kernel("sum_squares_cpu", flat.dtype)
+        k = self._kernel(self._k.sum_squares_cpu, flat.dtype)
         return k(_kernel_view(flat), lo, hi, _config.NORM_CHUNKS)
 
     def sumsq(self, flat: np.ndarray, clipvalue: Optional[float] = None) -> float:
@@ -209,21 +211,9 @@ class CPUBackend:
         vf = v if v.ndim == 1 else v.reshape(-1)
         if dtype.char == "e":
             x, g, mf, vf = (a.view(np.uint16) for a in (x, g, mf, vf))
-        serial = n <= _config.CPU_SERIAL_MAX
-        if vhat is None:
-            if serial:
-                self._kernel("adam_dense_run_cpu", dtype)(x, g, mf, vf, *coef, *tr)
-            else:
-                k = self._kernel("adam_dense_cpu", dtype)
-                k(x, g, mf, vf, *coef, *tr, _config.CPU_BLOCK)
-        else:
-            hf = _kernel_view(vhat.reshape(-1))
-            if serial:
-                k = self._kernel("amsgrad_dense_run_cpu", dtype)
-                k(x, g, mf, vf, hf, *coef, *tr)
-            else:
-                k = self._kernel("amsgrad_dense_cpu", dtype)
-                k(x, g, mf, vf, hf, *coef, *tr, _config.CPU_BLOCK)
+        hf = None if vhat is None else _kernel_view(vhat.reshape(-1))
+        k = self._kernel(self._k.adam_dense_cpu, dtype, hf is not None)
+        k(x, mf, vf, hf, g, *coef, *tr, _config.CPU_BLOCK, _config.CPU_SERIAL_MAX)
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)
 
@@ -251,25 +241,17 @@ class CPUBackend:
         vals = _kernel_view(work.values)
         hf = None if vhat is None else _kernel_view(vhat.reshape(-1))
         nt = _config.get_num_threads()  # (the workers unique rows are dealt to)
+        ams = hf is not None
         if lazy:  # one fused pass over the unique rows: no summed-rows buffer
-            if hf is None:
-                kern = self._kernel("adam_lazy_sparse_cpu", dtype)
-                kern(x, mf, vf, work.indices, vals, *tr, maxkey, *coef, nt)
-            else:
-                kern = self._kernel("amsgrad_lazy_sparse_cpu", dtype)
-                kern(x, mf, vf, hf, work.indices, vals, *tr, maxkey, *coef, nt)
+            kern = self._kernel(self._k.adam_sparse_lazy_cpu, dtype, ams)
+            kern(x, mf, vf, hf, work.indices, vals, *coef, *tr, maxkey, nt)
         else:  # sum duplicates, then one pass over the whole table
             uidx = np.empty(k, np.int64)
             uvals = np.empty((k, work.width), compute_dtype(dtype))
-            dedup = self._kernel("sum_duplicate_rows_cpu", dtype)
+            dedup = self._kernel(self._k.sum_duplicate_rows_cpu, dtype)
             u = dedup(work.indices, vals, *tr, maxkey, uidx, uvals, nt)
-            uidx, uvals = uidx[:u], uvals[:u]
-            rows = _config.CPU_SPARSE_BLOCK_ROWS
-            if hf is None:
-                kern = self._kernel("adam_sparse_cpu", dtype)
-                kern(x, mf, vf, uidx, uvals, *coef, rows)
-            else:
-                kern = self._kernel("amsgrad_sparse_cpu", dtype)
-                kern(x, mf, vf, hf, uidx, uvals, *coef, rows)
+            kern = self._kernel(self._k.adam_sparse_cpu, dtype, ams)
+            kern(x, mf, vf, hf, uidx[:u], uvals[:u], *coef,
+                 _config.CPU_SPARSE_BLOCK_ROWS)  # fmt: skip
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)

@@ -41,6 +41,11 @@ def kernel(name, dtype):
     return k
 
 
+def kh(h):
+    """The kernels' vhat argument: None for Adam."""
+    return None if h is None else kview(h)
+
+
 # ---------------------------------------------------------------------------
 # float16 <-> float32 on bits
 # ---------------------------------------------------------------------------
@@ -209,18 +214,10 @@ def test_dense_kernel_vs_oracle(dtype, ams, clip, serial):
     t = 3
     coef = _coef(dtype, t)
     tr = _transform(dtype, g, *clip)
-    if serial:
-        name = "amsgrad_dense_run_cpu" if ams else "adam_dense_run_cpu"
-        args = (kview(x), kview(g), kview(m), kview(v)) + ((kview(h),) if ams else ())
-        kernel(name, dtype)(*args, *coef, *tr)
-    elif ams:
-        kernel("amsgrad_dense_cpu", dtype)(
-            kview(x), kview(g), kview(m), kview(v), kview(h), *coef, *tr, 128
-        )
-    else:
-        kernel("adam_dense_cpu", dtype)(
-            kview(x), kview(g), kview(m), kview(v), *coef, *tr, 128
-        )
+    serial_max, block = (n, 128) if serial else (0, 128)
+    kernel("adam_dense_cpu", dtype)(
+        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, block, serial_max
+    )
     gc = clip_ref(g, *clip)
     ex, em, ev, eh = adam_dense_ref(
         before["var"], gc, before["m"], before["v"], t, vhat=before["vhat"], **HP
@@ -243,32 +240,20 @@ def _sparse_inputs(rng, nrows, width, dtype, indices, ams):
 
 
 def _run_sparse(dtype, ams, x, m, v, h, idx, vals, coef, block_rows):
-    if ams:
-        kernel("amsgrad_sparse_cpu", dtype)(
-            kview(x), kview(m), kview(v), kview(h), idx, vals, *coef, block_rows
-        )
-    else:
-        kernel("adam_sparse_cpu", dtype)(
-            kview(x), kview(m), kview(v), idx, vals, *coef, block_rows
-        )
+    kernel("adam_sparse_cpu", dtype)(
+        kview(x), kview(m), kview(v), kh(h), idx, vals, *coef, block_rows
+    )
 
 
 def _run_dense(dtype, ams, x, g, m, v, h, coef, block):
-    """The blocked kernel, or the serial ``*_run_cpu`` one for ``block=None``."""
+    """The blocked kernel, or its serial path for ``block=None``."""
     c = compute(dtype).type
     tr = (c(-np.inf), c(np.inf), c(1), c(1))
-    if block is None:
-        name = "amsgrad_dense_run_cpu" if ams else "adam_dense_run_cpu"
-        args = (kview(x), kview(g), kview(m), kview(v)) + ((kview(h),) if ams else ())
-        kernel(name, dtype)(*args, *coef, *tr)
-    elif ams:
-        kernel("amsgrad_dense_cpu", dtype)(
-            kview(x), kview(g), kview(m), kview(v), kview(h), *coef, *tr, block
-        )
-    else:
-        kernel("adam_dense_cpu", dtype)(
-            kview(x), kview(g), kview(m), kview(v), *coef, *tr, block
-        )
+    serial_max = x.shape[0] if block is None else 0
+    kernel("adam_dense_cpu", dtype)(
+        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, block or 1,
+        serial_max,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("ams", [False, True], ids=["adam", "amsgrad"])
@@ -351,11 +336,11 @@ def test_dense_kernel_property(
     hp = {"lr": lr, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon}
     coef = _coef(dtype, t, **hp)
     tr = _transform(dtype, g, clipvalue, clipnorm)
-    args = (kview(x), kview(g), kview(m), kview(v)) + ((kview(h),) if ams else ())
-    name = ("amsgrad" if ams else "adam") + (
-        "_dense_run_cpu" if serial else "_dense_cpu"
-    )
-    kernel(name, dtype)(*args, *coef, *tr, *(() if serial else (block,)))
+    name = f"dense {'amsgrad' if ams else 'adam'}, {'serial' if serial else 'blocked'}"
+    kernel("adam_dense_cpu", dtype)(
+        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, block,
+        n if serial else 0,
+    )  # fmt: skip
     gc = clip_ref(g, clipvalue, clipnorm)
     ex, em, ev, eh = adam_dense_ref(
         before["var"], gc, before["m"], before["v"], t, vhat=before["vhat"], **hp
@@ -638,12 +623,13 @@ def test_lazy_kernel_bitwise_any_worker_count(
     c = compute(dtype).type
     coef = (c(0.01), c(0.1), c(0.001), c(1e-7))
     want = _lazy_numpy(dtype, x, m, v, h, idx, vals, tr, coef)
-    name = "amsgrad_lazy_sparse_cpu" if ams else "adam_lazy_sparse_cpu"
     for nt in (1, 2, 3, 5, 0):  # workers the rows are dealt to (0 taken as 1)
         got = [a.copy() for a in (x, m, v, h) if a is not None]
-        flat = [kview(a).reshape(-1) for a in got]
+        flat = [kview(a).reshape(-1) for a in got] + [None] * (h is None)
         maxkey = int(idx.max()) if k else 0
-        kernel(name, dtype)(*flat, idx, kview(vals), *tr, maxkey, *coef, nt)
+        kernel("adam_sparse_lazy_cpu", dtype)(
+            *flat, idx, kview(vals), *coef, *tr, maxkey, nt
+        )
         for what, g, w in zip(("var", "m", "v", "vhat"), got, want):
             assert_bitwise(g, w, f"{what}, {nt} workers")
 

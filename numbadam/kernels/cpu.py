@@ -45,19 +45,15 @@ from numba.np import numpy_support
 
 __all__ = [
     "adam_dense_cpu",
-    "amsgrad_dense_cpu",
-    "adam_dense_run_cpu",
-    "amsgrad_dense_run_cpu",
     "adam_sparse_cpu",
-    "amsgrad_sparse_cpu",
-    "adam_lazy_sparse_cpu",
-    "amsgrad_lazy_sparse_cpu",
+    "adam_sparse_lazy_cpu",
     "sum_duplicate_rows_cpu",
     "sum_squares_cpu",
     "index_range_cpu",
     "half_bits_to_float",
     "float_to_half_bits",
     "SIGNATURES",
+    "VHAT_ARG",
     "ensure_compiled",
     "STORAGE_DTYPES",
 ]
@@ -240,114 +236,90 @@ def _step(x, m, denom_v, alpha, eps):
 
 
 # ---------------------------------------------------------------------------
-# Dense kernels
+# AMSGrad as an argument: ``vhat`` is an array or None. Under a ``types.none``
+# signature Numba prunes every ``vhat is None`` branch at compile time, so the
+# Adam specialisation carries no trace of vhat and AMSGrad needs no twin.
+# ---------------------------------------------------------------------------
+
+
+def span(a, start, stop):
+    """``a[start:stop]``, or None for a None ``a``."""
+    return None if a is None else a[start:stop]
+
+
+@overload(span)
+def _span_impl(a, start, stop):
+    if isinstance(a, types.NoneType):
+        return lambda a, start, stop: None
+    return lambda a, start, stop: a[start:stop]
+
+
+@njit(**_SERIAL)
+def _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps):
+    # One element of the Adam (vhat None) or AMSGrad step, stored in the order
+    # m, v, vhat, var.
+    mj, vj = _moments(gj, load(m, j), load(v, j), omb1, omb2)
+    store(m, j, mj)
+    store(v, j, vj)
+    if vhat is None:
+        dj = vj
+    else:
+        dj = load(vhat, j)
+        if vj > dj:
+            dj = vj
+        store(vhat, j, dj)
+    store(var, j, _step(load(var, j), mj, dj, alpha, eps))
+
+
+# ---------------------------------------------------------------------------
+# Dense kernel
 # ---------------------------------------------------------------------------
 
 
 @njit(**_SERIAL)
-def _adam_elem(var, m, v, j, gj, alpha, omb1, omb2, eps):
-    mj, vj = _moments(gj, load(m, j), load(v, j), omb1, omb2)
-    store(m, j, mj)
-    store(v, j, vj)
-    store(var, j, _step(load(var, j), mj, vj, alpha, eps))
-
-
-@njit(**_SERIAL)
-def _amsgrad_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps):
-    mj, vj = _moments(gj, load(m, j), load(v, j), omb1, omb2)
-    hj = load(vhat, j)
-    if vj > hj:
-        hj = vj
-    store(m, j, mj)
-    store(v, j, vj)
-    store(vhat, j, hj)
-    store(var, j, _step(load(var, j), mj, hj, alpha, eps))
-
-
-@njit(**_SERIAL)
-def _adam_dense_run(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div):
-    # The loop of both dense Adam kernels. Private, so never compile-locked:
-    # the public kernels call it for whatever dtype they are compiled for.
+def _dense_run(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div):
     # Without clipping the transform is the identity bit for bit ((g * 1) / 1),
-    # so skip its division: in-cache steps are bound by the divisions.
+    # so its division is skipped: in-cache steps are bound by the divisions.
     if _is_identity(lo, hi, mul, div):
         for j in range(var.shape[0]):
-            _adam_elem(var, m, v, j, load(g, j), alpha, omb1, omb2, eps)
+            _adam_elem(var, m, v, vhat, j, load(g, j), alpha, omb1, omb2, eps)
     else:
         for j in range(var.shape[0]):
             gj = _transform(load(g, j), lo, hi, mul, div)
-            _adam_elem(var, m, v, j, gj, alpha, omb1, omb2, eps)
-
-
-@njit(**_SERIAL)
-def _amsgrad_dense_run(var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mul, div):
-    if _is_identity(lo, hi, mul, div):
-        for j in range(var.shape[0]):
-            _amsgrad_elem(var, m, v, vhat, j, load(g, j), alpha, omb1, omb2, eps)
-    else:
-        for j in range(var.shape[0]):
-            gj = _transform(load(g, j), lo, hi, mul, div)
-            _amsgrad_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps)
-
-
-@njit(**_SERIAL)
-def adam_dense_run_cpu(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div):
-    """Serial dense Adam step over whole 1-D arrays (small variables).
-
-    In place on ``var``, ``m``, ``v``: ``g' = (clip(g, lo, hi) * mul) / div``;
-    ``m += (g' - m) * omb1``; ``v += (g'*g' - v) * omb2``;
-    ``var -= (m * alpha) / (sqrt(v) + eps)``.
-    """
-    _adam_dense_run(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div)
-
-
-@njit(**_SERIAL)
-def amsgrad_dense_run_cpu(var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mul, div):
-    """Serial dense AMSGrad step: as :func:`adam_dense_run_cpu`, then
-    ``vhat = max(vhat, v)`` and ``var -= (m * alpha) / (sqrt(vhat) + eps)``."""
-    _amsgrad_dense_run(var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mul, div)
+            _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps)
 
 
 @njit(**_PARALLEL)
-def adam_dense_cpu(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div, block):
-    """Dense Adam step, in parallel over fixed blocks of ``block`` elements.
+def adam_dense_cpu(
+    var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div, block, serial_max
+):
+    """Dense Adam (``vhat=None``) or AMSGrad step over 1-D arrays, in place.
 
-    Same arithmetic as :func:`adam_dense_run_cpu`, in place on ``var, m, v``.
+    ``g' = (clip(g, lo, hi) * mul) / div``; ``m += (g' - m) * omb1``;
+    ``v += (g'*g' - v) * omb2``; with AMSGrad ``vhat = max(vhat, v)``;
+    ``var -= (m * alpha) / (sqrt(vhat or v) + eps)``. Written: ``var``, ``m``,
+    ``v`` (and ``vhat``). Up to ``serial_max`` elements in the calling thread
+    (a parallel launch costs more than it saves), else in parallel over fixed
+    blocks of ``block`` elements: the same arithmetic, whatever the threads.
     """
     n = var.shape[0]
+    if n <= serial_max:
+        _dense_run(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div)
+        return
     nblocks = (n + block - 1) // block
     for b in prange(nblocks):
         start = b * block
         stop = min(start + block, n)
         # Slices starting at 0 let LLVM vectorise the inner loop.
-        _adam_dense_run(
-            var[start:stop], g[start:stop], m[start:stop], v[start:stop],
-            alpha, omb1, omb2, eps, lo, hi, mul, div,
-        )  # fmt: skip
-
-
-@njit(**_PARALLEL)
-def amsgrad_dense_cpu(
-    var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mul, div, block
-):
-    """Dense AMSGrad step, in parallel over fixed blocks of ``block`` elements.
-
-    Same arithmetic as :func:`amsgrad_dense_run_cpu`, in place.
-    """
-    n = var.shape[0]
-    nblocks = (n + block - 1) // block
-    for b in prange(nblocks):
-        start = b * block
-        stop = min(start + block, n)
-        _amsgrad_dense_run(
-            var[start:stop], g[start:stop], m[start:stop], v[start:stop],
-            vhat[start:stop], alpha, omb1, omb2, eps, lo, hi, mul, div,
+        _dense_run(
+            var[start:stop], m[start:stop], v[start:stop], span(vhat, start, stop),
+            g[start:stop], alpha, omb1, omb2, eps, lo, hi, mul, div,
         )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
-# Sparse kernels: one pass over the whole table, TensorFlow's dense-equivalent
-# semantics (m and v decay on rows without a gradient).
+# Sparse kernel, TensorFlow's rule: one pass over the whole table (m and v
+# decay on rows without a gradient).
 # ---------------------------------------------------------------------------
 
 
@@ -374,7 +346,10 @@ def _zero_rows_stay(alpha, omb1, omb2, eps):
 
 @njit(**_SERIAL)
 def _all_zero_bits(a):
-    # +0.0 everywhere (-0.0 does not count: the dense arithmetic makes it +0.0)
+    # +0.0 everywhere (-0.0 does not count: the dense arithmetic makes it +0.0);
+    # True for a None slot
+    if a is None:
+        return True
     b = bits(a)
     acc = b[0]
     for j in range(1, b.shape[0]):
@@ -383,108 +358,51 @@ def _all_zero_bits(a):
 
 
 @njit(**_SERIAL)
-def _decay_span(xs, ms, vs, alpha, omb1, omb2, eps):
+def _decay_span(xs, ms, vs, hs, alpha, omb1, omb2, eps):
     # Rows without a gradient: exactly the dense arithmetic with g = 0.
     zero = zero_of(alpha)
     for j in range(xs.shape[0]):
-        _adam_elem(xs, ms, vs, j, zero, alpha, omb1, omb2, eps)
+        _adam_elem(xs, ms, vs, hs, j, zero, alpha, omb1, omb2, eps)
 
 
 @njit(**_SERIAL)
-def _decay_span_ams(xs, ms, vs, hs, alpha, omb1, omb2, eps):
-    zero = zero_of(alpha)
-    for j in range(xs.shape[0]):
-        _amsgrad_elem(xs, ms, vs, hs, j, zero, alpha, omb1, omb2, eps)
-
-
-@njit(**_SERIAL)
-def _decay_run(xs, ms, vs, alpha, omb1, omb2, eps, skip):
+def _decay_run(xs, ms, vs, hs, alpha, omb1, omb2, eps, skip):
     n = xs.shape[0]
     if not skip:
-        _decay_span(xs, ms, vs, alpha, omb1, omb2, eps)
-        return
-    for c0 in range(0, n, _SKIP_CHUNK):
-        c1 = min(c0 + _SKIP_CHUNK, n)
-        if _all_zero_bits(ms[c0:c1]) and _all_zero_bits(vs[c0:c1]):
-            continue
-        _decay_span(xs[c0:c1], ms[c0:c1], vs[c0:c1], alpha, omb1, omb2, eps)
-
-
-@njit(**_SERIAL)
-def _decay_run_ams(xs, ms, vs, hs, alpha, omb1, omb2, eps, skip):
-    n = xs.shape[0]
-    if not skip:
-        _decay_span_ams(xs, ms, vs, hs, alpha, omb1, omb2, eps)
+        _decay_span(xs, ms, vs, hs, alpha, omb1, omb2, eps)
         return
     for c0 in range(0, n, _SKIP_CHUNK):
         c1 = min(c0 + _SKIP_CHUNK, n)
         if (
             _all_zero_bits(ms[c0:c1])
             and _all_zero_bits(vs[c0:c1])
-            and _all_zero_bits(hs[c0:c1])
+            and _all_zero_bits(span(hs, c0, c1))
         ):
             continue
-        _decay_span_ams(
-            xs[c0:c1], ms[c0:c1], vs[c0:c1], hs[c0:c1], alpha, omb1, omb2, eps
+        _decay_span(
+            xs[c0:c1], ms[c0:c1], vs[c0:c1], span(hs, c0, c1), alpha, omb1, omb2, eps
         )
 
 
 @njit(**_SERIAL)
-def _grad_row(xs, ms, vs, gs, alpha, omb1, omb2, eps):
+def _grad_row(xs, ms, vs, hs, gs, alpha, omb1, omb2, eps):
     for j in range(xs.shape[0]):
-        _adam_elem(xs, ms, vs, j, gs[j], alpha, omb1, omb2, eps)
-
-
-@njit(**_SERIAL)
-def _grad_row_ams(xs, ms, vs, hs, gs, alpha, omb1, omb2, eps):
-    for j in range(xs.shape[0]):
-        _amsgrad_elem(xs, ms, vs, hs, j, gs[j], alpha, omb1, omb2, eps)
+        _adam_elem(xs, ms, vs, hs, j, gs[j], alpha, omb1, omb2, eps)
 
 
 @njit(**_PARALLEL)
-def adam_sparse_cpu(var, m, v, indices, values, alpha, omb1, omb2, eps, block_rows):
-    """Sparse Adam step over a whole table, in place on ``var``, ``m``, ``v``.
-
-    ``var``, ``m``, ``v`` are flat views of an ``(R, W)`` table with ``W =
-    values.shape[1]``; ``indices`` (int64) are unique and ascending and
-    ``values[i]`` (compute dtype, already clipped and summed) is the gradient of
-    row ``indices[i]``. Every row gets the dense arithmetic, with a zero gradient
-    where it has none: runs of such rows are processed as one flat stretch,
-    whose parts with ``m = v = +0.0`` are only read (they would not change).
-    """
-    width = values.shape[1]
-    nrows = var.shape[0] // width if width > 0 else 0
-    k = indices.shape[0]
-    skip = _zero_rows_stay(alpha, omb1, omb2, eps)
-    nblocks = (nrows + block_rows - 1) // block_rows
-    for b in prange(nblocks):
-        r0 = b * block_rows
-        r1 = min(r0 + block_rows, nrows)
-        p = np.searchsorted(indices, r0)
-        r = r0
-        while r < r1:
-            nxt = indices[p] if p < k else nrows
-            stop = min(nxt, r1)
-            if stop > r:
-                a = r * width
-                e = stop * width
-                _decay_run(var[a:e], m[a:e], v[a:e], alpha, omb1, omb2, eps, skip)
-                r = stop
-            if r < r1 and p < k and indices[p] == r:
-                a = r * width
-                e = a + width
-                _grad_row(var[a:e], m[a:e], v[a:e], values[p], alpha, omb1, omb2, eps)
-                p += 1
-                r += 1
-
-
-@njit(**_PARALLEL)
-def amsgrad_sparse_cpu(
+def adam_sparse_cpu(
     var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, block_rows
 ):
-    """Sparse AMSGrad step over a whole table, in place on ``var, m, v, vhat``.
+    """Sparse Adam or AMSGrad step (TF's rule) over a whole table, in place.
 
-    As :func:`adam_sparse_cpu` with ``vhat = max(vhat, v)`` on every row.
+    ``var``, ``m``, ``v`` (and ``vhat``, or None) are flat views of an
+    ``(R, W)`` table with ``W = values.shape[1]``; ``indices`` (int64) are
+    unique and ascending and ``values[i]`` (compute dtype, already clipped and
+    summed) is the gradient of row ``indices[i]``. Every row gets the dense
+    arithmetic, with a zero gradient where it has none: runs of such rows are
+    processed as one flat stretch, whose parts with ``m = v (= vhat) = +0.0``
+    are only read (they would not change).
     """
     width = values.shape[1]
     nrows = var.shape[0] // width if width > 0 else 0
@@ -502,24 +420,14 @@ def amsgrad_sparse_cpu(
             if stop > r:
                 a = r * width
                 e = stop * width
-                _decay_run_ams(
-                    var[a:e], m[a:e], v[a:e], vhat[a:e], alpha, omb1, omb2, eps, skip
-                )
+                _decay_run(var[a:e], m[a:e], v[a:e], span(vhat, a, e), alpha, omb1,
+                           omb2, eps, skip)  # fmt: skip
                 r = stop
             if r < r1 and p < k and indices[p] == r:
                 a = r * width
                 e = a + width
-                _grad_row_ams(
-                    var[a:e],
-                    m[a:e],
-                    v[a:e],
-                    vhat[a:e],
-                    values[p],
-                    alpha,
-                    omb1,
-                    omb2,
-                    eps,
-                )
+                _grad_row(var[a:e], m[a:e], v[a:e], span(vhat, a, e), values[p],
+                          alpha, omb1, omb2, eps)  # fmt: skip
                 p += 1
                 r += 1
 
@@ -580,36 +488,23 @@ def _group_grad(acc, values, order, s0, s1, lo, hi, mul, div):
 
 
 @njit(**_SERIAL)
-def _lazy_group(xs, ms, vs, values, order, s0, s1, acc, lo, hi, mul, div, alpha,
-                omb1, omb2, eps):  # fmt: skip
+def _lazy_group(xs, ms, vs, hs, values, order, s0, s1, acc, alpha, omb1, omb2, eps,
+                lo, hi, mul, div):  # fmt: skip
     # One unique row of a lazy step: its summed gradient, then the dense step.
     if s1 - s0 == 1:  # the common case: one row, no scratch
         row = values[order[s0]]
         zero = zero_of(alpha)  # 0 + g, as the sum of one row starting from zero
         if _is_identity(lo, hi, mul, div):
             for j in range(xs.shape[0]):
-                _adam_elem(xs, ms, vs, j, zero + load(row, j), alpha, omb1, omb2, eps)
+                gj = zero + load(row, j)
+                _adam_elem(xs, ms, vs, hs, j, gj, alpha, omb1, omb2, eps)
         else:
             for j in range(xs.shape[0]):
                 gj = zero + _transform(load(row, j), lo, hi, mul, div)
-                _adam_elem(xs, ms, vs, j, gj, alpha, omb1, omb2, eps)
+                _adam_elem(xs, ms, vs, hs, j, gj, alpha, omb1, omb2, eps)
     else:  # duplicates: summed into the group's row of the step's scratch
         _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
-        _grad_row(xs, ms, vs, acc, alpha, omb1, omb2, eps)
-
-
-@njit(**_SERIAL)
-def _lazy_group_ams(xs, ms, vs, hs, values, order, s0, s1, acc, lo, hi, mul, div,
-                    alpha, omb1, omb2, eps):  # fmt: skip
-    if s1 - s0 == 1:
-        row = values[order[s0]]
-        zero = zero_of(alpha)
-        for j in range(xs.shape[0]):
-            gj = zero + _transform(load(row, j), lo, hi, mul, div)
-            _amsgrad_elem(xs, ms, vs, hs, j, gj, alpha, omb1, omb2, eps)
-    else:
-        _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
-        _grad_row_ams(xs, ms, vs, hs, acc, alpha, omb1, omb2, eps)
+        _grad_row(xs, ms, vs, hs, acc, alpha, omb1, omb2, eps)
 
 
 @njit(**_SERIAL)
@@ -660,32 +555,34 @@ _PREFETCH_GROUPS = 4
 
 
 @njit(**_SERIAL)
-def _prefetch_group(var, m, v, values, indices, order, start, width):
-    # the variable/slot rows and the first gradient row of one group; returns
-    # the rows' offset (for any further slot, e.g. vhat)
+def _prefetch_group(var, m, v, vhat, values, indices, order, start, width):
+    # the variable/slot rows and the first gradient row of one group
     i = order[start]
     a = indices[i] * width
     _prefetch_span(var, a, width)
     _prefetch_span(m, a, width)
     _prefetch_span(v, a, width)
+    if vhat is not None:
+        _prefetch_span(vhat, a, width)
     _prefetch_span(values[i], 0, width)
-    return a
 
 
 @njit(**_PARALLEL)
-def adam_lazy_sparse_cpu(
-    var, m, v, indices, values, lo, hi, mul, div, maxkey, alpha, omb1, omb2, eps, nt
-):
-    """Lazy sparse Adam step: only rows ``indices`` of ``var``, ``m``, ``v`` change.
+def adam_sparse_lazy_cpu(
+    var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, lo, hi, mul, div,
+    maxkey, nt,
+):  # fmt: skip
+    """Lazy sparse Adam or AMSGrad step: only rows ``indices`` change.
 
-    ``var``, ``m``, ``v`` are flat views of an ``(R, W)`` table; ``indices``
-    (raw, with duplicates, non-negative and at most ``maxkey``) and ``values``
-    (``(k, W)``, storage dtype) are the IndexedSlices. Duplicates are summed
-    (clipped by ``(clip(g, lo, hi) * mul) / div`` first) in order of appearance
-    and each row then takes the dense arithmetic, in one parallel pass over the
-    unique rows; other rows are not read. Cost O(k W), independent of R. The
-    unique rows are dealt round-robin to ``nt`` workers (pass Numba's thread
-    count); results do not depend on ``nt``.
+    ``var``, ``m``, ``v`` (and ``vhat``, or None) are flat views of an
+    ``(R, W)`` table; ``indices`` (raw, with duplicates, non-negative and at
+    most ``maxkey``) and ``values`` (``(k, W)``, storage dtype) are the
+    IndexedSlices. Duplicates are summed (clipped by ``(clip(g, lo, hi) * mul)
+    / div`` first) in order of appearance and each row then takes the dense
+    arithmetic, in one parallel pass over the unique rows; other rows are not
+    read. Cost O(k W), independent of R. The unique rows are dealt round-robin
+    to ``nt`` workers (pass Numba's thread count); results do not depend on
+    ``nt``.
     """
     width = values.shape[1]
     order, starts, u = _groups(indices, maxkey)
@@ -695,42 +592,15 @@ def adam_lazy_sparse_cpu(
         for q in range(c, u, nt):
             ahead = q + _PREFETCH_GROUPS * nt
             if ahead < u:
-                _prefetch_group(var, m, v, values, indices, order, starts[ahead],
-                                width)  # fmt: skip
+                _prefetch_group(var, m, v, vhat, values, indices, order,
+                                starts[ahead], width)  # fmt: skip
             a = indices[order[starts[q]]] * width
             e = a + width
             o = max(at[q], 0)  # (-1: a single row, which needs no scratch)
             acc = scratch[o : o + width]
-            _lazy_group(var[a:e], m[a:e], v[a:e], values, order, starts[q],
-                        starts[q + 1], acc, lo, hi, mul, div, alpha, omb1, omb2,
-                        eps)  # fmt: skip
-
-
-@njit(**_PARALLEL)
-def amsgrad_lazy_sparse_cpu(
-    var, m, v, vhat, indices, values, lo, hi, mul, div, maxkey, alpha, omb1, omb2,
-    eps, nt,
-):  # fmt: skip
-    """Lazy sparse AMSGrad step: as :func:`adam_lazy_sparse_cpu` with
-    ``vhat = max(vhat, v)`` on the listed rows."""
-    width = values.shape[1]
-    order, starts, u = _groups(indices, maxkey)
-    at, scratch = _dup_scratch(starts, u, width, alpha)
-    nt = max(nt, 1)
-    for c in prange(nt):
-        for q in range(c, u, nt):
-            ahead = q + _PREFETCH_GROUPS * nt
-            if ahead < u:
-                r = _prefetch_group(var, m, v, values, indices, order, starts[ahead],
-                                    width)  # fmt: skip
-                _prefetch_span(vhat, r, width)
-            a = indices[order[starts[q]]] * width
-            e = a + width
-            o = max(at[q], 0)
-            acc = scratch[o : o + width]
-            _lazy_group_ams(var[a:e], m[a:e], v[a:e], vhat[a:e], values, order,
-                            starts[q], starts[q + 1], acc, lo, hi, mul, div, alpha,
-                            omb1, omb2, eps)  # fmt: skip
+            _lazy_group(var[a:e], m[a:e], v[a:e], span(vhat, a, e), values, order,
+                        starts[q], starts[q + 1], acc, alpha, omb1, omb2, eps, lo,
+                        hi, mul, div)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -819,7 +689,7 @@ def sum_duplicate_rows_cpu(
     their order of appearance, starting from zero. ``values`` is ``(k, W)`` in
     storage dtype; ``indices`` are non-negative and at most ``maxkey``. The
     scratch is O(k). The sums are dealt round-robin to ``nt`` workers, as in
-    :func:`adam_lazy_sparse_cpu`.
+    :func:`adam_sparse_lazy_cpu`.
     """
     order, starts, u = _groups(indices, maxkey)  # stable: appearance order
     for q in range(u):
@@ -909,38 +779,27 @@ def _signatures(storage):
     s, c = STORAGE_DTYPES[np.dtype(storage)]
     W, R = _arr(s), _arr(s, readonly=True)
     vals2 = _arr(c, 2, readonly=True)
-    i64 = types.int64
-    dense = (W, R, W, W) + (c,) * 8 + (i64,)
-    ams_dense = (W, R, W, W, W) + (c,) * 8 + (i64,)
-    sparse = (W, W, W, _arr(i64, readonly=True), vals2) + (c,) * 4 + (i64,)
-    ams_sparse = (W, W, W, W, _arr(i64, readonly=True), vals2) + (c,) * 4 + (i64,)
+    i64, none = types.int64, types.none
+    idx64 = _arr(i64, readonly=True)
     dedup = [
         (_arr(it, readonly=True), _arr(s, 2, readonly=True))
         + (c,) * 4
         + (i64, _arr(i64), _arr(c, 2), i64)
         for it in (types.int32, types.int64)
     ]
+    # (the vhat argument, position VHAT_ARG: None for Adam, an array for AMSGrad)
     return {
-        "adam_dense_cpu": [dense],
-        "amsgrad_dense_cpu": [ams_dense],
-        "adam_dense_run_cpu": [dense[:-1]],
-        "amsgrad_dense_run_cpu": [ams_dense[:-1]],
-        "adam_sparse_cpu": [sparse],
-        "amsgrad_sparse_cpu": [ams_sparse],
-        "adam_lazy_sparse_cpu": [
-            (W, W, W, _arr(it, readonly=True), _arr(s, 2, readonly=True))
-            + (c,) * 4
-            + (i64,)
-            + (c,) * 4
-            + (i64,)
-            for it in (types.int32, types.int64)
+        "adam_dense_cpu": [
+            (W, W, W, h, R) + (c,) * 8 + (i64, i64) for h in (none, W)
         ],
-        "amsgrad_lazy_sparse_cpu": [
-            (W, W, W, W, _arr(it, readonly=True), _arr(s, 2, readonly=True))
-            + (c,) * 4
-            + (i64,)
-            + (c,) * 4
-            + (i64,)
+        "adam_sparse_cpu": [
+            (W, W, W, h, idx64, vals2) + (c,) * 4 + (i64,) for h in (none, W)
+        ],
+        "adam_sparse_lazy_cpu": [
+            (W, W, W, h, _arr(it, readonly=True), _arr(s, 2, readonly=True))
+            + (c,) * 8
+            + (i64, i64)
+            for h in (none, W)
             for it in (types.int32, types.int64)
         ],
         "sum_duplicate_rows_cpu": dedup,
@@ -959,26 +818,36 @@ SIGNATURES["index_range_cpu"] = {
     np.dtype(np.int64): [(_arr(types.int64, readonly=True),)],
 }
 
+#: Position of the ``vhat`` argument of the kernels that take one (None: Adam).
+VHAT_ARG = {"adam_dense_cpu": 3, "adam_sparse_cpu": 3, "adam_sparse_lazy_cpu": 3}
+
 _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype) -> None:
+def ensure_compiled(kernel, dtype, amsgrad=None) -> None:
     """Compile ``kernel``'s explicit signatures for storage ``dtype`` (once).
 
+    For a kernel with a ``vhat`` argument (:data:`VHAT_ARG`), ``amsgrad``
+    selects the AMSGrad (True) or Adam (False) signatures; None compiles both.
     Loads from the on-disk cache when possible. Afterwards the kernel's
-    dispatcher accepts arrays matching its declared signatures (writable arrays
+    dispatcher accepts arrays matching its compiled signatures (writable arrays
     where read-only ones are declared, too) and compiles nothing new.
     """
-    key = (kernel.py_func.__name__, np.dtype(dtype))
+    name = kernel.py_func.__name__
+    key = (name, np.dtype(dtype), amsgrad)
     if key in _compiled:
         return
     with _lock:
         if key in _compiled:
             return
+        sigs = SIGNATURES[name][key[1]]
+        at = VHAT_ARG.get(name)
+        if at is not None and amsgrad is not None:
+            sigs = [sig for sig in sigs if (sig[at] != types.none) == amsgrad]
         kernel.disable_compile(False)
         try:
-            for sig in SIGNATURES[key[0]][key[1]]:
+            for sig in sigs:
                 kernel.compile(sig)
         finally:
             # (a dispatcher with no signature at all may not be locked)
