@@ -121,19 +121,22 @@ class CUDABackend:
         from .kernels import cuda as kernels  # compiles lazily, per dtype
 
         self._k = kernels
-        self._ready: dict = {}  # (kernel name, dtype char or None) -> dispatcher
+        self._ready: dict = {}  # (kernel, dtype char or None, amsgrad) -> kernel
         self._identity: dict = {}  # dtype char -> (lo, hi, mul, div) of no clipping
 
     # -- launches -------------------------------------------------------------
 
-    def _kernel(self, name: str, dtype: Optional[np.dtype] = None):
-        key = (name, None if dtype is None else dtype.char)
-        kern = self._ready.get(key)
-        if kern is None:
-            kern = getattr(self._k, name)
-            self._k.ensure_compiled(kern, dtype)
-            self._ready[key] = kern
-        return kern
+    def _kernel(
+        self, kernel: Any, dtype: Optional[np.dtype] = None, amsgrad=None
+    ) -> Any:
+        """``kernel`` (of ``kernels.cuda``) compiled for ``dtype`` (and the Adam
+        or AMSGrad variant), once."""
+        key = (kernel, None if dtype is None else dtype.char, amsgrad)
+        ready = self._ready.get(key)
+        if ready is None:
+            self._k.ensure_compiled(kernel, dtype, amsgrad)
+            ready = self._ready[key] = kernel
+        return ready
 
     def _threads(self) -> int:
         tpb = int(_config.CUDA_THREADS_PER_BLOCK)
@@ -222,7 +225,7 @@ class CUDABackend:
         n = int(np.prod(d.shape, dtype=np.int64))
         out = cuda.device_array(n, dtype)
         if n:
-            self._launch(self._kernel("gather_cuda", dtype), n, view, out)
+            self._launch(self._kernel(self._k.gather_cuda, dtype), n, view, out)
         return out
 
     def _writeback(self, work: Any) -> None:
@@ -231,7 +234,7 @@ class CUDABackend:
             d = self._wrap(work.var)
             view = self._view4(d, work.label, "", writable=True)
             n = int(work.flat.shape[0])
-            kern = self._kernel("scatter_cuda", np.dtype(d.dtype))
+            kern = self._kernel(self._k.scatter_cuda, np.dtype(d.dtype))
             self._launch(kern, n, work.flat, view)
 
     def _variable_flat(self, d: Any, label: Any) -> Tuple[Any, bool]:
@@ -263,7 +266,7 @@ class CUDABackend:
         n = int(np.prod(d.shape, dtype=np.int64))
         if n:
             self._launch(
-                self._kernel("cast_cuda", dtype), n, self._flat(d), self._flat(out)
+                self._kernel(self._k.cast_cuda, dtype), n, self._flat(d), self._flat(out)
             )
         return out
 
@@ -337,7 +340,7 @@ class CUDABackend:
         if dt not in INDEX_DTYPES:  # e.g. uint16: to int64, on the device
             out = cuda.device_array(int(idx.shape[0]), np.int64)
             if out.shape[0]:
-                kern = self._kernel("index_cast_cuda", dt)
+                kern = self._kernel(self._k.index_cast_cuda, dt)
                 self._launch(kern, int(idx.shape[0]), idx, out)
             idx = out
         return idx
@@ -353,7 +356,7 @@ class CUDABackend:
             return cuda.to_device(np.ascontiguousarray(idx))
         if k:
             out = cuda.to_device(np.array([_INT64_MAX, _INT64_MIN], np.int64))
-            kern = self._kernel("index_bounds_cuda", np.dtype(idx.dtype))
+            kern = self._kernel(self._k.index_bounds_cuda, np.dtype(idx.dtype))
             self._launch(kern, k, idx, out)
             lo, hi = out.copy_to_host()
             check_index_range(int(lo), int(hi), nrows, label)
@@ -367,7 +370,7 @@ class CUDABackend:
         out = cuda.device_array(tuple(d.shape), dtype)
         n = int(np.prod(d.shape, dtype=np.int64))
         if n:
-            self._launch(self._kernel("fill_cuda", dtype), n, self._flat(out), 0.0)
+            self._launch(self._kernel(self._k.fill_cuda, dtype), n, self._flat(out), 0.0)
         return out
 
     def to_host(self, arr: Any) -> np.ndarray:
@@ -412,10 +415,10 @@ class CUDABackend:
         blocks, tpb = self._dims(n)
         partials = cuda.device_array(blocks, np.float64)
         shared = self._shared(tpb)
-        kern = self._kernel("sum_squares_cuda", dtype)
+        kern = self._kernel(self._k.sum_squares_cuda, dtype)
         self._configure(kern, blocks, tpb, shared)(flat, lo, hi, partials)
         out = cuda.device_array(1, np.float64)
-        kern = self._kernel("sum_partials_cuda")
+        kern = self._kernel(self._k.sum_partials_cuda)
         self._configure(kern, 1, tpb, shared)(partials, out)
         return float(out.copy_to_host()[0])
 
@@ -434,11 +437,11 @@ class CUDABackend:
         tpb = self._threads()
         ntiles = -(-k // tpb)
         blocks = max(1, min(int(_config.CUDA_MAX_BLOCKS), ntiles))
-        sort = self._kernel("sort_tiles_cuda", np.dtype(indices.dtype))
+        sort = self._kernel(self._k.sort_tiles_cuda, np.dtype(indices.dtype))
         self._configure(sort, blocks, tpb, self._shared(tpb))(indices, keys, pos, k)
         width = tpb
         if width < k:
-            merge = self._kernel("merge_runs_cuda")
+            merge = self._kernel(self._k.merge_runs_cuda)
             keys2 = cuda.device_array(k, np.int64)
             pos2 = cuda.device_array(k, np.int64)
             while width < k:
@@ -464,13 +467,9 @@ class CUDABackend:
         tr = self._scalars(work.grad, dtype, clipvalue, clipnorm)
         coef = _typed(coef, dtype)
         mf, vf = self._flat(m), self._flat(v)
-        if vhat is None:
-            kern = self._kernel("adam_dense_cuda", dtype)
-            self._launch(kern, n, work.flat, work.grad, mf, vf, *coef, *tr)
-        else:
-            kern = self._kernel("amsgrad_dense_cuda", dtype)
-            hf = self._flat(vhat)
-            self._launch(kern, n, work.flat, work.grad, mf, vf, hf, *coef, *tr)
+        slot = () if vhat is None else (self._flat(vhat),)
+        kern = self._kernel(self._k.adam_dense_cuda, dtype, vhat is not None)
+        self._launch(kern, n, work.flat, mf, vf, slot, work.grad, *coef, *tr)
         self._writeback(work)
 
     def sparse_step(
@@ -498,16 +497,11 @@ class CUDABackend:
                 return
             values = cuda.device_array((1, work.width), dtype)  # never read
         mf, vf = self._flat(m), self._flat(v)
-        state = (
-            (work.flat, mf, vf)
-            if vhat is None
-            else (work.flat, mf, vf, self._flat(vhat))
-        )
-        name = ("adam" if vhat is None else "amsgrad") + (
-            "_lazy_sparse_cuda" if lazy else "_sparse_cuda"
-        )
+        slot = () if vhat is None else (self._flat(vhat),)
+        kern = self._k.adam_sparse_lazy_cuda if lazy else self._k.adam_sparse_cuda
+        kern = self._kernel(kern, dtype, vhat is not None)
         items = k * work.width if lazy else n
         self._launch(
-            self._kernel(name, dtype), items, *state, keys, pos, k, values, *coef, *tr
+            kern, items, work.flat, mf, vf, slot, keys, pos, k, values, *coef, *tr
         )
         self._writeback(work)

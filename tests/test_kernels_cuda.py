@@ -81,6 +81,13 @@ def launch(kernel, n, *args):
     kernel[blocks, tpb](*args)
 
 
+def state_args(dev):
+    """``var, m, v, vhat`` kernel arguments from ``[var, m, v, vhat or None]``:
+    the step kernels take the AMSGrad slot as ``()`` or ``(vhat,)``."""
+    h = dev[3] if len(dev) > 3 else None
+    return (dev[0], dev[1], dev[2], () if h is None else (h,))
+
+
 def bits(a):
     a = np.ascontiguousarray(np.atleast_1d(a)).reshape(-1)
     return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
@@ -211,9 +218,7 @@ def test_dense_kernel_matches_twin_and_oracle(cuda, kc, dtype, amsgrad, kind):
     coef = coefficients(dtype)
     tr = transforms(dtype, kind, g)
     dev = to_dev(cuda, state)
-    kernel = kc.amsgrad_dense_cuda if amsgrad else kc.adam_dense_cuda
-    args = [a for a in dev if a is not None]
-    launch(kernel, N, args[0], cuda.to_device(g), *args[1:], *coef, *tr)
+    launch(kc.adam_dense_cuda, N, *state_args(dev), cuda.to_device(g), *coef, *tr)
     got = to_hst(dev)
     want = twin_dense(state, g, coef, tr)
     for name, a, e in zip(("var", "m", "v", "vhat"), got, want):
@@ -246,10 +251,8 @@ def test_dense_kernel_matches_reference_module(cuda, kc):
     launch(
         kc.adam_dense_cuda,
         N,
-        dev[0],
+        *state_args(dev),
         cuda.to_device(g),
-        dev[1],
-        dev[2],
         *coef,
         *transform_scalars(np.float64, None, None, None),
     )
@@ -285,7 +288,7 @@ def test_dense_kernel_special_values(cuda, kc, dtype):
     coef = coefficients(dtype)
     tr = transform_scalars(dtype, None, None, None)
     dev = to_dev(cuda, [x, m, v, vhat])
-    launch(kc.amsgrad_dense_cuda, n, dev[0], cuda.to_device(g), *dev[1:], *coef, *tr)
+    launch(kc.adam_dense_cuda, n, *state_args(dev), cuda.to_device(g), *coef, *tr)
     with np.errstate(all="ignore"):
         want = twin_dense([x, m, v, vhat], g, coef, tr)
     for name, a, e in zip(("var", "m", "v", "vhat"), to_hst(dev), want):
@@ -302,7 +305,7 @@ def test_dense_kernel_odd_launch_shapes(cuda, kc):
         tr = transforms(np.float32, "clipvalue", g)
         dev = to_dev(cuda, state[:3])
         kc.adam_dense_cuda[blocks, tpb](
-            dev[0], cuda.to_device(g), dev[1], dev[2], *coef, *tr
+            *state_args(dev), cuda.to_device(g), *coef, *tr
         )
         want = twin_dense(state, g, coef, tr)
         for a, e in zip(to_hst(dev), want):
@@ -332,14 +335,12 @@ def test_sparse_kernel_matches_twin(cuda, kc, be, dtype, amsgrad, lazy):
     tr = transforms(dtype, "clipnorm", vals)
     keys, pos = sorted_keys(cuda, be, idx)
     dev = to_dev(cuda, [a.reshape(-1) if a is not None else None for a in state])
-    name = ("amsgrad" if amsgrad else "adam") + (
-        "_lazy_sparse_cuda" if lazy else "_sparse_cuda"
-    )
+    kernel = kc.adam_sparse_lazy_cuda if lazy else kc.adam_sparse_cuda
     items = k * width if lazy else rows * width
     launch(
-        getattr(kc, name),
+        kernel,
         items,
-        *[a for a in dev if a is not None],
+        *state_args(dev),
         keys,
         pos,
         k,
@@ -388,9 +389,9 @@ def test_sparse_unique_equals_dense_with_zero_rows(cuda, kc, be, dtype):
     keys, pos = sorted_keys(cuda, be, idx)
     sp = to_dev(cuda, [a.reshape(-1) for a in state])
     launch(
-        kc.amsgrad_sparse_cuda,
+        kc.adam_sparse_cuda,
         rows * width,
-        *sp,
+        *state_args(sp),
         keys,
         pos,
         17,
@@ -402,11 +403,10 @@ def test_sparse_unique_equals_dense_with_zero_rows(cuda, kc, be, dtype):
     dense_g[idx] = vals
     de = to_dev(cuda, [a.reshape(-1) for a in state])
     launch(
-        kc.amsgrad_dense_cuda,
+        kc.adam_dense_cuda,
         rows * width,
-        de[0],
+        *state_args(de),
         cuda.to_device(dense_g.reshape(-1)),
-        *de[1:],
         *coef,
         *tr,
     )

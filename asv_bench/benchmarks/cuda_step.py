@@ -85,7 +85,7 @@ class DenseStep(_Step):
 
 
 class AMSGradStep(_Step):
-    """``amsgrad_dense_cuda``: 9 accesses per element."""
+    """``adam_dense_cuda`` with AMSGrad: 9 accesses per element."""
 
     params: ClassVar[list] = [DTYPES, SIZES]
     param_names: ClassVar[list] = ["dtype", "size"]
@@ -141,7 +141,7 @@ class _SparseBase(_Step):
 
 class SparseStep(_SparseBase):
     """``adam_sparse_cuda`` (``"dense"``: the whole table, TensorFlow's rule) and
-    ``adam_lazy_sparse_cuda`` (``"lazy"``: the looked-up rows only), with the
+    ``adam_sparse_lazy_cuda`` (``"lazy"``: the looked-up rows only), with the
     device sort of 1e4 indices; ``size`` is the table's element count."""
 
     params: ClassVar[list] = [DTYPES, SIZES, ["dense", "lazy"]]
@@ -152,7 +152,7 @@ class SparseStep(_SparseBase):
 
 
 class SparseAMSGradStep(_SparseBase):
-    """``amsgrad_sparse_cuda`` and ``amsgrad_lazy_sparse_cuda``."""
+    """``adam_sparse_cuda`` and ``adam_sparse_lazy_cuda`` with AMSGrad."""
 
     amsgrad = True
     params: ClassVar[list] = [DTYPES, SIZES, ["dense", "lazy"]]

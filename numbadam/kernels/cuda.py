@@ -45,7 +45,7 @@ element binary-searches its row in ``keys``; a row with a gradient sums its
 transformed duplicates starting from zero, in appearance order, and every other
 row takes the dense arithmetic with ``g = 0`` (so a sparse step is bitwise the
 dense step with a zero-filled gradient). The lazy kernels
-(:func:`adam_lazy_sparse_cuda`) touch only the rows in ``keys``. Scratch is
+(:func:`adam_sparse_lazy_cuda`) touch only the rows in ``keys``. Scratch is
 O(k), never O(R).
 
 Helpers
@@ -76,11 +76,10 @@ from numba.cuda.extending import overload
 
 __all__ = [
     "adam_dense_cuda",
-    "amsgrad_dense_cuda",
     "adam_sparse_cuda",
-    "amsgrad_sparse_cuda",
-    "adam_lazy_sparse_cuda",
-    "amsgrad_lazy_sparse_cuda",
+    "adam_sparse_lazy_cuda",
+    "slot_max",
+    "slot_is_pos_zero",
     "sum_squares_cuda",
     "sum_partials_cuda",
     "index_bounds_cuda",
@@ -94,6 +93,7 @@ __all__ = [
     "MAX_THREADS_PER_BLOCK",
     "SHARED_BYTES_PER_THREAD",
     "SIGNATURES",
+    "VHAT_ARG",
     "ensure_compiled",
     "STORAGE_DTYPES",
     "INDEX_DTYPES",
@@ -172,6 +172,62 @@ def _zero_cuda(x):
     if x == types.float64:
         return lambda x: types.float64(0)
     return None
+
+
+# The AMSGrad slot reaches the step kernels as a tuple: ``()`` for Adam,
+# ``(vhat,)`` for AMSGrad (kernel arguments cannot be None, and a tuple's length
+# is part of its type, so the Adam kernel carries no trace of vhat). These two
+# primitives are all the kernels do with it.
+
+
+def slot_max(vhat, i, v):
+    """AMSGrad's ``vhat[i] = max(vhat[i], v)``, returned; ``v`` for Adam."""
+    if not len(vhat):
+        return v
+    h = _widen(vhat[0][i])
+    if v > h:
+        h = v
+    vhat[0][i] = h
+    return h
+
+
+@overload(slot_max, target="cuda")
+def _slot_max_cuda(vhat, i, v):
+    if not isinstance(vhat, types.BaseTuple):
+        return None
+    if len(vhat) == 0:
+        return lambda vhat, i, v: v
+
+    def impl(vhat, i, v):
+        h = _widen(vhat[0][i])
+        if v > h:
+            h = v
+        vhat[0][i] = h
+        return h
+
+    return impl
+
+
+def slot_is_pos_zero(vhat, i):
+    """``vhat[i]`` is +0.0 (True for Adam, which has no vhat)."""
+    if not len(vhat):
+        return True
+    x = _widen(vhat[0][i])
+    return x == 0 and math.copysign(1.0, x) > 0
+
+
+@overload(slot_is_pos_zero, target="cuda")
+def _slot_is_pos_zero_cuda(vhat, i):
+    if not isinstance(vhat, types.BaseTuple):
+        return None
+    if len(vhat) == 0:
+        return lambda vhat, i: True
+
+    def impl(vhat, i):
+        x = _widen(vhat[0][i])
+        return x == 0 and math.copysign(1.0, x) > 0
+
+    return impl
 
 
 # ---------------------------------------------------------------------------
@@ -257,50 +313,28 @@ def _block_sum(sh, t, nthreads):
 
 
 @cuda.jit(device=True)
-def _adam_update(var, m, v, i, g, m0, v0, alpha, omb1, omb2, eps):
-    # element i of every Adam kernel, from its gradient g and moments m0, v0
+def _adam_update(var, m, v, vhat, i, g, m0, v0, alpha, omb1, omb2, eps):
+    # element i of every kernel, from its gradient g and moments m0, v0; vhat
+    # is () (Adam) or (vhat,). Stored in the CPU kernels' order: m, v, vhat, var.
     mi, vi = _moments(g, m0, v0, omb1, omb2)
     m[i] = mi
     v[i] = vi
-    var[i] = _step(_widen(var[i]), mi, vi, alpha, eps)
-
-
-@cuda.jit(device=True)
-def _amsgrad_update(var, m, v, vhat, i, g, m0, v0, h0, alpha, omb1, omb2, eps):
-    mi, vi = _moments(g, m0, v0, omb1, omb2)
-    hv = h0
-    if vi > hv:
-        hv = vi
-    m[i] = mi
-    v[i] = vi
-    vhat[i] = hv
-    var[i] = _step(_widen(var[i]), mi, hv, alpha, eps)
+    var[i] = _step(_widen(var[i]), mi, slot_max(vhat, i, vi), alpha, eps)
 
 
 @cuda.jit(cache=True)
-def adam_dense_cuda(var, g, m, v, alpha, omb1, omb2, eps, lo, hi, mul, div):
-    """Dense Adam step, in place on ``var``, ``m``, ``v`` (1-D, same length).
+def adam_dense_cuda(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div):
+    """Dense Adam (``vhat=()``) or AMSGrad (``vhat=(vhat,)``) step, in place on
+    ``var``, ``m``, ``v`` (and ``vhat``), 1-D arrays of one length.
 
     ``g' = (clip(g, lo, hi) * mul) / div``; ``m += (g' - m) * omb1``;
-    ``v += (g'*g' - v) * omb2``; ``var -= (m * alpha) / (sqrt(v) + eps)``.
+    ``v += (g'*g' - v) * omb2``; with AMSGrad ``vhat = max(vhat, v)``;
+    ``var -= (m * alpha) / (sqrt(vhat or v) + eps)``.
     """
     for i in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         gi = _transform(_widen(g[i]), lo, hi, mul, div)
-        _adam_update(var, m, v, i, gi, _widen(m[i]), _widen(v[i]), alpha, omb1,
+        _adam_update(var, m, v, vhat, i, gi, _widen(m[i]), _widen(v[i]), alpha, omb1,
                      omb2, eps)  # fmt: skip
-
-
-@cuda.jit(cache=True)
-def amsgrad_dense_cuda(var, g, m, v, vhat, alpha, omb1, omb2, eps, lo, hi, mul, div):
-    """Dense AMSGrad step, in place on ``var``, ``m``, ``v``, ``vhat`` (1-D).
-
-    As :func:`adam_dense_cuda`, then ``vhat = max(vhat, v)`` and
-    ``var -= (m * alpha) / (sqrt(vhat) + eps)``.
-    """
-    for i in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
-        gi = _transform(_widen(g[i]), lo, hi, mul, div)
-        _amsgrad_update(var, m, v, vhat, i, gi, _widen(m[i]), _widen(v[i]),
-                        _widen(vhat[i]), alpha, omb1, omb2, eps)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -356,17 +390,21 @@ def _is_pos_zero(x):
 
 @cuda.jit(cache=True)
 def adam_sparse_cuda(
-    var, m, v, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul, div
-):
-    """Sparse Adam step over a whole table, in place on ``var``, ``m``, ``v``.
+    var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
+    div,
+):  # fmt: skip
+    """Sparse Adam or AMSGrad step (TF's rule) over a whole table, in place.
 
-    ``var``, ``m``, ``v`` are flat views of an ``(R, W)`` table with ``W =
+    ``var``, ``m``, ``v`` (and the AMSGrad slot: ``vhat`` is ``()`` or
+    ``(vhat,)``) are flat views of an ``(R, W)`` table with ``W =
     values.shape[1]``; ``keys[:nkeys]`` (int64, ascending, duplicates allowed)
     are the gradient's row indices stable-sorted and ``pos`` their positions in
     ``values`` (``(k, W)``, storage dtype, not yet transformed). Each row's
     gradient is ``sum((clip(values[p], lo, hi) * mul) / div)`` over its
     positions in order of appearance, starting from zero, or zero for a row
-    with none; then every element takes the dense arithmetic.
+    with none; then every element takes the dense arithmetic (elements without
+    gradient whose moments are +0.0 are read, not written: they would not
+    change).
     """
     width = values.shape[1]
     zero = _zero(alpha)
@@ -374,42 +412,23 @@ def adam_sparse_cuda(
     for e in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         g = _row_gradient(e, width, keys, pos, nkeys, values, lo, hi, mul, div, zero)
         m0, v0 = _widen(m[e]), _widen(v[e])
-        if skip and g == 0 and _is_pos_zero(m0) and _is_pos_zero(v0):
-            continue  # stays bit for bit: read m and v only
-        _adam_update(var, m, v, e, g, m0, v0, alpha, omb1, omb2, eps)
-
-
-@cuda.jit(cache=True)
-def amsgrad_sparse_cuda(
-    var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul, div
-):
-    """Sparse AMSGrad step over a whole table, in place on ``var, m, v, vhat``.
-
-    As :func:`adam_sparse_cuda` with ``vhat = max(vhat, v)`` on every element.
-    """
-    width = values.shape[1]
-    zero = _zero(alpha)
-    skip = _zero_rows_stay(alpha, omb1, omb2, eps)
-    for e in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
-        g = _row_gradient(e, width, keys, pos, nkeys, values, lo, hi, mul, div, zero)
-        m0, v0 = _widen(m[e]), _widen(v[e])
-        hv = _widen(vhat[e])
         if (
             skip
             and g == 0
             and _is_pos_zero(m0)
             and _is_pos_zero(v0)
-            and _is_pos_zero(hv)
+            and slot_is_pos_zero(vhat, e)
         ):
-            continue
-        _amsgrad_update(var, m, v, vhat, e, g, m0, v0, hv, alpha, omb1, omb2, eps)
+            continue  # stays bit for bit: read the moments only
+        _adam_update(var, m, v, vhat, e, g, m0, v0, alpha, omb1, omb2, eps)
 
 
 @cuda.jit(cache=True)
-def adam_lazy_sparse_cuda(
-    var, m, v, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul, div
-):
-    """Lazy sparse Adam step: only the rows in ``keys`` of ``var, m, v`` change.
+def adam_sparse_lazy_cuda(
+    var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
+    div,
+):  # fmt: skip
+    """Lazy sparse Adam or AMSGrad step: only the rows in ``keys`` change.
 
     Arguments as :func:`adam_sparse_cuda`. One thread per element of
     ``values``: the first of each run of equal keys sums the run (in order of
@@ -426,28 +445,8 @@ def adam_lazy_sparse_cuda(
                 s, w, keys, pos, nkeys, values, lo, hi, mul, div, zero
             )
             e = keys[s] * width + w
-            _adam_update(var, m, v, e, g, _widen(m[e]), _widen(v[e]), alpha, omb1,
-                         omb2, eps)  # fmt: skip
-
-
-@cuda.jit(cache=True)
-def amsgrad_lazy_sparse_cuda(
-    var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul, div
-):
-    """Lazy sparse AMSGrad step: as :func:`adam_lazy_sparse_cuda` with
-    ``vhat = max(vhat, v)`` on the listed rows."""
-    width = values.shape[1]
-    zero = _zero(alpha)
-    for q in range(cuda.grid(1), nkeys * width, cuda.gridsize(1)):
-        s = q // width
-        if s == 0 or keys[s] != keys[s - 1]:
-            w = q - s * width
-            g = _segment_gradient(
-                s, w, keys, pos, nkeys, values, lo, hi, mul, div, zero
-            )
-            e = keys[s] * width + w
-            _amsgrad_update(var, m, v, vhat, e, g, _widen(m[e]), _widen(v[e]),
-                            _widen(vhat[e]), alpha, omb1, omb2, eps)  # fmt: skip
+            _adam_update(var, m, v, vhat, e, g, _widen(m[e]), _widen(v[e]), alpha,
+                         omb1, omb2, eps)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -665,13 +664,12 @@ def _signatures(storage):
     coef = (c,) * 4  # alpha, omb1, omb2, eps
     sparse_tail = (K, K, i64, _arr(s, 2)) + coef + tr
     view = _arr(s, 4, "A")
+    # the vhat argument (VHAT_ARG): () for Adam, (vhat,) for AMSGrad
+    slots = (types.Tuple(()), types.UniTuple(A, 1))
     return {
-        "adam_dense_cuda": [(A,) * 4 + coef + tr],
-        "amsgrad_dense_cuda": [(A,) * 5 + coef + tr],
-        "adam_sparse_cuda": [(A,) * 3 + sparse_tail],
-        "amsgrad_sparse_cuda": [(A,) * 4 + sparse_tail],
-        "adam_lazy_sparse_cuda": [(A,) * 3 + sparse_tail],
-        "amsgrad_lazy_sparse_cuda": [(A,) * 4 + sparse_tail],
+        "adam_dense_cuda": [(A, A, A, h, A) + coef + tr for h in slots],
+        "adam_sparse_cuda": [(A, A, A, h) + sparse_tail for h in slots],
+        "adam_sparse_lazy_cuda": [(A, A, A, h) + sparse_tail for h in slots],
         "sum_squares_cuda": [(A, c, c, _arr(f64))],
         "fill_cuda": [(A, f64)],
         "cast_cuda": [(_arr(src), A) for src, _ in STORAGE_DTYPES.values() if src != s],
@@ -711,28 +709,36 @@ SHARED_SIGNATURES = {
     "merge_runs_cuda": [(_arr(types.int64),) * 4 + (types.int64, types.int64)],
 }
 
+#: Position of the ``vhat`` argument (``()`` or ``(vhat,)``) of the step kernels.
+VHAT_ARG = {"adam_dense_cuda": 3, "adam_sparse_cuda": 3, "adam_sparse_lazy_cuda": 3}
+
 _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype=None) -> None:
+def ensure_compiled(kernel, dtype=None, amsgrad=None) -> None:
     """Compile ``kernel``'s explicit signatures for ``dtype`` (once).
 
     ``dtype`` is the storage (or index) dtype keying :data:`SIGNATURES`, or
-    ``None`` for the kernels of :data:`SHARED_SIGNATURES`. Loads
-    from the on-disk cache when possible; afterwards the kernel compiles
-    nothing new at call time. A no-op under the simulator.
+    ``None`` for the kernels of :data:`SHARED_SIGNATURES`; for the step kernels
+    (:data:`VHAT_ARG`) ``amsgrad`` selects the AMSGrad (True) or Adam (False)
+    signatures, None both. Loads from the on-disk cache when possible;
+    afterwards the kernel compiles nothing new at call time. A no-op under the
+    simulator.
     """
     if SIMULATOR:
         return
     name = kernel.py_func.__name__
-    key = (name, None if dtype is None else np.dtype(dtype))
+    key = (name, None if dtype is None else np.dtype(dtype), amsgrad)
     if key in _compiled:
         return
     with _lock:
         if key in _compiled:
             return
         sigs = SHARED_SIGNATURES[name] if dtype is None else SIGNATURES[name][key[1]]
+        at = VHAT_ARG.get(name)
+        if at is not None and amsgrad is not None:
+            sigs = [sig for sig in sigs if (len(sig[at]) == 1) == amsgrad]
         kernel.disable_compile(False)
         try:
             for sig in sigs:
