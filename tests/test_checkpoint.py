@@ -479,3 +479,21 @@ def test_resume_parameter_buffer_in_place(tmp_path):
         assert _bits(a) == _bits(b)
     for a, b in zip(opt.get_weights(), ckpt.optimizer.get_weights()):
         assert _bits(a) == _bits(b)
+
+
+def test_set_weights_refuses_iterations_that_would_wrap(tmp_path):
+    w = np.ones(2, np.float32)
+    opt = numbadam.Adam(0.1)
+    opt.apply_gradients([(np.ones(2, np.float32), w)])
+    before = [np.array(x, copy=True) for x in opt.get_weights()]
+    rest = before[1:]
+    for it in (np.uint64(2**63), np.uint64(2**64 - 1), 1e19, 2.0**63, 2**63):
+        with pytest.raises(ValueError, match="below 2\\*\\*63"):
+            opt.set_weights([it] + rest)
+    for it in (3 + 0j, np.complex64(3), True):
+        with pytest.raises(TypeError, match="dtype"):
+            opt.set_weights([it] + rest)
+    for got, want in zip(opt.get_weights(), before):
+        assert _bits(got) == _bits(want)
+    opt.set_weights([np.uint64(2**63 - 1)] + rest)  # the largest int64 step
+    assert int(opt.iterations) == 2**63 - 1
