@@ -946,8 +946,9 @@ def _optimizer_class(path: str, info: Dict[str, Any], custom_objects: Any) -> ty
         where = f", saved from module {module!r}" if module else ""
         raise CheckpointError(
             path,
-            f"unknown optimizer class {name!r}{where}; pass your own optimizer "
-            f"classes as custom_objects={{{name!r}: cls}}",
+            f"unknown optimizer class {name!r}{where}; if it is numbadam's, import "
+            "the module that defines it first (e.g. numbadam.distributed); if it "
+            f"is your own, pass custom_objects={{{name!r}: cls}}",
         )
     return cls
 

@@ -931,7 +931,7 @@ def test_unknown_optimizer_class_names_its_module(good, tmp_path):
     _expect(
         path,
         "unknown optimizer class 'MyAdam', saved from module "
-        "'mypackage.optimizers'; pass .* custom_objects",
+        "'mypackage.optimizers'; .* your own, pass custom_objects",
     )
 
     class MyAdam(numbadam.Adam):

@@ -1,26 +1,39 @@
 """Checkpoints of numbadam.distributed's optimizers: the sharded format's
-failure guarantees and malformed folders (in process, on the one-process
-communicator).
+failure guarantees and malformed folders, and single-file checkpoints of
+DistributedAdam and ShardedAdam.
+
+In-process tests run on the one-process communicator; the 2-rank tests run
+``mpiexec -n 2 python -m mpi4py tests/mpi_scripts/checkpoint_cases.py`` once
+and read what every rank recorded (skipped, with the reason, without mpi4py or
+mpiexec, as in tests/test_distributed.py).
 """
 
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
+import shutil
 import stat
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from numbadam import CheckpointError
+import numbadam
+from numbadam import CheckpointError, load_checkpoint, save_checkpoint
 from numbadam.distributed import DistributedAdam, ShardedAdam
 
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
 sys.path.insert(0, str(SCRIPTS))
 import checkpoint_cases as cases  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def _bits(a) -> bytes:
     return np.ascontiguousarray(a).tobytes()
@@ -32,6 +45,14 @@ def _same(xs, ys):
     for x, y in zip(xs, ys):
         x, y = np.asarray(x), np.asarray(y)
         assert x.dtype == y.dtype and x.shape == y.shape and _bits(x) == _bits(y)
+
+
+def _reference(steps):
+    """numbadam.Adam on the same gradients: what every mode must reproduce."""
+    variables = cases.init_variables()
+    opt = numbadam.Adam(learning_rate=cases.LR)
+    cases.train(opt, variables, steps)
+    return opt, variables
 
 
 def _snapshot(folder):
@@ -319,3 +340,203 @@ def test_bad_shard_files(tmp_path):
     shard.unlink()
     os.mkfifo(shard)
     expect("is a FIFO")
+
+
+# ---------------------------------------------------------------------------
+# single-file checkpoints of DistributedAdam and ShardedAdam
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [DistributedAdam, ShardedAdam])
+def test_single_file_checkpoint_resumes_bit_identically(tmp_path, kind):
+    ref_opt, ref_vars = _reference(range(cases.N))
+    opt, variables = _sharded(kind)
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, opt, variables)
+    ckpt = load_checkpoint(path)
+    assert type(ckpt.optimizer) is kind and ckpt.step == cases.K
+    assert ckpt.optimizer.comm.size == 1
+    resumed = list(ckpt.variables.values())
+    cases.train(ckpt.optimizer, resumed, range(cases.K, cases.N))
+    _same(resumed, ref_vars)
+    _same(ckpt.optimizer.get_weights(), ref_opt.get_weights())
+
+
+def _fresh_python(code):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for k in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK"):
+        env.pop(k, None)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_distributed_adam_checkpoint_loads_in_a_fresh_process(tmp_path):
+    # Without numbadam.distributed imported: the file names the module.
+    opt, variables = _sharded(DistributedAdam)
+    path = tmp_path / "dp.npz"
+    save_checkpoint(path, opt, variables)
+    r = _fresh_python(
+        f"""
+        import sys, numbadam
+        ckpt = numbadam.load_checkpoint({str(path)!r})
+        print(type(ckpt.optimizer).__module__, type(ckpt.optimizer).__name__,
+              ckpt.step, "mpi4py" in sys.modules)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [
+        "numbadam.distributed._data_parallel",
+        "DistributedAdam",
+        str(cases.K),
+        "False",
+    ]
+
+
+def test_distributed_adam_checkpoint_without_module_field(tmp_path):
+    # Files written before the module was recorded: found once imported,
+    # otherwise a precise error (it used to say "your own" class).
+    opt, variables = _sharded(DistributedAdam)
+    path = tmp_path / "dp.npz"
+    save_checkpoint(path, opt, variables)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays["__numbadam_checkpoint__"].tobytes())
+    del header["optimizer"]["module"]
+    arrays["__numbadam_checkpoint__"] = np.frombuffer(
+        json.dumps(header).encode(), np.uint8
+    )
+    np.savez(path, **arrays)
+    assert type(load_checkpoint(path).optimizer) is DistributedAdam
+    r = _fresh_python(
+        f"""
+        import numbadam
+        try:
+            numbadam.load_checkpoint({str(path)!r})
+        except numbadam.CheckpointError as exc:
+            print(exc)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "unknown optimizer class 'DistributedAdam'" in r.stdout
+    assert "import the module that defines it" in r.stdout
+
+
+def test_sharded_adam_set_weights_refuses_bad_iterations():
+    opt, _ = _sharded()
+    before = opt.get_weights()
+    rest = before[1:]
+    for it in (np.uint64(2**63), 1e19, -1, 2.5, float("nan")):
+        with pytest.raises(ValueError, match="below 2\\*\\*63"):
+            opt.set_weights([it] + rest)
+    for it in (3 + 0j, True):
+        with pytest.raises(TypeError, match="dtype"):
+            opt.set_weights([it] + rest)
+    _same(opt.get_weights(), before)
+
+
+# ---------------------------------------------------------------------------
+# 2 ranks
+# ---------------------------------------------------------------------------
+
+
+def _find_mpiexec():
+    here = os.path.dirname(sys.executable)
+    return shutil.which("mpiexec", path=here + os.pathsep + os.environ.get("PATH", ""))
+
+
+MPIEXEC = _find_mpiexec()
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+needs_mpi = pytest.mark.skipif(
+    not (MPIEXEC and HAVE_MPI4PY),
+    reason="needs mpi4py and mpiexec (pip install numbadam[mpi]): "
+    f"mpi4py {'found' if HAVE_MPI4PY else 'missing'}, "
+    f"mpiexec {'found' if MPIEXEC else 'missing'}",
+)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Every rank's record of tests/mpi_scripts/checkpoint_cases.py at 2 ranks."""
+    inp = tmp_path_factory.mktemp("in")
+    for name, kind in (("dp", DistributedAdam), ("zero", ShardedAdam)):
+        opt, variables = _sharded(kind)
+        save_checkpoint(inp / f"{name}.npz", opt, variables)
+    out = tmp_path_factory.mktemp("out")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")  # 2 ranks share the cores
+    # This checkout's numbadam, not whichever one is installed.
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "mpi4py"]
+    cmd += [str(SCRIPTS / "checkpoint_cases.py"), str(out), str(inp)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd)} did not end within 180 s: {exc}")
+    ranks = []
+    for r in range(2):
+        path = out / f"rank{r}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as f:
+                ranks.append({k: f[k] for k in f.files})
+    assert proc.returncode == 0 and len(ranks) == 2, (
+        f"mpiexec -n 2 failed (rc {proc.returncode})\n{proc.stdout}\n{proc.stderr}"
+    )
+    return ranks, out
+
+
+@needs_mpi
+def test_sharded_adam_single_file_on_two_ranks_is_refused(two_ranks):
+    ranks, out = two_ranks
+    for r, rec in enumerate(ranks):
+        msg = str(rec["a_error"])
+        assert msg.startswith(str(out / "zero2.npz") + ": "), msg
+        assert f"only rank {r}'s part" in msg and "save_sharded" in msg
+        assert not rec["a_exists"]
+
+
+@needs_mpi
+@pytest.mark.parametrize("what, fault_rank, error", [
+    ("write", 1, "OSError: [Errno 28]"),
+    ("manifest", 0, "OSError: [Errno 5]"),
+])  # fmt: skip
+def test_save_sharded_failing_on_one_rank_keeps_the_previous(
+    two_ranks, what, fault_rank, error
+):
+    ranks, out = two_ranks
+    for r, rec in enumerate(ranks):
+        msg = str(rec[f"b_{what}_error"])
+        if r == fault_rank:
+            assert msg.startswith(error), msg
+        else:
+            assert msg.startswith("CheckpointError: ") and f"rank {fault_rank}" in msg
+            assert "the previous checkpoint is kept" in msg
+        assert str(rec[f"b_{what}_listing"]) == str(rec["b_listing"])
+    # what was loaded back is the state at the first save
+    saved = sorted(k for k in ranks[0] if k.startswith("b_saved"))
+    assert saved
+    for rec in ranks:
+        _same(
+            [rec[k.replace("saved", "loaded")] for k in saved],
+            [ranks[0][k] for k in saved],
+        )
+    ref_opt, _ = _reference(range(cases.K))
+    _same([ranks[0][k] for k in saved], ref_opt.get_weights())
+
+
+@needs_mpi
+@pytest.mark.parametrize(
+    "name, kind", [("dp", "DistributedAdam"), ("zero", "ShardedAdam")]
+)
+def test_single_file_checkpoint_loads_on_two_ranks(two_ranks, name, kind):
+    ranks, _ = two_ranks
+    ref_opt, ref_vars = _reference(range(cases.N))
+    for rec in ranks:
+        assert str(rec[f"{name}_class"]) == kind and int(rec[f"{name}_size"]) == 2
+        _same([rec[f"{name}_var{k}"] for k in range(len(ref_vars))], ref_vars)
+        weights = ref_opt.get_weights()
+        _same([rec[f"{name}_weight{k}"] for k in range(len(weights))], weights)
