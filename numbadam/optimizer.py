@@ -526,7 +526,7 @@ class OptimizerV2:
         ------
         ValueError
             If the length or any shape differs from :attr:`weights`, or
-            ``iterations`` is not a non-negative integer.
+            ``iterations`` is not a non-negative integer below ``2**63``.
         TypeError
             If a weight is not numeric.
         """
@@ -550,11 +550,15 @@ class OptimizerV2:
             if w.dtype.kind not in "iuf" and w.size:
                 raise TypeError(f"Optimizer weight {i} has dtype {w.dtype}")
             if p is self._iterations and not (
-                np.isfinite(w) and w >= 0 and float(w) == int(w)
-            ):  # a negative or fractional step count would corrupt the bias correction
+                np.isfinite(w)
+                and w >= 0
+                and (w.dtype.kind in "iu" or float(w) == int(w))
+                and int(w) < 2**63
+            ):  # a negative, fractional or wrapping (int64) step count would
+                # corrupt the bias correction
                 raise ValueError(
                     f"Optimizer weight {i} is iterations, which must be a "
-                    f"non-negative integer, got {w!r}"
+                    f"non-negative integer below 2**63, got {w!r}"
                 )
             host.append(w.astype(p.dtype, copy=False))
         for p, w in zip(params, host):

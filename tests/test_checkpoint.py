@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -479,3 +480,483 @@ def test_resume_parameter_buffer_in_place(tmp_path):
         assert _bits(a) == _bits(b)
     for a, b in zip(opt.get_weights(), ckpt.optimizer.get_weights()):
         assert _bits(a) == _bits(b)
+
+
+# ---------------------------------------------------------------------------
+# saving: failures keep the previous file, only regular files are replaced,
+# the umask is never touched, a file's mode is kept
+# ---------------------------------------------------------------------------
+
+
+class _DiskFull:
+    """A file whose disk fills up after ``budget`` bytes (writes raise ENOSPC)."""
+
+    def __init__(self, f, budget):
+        self._f, self._left = f, budget
+
+    def write(self, data):
+        n = memoryview(data).nbytes
+        if n > self._left:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._left -= n
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def _fail_after(monkeypatch, budget):
+    real = os.fdopen
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        f = real(fd, mode, *args, **kwargs)
+        return _DiskFull(f, budget) if "w" in mode else f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+def _raise_oserror(code):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    "fault", ["write0", "write1000", "write-end", "fsync", "replace"]
+)
+def test_failed_save_keeps_the_previous_file_and_leaves_no_other(
+    tmp_path, monkeypatch, fault
+):
+    opt, variables = _trained(amsgrad=True)
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, opt, variables, metadata={"v": 1})
+    before = path.read_bytes()
+    opt.apply_gradients([(np.ones(2, np.float32), variables["bias"])])
+    if fault.startswith("write"):
+        budget = {"write0": 0, "write1000": 1000, "write-end": len(before) - 8}[fault]
+        _fail_after(monkeypatch, budget)
+        code = errno.ENOSPC
+    else:
+        code = errno.EIO
+        monkeypatch.setattr(os, fault, _raise_oserror(code))
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, opt, variables, metadata={"v": 2})
+    monkeypatch.undo()
+    assert info.value.errno == code and info.value.filename == str(path)
+    assert "unchanged" in str(info.value)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["c.npz"]
+    assert load_checkpoint(path).metadata == {"v": 1}
+
+
+def _special_files(tmp_path):
+    """(name, path, is-still-it) of non-regular files a save must not replace."""
+    import socket
+    import stat
+
+    out = []
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    out.append(("FIFO", fifo, lambda: stat.S_ISFIFO(os.lstat(fifo).st_mode)))
+    sock_path = tmp_path / "sock.npz"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    sock.close()
+    out.append(
+        ("socket", sock_path, lambda: stat.S_ISSOCK(os.lstat(sock_path).st_mode))
+    )
+    # A link to /dev/null: the link is followed, /dev/null refused. (Without the
+    # check, os.replace would replace the link, not /dev/null: safe to test.)
+    link = tmp_path / "null.npz"
+    os.symlink(os.devnull, link)
+    out.append(
+        (
+            "character device",
+            link,
+            lambda: os.readlink(link) == os.devnull
+            and stat.S_ISCHR(os.stat(os.devnull).st_mode),
+        )
+    )
+    dev = tmp_path / "dev.npz"
+    try:  # only root may create device nodes; as root, this one is /dev/null's twin
+        os.mknod(dev, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except (PermissionError, AttributeError):
+        pass
+    else:
+        out.append(
+            ("character device", dev, lambda: stat.S_ISCHR(os.lstat(dev).st_mode))
+        )
+    return out
+
+
+def test_save_refuses_anything_but_a_regular_file(tmp_path):
+    opt, variables = _trained()
+    specials = _special_files(tmp_path)
+    names = sorted(os.listdir(tmp_path))
+    for kind, path, still in specials:
+        with pytest.raises(CheckpointError, match=f"is a {kind}") as info:
+            save_checkpoint(path, opt, variables)
+        assert info.value.path == str(path)
+        assert still(), f"{kind} {path} was replaced"
+    assert sorted(os.listdir(tmp_path)) == names  # no temporary file left
+
+
+def test_load_refuses_anything_but_a_regular_file(tmp_path):
+    for kind, path, still in _special_files(tmp_path):
+        _expect(path, f"is a {kind}.*, not a checkpoint file")  # and does not block
+        assert still()
+
+
+def test_save_follows_a_link_to_a_regular_file(tmp_path):
+    opt, variables = _trained()
+    real = tmp_path / "ckpt-3.npz"
+    save_checkpoint(real, opt, variables, metadata={"v": 1})
+    link = tmp_path / "latest.npz"
+    os.symlink(real.name, link)
+    save_checkpoint(link, opt, variables, metadata={"v": 2})
+    assert os.path.islink(link) and os.readlink(link) == real.name
+    assert load_checkpoint(real).metadata == {"v": 2}
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-3.npz", "latest.npz"]
+
+
+def test_save_never_touches_the_umask(tmp_path, monkeypatch):
+    # Setting it, even for a moment, changes the mode of files other threads
+    # create meanwhile.
+    def umask(*args):
+        raise AssertionError("os.umask was called")
+
+    opt, variables = _trained()
+    monkeypatch.setattr(os, "umask", umask)
+    save_checkpoint(tmp_path / "c.npz", opt, variables)  # a new file
+    save_checkpoint(tmp_path / "c.npz", opt, variables)  # over an existing one
+
+
+def test_save_keeps_the_mode_of_an_existing_file_and_honours_the_umask(tmp_path):
+    import stat
+
+    opt, variables = _trained()
+    path = tmp_path / "c.npz"
+    old = os.umask(0o027)
+    try:
+        save_checkpoint(path, opt, variables)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # 0o666 & ~0o027
+        for mode in (0o600, 0o664, 0o400):
+            os.chmod(path, mode)
+            save_checkpoint(path, opt, variables)
+            assert stat.S_IMODE(os.stat(path).st_mode) == mode
+    finally:
+        os.umask(old)
+
+
+def test_long_file_names(tmp_path):
+    opt, variables = _trained()
+    # 250 bytes is a valid name; its temporary name must not overflow 255.
+    long_name = "x" * 246 + ".npz"
+    path = tmp_path / long_name
+    save_checkpoint(path, opt, variables, metadata={"v": 1})
+    save_checkpoint(path, opt, variables, metadata={"v": 2})
+    assert load_checkpoint(path).metadata == {"v": 2}
+    assert os.listdir(tmp_path) == [long_name]
+    # A multi-byte name near the limit: cut on a character boundary.
+    path = tmp_path / ("é" * 123 + ".npz")  # 250 bytes
+    save_checkpoint(path, opt, variables)
+    assert load_checkpoint(path).step == 3
+    os.remove(path)
+    too_long = tmp_path / ("y" * 300 + ".npz")
+    with pytest.raises(CheckpointError, match="too long"):
+        save_checkpoint(too_long, opt, variables)
+    _expect(too_long, "too long")
+    assert os.listdir(tmp_path) == [long_name]
+
+
+def test_bytes_paths(tmp_path):
+    opt, variables = _trained()
+    path = os.fsencode(tmp_path / "c.npz")
+    assert save_checkpoint(path, opt, variables) == str(tmp_path / "c.npz")
+    ckpt = load_checkpoint(path)
+    assert ckpt.path == str(tmp_path / "c.npz") and ckpt.step == 3
+    with pytest.raises(CheckpointError, match="is a folder") as info:
+        load_checkpoint(os.fsencode(tmp_path))
+    assert info.value.path == str(tmp_path)  # a str, not bytes
+
+
+def test_bad_paths(tmp_path):
+    opt, variables = _trained()
+    with pytest.raises(CheckpointError, match="empty"):
+        save_checkpoint("", opt, variables)
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(b"")
+    with pytest.raises(CheckpointError, match="NUL"):
+        save_checkpoint(str(tmp_path / "a\0b.npz"), opt, variables)
+    with pytest.raises(CheckpointError, match="NUL"):
+        load_checkpoint(str(tmp_path / "a\0b.npz"))
+    with pytest.raises(TypeError, match="path must be a str"):
+        save_checkpoint(3, opt, variables)
+    with pytest.raises(CheckpointError, match="not JSON-serialisable"):
+        nested = []
+        for _ in range(100_000):
+            nested = [nested]
+        save_checkpoint(tmp_path / "c.npz", opt, variables, metadata={"x": nested})
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# crafted archives: refused from the zip directory and the header, before any
+# large read; every malformed file is one CheckpointError naming it
+# ---------------------------------------------------------------------------
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def _add_bomb(src, dst, name, nbytes):
+    """Copy src with one more member: a valid float64 .npy of nbytes zeros, deflated."""
+    import shutil
+
+    shutil.copyfile(src, dst)
+    with zipfile.ZipFile(dst, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open(name, "w", force_zip64=True) as m:
+            np.lib.format.write_array_header_1_0(
+                m, {"descr": "<f8", "fortran_order": False, "shape": (nbytes // 8,)}
+            )
+            chunk = bytes(1 << 20)
+            for _ in range(nbytes >> 20):
+                m.write(chunk)
+    return dst
+
+
+BOMB = 32 << 20  # bytes once decompressed (the file grows by ~32 KB)
+
+
+@pytest.mark.parametrize("member, match", [
+    ("zzz.npy", "unexpected array.*zzz"),
+    ("weight_99.npy", "'weight_99' is compressed"),
+])  # fmt: skip
+def test_compressed_extra_member_is_refused_without_decompressing(
+    good, tmp_path, member, match
+):
+    src, _ = good
+    path = _add_bomb(src, tmp_path / "bomb.npz", member, BOMB)
+    assert os.path.getsize(path) < os.path.getsize(src) + BOMB // 100
+    peak = _peak_bytes(lambda: _expect(path, match))
+    assert peak < BOMB // 8, f"{peak} bytes allocated to refuse the file"
+
+
+def test_compressed_member_is_refused(good, tmp_path):
+    src, variables = good
+    arrays = _arrays(src)
+    path = tmp_path / "compressed.npz"
+    np.savez_compressed(path, **arrays)
+    peak = _peak_bytes(lambda: _expect(path, "is compressed"))
+    assert peak < 1 << 20
+    # A known member, with the shape the header gives it, but compressed: a
+    # small file that would decompress to 32 MB.
+    header = _header(src)
+    header["variables"][0]["shape"] = [BOMB // 8]
+    header["variables"][0]["dtype"] = "<f8"
+    arrays.pop("variable_0")
+    arrays[HEADER_KEY] = _encode(header)
+    np.savez(tmp_path / "base.npz", **arrays)
+    bomb = _add_bomb(tmp_path / "base.npz", tmp_path / "b.npz", "variable_0.npy", BOMB)
+    table = np.zeros((10, 2), np.float32)
+    peak = _peak_bytes(lambda: _expect(bomb, "'variable_0' is compressed"))
+    assert peak < BOMB // 8 and not table.any()
+
+
+def _central_entry(data, name):
+    """Offset of the central-directory entry of member `name` in zip bytes."""
+    pos = 0
+    while True:
+        pos = data.index(b"PK\x01\x02", pos + 1)
+        n = int.from_bytes(data[pos + 28 : pos + 30], "little")
+        if data[pos + 46 : pos + 46 + n] == name.encode():
+            return pos
+
+
+@pytest.mark.parametrize("field, value, match", [
+    (6, b"\xff\x00", "truncated or corrupt .npz archive"),  # version needed: 25.5
+    (10, b"\x63\x00", "compressed"),  # compression method 99
+    (8, b"\x01\x00", "encrypted"),  # flag bits: encrypted
+    (8, b"\x40\x00", "encrypted"),  # flag bits: strong encryption
+    (20, b"\xfe\xff\xff\x7f", "beyond the file"),  # compressed size
+    (24, b"\xfe\xff\xff\x7f", "beyond the file"),  # uncompressed size
+    (42, b"\xfe\xff\xff\x7f", "beyond the file|corrupt"),  # local header offset
+])  # fmt: skip
+def test_damaged_zip_directory(good, tmp_path, field, value, match):
+    src, variables = good
+    data = bytearray(src.read_bytes())
+    pos = _central_entry(data, "weight_1.npy") + field
+    data[pos : pos + len(value)] = value
+    path = tmp_path / "damaged.npz"
+    path.write_bytes(bytes(data))
+    table, bias = np.zeros((10, 2), np.float32), np.zeros(2, np.float32)
+    peak = _peak_bytes(lambda: _expect(path, match, {"table": table, "bias": bias}))
+    assert peak < 1 << 20 and not table.any() and not bias.any()
+
+
+def test_duplicate_member(good, tmp_path):
+    src, _ = good
+    import shutil
+    import warnings
+
+    path = tmp_path / "dup.npz"
+    shutil.copyfile(src, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name
+        with zipfile.ZipFile(path, "a") as zf:
+            with zf.open("weight_1.npy", "w") as m:
+                np.lib.format.write_array(m, np.zeros(3))
+    _expect(path, "'weight_1' appears twice")
+
+
+def test_deeply_nested_header(good, tmp_path):
+    src, _ = good
+    for text in (b"[" * 100_000, b'{"a": ' * 100_000):
+        raw = np.frombuffer(text, np.uint8)
+        path = _rewrite(src, tmp_path / "deep.npz", **{HEADER_KEY: raw})
+        _expect(path, "not valid JSON")
+
+
+def _variant(src, dst, edit, **arrays):
+    header = _header(src)
+    edit(header)
+    return _rewrite(src, dst, **{HEADER_KEY: _encode(header)}, **arrays)
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def edit(h):
+        for k in keys[:-1]:
+            h = h[k]
+        h[keys[-1]] = value
+
+    return edit
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_set("weights", 1, "variable", 0.0), r"malformed \(weight 1: variable 0.0\)"),
+    (_set("weights", 1, "variable", True), "malformed"),
+    (_set("weights", 1, "variable", 7), "malformed"),
+    (_set("weights", 1, "role", "other"), "malformed"),
+    (_set("weights", 1, "slot", 3), "malformed"),
+    (_set("variables", 1, "name", "table"), "'table' appears twice"),
+    (_set("variables", 1, "name", None), "malformed"),
+    (_set("variables", 0, "dtype", [["a", "<f4"]]), "malformed.*dtype"),
+    (_set("variables", 0, "dtype", "|O"), "malformed.*not numeric"),
+    (_set("variables", 0, "dtype", "V8"), "malformed.*not numeric"),
+    (_set("variables", 0, "dtype", "no such dtype"), "malformed.*not a NumPy dtype"),
+    (_set("variables", 0, "shape", [10, True]), "malformed.*shape"),
+    (_set("variables", 0, "shape", "10"), "malformed.*shape"),
+    (_set("variables", 0, "shape", [1] * 40), "malformed.*shape"),
+    (_set("variables", 0, 3), "malformed"),
+    (_set("optimizer", "module", 3), "malformed"),
+    (_set("version", True), "version True"),
+    (_set("step", -1), "malformed"),
+    (_set("step", 3.0), "malformed"),
+])  # fmt: skip
+def test_malformed_header_fields(good, tmp_path, edit, match):
+    src, variables = good
+    path = _variant(src, tmp_path / "bad.npz", edit)
+    table, bias = np.zeros((10, 2), np.float32), np.zeros(2, np.float32)
+    _expect(path, match, {"table": table, "bias": bias})
+    assert not table.any() and not bias.any()
+
+
+@pytest.mark.parametrize("value, step, match", [
+    (np.array(2**63, np.uint64), 2**63, "step 9223372036854775808 is not"),
+    (np.array(2**63, np.uint64), 3, "iterations is 9223372036854775808"),
+    (np.array(2**64 - 1, np.uint64), 3, "iterations is 18446744073709551615"),
+    (np.array(1e19), 10**19, "malformed"),
+    (np.array(3.0), 3, "iterations, which must be a 0-d integer"),
+    (np.array(float("nan")), 3, "iterations, which must be a 0-d integer"),
+    (np.array(3 + 0j), 3, "iterations, which must be a 0-d integer"),
+    (np.array([3, 3, 3]), 3, "iterations, which must be a 0-d integer"),
+    (np.array([[3]], np.int64), 3, "iterations, which must be a 0-d integer"),
+    (np.array(-1), -1, "malformed"),
+    (np.array(-1), 3, "iterations is -1"),
+])  # fmt: skip
+def test_bad_iterations_in_file(good, tmp_path, value, step, match):
+    src, _ = good
+
+    def edit(h):
+        h["step"] = step
+        h["weights"][0].update(shape=list(value.shape), dtype=value.dtype.str)
+
+    path = _variant(src, tmp_path / "it.npz", edit, weight_0=value)
+    table, bias = np.zeros((10, 2), np.float32), np.zeros(2, np.float32)
+    _expect(path, match, {"table": table, "bias": bias})
+    assert not table.any() and not bias.any()
+
+
+def test_files_without_the_module_field_still_load(good, tmp_path):
+    # Checkpoints written before the optimizer's module was recorded.
+    src, variables = good
+
+    def edit(h):
+        del h["optimizer"]["module"]
+
+    path = _variant(src, tmp_path / "old.npz", edit)
+    ckpt = load_checkpoint(path)
+    assert type(ckpt.optimizer) is numbadam.Adam and ckpt.step == 3
+    for name, v in variables.items():
+        assert _bits(ckpt.variables[name]) == _bits(v)
+
+
+def test_unknown_optimizer_class_names_its_module(good, tmp_path):
+    src, _ = good
+    edit = _set("optimizer", "module", "mypackage.optimizers")
+
+    def edit2(h):
+        edit(h)
+        h["optimizer"]["class_name"] = "MyAdam"
+
+    path = _variant(src, tmp_path / "mine.npz", edit2)
+    _expect(
+        path,
+        "unknown optimizer class 'MyAdam', saved from module "
+        "'mypackage.optimizers'; .* your own, pass custom_objects",
+    )
+
+    class MyAdam(numbadam.Adam):
+        pass
+
+    ckpt = load_checkpoint(path, custom_objects={"MyAdam": MyAdam})
+    assert type(ckpt.optimizer) is MyAdam
+    # Only numbadam's own modules are ever imported by name.
+    path = _variant(src, tmp_path / "other.npz", _set("optimizer", "module", "os"))
+    assert type(load_checkpoint(path).optimizer) is numbadam.Adam
+
+
+def test_set_weights_refuses_iterations_that_would_wrap(tmp_path):
+    w = np.ones(2, np.float32)
+    opt = numbadam.Adam(0.1)
+    opt.apply_gradients([(np.ones(2, np.float32), w)])
+    before = [np.array(x, copy=True) for x in opt.get_weights()]
+    rest = before[1:]
+    for it in (np.uint64(2**63), np.uint64(2**64 - 1), 1e19, 2.0**63, 2**63):
+        with pytest.raises(ValueError, match="below 2\\*\\*63"):
+            opt.set_weights([it] + rest)
+    for it in (3 + 0j, np.complex64(3), True):
+        with pytest.raises(TypeError, match="dtype"):
+            opt.set_weights([it] + rest)
+    for got, want in zip(opt.get_weights(), before):
+        assert _bits(got) == _bits(want)
+    opt.set_weights([np.uint64(2**63 - 1)] + rest)  # the largest int64 step
+    assert int(opt.iterations) == 2**63 - 1

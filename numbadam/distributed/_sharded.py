@@ -311,7 +311,10 @@ class ShardedAdam(Adam):
         Raises
         ------
         ValueError
-            If the length or a shape differs.
+            If the length or a shape differs, or ``iterations`` is not a
+            non-negative integer below ``2**63``.
+        TypeError
+            If ``iterations`` is not a real number.
         """
         weights = list(weights)
         if len(weights) != 1 + len(self._entries):
@@ -323,6 +326,19 @@ class ShardedAdam(Adam):
         host = [np.asarray(weights[0])]
         if host[0].shape != ():
             raise ValueError(f"Optimizer weight 0 has shape () not {host[0].shape}")
+        it = host[0]
+        if it.dtype.kind not in "iuf":
+            raise TypeError(f"Optimizer weight 0 has dtype {it.dtype}")
+        if not (
+            np.isfinite(it)
+            and it >= 0
+            and (it.dtype.kind in "iu" or float(it) == int(it))
+            and int(it) < 2**63
+        ):  # as OptimizerV2.set_weights: no wrapping or fractional step counts
+            raise ValueError(
+                "Optimizer weight 0 is iterations, which must be a non-negative "
+                f"integer below 2**63, got {it!r}"
+            )
         for k, ((_, sh), w) in enumerate(zip(self._entries, weights[1:]), 1):
             w = np.asarray(w)
             if w.shape != sh.shape:
@@ -334,6 +350,18 @@ class ShardedAdam(Adam):
         self.iterations[...] = host[0]
         for (name, sh), w in zip(self._entries, host[1:]):
             sh.slots[name][...] = w
+
+    def _checkpoint_weights(self) -> List[np.ndarray]:
+        # numbadam.save_checkpoint's one file needs the whole state. Gathering it
+        # is collective, and a save called on one rank only would hang: refuse.
+        if self.comm.size > 1:
+            raise ValueError(
+                f"this ShardedAdam holds only rank {self.comm.rank}'s part of the "
+                f"optimizer state ({self.comm.size} ranks), so one file of it could "
+                "never be loaded; save it with opt.save_sharded(folder) on every "
+                "rank and load it with opt.load_sharded(folder)"
+            )
+        return self.get_weights()
 
     def get_local_weights(self) -> List[np.ndarray]:
         """Copies of this rank's :attr:`weights` (no communication)."""
