@@ -73,7 +73,7 @@ bench: $(VENV)/.installed-bench
 	cd asv_bench && $(abspath $(BIN))/asv machine --yes > /dev/null \
 		&& $(abspath $(BIN))/asv run --python=same --quick --show-stderr
 
-# Lint and format check (STYLE.md: ruff, 88 columns). Not part of `make test`:
+# Lint and format check (CONTRIBUTING.md: ruff, 88 columns). Not part of `make test`:
 # a new ruff release may add checks, and CI should fail on numbadam, not on that.
 .PHONY: lint
 $(VENV)/.installed-lint: pyproject.toml | $(BIN)/python
