@@ -2,7 +2,7 @@
 
 Every test runs several steps; at each one the oracle starts from the
 optimizer's own state and the new ``var``, ``m``, ``v`` (and ``vhat``) must match
-it to the dtype's tolerance (``conftest.TOLERANCE``). float64 runs are also
+it to the dtype's tolerance (``helpers.TOLERANCE``). float64 runs are also
 compared with an independent multi-step oracle run.
 """
 
@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     FLOAT_DTYPES,
     assert_bitwise,
     assert_close,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import assert_bitwise, assert_unchanged, snapshot, to_device, to_host
+from helpers import assert_bitwise, assert_unchanged, snapshot, to_device, to_host
 
 import numbadam
 from numbadam import IndexedSlices

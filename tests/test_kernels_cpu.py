@@ -14,7 +14,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import FLOAT_DTYPES, assert_bitwise, assert_close
+from helpers import FLOAT_DTYPES, assert_bitwise, assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit

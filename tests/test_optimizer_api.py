@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     assert_bitwise,
     assert_close,
     assert_state,

@@ -12,7 +12,7 @@ import json
 import numba
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     FLOAT_DTYPES,
     assert_bitwise,
     assert_close,
