@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 from typing import Any, NamedTuple, Optional, Sequence
 
-__all__ = ["IndexedSlices", "AdamCoefficients", "GradientTransform"]
+__all__ = ["IndexedSlices", "AdamCoefficients"]
 
 
 class IndexedSlices:
@@ -83,17 +83,3 @@ class AdamCoefficients(NamedTuple):
     one_minus_beta_1: Any
     one_minus_beta_2: Any
     epsilon: Any
-
-
-class GradientTransform(NamedTuple):
-    """Per-element gradient transform applied inside the kernels.
-
-    ``g' = (clip(g, lo, hi) * mul) / div``: ``clipvalue`` gives ``lo, hi``;
-    ``clipnorm`` gives ``mul = clipnorm`` and ``div = max(||g||, clipnorm)``
-    (TensorFlow's ``clip_by_norm``). The identity is ``(-inf, inf, 1, 1)``.
-    """
-
-    lo: Any
-    hi: Any
-    mul: Any
-    div: Any
