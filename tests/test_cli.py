@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +66,49 @@ def test_console_script_is_declared():
         ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")
     }
     assert scripts.get("numbadam") == "numbadam.cli:main"
+
+
+def _imported_modules(path: Path, package: str):
+    """Absolute names of the modules an ``import`` in ``path`` names."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+def test_imported_modules_resolves_relative_imports(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("from . import cli\nfrom ..x import y\nimport numbadam.cli.bench\n")
+    names = set(_imported_modules(src, "numbadam.distributed"))
+    assert {"numbadam.distributed.cli", "numbadam.x.y", "numbadam.cli.bench"} <= names
+
+
+def test_nothing_below_the_applications_imports_them():
+    # STYLE.md: numbadam/cli is on top; the library (numbadam/*.py, kernels,
+    # distributed) never imports it. numbadam/__main__.py is the one entry point
+    # above both (``python -m numbadam``), and nothing imports it.
+    pkg = Path(ROOT) / "numbadam"
+    offenders, checked = [], 0
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg)
+        if rel.parts[0] == "cli" or rel == Path("__main__.py"):
+            continue
+        checked += 1
+        package = ".".join(("numbadam",) + rel.parts[:-1])
+        for name in _imported_modules(path, package):
+            if name == "numbadam.cli" or name.startswith("numbadam.cli."):
+                offenders.append(f"{rel}: {name}")
+    assert not offenders
+    assert checked >= 10  # the library: its modules, kernels and distributed
+    import numbadam.distributed
+
+    assert "train_embedding_distributed" not in numbadam.distributed.__all__
 
 
 def test_top_level_help_and_version(capsys):

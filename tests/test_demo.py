@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from numbadam import cli
-from numbadam.demo import MLPSettings, RecommenderSettings, run_demo
-from numbadam.demo.recommender import MatrixFactorization, make_ratings
+from numbadam.cli.demo import MLPSettings, RecommenderSettings, run_demo
+from numbadam.cli.demo.recommender import MatrixFactorization, make_ratings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -83,7 +83,7 @@ class Reporter:
 
     Examples
     --------
-    >>> from numbadam.demo import Reporter
+    >>> from numbadam.cli.demo import Reporter
     >>> r = Reporter(mode="text", progress=False)
     >>> r.table_header(["epoch", "loss"])
     epoch        loss

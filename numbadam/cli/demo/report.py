@@ -32,7 +32,7 @@ def summary_rows(results: Dict[str, Any]) -> List[List[str]]:
 
     Examples
     --------
-    >>> from numbadam.demo.report import summary_rows
+    >>> from numbadam.cli.demo.report import summary_rows
     >>> rows = summary_rows({"mlp": {"skipped": "no scikit-learn"}})
     >>> rows[1]
     ['mlp digits', '-', '-', '-', '-', '-', 'skipped: no scikit-learn']
@@ -90,7 +90,7 @@ def summary_table(results: Dict[str, Any]) -> str:
 
     Examples
     --------
-    >>> from numbadam.demo.report import summary_table
+    >>> from numbadam.cli.demo.report import summary_table
     >>> print(summary_table({"mlp": {"skipped": "none"}}))
     run         parameters  epochs  train time  steps/s  param updates/s  result
     mlp digits           -       -           -        -                -  skipped: none
@@ -117,7 +117,7 @@ def plot_results(results: Dict[str, Any], path: str) -> Optional[str]:
     Parameters
     ----------
     results : dict
-        :func:`numbadam.demo.run_demo`'s output.
+        :func:`numbadam.cli.demo.run_demo`'s output.
     path : str
         Target file; missing folders are created.
 
@@ -135,7 +135,7 @@ def plot_results(results: Dict[str, Any], path: str) -> Optional[str]:
     --------
     >>> import os, tempfile
     >>> import pytest; _ = pytest.importorskip("matplotlib")
-    >>> from numbadam.demo.report import plot_results
+    >>> from numbadam.cli.demo.report import plot_results
     >>> results = {"mlp": {"history": [
     ...     {"epoch": 1, "train_loss": 0.9, "test_accuracy": 0.8},
     ...     {"epoch": 2, "train_loss": 0.4, "test_accuracy": 0.9}]}}

@@ -45,7 +45,7 @@ class RecommenderSettings:
 
     Examples
     --------
-    >>> from numbadam.demo.recommender import RecommenderSettings
+    >>> from numbadam.cli.demo.recommender import RecommenderSettings
     >>> s = RecommenderSettings()
     >>> (s.users + s.items) * s.dim
     2400000
@@ -158,7 +158,7 @@ def make_ratings(
 
     Examples
     --------
-    >>> from numbadam.demo.recommender import make_ratings
+    >>> from numbadam.cli.demo.recommender import make_ratings
     >>> data = make_ratings(users=100, items=50, ratings=1000, seed=1)
     >>> len(data.train_ratings), len(data.test_ratings)
     (900, 100)
@@ -220,7 +220,7 @@ class MatrixFactorization:
     --------
     >>> import numpy as np
     >>> import numbadam
-    >>> from numbadam.demo.recommender import MatrixFactorization
+    >>> from numbadam.cli.demo.recommender import MatrixFactorization
     >>> model = MatrixFactorization(users=10, items=5, dim=3, global_mean=3.0)
     >>> model.n_parameters
     61
@@ -381,7 +381,7 @@ def train_recommender(
 
     Examples
     --------
-    >>> from numbadam.demo.recommender import RecommenderSettings, train_recommender
+    >>> from numbadam.cli.demo.recommender import RecommenderSettings, train_recommender
     >>> s = RecommenderSettings.quick(users=300, items=100, ratings=6000, epochs=3)
     >>> result = train_recommender(s)
     >>> result["final"]["test_rmse"] < result["baseline_rmse"]
@@ -554,14 +554,14 @@ def train_recommender_distributed(
 
     Examples
     --------
-    >>> from numbadam.demo.recommender import (
+    >>> from numbadam.cli.demo.recommender import (
     ...     RecommenderSettings, train_recommender_distributed)
     >>> s = RecommenderSettings.quick(users=300, items=100, ratings=6000, epochs=2)
     >>> out = train_recommender_distributed(s, "sharded", comm="self")
     >>> out["ranks"], out["epoch_rmse"][-1] < out["baseline_rmse"]
     (1, True)
     """
-    from ..distributed import (
+    from numbadam.distributed import (
         DistributedAdam,
         ShardedAdam,
         broadcast_variables,

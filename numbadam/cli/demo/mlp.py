@@ -31,7 +31,7 @@ class MLPSettings:
 
     Examples
     --------
-    >>> from numbadam.demo.mlp import MLPSettings
+    >>> from numbadam.cli.demo.mlp import MLPSettings
     >>> MLPSettings().hidden, MLPSettings.quick().epochs
     ((128, 64), 8)
     """
@@ -73,7 +73,7 @@ def load_digits_split(
     Examples
     --------
     >>> import pytest; _ = pytest.importorskip("sklearn")
-    >>> from numbadam.demo.mlp import load_digits_split
+    >>> from numbadam.cli.demo.mlp import load_digits_split
     >>> x_train, y_train, x_test, y_test = load_digits_split()
     >>> x_train.shape, x_test.shape, int(y_train.max())
     ((1348, 64), (449, 64), 9)
@@ -110,7 +110,7 @@ class MLP:
     --------
     >>> import numpy as np
     >>> import numbadam
-    >>> from numbadam.demo.mlp import MLP
+    >>> from numbadam.cli.demo.mlp import MLP
     >>> net = MLP((4, 8, 3), seed=0)
     >>> x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
     >>> y = np.array([0, 1, 2, 1, 0])
@@ -226,7 +226,7 @@ def train_mlp(
     Examples
     --------
     >>> import pytest; _ = pytest.importorskip("sklearn")
-    >>> from numbadam.demo.mlp import MLPSettings, train_mlp
+    >>> from numbadam.cli.demo.mlp import MLPSettings, train_mlp
     >>> result = train_mlp(MLPSettings(epochs=3))
     >>> result["final"]["test_accuracy"] > 0.9
     True

@@ -3,9 +3,9 @@
 1. A matrix-factorization recommender (user and item embedding tables and
    biases, millions of parameters) trained with :class:`numbadam.Adam` on
    :class:`numbadam.IndexedSlices` gradients, on synthetic ratings generated
-   in memory (:mod:`numbadam.demo.recommender`).
+   in memory (:mod:`numbadam.cli.demo.recommender`).
 2. A NumPy MLP on scikit-learn's bundled handwritten digits
-   (:mod:`numbadam.demo.mlp`), when scikit-learn is installed.
+   (:mod:`numbadam.cli.demo.mlp`), when scikit-learn is installed.
 
 Both can checkpoint after every epoch and resume bit-identically
 (:func:`numbadam.save_checkpoint`). Run it with ``numbadam demo`` (see
@@ -91,7 +91,7 @@ def run_demo(
 
     Examples
     --------
-    >>> from numbadam.demo import RecommenderSettings, run_demo
+    >>> from numbadam.cli.demo import RecommenderSettings, run_demo
     >>> rec = RecommenderSettings.quick(users=300, items=100, ratings=6000, epochs=2)
     >>> out = run_demo(recommender=rec)
     >>> out["recommender"]["final"]["epoch"], "skipped" in out["mlp"]

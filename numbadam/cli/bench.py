@@ -28,10 +28,19 @@ import numpy as np
 
 import numbadam
 
-from . import _config
-from .kernels import probe
+from numbadam import _config
+from numbadam.kernels import probe
 
 __all__ = ["run", "format_report", "main", "add_arguments"]
+
+HELP = "Benchmark numbadam against a bandwidth probe, NumPy, PyTorch and optax."
+DESCRIPTION = (
+    "Time numbadam's steps side by side, in one process, with a Numba "
+    "memory-bandwidth probe moving the same bytes, a careful NumPy "
+    "implementation, and PyTorch (fused, foreach, SparseAdam) and optax when "
+    "installed; print medians and the ratios of the speed goals. --quick "
+    "finishes in about a minute."
+)
 
 F32 = np.float32
 
