@@ -29,6 +29,8 @@ import numbadam
 from numbadam import _config
 from numbadam.kernels import probe
 
+from ._args import PROG, int_at_least
+from ._paths import plot_path, save_figure
 from .goals import GOALS, Measured, score, worst
 from .timer import interleaved, median_time
 
@@ -698,7 +700,8 @@ def _plot(result: Dict[str, Any], path: str) -> None:
         ax.tick_params(labelsize=7)
     np.atleast_1d(axes)[-1].set_xlabel("effective GB/s (higher is better)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -707,21 +710,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, under 90 s")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a bar chart (matplotlib)")
-    parser.add_argument("--threads", type=int, metavar="N", help="Numba threads to use")
+    parser.add_argument(
+        "--threads", type=int_at_least(1), metavar="N", help="Numba threads to use"
+    )
+
+
+def _say_ran(case: str) -> None:
+    print(f"ran: {case}", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``numbadam bench`` with parsed ``args``; return the exit status."""
-    if args.threads is not None:
-        numbadam.set_num_threads(args.threads)
-    progress = None if args.json else (lambda s: print(f"ran: {s}", file=sys.stderr))
-    result = run(quick=args.quick, progress=progress)
+    """Run ``numbadam bench`` with parsed ``args``; return the exit status.
+
+    ``--plot`` and ``--threads`` are checked before the benchmark starts: a
+    bad one is a one-line error and exit status 2.
+    """
+    prog = f"{PROG} bench"
+    plot = None
+    if args.plot:
+        try:
+            plot = plot_path(args.plot)
+        except ValueError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+    threads = numbadam.get_num_threads()
+    try:
+        if args.threads is not None:
+            try:
+                numbadam.set_num_threads(args.threads)
+            except ValueError as exc:
+                print(f"{prog}: error: --threads: {exc}", file=sys.stderr)
+                return 2
+        result = run(quick=args.quick, progress=None if args.json else _say_ran)
+    finally:
+        numbadam.set_num_threads(threads)  # main() may run inside a larger program
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(format_report(result))
-    if args.plot:
-        _plot(result, args.plot)
+    if plot:
+        _plot(result, plot)
     return 0
 
 

@@ -9,27 +9,32 @@
 
 Both can checkpoint after every epoch and resume bit-identically
 (:func:`numbadam.save_checkpoint`). Run it with ``numbadam demo`` (see
-``numbadam demo --help``) or call :func:`run_demo`.
+``numbadam demo --help``) or call :func:`run_demo`, which checks every path
+and checkpoint (:func:`prepare_demo`) before it trains anything.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 import numbadam
 
-from ._common import DemoError, Reporter
+from .._paths import plot_path
+from ._common import DemoError, Reporter, read_checkpoint
 from .mlp import SKLEARN_HINT, MLPSettings, train_mlp
 from .recommender import RecommenderSettings, train_recommender
 from .report import MATPLOTLIB_HINT, plot_results, summary_table
 
 __all__ = [
     "DemoError",
+    "DemoPlan",
     "MLPSettings",
     "RecommenderSettings",
     "Reporter",
+    "prepare_demo",
     "run_demo",
     "summary_table",
 ]
@@ -45,6 +50,128 @@ def _sklearn_available() -> bool:
     return True
 
 
+@dataclass
+class DemoPlan:
+    """A demo run whose paths and checkpoints :func:`prepare_demo` has checked.
+
+    Attributes
+    ----------
+    recommender : RecommenderSettings or None
+    mlp : MLPSettings or None
+        ``None`` for a run not requested.
+    checkpoint_dir : str or None
+    resume : bool
+    plot : str or None
+        The file the plot goes to (``.png`` added to a name without an
+        extension).
+    checkpoints : dict of str to numbadam.Checkpoint
+        The checkpoints to resume from, read and checked, by run.
+    """
+
+    recommender: Optional[RecommenderSettings]
+    mlp: Optional[MLPSettings]
+    checkpoint_dir: Optional[str] = None
+    resume: bool = False
+    plot: Optional[str] = None
+    checkpoints: Dict[str, Any] = field(default_factory=dict)
+
+    def checkpoint_path(self, name: str) -> Optional[str]:
+        """Where run ``name``'s checkpoint is written, if anywhere."""
+        if self.checkpoint_dir is None:
+            return None
+        return os.path.join(self.checkpoint_dir, CHECKPOINT_FILES[name])
+
+    def run(self, reporter: Optional[Reporter] = None) -> Dict[str, Any]:
+        """Train and report; :func:`run_demo`'s result."""
+        return _run(self, reporter or Reporter(mode="silent"))
+
+
+def prepare_demo(
+    recommender: Optional[RecommenderSettings] = None,
+    mlp: Optional[MLPSettings] = None,
+    checkpoint_dir: Optional[str] = None,
+    resume: bool = False,
+    plot: Optional[str] = None,
+) -> DemoPlan:
+    """Check every path and checkpoint of a demo run, before any training.
+
+    The checkpoint folder is created (unless ``resume``); the checkpoints to
+    resume from are read and checked whole: the file, its metadata (the
+    demo's name, the settings, every epoch of the history) and its
+    variables' shapes. Nothing else is written.
+
+    Parameters
+    ----------
+    recommender, mlp, checkpoint_dir, resume, plot
+        As :func:`run_demo`.
+
+    Returns
+    -------
+    DemoPlan
+
+    Raises
+    ------
+    DemoError
+        ``resume`` without an existing ``checkpoint_dir``; a checkpoint folder
+        or file that is not one; a checkpoint of another run, written with
+        other settings, or with damaged metadata; a plot path that cannot take
+        the plot (a folder, an extension matplotlib does not write).
+    numbadam.CheckpointError
+        A damaged checkpoint file.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from numbadam.cli.demo import RecommenderSettings, prepare_demo
+    >>> folder = tempfile.mkdtemp()
+    >>> plan = prepare_demo(RecommenderSettings.quick(), plot=os.path.join(folder, "c"))
+    >>> os.path.basename(plan.plot)
+    'c.png'
+    >>> prepare_demo(plot=folder)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    numbadam.cli.demo._common.DemoError: plot file ... is a folder; ...
+    """
+    if plot is not None:
+        try:
+            plot = plot_path(plot)
+        except ValueError as exc:
+            raise DemoError(str(exc)) from None
+    plan = DemoPlan(recommender, mlp, checkpoint_dir, resume, plot)
+    if checkpoint_dir is not None and os.path.exists(checkpoint_dir):
+        if not os.path.isdir(checkpoint_dir):
+            raise DemoError(f"checkpoint folder {checkpoint_dir!r} is not a folder")
+    if resume:
+        if checkpoint_dir is None:
+            raise DemoError("resume needs a checkpoint folder (--checkpoint-dir DIR)")
+        if not os.path.isdir(checkpoint_dir):
+            raise DemoError(
+                f"checkpoint folder {checkpoint_dir!r} does not exist, so there is "
+                "nothing to resume; drop --resume to start afresh (the folder is "
+                "then created)"
+            )
+    runs = {"recommender": recommender, "mlp": mlp}
+    if mlp is not None and not _sklearn_available():
+        del runs["mlp"]  # skipped with a note: its checkpoint stays unread
+    metrics = {"recommender": "test_rmse", "mlp": "test_accuracy"}
+    for name, settings in runs.items():
+        path = plan.checkpoint_path(name)
+        if settings is None or path is None or not os.path.lexists(path):
+            continue
+        if not os.path.isfile(path) or os.path.islink(path):
+            raise DemoError(
+                f"{path} exists and is not a regular file: it is neither read "
+                "nor replaced"
+            )
+        if resume:
+            plan.checkpoints[name] = read_checkpoint(
+                name, path, settings.identity(), settings.variable_shapes(),
+                metrics[name],
+            )  # fmt: skip
+    if checkpoint_dir is not None and not resume:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+    return plan
+
+
 def run_demo(
     recommender: Optional[RecommenderSettings] = None,
     mlp: Optional[MLPSettings] = None,
@@ -54,6 +181,9 @@ def run_demo(
     plot: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Run the demo's training runs and return their metrics.
+
+    Every path and checkpoint is checked first (:func:`prepare_demo`): a
+    problem with any of them stops the demo before it trains anything.
 
     Parameters
     ----------
@@ -71,21 +201,22 @@ def run_demo(
         Continue each run from its checkpoint in ``checkpoint_dir`` (a run
         without one starts afresh). The folder must exist.
     plot : str, optional
-        Write the curves there as a PNG (needs matplotlib; without it, a note
-        says how to get it and the demo carries on).
+        Write the curves there (needs matplotlib; without it, a note says how
+        to get it and the demo carries on). A name without an extension gets
+        ``.png``; with one, it chooses the format (any matplotlib writes).
 
     Returns
     -------
     dict
         ``recommender`` and ``mlp`` (each a result dict, or ``{"skipped":
-        reason}``), ``plot`` (the PNG's path or ``None``), ``total_seconds``,
-        ``numbadam_version``, ``threads`` (of the CPU kernels).
+        reason}``), ``plot`` (the file written, or ``None``),
+        ``total_seconds``, ``numbadam_version``, ``threads`` (of the CPU
+        kernels).
 
     Raises
     ------
     DemoError
-        ``resume`` without an existing ``checkpoint_dir``; a checkpoint written
-        with other settings.
+        See :func:`prepare_demo`.
     numbadam.CheckpointError
         A damaged checkpoint.
 
@@ -97,25 +228,13 @@ def run_demo(
     >>> out["recommender"]["final"]["epoch"], "skipped" in out["mlp"]
     (2, True)
     """
-    reporter = reporter or Reporter(mode="silent")
+    plan = prepare_demo(recommender, mlp, checkpoint_dir, resume, plot)
+    return plan.run(reporter)
+
+
+def _run(plan: DemoPlan, reporter: Reporter) -> Dict[str, Any]:
     t0 = time.perf_counter()
-    if resume:
-        if checkpoint_dir is None:
-            raise DemoError("resume needs a checkpoint folder (--checkpoint-dir DIR)")
-        if not os.path.isdir(checkpoint_dir):
-            raise DemoError(
-                f"checkpoint folder {checkpoint_dir!r} does not exist, so there is "
-                "nothing to resume; drop --resume to start afresh (the folder is "
-                "then created)"
-            )
-    elif checkpoint_dir is not None:
-        os.makedirs(checkpoint_dir, exist_ok=True)
-
-    def ckpt(name: str) -> Optional[str]:
-        if checkpoint_dir is None:
-            return None
-        return os.path.join(checkpoint_dir, CHECKPOINT_FILES[name])
-
+    recommender, mlp, resume = plan.recommender, plan.mlp, plan.resume
     reporter.line(
         "numbadam demo: Keras-faithful Adam (tf.keras.optimizers.legacy.Adam) "
         "updating NumPy arrays in place with fused Numba kernels"
@@ -131,7 +250,11 @@ def run_demo(
         reporter.line()
         reporter.line(f"[{n}/{total}] Embedding tables")
         results["recommender"] = train_recommender(
-            recommender, reporter, ckpt("recommender"), resume
+            recommender,
+            reporter,
+            plan.checkpoint_path("recommender"),
+            resume,
+            plan.checkpoints.get("recommender"),
         )
     else:
         results["recommender"] = {"skipped": "not requested"}
@@ -140,7 +263,13 @@ def run_demo(
         reporter.line()
         reporter.line(f"[{n}/{total}] Dense layers")
         if _sklearn_available():
-            results["mlp"] = train_mlp(mlp, reporter, ckpt("mlp"), resume)
+            results["mlp"] = train_mlp(
+                mlp,
+                reporter,
+                plan.checkpoint_path("mlp"),
+                resume,
+                plan.checkpoints.get("mlp"),
+            )
         else:
             reporter.note("  " + SKLEARN_HINT)
             results["mlp"] = {"skipped": "scikit-learn is not installed"}
@@ -148,9 +277,9 @@ def run_demo(
         results["mlp"] = {"skipped": "not requested"}
 
     results["plot"] = None
-    if plot is not None:
+    if plan.plot is not None:
         try:
-            results["plot"] = plot_results(results, plot)
+            results["plot"] = plot_results(results, plan.plot)
         except ImportError:
             reporter.note(MATPLOTLIB_HINT)
     results["total_seconds"] = time.perf_counter() - t0

@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numbadam
 
-    from . import DemoError, MLPSettings, RecommenderSettings, Reporter, run_demo
+    from . import DemoError, MLPSettings, RecommenderSettings, Reporter, prepare_demo
 
     prog = f"{PROG} demo"
     if args.resume and not args.checkpoint_dir:
@@ -203,6 +203,13 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
         return _run_distributed(args, rec, reporter, prog)
+    # Every path and checkpoint is checked before anything trains: a problem
+    # is a bad argument (status 2), not a traceback after minutes of training.
+    try:
+        plan = prepare_demo(rec, mlp, args.checkpoint_dir, args.resume, args.plot)
+    except (DemoError, numbadam.CheckpointError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     threads = numbadam.get_num_threads()
     try:
         if args.threads is not None:
@@ -211,9 +218,7 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"{prog}: error: --threads: {exc}", file=sys.stderr)
                 return 2
-        results = run_demo(
-            rec, mlp, reporter, args.checkpoint_dir, args.resume, args.plot
-        )
+        results = plan.run(reporter)
     except (DemoError, numbadam.CheckpointError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1

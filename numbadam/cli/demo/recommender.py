@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -86,6 +86,16 @@ class RecommenderSettings:
         d = asdict(self)
         del d["epochs"]
         return d
+
+    def variable_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """The shapes of :class:`MatrixFactorization`'s float32 variables."""
+        return {
+            "user_embedding": (self.users, self.dim),
+            "item_embedding": (self.items, self.dim),
+            "user_bias": (self.users,),
+            "item_bias": (self.items,),
+            "global_mean": (),
+        }
 
 
 @dataclass
@@ -359,6 +369,7 @@ def train_recommender(
     reporter: Optional[Reporter] = None,
     checkpoint_path: Optional[str] = None,
     resume: bool = False,
+    checkpoint: Optional[numbadam.Checkpoint] = None,
 ) -> Dict[str, Any]:
     """Generate the data, train the recommender and report every epoch.
 
@@ -371,6 +382,9 @@ def train_recommender(
         Save a checkpoint (model, optimizer, history) there after every epoch.
     resume : bool, optional
         Continue from ``checkpoint_path`` if it exists.
+    checkpoint : numbadam.Checkpoint, optional
+        ``checkpoint_path`` already read and checked (by
+        :func:`~numbadam.cli.demo.prepare_demo`), to resume from.
 
     Returns
     -------
@@ -419,6 +433,8 @@ def train_recommender(
         s.identity(),
         reporter,
         s.epochs,
+        "test_rmse",
+        checkpoint,
     )
     if opt is None:
         opt = numbadam.Adam(learning_rate=s.learning_rate)
