@@ -12,9 +12,11 @@ Both are measured in this one process, on the same machine state:
   the same threads as the step, i.e. the practical ceiling of a fused step.
 
 Both are warmed up, then timed ``--repeat`` times each (default 21, at least
-15), alternating step and copy run by run, and rotating over ``--sets``
-independent buffer sets so that no timed run finds its data in cache from the
-run before; the medians are reported. Run it from the
+15), alternating step and copy run by run (numbadam's timer,
+:func:`numbadam.cli.timer.interleaved_samples`, in blocks of one run without
+settling runs), each rotating over ``--sets`` independent buffer sets so that
+no timed run finds its data in cache from the run before; the medians are
+reported. Run it from the
 repository root:
 
     .venv/bin/python asv_bench/bandwidth.py [--n 10000000] [--repeat 21]
@@ -30,30 +32,13 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import numpy as np
 
+from numbadam.cli.timer import interleaved_samples
+
 STEP_BYTES_PER_ELEMENT = 28  # float32: 4 reads + 3 writes of 4 bytes
 COPY_BYTES_PER_ELEMENT = 8  # float32: 1 read + 1 write of 4 bytes
-
-
-def _interleaved_times(runs, sets: int, repeat: int, warmup: int) -> list:
-    """Per-run seconds of each callable, the callables alternating run by run.
-
-    Alternating exposes both to the same machine state (other processes, clock
-    changes) instead of timing one after the other.
-    """
-    for i in range(warmup):
-        for run in runs:
-            run(i % sets)
-    times = [[] for _ in runs]
-    for i in range(repeat):
-        for run, out in zip(runs, times):
-            t0 = time.perf_counter()
-            run(i % sets)
-            out.append(time.perf_counter() - t0)
-    return times
 
 
 def measure(n: int = 10_000_000, repeat: int = 21, sets: int = 3, warmup: int = 3):
@@ -88,22 +73,22 @@ def measure(n: int = 10_000_000, repeat: int = 21, sets: int = 3, warmup: int = 
         src, dst = copies[i]
         np.copyto(dst, src)
 
-    runs = [step, copy]
+    runs = {"step": _rotating(step, sets), "copy": _rotating(copy, sets)}
     probe = _probe(n, sets)
     if probe is not None:
-        runs.append(probe)
-    times = _interleaved_times(runs, sets, repeat, warmup)
-    step_all, copy_all = times[0], times[1]
+        runs["probe"] = _rotating(probe, sets)
+    times = interleaved_samples(runs, repeat, warmup, block=1, settle_s=0)
+    step_all, copy_all = times["step"], times["copy"]
     step_s, copy_s = statistics.median(step_all), statistics.median(copy_all)
     step_bytes = n * STEP_BYTES_PER_ELEMENT
     copy_bytes = m * COPY_BYTES_PER_ELEMENT
     out = {}
     if probe is not None:
-        probe_s = statistics.median(times[2])
+        probe_s = statistics.median(times["probe"])
         out = {
             "probe_seconds": probe_s,
             "probe_gbps": step_bytes / probe_s / 1e9,
-            "probe_all": times[2],
+            "probe_all": times["probe"],
         }
     return {
         "n": n,
@@ -119,6 +104,17 @@ def measure(n: int = 10_000_000, repeat: int = 21, sets: int = 3, warmup: int = 
         "copy_all": copy_all,
         **out,
     }
+
+
+def _rotating(run, sets: int):
+    """``run(i)`` as a function of no arguments, taking the sets in turn."""
+    calls = [0]
+
+    def next_set():
+        run(calls[0] % sets)
+        calls[0] += 1
+
+    return next_set
 
 
 def _probe(n: int, sets: int):

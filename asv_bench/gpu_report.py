@@ -14,16 +14,21 @@ Usage, from the repository root on a machine with a GPU and numba-cuda
 
 Cases (float32 unless said; bytes per element as in docs/performance.md):
 
+The goals are the ``cuda`` rows of numbadam's one table of speed goals,
+:data:`numbadam.cli.goals.GOALS`; the timer is numbadam's,
+:func:`numbadam.cli.timer.median_time`.
+
 - ``copy``: device-to-device copy of N elements (8 bytes per element);
 - ``dense``: ``Adam.apply_gradients`` on Numba device arrays, N elements (28);
-  goal: at least 0.85 of the copy's bandwidth;
+  goal ``cuda-dense-copy``, against the copy's bandwidth;
 - ``dense (torch tensors)``: the same step on PyTorch CUDA tensors;
-- ``torch fused``: ``torch.optim.Adam(fused=True)``; goal: numbadam not slower;
-- ``amsgrad``: numbadam (36 bytes) and PyTorch fused with ``amsgrad=True``;
+- ``torch fused``: ``torch.optim.Adam(fused=True)``; goal ``cuda-dense-torch``;
+- ``amsgrad``: numbadam (36 bytes) and PyTorch fused with ``amsgrad=True``
+  (goal ``cuda-amsgrad-torch``);
 - ``dense float16`` / ``float64``: for reference;
 - ``sparse TF rule``: a (1e6, 64) table (every row's slots nonzero), 16384
-  Zipf(1.2) indices with duplicates; goal: within 1.2x of the dense step on
-  the table's 64e6 elements;
+  Zipf(1.2) indices with duplicates; goal ``cuda-sparse-dense``, against the
+  dense step on the table's 64e6 elements;
 - ``sparse lazy`` and ``torch SparseAdam`` on the same table and batch;
 - ``launch``: one 10-element variable, host time per step over many steps
   (the Python path and the launches), next to PyTorch's fused Adam;
@@ -46,6 +51,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the checkout's numbadam
 
 import numbadam  # noqa: E402
+from numbadam.cli.goals import as_measured, score  # noqa: E402
+from numbadam.cli.timer import median_time  # noqa: E402
 
 F32 = np.float32
 
@@ -67,34 +74,16 @@ def _torch():
 
 
 class Timer:
-    """Median seconds of ``fn`` over ``repeat`` runs, each between two CUDA
-    events on the default stream (host time around a synchronize under the
-    simulator, which has no events worth the name)."""
+    """Median seconds of ``fn`` over ``repeat`` runs: numbadam's timer
+    (:func:`numbadam.cli.timer.median_time`), each run between two CUDA events
+    on the default stream."""
 
-    def __init__(self, cuda, simulator: bool, warmup: int = 3) -> None:
+    def __init__(self, cuda, warmup: int = 3) -> None:
         self.cuda = cuda
-        self.simulator = simulator
         self.warmup = warmup
 
     def __call__(self, fn: Callable[[], Any], repeat: int) -> float:
-        for _ in range(self.warmup):
-            fn()
-        self.cuda.synchronize()
-        times = []
-        for _ in range(repeat):
-            if self.simulator:
-                t0 = time.perf_counter()
-                fn()
-                self.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-                continue
-            start, end = self.cuda.event(), self.cuda.event()
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(self.cuda.event_elapsed_time(start, end) * 1e-3)
-        return float(np.median(times))
+        return median_time(fn, repeat, self.warmup, cuda=self.cuda)
 
 
 def _random(cuda, shape, dtype, seed, scale=1.0):
@@ -305,24 +294,9 @@ def check_cases(rep: Report, cuda) -> None:
 
 
 def goals(rep: Report) -> None:
-    copy, dense = rep.get("copy", "numba copy_to_device"), rep.get("dense", "numbadam")
-    if copy and dense:
-        rep.goal("dense 28 B/elem bandwidth / copy bandwidth >= 0.85",
-                 (28 / dense) / (8 / copy), lambda v: v >= 0.85)  # fmt: skip
-    tf = rep.get("dense", "torch fused")
-    if tf and dense:
-        rep.goal("torch fused time / numbadam time >= 1", tf / dense, lambda v: v >= 1)
-    ta, na = rep.get("amsgrad", "torch fused"), rep.get("amsgrad", "numbadam")
-    if ta and na:
-        rep.goal(
-            "AMSGrad: torch fused time / numbadam time >= 1", ta / na, lambda v: v >= 1
-        )
-    sp = rep.get("sparse TF rule", "numbadam")
-    sd = rep.get("sparse TF rule", "numbadam dense step, same table")
-    if sp and sd:
-        rep.goal(
-            "sparse TF rule time / dense step time <= 1.2", sp / sd, lambda v: v <= 1.2
-        )
+    """Score the rows against the ``cuda`` rows of numbadam's goal table."""
+    for result in score(as_measured(rep.rows), "cuda"):
+        rep.goal(result.goal.text, result.value, result.goal.met)
 
 
 def format_report(rep: Report, info: Dict[str, Any]) -> str:
@@ -360,7 +334,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     n, rows, k, repeat, steps = int(args.n), 10**6, 16384, args.repeat, 2000
     if args.smoke:
         n, rows, k, repeat, steps = 1024, 64, 64, 1, 2
-    timer = Timer(cuda, simulator, warmup=1 if args.smoke else 3)
+    timer = Timer(cuda, warmup=1 if args.smoke else 3)
     info: Dict[str, Any] = {
         "device": "simulator" if simulator else cuda.get_current_device().name,
         "numbadam": numbadam.__version__,

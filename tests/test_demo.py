@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from numbadam import cli
-from numbadam.demo import MLPSettings, RecommenderSettings, run_demo
-from numbadam.demo.recommender import MatrixFactorization, make_ratings
+from numbadam.cli.demo import MLPSettings, RecommenderSettings, run_demo
+from numbadam.cli.demo.mlp import MLP, load_digits_split
+from numbadam.cli.demo.recommender import MatrixFactorization, make_ratings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -198,3 +199,19 @@ def test_model_gradients_match_finite_differences():
     down = objective()
     table[row, col] = old
     assert dense[row, col] == pytest.approx((up - down) / (2 * eps), rel=0.05, abs=1e-4)
+
+
+def test_settings_know_their_models_variable_shapes():
+    # prepare_demo checks a checkpoint's variables against these before the
+    # model exists; they must be the shapes the models make.
+    s = RecommenderSettings.quick(users=30, items=7, dim=5)
+    model = MatrixFactorization(s.users, s.items, s.dim, 3.0)
+    got = {k: v.shape for k, v in model.variables.items()}
+    assert got == s.variable_shapes()
+    assert {v.dtype for v in model.variables.values()} == {np.dtype(np.float32)}
+    m = MLPSettings(hidden=(9, 4))
+    net = MLP(m.sizes())
+    assert {k: v.shape for k, v in net.variables.items()} == m.variable_shapes()
+    pytest.importorskip("sklearn")
+    x_train, *_ = load_digits_split()
+    assert m.sizes()[0] == x_train.shape[1]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from numbadam.cli import main
-from numbadam.demo.recommender import RecommenderSettings, train_recommender
+from numbadam.cli.demo.recommender import RecommenderSettings, train_recommender
 
 MPIEXEC = shutil.which(
     "mpiexec", path=str(Path(sys.executable).parent)

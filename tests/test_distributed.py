@@ -31,6 +31,7 @@ import pytest
 
 import numbadam
 from numbadam import IndexedSlices
+from numbadam.cli.demo.embedding import train_embedding_distributed
 from numbadam.distributed import (
     DistributedAdam,
     SelfCommunicator,
@@ -39,7 +40,6 @@ from numbadam.distributed import (
     broadcast_variables,
     get_communicator,
     partition,
-    train_embedding_distributed,
 )
 
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"

@@ -1,8 +1,9 @@
 """Every public class and function has a numpydoc docstring with doctest Examples.
 
 The public API is the ``__all__`` of :mod:`numbadam`, :mod:`numbadam.schedules`
-and :mod:`numbadam.distributed` (the names ``docs/api.rst`` lists). For each
-class or function there:
+and :mod:`numbadam.distributed` (the names ``docs/api.rst`` lists), and of the
+distributed demo, :mod:`numbadam.cli.demo.embedding`. For each class or
+function there:
 
 - the docstring has an ``Examples`` section with at least one ``>>>`` line
   (``--doctest-modules`` runs them);
@@ -27,8 +28,9 @@ import pytest
 
 import numbadam
 from numbadam import distributed, schedules
+from numbadam.cli.demo import embedding
 
-MODULES = (numbadam, schedules, distributed)
+MODULES = (numbadam, schedules, distributed, embedding)
 
 _HEADER = re.compile(r"^(?P<title>[A-Z][A-Za-z ]*)\n-{3,}[ \t]*$", re.MULTILINE)
 _ENTRY = re.compile(r"^(?P<names>[*\w][\w*, ]*?)\s*(?::.*)?$")
@@ -106,6 +108,7 @@ def test_every_public_name_is_checked():
     assert "numbadam.Adam" in checked
     assert "numbadam.distributed.launched_under_mpi" in checked
     assert "numbadam.schedules.serialize" in checked
+    assert "numbadam.cli.demo.embedding.train_embedding_distributed" in checked
     assert len(checked) >= 30
 
 

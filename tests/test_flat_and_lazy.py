@@ -190,22 +190,6 @@ def test_thread_count_setting_and_bitwise_equality():
         numbadam.set_num_threads(0)
 
 
-def test_benchmark_machinery_smoke():
-    from numbadam import benchmark
-
-    case = benchmark._dense_case(2000, True, None, None)
-    assert {"numbadam", "probe", "numpy"} <= set(case.times)
-    result = {
-        "machine": {"numbadam": "x", "numpy": "y", "torch": None, "optax": None,
-                    "threads": 1, "quick": True},
-        "cases": [case.as_dict()],
-        "goals": benchmark._goals([case]),
-    }  # fmt: skip
-    text = benchmark.format_report(result)
-    assert "dense float32" in text and "Goals" in text
-    json.dumps(result)
-
-
 @pytest.mark.parametrize(
     "shapes, exc, pattern",
     [

@@ -6,10 +6,12 @@ numba-cuda missing, no device, or the simulator (``NUMBA_ENABLE_CUDASIM=1``).
 cache) and slot creation are not timed. Every timing ends with
 ``cuda.synchronize()``: kernel launches are asynchronous.
 
-Goals (see ``docs/cuda.md``): a dense float32 step at 1e8 elements moves 28
-bytes per element and should reach 85% of :class:`DeviceCopy`'s bandwidth
-(which moves 8); it should not be slower than :class:`TorchFusedAdam`; a sparse
-step over the table should be within 1.2x of the dense step of the same size.
+Goals: the ``cuda`` rows of numbadam's one table,
+:data:`numbadam.cli.goals.GOALS` (``asv_bench/gpu_report.py`` scores them in
+one run): ``cuda-dense-copy`` (the dense step next to :class:`DeviceCopy`),
+``cuda-dense-torch`` and ``cuda-amsgrad-torch`` (next to
+:class:`TorchFusedAdam`), ``cuda-sparse-dense`` (:class:`SparseStep` next to
+the dense step of the same size).
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
-"""The CPU speed goals, one class per goal, through ``Adam.apply_gradients``.
+"""The CPU speed goals through ``Adam.apply_gradients``.
 
-``numbadam bench`` times the same cases side by side with NumPy and PyTorch in
-one process; these track numbadam alone across commits. Parameters: dtype,
+The goals are the ``cpu`` rows of numbadam's one table,
+:data:`numbadam.cli.goals.GOALS` (named here by key). ``numbadam bench`` times
+the same cases side by side with NumPy and PyTorch in one process and scores
+them against the table; :class:`GoalRatios` tracks, across commits, the value
+of every goal that needs nothing but numbadam and NumPy, measured by
+``numbadam bench``'s own cases and timer. The other classes time numbadam
+alone. Parameters: dtype,
 size and Numba threads where the goal names them; sparse tables in the state
 that matters for TF's rule (``fresh``: no row has had a gradient, so its ``m``
 and ``v`` are zero and a step only reads them; ``warm``: every row has, so a
@@ -19,6 +24,9 @@ import numbadam
 from numbadam import _config
 from numbadam.kernels import probe
 
+from numbadam.cli import bench
+from numbadam.cli.goals import GOALS
+
 from .common import DTYPES, dense_problem, rng, warmed_adam, zipf_batches
 
 THREADS = [1, 2]
@@ -31,8 +39,8 @@ def _use_threads(threads: int) -> None:
 
 
 class DenseByThreads:
-    """Goals 1, 2, 6: dense steps by dtype, size and threads (28 B/element in
-    float32; 14 in float16, 56 in float64)."""
+    """Goals ``cpu-dense-*``: dense steps by dtype, size and threads (28
+    B/element in float32; 14 in float16, 56 in float64)."""
 
     params: ClassVar[list] = [DTYPES, [10_000, 10_000_000], THREADS]
     param_names: ClassVar[list] = ["dtype", "size", "threads"]
@@ -51,7 +59,7 @@ class DenseByThreads:
 
 
 class AMSGradByThreads(DenseByThreads):
-    """Goal 1 for AMSGrad: 36 bytes per float32 element."""
+    """Goals ``cpu-dense-*`` for AMSGrad: 36 bytes per float32 element."""
 
     def setup(self, dtype, size, threads):
         _use_threads(threads)
@@ -61,8 +69,9 @@ class AMSGradByThreads(DenseByThreads):
 
 
 class Probe:
-    """The floor of goal 1: a Numba kernel moving the step's bytes (4 reads and
-    3 writes, or 5 and 4 for AMSGrad) over 1e7 float32 elements, no arithmetic."""
+    """The floor of goal ``cpu-dense-probe``: a Numba kernel moving the step's
+    bytes (4 reads and 3 writes, or 5 and 4 for AMSGrad) over 1e7 float32
+    elements, no arithmetic."""
 
     params: ClassVar[list] = [["4r3w", "5r4w"], THREADS]
     param_names: ClassVar[list] = ["pattern", "threads"]
@@ -84,8 +93,9 @@ class Probe:
 
 
 class ManyVariables:
-    """Goal 3: 2000 float32 variables of 1000 elements in one call, allocated
-    from a ParameterBuffer (one kernel pass) or as 2000 separate arrays."""
+    """Goals ``cpu-many-*``: 2000 float32 variables of 1000 elements in one
+    call, allocated from a ParameterBuffer (one kernel pass) or as 2000
+    separate arrays."""
 
     params: ClassVar[list] = [["buffer", "list"]]
     param_names: ClassVar[list] = ["layout"]
@@ -134,10 +144,10 @@ class _TableStep:
 
 
 class SparseTable(_TableStep):
-    """Goals 4 and 5: a (1e6, 64) float32 table, batches of 4096 Zipf rows
-    (duplicates included) taken in turn; TF's rule (``"dense"``) or LazyAdam's
-    (``"lazy"``), on a fresh or a warm table. ``peakmem`` shows that no step
-    allocates anything the size of the table."""
+    """Goals ``cpu-sparse-tf-*`` and ``cpu-lazy-*``: a (1e6, 64) float32
+    table, batches of 4096 Zipf rows (duplicates included) taken in turn; TF's
+    rule (``"dense"``) or LazyAdam's (``"lazy"``), on a fresh or a warm table.
+    ``peakmem`` shows that no step allocates anything the size of the table."""
 
     params: ClassVar[list] = [["dense", "lazy"], ["fresh", "warm"]]
     param_names: ClassVar[list] = ["sparse_mode", "state"]
@@ -153,7 +163,7 @@ class SparseTable(_TableStep):
 
 
 class LazyRows(_TableStep):
-    """Goal 5: a lazy step's cost does not depend on the table's row count
+    """Goal ``cpu-lazy-rows``: a lazy step's cost does not depend on the row count
     (1e7 rows: three resident 2.56 GB arrays)."""
 
     params: ClassVar[list] = [[100_000, 1_000_000, 10_000_000]]
@@ -167,3 +177,31 @@ class LazyRows(_TableStep):
 
     def peakmem_step(self, rows):
         self._step()
+
+
+#: The goals measurable without PyTorch or optax, by key.
+TRACKED_GOALS = [
+    g.key for g in GOALS if g.backend == "cpu" and not g.needs_comparison
+]
+
+
+class GoalRatios:
+    """The value of each CPU goal that needs only numbadam and NumPy (the probe,
+    a careful NumPy step, numbadam's own dense step), as ``numbadam bench
+    --quick`` measures and scores it: every case of the goal's families, side
+    by side in alternating blocks, in one ``setup_cache``. Where a goal applies
+    to several cases, the least favourable value. Ratios of implementations
+    timed side by side hold when the machine's speed drifts; raw times do
+    not."""
+
+    params: ClassVar[list] = [TRACKED_GOALS]
+    param_names: ClassVar[list] = ["goal"]
+    timeout = 900  # numbadam bench's quick cases, once
+
+    def setup_cache(self):
+        return bench.goal_values(TRACKED_GOALS, quick=True)
+
+    def track_value(self, values, goal):
+        return values[goal]
+
+    track_value.unit = "ratio (cpu-fixed-cost: us)"

@@ -45,7 +45,6 @@ from ._comm import (
 from ._data_parallel import DistributedAdam, broadcast_variables
 from ._embedding import ShardedEmbedding
 from ._sharded import ShardedAdam
-from ._train import train_embedding_distributed
 
 __all__ = [
     "Communicator",
@@ -59,5 +58,4 @@ __all__ = [
     "ShardedAdam",
     "ShardedEmbedding",
     "broadcast_variables",
-    "train_embedding_distributed",
 ]

@@ -17,10 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import distributed_cases as cases  # noqa: E402
 
-from numbadam.distributed import (  # noqa: E402
-    get_communicator,
-    train_embedding_distributed,
-)
+from numbadam.cli.demo.embedding import train_embedding_distributed  # noqa: E402
+from numbadam.distributed import get_communicator  # noqa: E402
 
 out_dir = sys.argv[1]
 load_dir = sys.argv[2] if len(sys.argv) > 2 else None

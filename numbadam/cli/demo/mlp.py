@@ -19,6 +19,9 @@ from ._common import Reporter, format_seconds, resume_or_start, save_epoch, warm
 
 __all__ = ["MLP", "MLPSettings", "SKLEARN_HINT", "load_digits_split", "train_mlp"]
 
+#: Pixels of scikit-learn's 8x8 digits (the MLP's inputs) and classes.
+DIGITS_FEATURES, DIGITS_CLASSES = 64, 10
+
 SKLEARN_HINT = (
     "scikit-learn is not installed, so the MLP on handwritten digits is skipped; "
     "get it with: pip install 'numbadam[examples]' (or pip install scikit-learn)"
@@ -31,7 +34,7 @@ class MLPSettings:
 
     Examples
     --------
-    >>> from numbadam.demo.mlp import MLPSettings
+    >>> from numbadam.cli.demo.mlp import MLPSettings
     >>> MLPSettings().hidden, MLPSettings.quick().epochs
     ((128, 64), 8)
     """
@@ -55,6 +58,19 @@ class MLPSettings:
         del d["epochs"]
         return d
 
+    def sizes(self) -> Tuple[int, ...]:
+        """The layer widths on the digits: inputs, ``hidden``, classes."""
+        return (DIGITS_FEATURES, *self.hidden, DIGITS_CLASSES)
+
+    def variable_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """The shapes of the float32 variables of :class:`MLP` of :meth:`sizes`."""
+        widths = self.sizes()
+        out: Dict[str, Tuple[int, ...]] = {}
+        for k, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+            out[f"dense_{k}/kernel"] = (n_in, n_out)
+            out[f"dense_{k}/bias"] = (n_out,)
+        return out
+
 
 def load_digits_split(
     test_fraction: float = 0.25, seed: int = 0
@@ -73,7 +89,7 @@ def load_digits_split(
     Examples
     --------
     >>> import pytest; _ = pytest.importorskip("sklearn")
-    >>> from numbadam.demo.mlp import load_digits_split
+    >>> from numbadam.cli.demo.mlp import load_digits_split
     >>> x_train, y_train, x_test, y_test = load_digits_split()
     >>> x_train.shape, x_test.shape, int(y_train.max())
     ((1348, 64), (449, 64), 9)
@@ -110,7 +126,7 @@ class MLP:
     --------
     >>> import numpy as np
     >>> import numbadam
-    >>> from numbadam.demo.mlp import MLP
+    >>> from numbadam.cli.demo.mlp import MLP
     >>> net = MLP((4, 8, 3), seed=0)
     >>> x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
     >>> y = np.array([0, 1, 2, 1, 0])
@@ -199,6 +215,7 @@ def train_mlp(
     reporter: Optional[Reporter] = None,
     checkpoint_path: Optional[str] = None,
     resume: bool = False,
+    checkpoint: Optional[numbadam.Checkpoint] = None,
 ) -> Dict[str, Any]:
     """Train the MLP on the digits and report test accuracy every epoch.
 
@@ -210,6 +227,9 @@ def train_mlp(
         Save a checkpoint there after every epoch.
     resume : bool, optional
         Continue from ``checkpoint_path`` if it exists.
+    checkpoint : numbadam.Checkpoint, optional
+        ``checkpoint_path`` already read and checked (by
+        :func:`~numbadam.cli.demo.prepare_demo`), to resume from.
 
     Returns
     -------
@@ -226,7 +246,7 @@ def train_mlp(
     Examples
     --------
     >>> import pytest; _ = pytest.importorskip("sklearn")
-    >>> from numbadam.demo.mlp import MLPSettings, train_mlp
+    >>> from numbadam.cli.demo.mlp import MLPSettings, train_mlp
     >>> result = train_mlp(MLPSettings(epochs=3))
     >>> result["final"]["test_accuracy"] > 0.9
     True
@@ -235,10 +255,10 @@ def train_mlp(
     s = settings
     t0 = time.perf_counter()
     x_train, y_train, x_test, y_test = load_digits_split(s.test_fraction, s.seed)
-    net = MLP((x_train.shape[1], *s.hidden, 10), seed=s.seed)
+    net = MLP(s.sizes(), seed=s.seed)
     n_params = net.n_parameters
     steps_per_epoch = -(-len(y_train) // s.batch_size)
-    arch = "-".join(str(n) for n in (x_train.shape[1], *s.hidden, 10))
+    arch = "-".join(str(n) for n in s.sizes())
     reporter.line(
         f"MLP on scikit-learn's handwritten digits (8x8 images): {len(y_train):,} "
         f"training and {len(y_test):,} test images"
@@ -248,7 +268,15 @@ def train_mlp(
         f"{s.batch_size}, {steps_per_epoch} Adam steps per epoch; chance is 10%"
     )
     opt, start, history = resume_or_start(
-        "mlp", checkpoint_path, resume, net.variables, s.identity(), reporter, s.epochs
+        "mlp",
+        checkpoint_path,
+        resume,
+        net.variables,
+        s.identity(),
+        reporter,
+        s.epochs,
+        "test_accuracy",
+        checkpoint,
     )
     if opt is None:
         opt = numbadam.Adam(learning_rate=s.learning_rate)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class RecommenderSettings:
 
     Examples
     --------
-    >>> from numbadam.demo.recommender import RecommenderSettings
+    >>> from numbadam.cli.demo.recommender import RecommenderSettings
     >>> s = RecommenderSettings()
     >>> (s.users + s.items) * s.dim
     2400000
@@ -86,6 +86,16 @@ class RecommenderSettings:
         d = asdict(self)
         del d["epochs"]
         return d
+
+    def variable_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """The shapes of :class:`MatrixFactorization`'s float32 variables."""
+        return {
+            "user_embedding": (self.users, self.dim),
+            "item_embedding": (self.items, self.dim),
+            "user_bias": (self.users,),
+            "item_bias": (self.items,),
+            "global_mean": (),
+        }
 
 
 @dataclass
@@ -158,7 +168,7 @@ def make_ratings(
 
     Examples
     --------
-    >>> from numbadam.demo.recommender import make_ratings
+    >>> from numbadam.cli.demo.recommender import make_ratings
     >>> data = make_ratings(users=100, items=50, ratings=1000, seed=1)
     >>> len(data.train_ratings), len(data.test_ratings)
     (900, 100)
@@ -220,7 +230,7 @@ class MatrixFactorization:
     --------
     >>> import numpy as np
     >>> import numbadam
-    >>> from numbadam.demo.recommender import MatrixFactorization
+    >>> from numbadam.cli.demo.recommender import MatrixFactorization
     >>> model = MatrixFactorization(users=10, items=5, dim=3, global_mean=3.0)
     >>> model.n_parameters
     61
@@ -359,6 +369,7 @@ def train_recommender(
     reporter: Optional[Reporter] = None,
     checkpoint_path: Optional[str] = None,
     resume: bool = False,
+    checkpoint: Optional[numbadam.Checkpoint] = None,
 ) -> Dict[str, Any]:
     """Generate the data, train the recommender and report every epoch.
 
@@ -371,6 +382,9 @@ def train_recommender(
         Save a checkpoint (model, optimizer, history) there after every epoch.
     resume : bool, optional
         Continue from ``checkpoint_path`` if it exists.
+    checkpoint : numbadam.Checkpoint, optional
+        ``checkpoint_path`` already read and checked (by
+        :func:`~numbadam.cli.demo.prepare_demo`), to resume from.
 
     Returns
     -------
@@ -381,7 +395,7 @@ def train_recommender(
 
     Examples
     --------
-    >>> from numbadam.demo.recommender import RecommenderSettings, train_recommender
+    >>> from numbadam.cli.demo.recommender import RecommenderSettings, train_recommender
     >>> s = RecommenderSettings.quick(users=300, items=100, ratings=6000, epochs=3)
     >>> result = train_recommender(s)
     >>> result["final"]["test_rmse"] < result["baseline_rmse"]
@@ -419,6 +433,8 @@ def train_recommender(
         s.identity(),
         reporter,
         s.epochs,
+        "test_rmse",
+        checkpoint,
     )
     if opt is None:
         opt = numbadam.Adam(learning_rate=s.learning_rate)
@@ -554,14 +570,14 @@ def train_recommender_distributed(
 
     Examples
     --------
-    >>> from numbadam.demo.recommender import (
+    >>> from numbadam.cli.demo.recommender import (
     ...     RecommenderSettings, train_recommender_distributed)
     >>> s = RecommenderSettings.quick(users=300, items=100, ratings=6000, epochs=2)
     >>> out = train_recommender_distributed(s, "sharded", comm="self")
     >>> out["ranks"], out["epoch_rmse"][-1] < out["baseline_rmse"]
     (1, True)
     """
-    from ..distributed import (
+    from numbadam.distributed import (
         DistributedAdam,
         ShardedAdam,
         broadcast_variables,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Optional
 
+from .._paths import plot_path, save_figure
 from ._common import format_seconds
 
 __all__ = ["MATPLOTLIB_HINT", "plot_results", "summary_rows", "summary_table"]
@@ -32,7 +32,7 @@ def summary_rows(results: Dict[str, Any]) -> List[List[str]]:
 
     Examples
     --------
-    >>> from numbadam.demo.report import summary_rows
+    >>> from numbadam.cli.demo.report import summary_rows
     >>> rows = summary_rows({"mlp": {"skipped": "no scikit-learn"}})
     >>> rows[1]
     ['mlp digits', '-', '-', '-', '-', '-', 'skipped: no scikit-learn']
@@ -90,7 +90,7 @@ def summary_table(results: Dict[str, Any]) -> str:
 
     Examples
     --------
-    >>> from numbadam.demo.report import summary_table
+    >>> from numbadam.cli.demo.report import summary_table
     >>> print(summary_table({"mlp": {"skipped": "none"}}))
     run         parameters  epochs  train time  steps/s  param updates/s  result
     mlp digits           -       -           -        -                -  skipped: none
@@ -117,30 +117,38 @@ def plot_results(results: Dict[str, Any], path: str) -> Optional[str]:
     Parameters
     ----------
     results : dict
-        :func:`numbadam.demo.run_demo`'s output.
+        :func:`numbadam.cli.demo.run_demo`'s output.
     path : str
-        Target file; missing folders are created.
+        Target file; missing folders are created. Without an extension it
+        gets ``.png``; with one, it is the format (any that matplotlib
+        writes). The file is replaced atomically.
 
     Returns
     -------
     str or None
-        ``path``, or ``None`` when nothing was trained.
+        The file written (``path``, plus ``.png`` if it had no extension), or
+        ``None`` when nothing was trained.
 
     Raises
     ------
     ImportError
         Without matplotlib (message: how to install it).
+    ValueError
+        If ``path`` cannot take the plot (a folder, an unknown extension; see
+        ``numbadam.cli._paths.plot_path``), before anything is drawn.
 
     Examples
     --------
     >>> import os, tempfile
     >>> import pytest; _ = pytest.importorskip("matplotlib")
-    >>> from numbadam.demo.report import plot_results
+    >>> from numbadam.cli.demo.report import plot_results
     >>> results = {"mlp": {"history": [
     ...     {"epoch": 1, "train_loss": 0.9, "test_accuracy": 0.8},
     ...     {"epoch": 2, "train_loss": 0.4, "test_accuracy": 0.9}]}}
     >>> path = os.path.join(tempfile.mkdtemp(), "out", "demo.png")
     >>> plot_results(results, path) == path and os.path.getsize(path) > 0
+    True
+    >>> plot_results(results, path[:-4]) == path  # matplotlib's default: a PNG
     True
     """
     try:
@@ -149,6 +157,7 @@ def plot_results(results: Dict[str, Any], path: str) -> Optional[str]:
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ImportError(MATPLOTLIB_HINT) from None
+    path = plot_path(path)
     runs = [
         k
         for k in ("recommender", "mlp")
@@ -208,7 +217,5 @@ def plot_results(results: Dict[str, Any], path: str) -> Optional[str]:
             metric_ax.set_title("MLP on digits: test accuracy")
             metric_ax.set_ylabel("accuracy (%)")
             metric_ax.legend(loc="lower right")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     return path

@@ -1,15 +1,4 @@
-"""The ``numbadam`` command line (also ``python -m numbadam``).
-
-Subcommands live in :data:`SUBCOMMANDS`; a new one is added with
-:func:`register` (a name, a one-line help, a function that adds its arguments
-to an :class:`argparse.ArgumentParser`, and a function that runs it and
-returns the exit status). Heavy modules are imported inside the run functions
-so that ``numbadam --help`` stays instant.
-
-Exit statuses: 0 success, 1 a run-time problem reported in one line (a
-damaged checkpoint, a missing folder), 2 bad command-line arguments (one
-line, no traceback), 130 interrupted with Ctrl-C.
-"""
+"""``numbadam demo``: its options and its run (the exit status)."""
 
 from __future__ import annotations
 
@@ -17,128 +6,13 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
-__all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main", "register"]
+from .._args import PROG, int_at_least
 
-PROG = "numbadam"
+HELP = "Train an embedding recommender and an MLP with numbadam.Adam."
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (no usage dump) and exit status 2."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-@dataclass
-class Subcommand:
-    """A ``numbadam`` subcommand.
-
-    Attributes
-    ----------
-    name : str
-    help : str
-        One line for ``numbadam --help``.
-    configure : callable
-        ``configure(parser)`` adds the subcommand's arguments.
-    run : callable
-        ``run(args) -> int``: the exit status.
-    description : str
-        The text of ``numbadam NAME --help`` (defaults to ``help``).
-    """
-
-    name: str
-    help: str
-    configure: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-    description: Optional[str] = None
-
-
-#: The registered subcommands, by name, in ``--help`` order.
-SUBCOMMANDS: Dict[str, Subcommand] = {}
-
-
-def register(
-    name: str,
-    help: str,
-    configure: Callable[[argparse.ArgumentParser], None],
-    run: Callable[[argparse.Namespace], int],
-    description: Optional[str] = None,
-) -> Subcommand:
-    """Add a subcommand to ``numbadam``.
-
-    Examples
-    --------
-    >>> from numbadam import cli
-    >>> def run(args):
-    ...     print("hello", args.who)
-    ...     return 0
-    >>> _ = cli.register("hello", "Say hello.",
-    ...                  lambda p: p.add_argument("--who", default="world"), run)
-    >>> cli.main(["hello", "--who", "you"])
-    hello you
-    0
-    >>> del cli.SUBCOMMANDS["hello"]
-    """
-    sub = Subcommand(name, help, configure, run, description)
-    SUBCOMMANDS[name] = sub
-    return sub
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every registered subcommand."""
-    from . import __version__
-
-    parser = _Parser(
-        prog=PROG,
-        description="numbadam: a Numba-accelerated, numerically faithful "
-        "Keras/TF2 Adam for NumPy arrays.",
-        epilog=f"Run '{PROG} COMMAND --help' for a command's options.",
-    )
-    parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {__version__}"
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for sub in SUBCOMMANDS.values():
-        p = subparsers.add_parser(
-            sub.name,
-            help=sub.help,
-            description=sub.description or sub.help,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        sub.configure(p)
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Run ``numbadam`` with ``argv`` (default: ``sys.argv[1:]``); the exit status.
-
-    Examples
-    --------
-    >>> from numbadam.cli import main
-    >>> main(["--version"])
-    Traceback (most recent call last):
-    SystemExit: 0
-    """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        return int(SUBCOMMANDS[args.command].run(args) or 0)
-    except KeyboardInterrupt:
-        print(f"\n{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-# ---------------------------------------------------------------------------
-# numbadam demo
-# ---------------------------------------------------------------------------
-
-_DEMO_DESCRIPTION = """\
+DESCRIPTION = """\
 Train two models with numbadam.Adam and report what happens:
 
   1. a matrix-factorization recommender: user and item embedding tables
@@ -161,21 +35,7 @@ examples:
 """
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is below the minimum, {low}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def _configure_demo(p: argparse.ArgumentParser) -> None:
+def configure(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument(
         "--quick",
@@ -187,13 +47,13 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--seed",
-        type=_int_at_least(0),
+        type=int_at_least(0),
         default=0,
         help="seed of the data, initialisation and shuffling (default 0)",
     )
     g.add_argument(
         "--threads",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         help="CPU threads of numbadam's kernels (default: all cores; 1 is often "
         "as fast, and far better on a busy machine)",
     )
@@ -236,33 +96,34 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
         help="continue from the checkpoints in --checkpoint-dir",
     )
     g = p.add_argument_group("recommender sizes (defaults: full / --quick)")
-    g.add_argument("--users", type=_int_at_least(1), help="users (40000 / 2000)")
-    g.add_argument("--items", type=_int_at_least(1), help="items (10000 / 500)")
+    g.add_argument("--users", type=int_at_least(1), help="users (40000 / 2000)")
+    g.add_argument("--items", type=int_at_least(1), help="items (10000 / 500)")
     g.add_argument(
         "--ratings",
-        type=_int_at_least(10),
+        type=int_at_least(10),
         help="ratings, 10%% held out (1600000 / 60000)",
     )
-    g.add_argument("--dim", type=_int_at_least(1), help="embedding size (48 / 16)")
+    g.add_argument("--dim", type=int_at_least(1), help="embedding size (48 / 16)")
     g.add_argument(
         "--batch-size",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         help="ratings per Adam step (4096 / 2048)",
     )
-    g.add_argument("--rec-epochs", type=_int_at_least(0), help="epochs (8 / 5)")
+    g.add_argument("--rec-epochs", type=int_at_least(0), help="epochs (8 / 5)")
     g = p.add_argument_group("MLP")
-    g.add_argument("--mlp-epochs", type=_int_at_least(0), help="epochs (20 / 8)")
+    g.add_argument("--mlp-epochs", type=int_at_least(0), help="epochs (20 / 8)")
 
 
-def _run_distributed_demo(
+def _run_distributed(
     args: argparse.Namespace, rec: Any, reporter: Any, prog: str
 ) -> int:
     # The demo's recommender over MPI ranks: the same learning curve at any
     # number of ranks (docs/scaling.md).
     import numbadam
 
-    from .demo.recommender import train_recommender_distributed
-    from .distributed import get_communicator
+    from numbadam.distributed import get_communicator
+
+    from .recommender import train_recommender_distributed
 
     comm = get_communicator()
     threads = numbadam.get_num_threads()
@@ -282,7 +143,7 @@ def _run_distributed_demo(
     return 0
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     # Numba's OpenMP threads spin while waiting for work by default; on a busy
     # machine each parallel step then waits for descheduled spinners. Measured on
     # a loaded 2-core machine: 10-17 s per recommender epoch spinning, 1.0-1.4 s
@@ -291,7 +152,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numbadam
 
-    from .demo import DemoError, MLPSettings, RecommenderSettings, Reporter, run_demo
+    from . import DemoError, MLPSettings, RecommenderSettings, Reporter, prepare_demo
 
     prog = f"{PROG} demo"
     if args.resume and not args.checkpoint_dir:
@@ -341,7 +202,14 @@ def _run_demo(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        return _run_distributed_demo(args, rec, reporter, prog)
+        return _run_distributed(args, rec, reporter, prog)
+    # Every path and checkpoint is checked before anything trains: a problem
+    # is a bad argument (status 2), not a traceback after minutes of training.
+    try:
+        plan = prepare_demo(rec, mlp, args.checkpoint_dir, args.resume, args.plot)
+    except (DemoError, numbadam.CheckpointError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     threads = numbadam.get_num_threads()
     try:
         if args.threads is not None:
@@ -350,9 +218,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"{prog}: error: --threads: {exc}", file=sys.stderr)
                 return 2
-        results = run_demo(
-            rec, mlp, reporter, args.checkpoint_dir, args.resume, args.plot
-        )
+        results = plan.run(reporter)
     except (DemoError, numbadam.CheckpointError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
@@ -372,37 +238,3 @@ def _run_demo(args: argparse.Namespace) -> int:
     elif args.checkpoint_dir:
         print(f"Checkpoints: {args.checkpoint_dir} (continue later with --resume)")
     return 0
-
-
-register(
-    "demo",
-    "Train an embedding recommender and an MLP with numbadam.Adam.",
-    _configure_demo,
-    _run_demo,
-    _DEMO_DESCRIPTION,
-)
-
-
-def _configure_bench(parser: argparse.ArgumentParser) -> None:
-    from .benchmark import add_arguments
-
-    add_arguments(parser)
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    from .benchmark import main as bench_main
-
-    return bench_main(args)
-
-
-register(
-    "bench",
-    "Benchmark numbadam against a bandwidth probe, NumPy, PyTorch and optax.",
-    _configure_bench,
-    _run_bench,
-    "Time numbadam's steps side by side, in one process, with a Numba "
-    "memory-bandwidth probe moving the same bytes, a careful NumPy "
-    "implementation, and PyTorch (fused, foreach, SparseAdam) and optax when "
-    "installed; print medians and the ratios of the speed goals. --quick "
-    "finishes in about a minute.",
-)

@@ -21,66 +21,31 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Collection, Dict, List, Optional, Tuple
 
 import numpy as np
 
 import numbadam
+from numbadam import _config
+from numbadam.kernels import probe
 
-from . import _config
-from .kernels import probe
+from ._args import PROG, int_at_least
+from ._paths import plot_path, save_figure
+from .goals import GOALS, Measured, score, worst
+from .timer import interleaved, median_time
 
-__all__ = ["run", "format_report", "main", "add_arguments"]
+__all__ = ["FAMILIES", "add_arguments", "format_report", "goal_values", "main", "run"]
+
+HELP = "Benchmark numbadam against a bandwidth probe, NumPy, PyTorch and optax."
+DESCRIPTION = (
+    "Time numbadam's steps side by side, in one process, with a Numba "
+    "memory-bandwidth probe moving the same bytes, a careful NumPy "
+    "implementation, and PyTorch (fused, foreach, SparseAdam) and optax when "
+    "installed; print medians and the ratios of the speed goals. --quick "
+    "finishes in about a minute."
+)
 
 F32 = np.float32
-
-
-def _median_time(fn: Callable[[], Any], repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-#: Untimed runs open each block for at least this long (see _interleaved).
-SETTLE_S = 2e-3
-
-
-def _interleaved(fns: Dict[str, Callable[[], Any]], repeat: int, warmup: int = 2):
-    """Median time of each function over ``repeat`` runs, timed in alternating
-    blocks of a few runs each, so that drift in the machine's state (turbo,
-    bandwidth, other load) falls on all of them alike.
-
-    A run that starts right after another library's pays for it: numbadam
-    (Numba's OpenMP pool) and PyTorch (its own OpenMP runtime) each keep their
-    worker threads spinning for about a millisecond after a parallel region,
-    holding the cores the next run wants. Measured on 2 cores, a lazy step on
-    one batch right after torch SparseAdam's takes 315 us, then 122, 106, 99,
-    ... and 89 us from the tenth run on, which is its time alone. So each block
-    opens with untimed runs for :data:`SETTLE_S` and then times its runs: every
-    implementation is measured as a training loop runs it, alone.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    block = max(1, min(20, repeat // 10))
-    times: Dict[str, List[float]] = {name: [] for name in fns}
-    while min(len(t) for t in times.values()) < repeat:
-        for name, fn in fns.items():
-            settle = time.perf_counter() + SETTLE_S
-            fn()
-            while time.perf_counter() < settle:
-                fn()
-            for _ in range(block):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def _repeat_for(nbytes: float, quick: bool) -> int:
@@ -111,18 +76,17 @@ def _optax():
     return jax, optax
 
 
-class _Case:
-    def __init__(self, name: str, nbytes: float, note: str) -> None:
-        self.name = name
-        self.nbytes = nbytes
+class _Case(Measured):
+    def __init__(self, name: str, family: str, nbytes: float, note: str) -> None:
+        # family: which goals of numbadam.cli.goals apply
+        super().__init__(name, family, nbytes, {})
         self.note = note
-        self.times: Dict[str, float] = {}
 
     def add(self, impl: str, seconds: float) -> None:
         self.times[impl] = seconds
 
     def add_interleaved(self, fns: Dict[str, Callable[[], Any]], repeat: int) -> None:
-        self.times.update(_interleaved(fns, repeat))
+        self.times.update(interleaved(fns, repeat))
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -360,25 +324,27 @@ def _torch_sparse_adam(torch, rows: int, width: int, batches, vals):
 def _dense_case(n: int, quick: bool, torch, jo, amsgrad: bool = False) -> _Case:
     bpe = 36 if amsgrad else 28
     name = f"{'amsgrad' if amsgrad else 'dense'} float32 n={n:.0e}"
-    case = _Case(name, bpe * n, f"{bpe} bytes/element")
+    case = _Case(name, "dense", bpe * n, f"{bpe} bytes/element")
     r = _repeat_for(case.nbytes, quick)
     fns = {"numbadam": _numbadam_dense(n, amsgrad), "probe": _probe(n, amsgrad)}
     if torch is not None:
         fns["torch-fused"] = _torch_dense(torch, [n], "fused", amsgrad)
     case.add_interleaved(fns, r)
-    case.add("numpy", _median_time(_numpy_dense(n, amsgrad), max(3, r // 3)))
+    case.add("numpy", median_time(_numpy_dense(n, amsgrad), max(3, r // 3)))
     if torch is not None:
         case.add(
             "torch-foreach",
-            _median_time(_torch_dense(torch, [n], "foreach", amsgrad), r),
+            median_time(_torch_dense(torch, [n], "foreach", amsgrad), r),
         )
     if jo is not None and not amsgrad:
-        case.add("optax", _median_time(_optax_dense(jo, n), r))
+        case.add("optax", median_time(_optax_dense(jo, n), r))
     return case
 
 
 def _overhead_case(quick: bool) -> _Case:
-    case = _Case("fixed cost, one 10-element variable", 28 * 10, "Python + launch")
+    case = _Case(
+        "fixed cost, one 10-element variable", "fixed", 28 * 10, "Python + launch"
+    )
     fns = {"numbadam": _numbadam_dense(10), "numpy": _numpy_dense(10)}
     case.add_interleaved(fns, 2000 if quick else 20000)
     return case
@@ -386,7 +352,9 @@ def _overhead_case(quick: bool) -> _Case:
 
 def _many_case(count: int, size: int, quick: bool, torch) -> _Case:
     n = count * size
-    case = _Case(f"{count} variables x {size}", 28 * n, "one apply_gradients call")
+    case = _Case(
+        f"{count} variables x {size}", "many", 28 * n, "one apply_gradients call"
+    )
     r = _repeat_for(case.nbytes, quick)
     buf = numbadam.ParameterBuffer([(size,)] * count)
     buf.grad[:] = 1.0
@@ -400,17 +368,17 @@ def _many_case(count: int, size: int, quick: bool, torch) -> _Case:
     opt2 = numbadam.Adam(1e-3)
     case.add(
         "numbadam-list",
-        _median_time(lambda: opt2.apply_gradients(pairs), max(3, r // 4)),
+        median_time(lambda: opt2.apply_gradients(pairs), max(3, r // 4)),
     )
     if torch is not None:
         sizes = [size] * count
         case.add(
             "torch-fused",
-            _median_time(_torch_dense(torch, sizes, "fused"), max(3, r // 4)),
+            median_time(_torch_dense(torch, sizes, "fused"), max(3, r // 4)),
         )
         case.add(
             "torch-foreach",
-            _median_time(_torch_dense(torch, sizes, "foreach"), max(3, r // 4)),
+            median_time(_torch_dense(torch, sizes, "foreach"), max(3, r // 4)),
         )
     return case
 
@@ -428,6 +396,7 @@ def _sparse_case(
     state = "warm table (every row's m, v nonzero)" if warm else "fresh table"
     case = _Case(
         f"sparse TF rule table ({rows:.0e}, {width}), {k} Zipf rows, {state}",
+        "sparse-tf",
         28 * rows * width,
         f"{SPARSE_BATCHES} rotating batches of ~{np.unique(batches[0]).size} unique "
         "rows; the whole table is stepped",
@@ -442,13 +411,13 @@ def _sparse_case(
     )
     case.add(
         "numpy-tf-style",
-        _median_time(
+        median_time(
             _numpy_sparse_tf(rows, width, batches, vals, warm), max(3, r // 3)
         ),
     )
     case.add(
         "numpy-tf-literal",
-        _median_time(
+        median_time(
             _numpy_sparse_tf_literal(rows, width, batches, vals, warm), max(3, r // 3)
         ),
     )
@@ -467,6 +436,7 @@ def _lazy_case(
         how = f", {SPARSE_BATCHES} rotating batches" if rotate else ", one batch"
         case = _Case(
             f"sparse lazy table ({rows:.0e}, {width}), {k} Zipf rows{how}",
+            "lazy-rotating" if rotate else "lazy",
             28 * nuniq * width,
             f"~{nuniq} unique rows move",
         )
@@ -482,7 +452,7 @@ def _lazy_case(
 
 
 def _threads_case(n: int, quick: bool) -> _Case:
-    case = _Case(f"dense float32 n={n:.0e} by threads", 28 * n, "numbadam")
+    case = _Case(f"dense float32 n={n:.0e} by threads", "threads", 28 * n, "numbadam")
     r = _repeat_for(case.nbytes, quick)
     before = numbadam.get_num_threads()
     try:
@@ -509,7 +479,9 @@ _FIRST_STEP = (
 
 
 def _compile_case() -> _Case:
-    case = _Case("first step in a fresh process (import + compile)", 0, "seconds")
+    case = _Case(
+        "first step in a fresh process (import + compile)", "compile", 0, "seconds"
+    )
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         for label in ("cold-cache", "warm-cache"):
@@ -521,8 +493,52 @@ def _compile_case() -> _Case:
     return case
 
 
+#: Families of cases, in the order ``run`` measures them.
+FAMILIES = (
+    "dense", "fixed", "many", "sparse-tf", "lazy", "lazy-rotating", "threads",
+    "compile",
+)  # fmt: skip
+
+
+def _plan(quick: bool, torch, jo) -> List[Tuple[str, Callable[[], Any]]]:
+    """The cases to run, in order, as ``(family, build and time)``."""
+    plan: List[Tuple[str, Callable[[], Any]]] = []
+    dense_sizes = [10**7] if quick else [10**7, 4 * 10**7]
+    for n in dense_sizes:
+        plan.append(("dense", lambda n=n: _dense_case(n, quick, torch, jo)))
+    plan.append(
+        ("dense", lambda: _dense_case(dense_sizes[0], quick, torch, jo, amsgrad=True))
+    )
+    plan.append(("dense", lambda: _dense_case(10**4, quick, torch, jo)))
+    if not quick:  # in the caches
+        plan.append(("dense", lambda: _dense_case(10**5, quick, torch, jo)))
+    plan.append(("fixed", lambda: _overhead_case(quick)))
+    plan.append(("many", lambda: _many_case(2000, 1000, quick, torch)))
+    rows = 10**5 if quick else 10**6
+    plan.append(("sparse-tf", lambda: _sparse_case(rows, 64, 4096, quick, torch)))
+    plan.append(
+        ("sparse-tf", lambda: _sparse_case(rows, 64, 4096, quick, torch, warm=True))
+    )
+    lazy_rows = [10**4, 10**6] if quick else [10**5, 10**6, 10**7]
+    plan.append(
+        ("lazy", lambda: _lazy_case(lazy_rows, 64, 4096, quick, torch, rotate=False))
+    )
+    plan.append(
+        (
+            "lazy-rotating",
+            lambda: _lazy_case([lazy_rows[-2]], 64, 4096, quick, torch, rotate=True),
+        )
+    )
+    plan.append(("threads", lambda: _threads_case(10**7, quick)))
+    plan.append(("compile", _compile_case))
+    return plan
+
+
 def run(
-    quick: bool = False, progress: Optional[Callable[[str], None]] = None
+    quick: bool = False,
+    progress: Optional[Callable[[str], None]] = None,
+    compare: bool = True,
+    families: Optional[Collection[str]] = None,
 ) -> Dict[str, Any]:
     """Run every case and return the results and the goal ratios as a dict.
 
@@ -531,37 +547,21 @@ def run(
     quick : bool
         Smaller sizes and fewer repeats (under 90 s on 2 cores).
     progress : callable, optional
-        Called with each case's name before it runs.
+        Called with each case's name once it has run.
+    compare : bool, optional
+        Time PyTorch and optax too, when installed; without, the goals that
+        compare with them are left out.
+    families : collection of str, optional
+        Run only the cases of these families (of :data:`FAMILIES`).
+
+    Returns
+    -------
+    dict
+        ``machine`` (versions, threads), ``cases`` (each with its median
+        seconds and GB/s by implementation) and ``goals`` (each goal of
+        :data:`numbadam.cli.goals.GOALS` that applies, with its value).
     """
-    torch = _torch()
-    jo = _optax()
-    say = progress or (lambda s: None)
-    cases: List[_Case] = []
-    plan: List[Callable[[], Any]] = []
-    dense_sizes = [10**7] if quick else [10**7, 4 * 10**7]
-    for n in dense_sizes:
-        plan.append(lambda n=n: _dense_case(n, quick, torch, jo))
-    plan.append(lambda: _dense_case(dense_sizes[0], quick, torch, jo, amsgrad=True))
-    plan.append(lambda: _dense_case(10**4, quick, torch, jo))
-    if not quick:
-        plan.append(lambda: _dense_case(10**5, quick, torch, jo))  # in the caches
-    plan.append(lambda: _overhead_case(quick))
-    plan.append(lambda: _many_case(2000, 1000, quick, torch))
-    rows = 10**5 if quick else 10**6
-    plan.append(lambda: _sparse_case(rows, 64, 4096, quick, torch))
-    plan.append(lambda: _sparse_case(rows, 64, 4096, quick, torch, warm=True))
-    lazy_rows = [10**4, 10**6] if quick else [10**5, 10**6, 10**7]
-    plan.append(lambda: _lazy_case(lazy_rows, 64, 4096, quick, torch, rotate=False))
-    plan.append(
-        lambda: _lazy_case([lazy_rows[-2]], 64, 4096, quick, torch, rotate=True)
-    )
-    plan.append(lambda: _threads_case(10**7, quick))
-    plan.append(_compile_case)
-    for item in plan:
-        result = item()
-        for c in result if isinstance(result, list) else [result]:
-            say(c.name)
-            cases.append(c)
+    cases, torch, jo = _run_cases(quick, progress, compare, families)
     return {
         "machine": {
             "threads": numbadam.get_num_threads(),
@@ -577,72 +577,76 @@ def run(
     }
 
 
+def _run_cases(
+    quick: bool,
+    progress: Optional[Callable[[str], None]],
+    compare: bool,
+    families: Optional[Collection[str]],
+):
+    if families is not None:
+        unknown = sorted(set(families) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"unknown case families {unknown}; known: {FAMILIES}")
+    torch = _torch() if compare else None
+    jo = _optax() if compare else None
+    say = progress or (lambda s: None)
+    cases: List[_Case] = []
+    for family, item in _plan(quick, torch, jo):
+        if families is not None and family not in families:
+            continue
+        result = item()
+        for c in result if isinstance(result, list) else [result]:
+            say(c.name)
+            cases.append(c)
+    return cases, torch, jo
+
+
+def goal_values(
+    keys: Collection[str], quick: bool = True, compare: bool = False
+) -> Dict[str, float]:
+    """Measure the cases of some CPU goals and return each goal's value.
+
+    Where a goal applies to several cases, its least favourable value (see
+    :func:`numbadam.cli.goals.worst`). asv tracks these
+    (``asv_bench/benchmarks/speed_goals.py``).
+
+    Parameters
+    ----------
+    keys : collection of str
+        Goals of :data:`numbadam.cli.goals.GOALS`, by key; only the cases of
+        their families run.
+    quick : bool, optional
+        ``numbadam bench --quick``'s sizes and repeats.
+    compare : bool, optional
+        Time PyTorch and optax too, when installed.
+
+    Returns
+    -------
+    dict of str to float
+        By key; a goal whose implementations did not run is missing.
+    """
+    by_key = {g.key: g for g in GOALS if g.backend == "cpu"}
+    unknown = sorted(set(keys) - set(by_key))
+    if unknown:
+        raise ValueError(f"unknown CPU goals {unknown}")
+    wanted = {f for k in keys for f in by_key[k].families}
+    families = [f for f in FAMILIES if f in wanted]
+    cases, _, _ = _run_cases(quick, None, compare, families)
+    values = worst(score(cases, "cpu"))
+    return {k: v for k, v in values.items() if k in keys}
+
+
 def _goals(cases: List[_Case]) -> List[Dict[str, Any]]:
-    goals: List[Dict[str, Any]] = []
-
-    def add(case: str, text: str, val: float, target: float, met: bool) -> None:
-        goals.append(
-            {"case": case, "goal": text, "ratio": val, "target": target, "met": met}
-        )
-
-    def ratio(case: _Case, a: str, b: str, target: float, text: str) -> None:
-        # time of b over time of a: how many times faster a is
-        if a in case.times and b in case.times:
-            val = case.times[b] / case.times[a]
-            add(case.name, text, val, target, bool(val >= target))
-
-    for c in cases:
-        if c.name.startswith(("dense", "amsgrad")) and "threads" not in c.name:
-            if c.nbytes < 1e6:  # in cache: fixed costs, not bandwidth, are the goal
-                ratio(c, "numbadam", "torch-fused", 3.0, "speed-up vs torch fused >= 3")
-            else:  # faster at every size; at the bandwidth limit from 1e7 up
-                if c.nbytes >= 1e8:
-                    ratio(c, "numbadam", "probe", 0.95, "bandwidth vs probe >= 0.95")
-                ratio(c, "numbadam", "torch-fused", 1.0, "speed-up vs torch fused >= 1")
-            ratio(c, "numbadam", "numpy", 1.0, "speed-up vs numpy")
-        elif c.name.startswith("fixed cost"):
-            t = c.times["numbadam"]
-            add(c.name, "fixed cost < 10 us", t * 1e6, 10.0, t < 10e-6)
-            ratio(c, "numbadam", "numpy", 1.0, "speed-up vs numpy")
-        elif "variables" in c.name:
-            ratio(
-                c,
-                "numbadam-buffer",
-                "torch-fused",
-                10.0,
-                "speed-up vs torch fused >= 10",
-            )
-            ratio(c, "numbadam-buffer", "probe", 1 / 1.5,
-                  "probe/numbadam >= 1/1.5 (within 1.5x of one pass)")  # fmt: skip
-        elif c.name.startswith("sparse TF"):
-            ratio(c, "numbadam", "numpy-tf-literal", 6.0,
-                  "speed-up vs NumPy TF-style (TF's ops) >= 6")  # fmt: skip
-            ratio(c, "numbadam", "numpy-tf-style", 6.0,
-                  "speed-up vs NumPy TF-style with out= buffers >= 6")  # fmt: skip
-            ratio(
-                c,
-                "numbadam",
-                "numbadam-dense-step",
-                1 / 1.1,
-                "within 1.1x of the dense step",
-            )
-        elif c.name.startswith("sparse lazy"):
-            ratio(
-                c,
-                "numbadam-lazy",
-                "torch-SparseAdam",
-                4.0,
-                "speed-up vs torch SparseAdam >= 4",
-            )
-    lazy = [
-        c for c in cases if c.name.startswith("sparse lazy") and "one batch" in c.name
+    return [
+        {
+            "case": s.case,
+            "goal": s.goal.text,
+            "ratio": s.value,
+            "target": s.goal.target,
+            "met": s.met,
+        }
+        for s in score(cases, "cpu")
     ]
-    if len(lazy) >= 2:
-        t0, t1 = lazy[0].times["numbadam-lazy"], lazy[-1].times["numbadam-lazy"]
-        add(f"{lazy[0].name} vs {lazy[-1].name}",
-            "lazy cost independent of rows (<= 1.3x)", t1 / t0, 1.3,
-            t1 / t0 <= 1.3)  # fmt: skip
-    return goals
 
 
 def format_report(result: Dict[str, Any]) -> str:
@@ -696,7 +700,8 @@ def _plot(result: Dict[str, Any], path: str) -> None:
         ax.tick_params(labelsize=7)
     np.atleast_1d(axes)[-1].set_xlabel("effective GB/s (higher is better)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -705,21 +710,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, under 90 s")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a bar chart (matplotlib)")
-    parser.add_argument("--threads", type=int, metavar="N", help="Numba threads to use")
+    parser.add_argument(
+        "--threads", type=int_at_least(1), metavar="N", help="Numba threads to use"
+    )
+
+
+def _say_ran(case: str) -> None:
+    print(f"ran: {case}", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``numbadam bench`` with parsed ``args``; return the exit status."""
-    if args.threads is not None:
-        numbadam.set_num_threads(args.threads)
-    progress = None if args.json else (lambda s: print(f"ran: {s}", file=sys.stderr))
-    result = run(quick=args.quick, progress=progress)
+    """Run ``numbadam bench`` with parsed ``args``; return the exit status.
+
+    ``--plot`` and ``--threads`` are checked before the benchmark starts: a
+    bad one is a one-line error and exit status 2.
+    """
+    prog = f"{PROG} bench"
+    plot = None
+    if args.plot:
+        try:
+            plot = plot_path(args.plot)
+        except ValueError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+    threads = numbadam.get_num_threads()
+    try:
+        if args.threads is not None:
+            try:
+                numbadam.set_num_threads(args.threads)
+            except ValueError as exc:
+                print(f"{prog}: error: --threads: {exc}", file=sys.stderr)
+                return 2
+        result = run(quick=args.quick, progress=None if args.json else _say_ran)
+    finally:
+        numbadam.set_num_threads(threads)  # main() may run inside a larger program
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(format_report(result))
-    if args.plot:
-        _plot(result, args.plot)
+    if plot:
+        _plot(result, plot)
     return 0
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "DemoError",
     "Reporter",
     "format_seconds",
+    "read_checkpoint",
     "resume_or_start",
     "save_epoch",
     "warm_up",
@@ -28,7 +29,7 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
-class DemoError(Exception):
+class DemoError(ValueError):
     """A problem the user can fix (bad checkpoint folder, mismatched flags...)."""
 
 
@@ -83,7 +84,7 @@ class Reporter:
 
     Examples
     --------
-    >>> from numbadam.demo import Reporter
+    >>> from numbadam.cli.demo import Reporter
     >>> r = Reporter(mode="text", progress=False)
     >>> r.table_header(["epoch", "loss"])
     epoch        loss
@@ -181,6 +182,98 @@ def _metadata(name: str, identity: Dict[str, Any], history: List[Dict]) -> Dict:
     }
 
 
+#: The fields of every epoch of a history, besides the run's metric.
+_ROW_FIELDS = ("epoch", "train_loss", "seconds", "steps_per_s", "updates_per_s")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_history(path: str, history: Any, metric: str) -> List[Dict[str, Any]]:
+    if not isinstance(history, list):
+        raise DemoError(f"{path}: damaged metadata: the history is not a list")
+    fields = _ROW_FIELDS + (metric,)
+    for k, row in enumerate(history):
+        where = f"{path}: damaged metadata: epoch {k + 1} of the history"
+        if not isinstance(row, dict):
+            raise DemoError(f"{where} is not a record")
+        missing = [f for f in fields if f not in row]
+        if missing:
+            raise DemoError(f"{where} lacks {', '.join(missing)}")
+        bad = [f for f in fields if not _is_number(row[f])]
+        if bad:
+            raise DemoError(f"{where}: {', '.join(bad)} not a number")
+        if row["epoch"] != k + 1:
+            raise DemoError(f"{where} is numbered {row['epoch']!r}")
+    return history
+
+
+def read_checkpoint(
+    name: str,
+    path: str,
+    identity: Dict[str, Any],
+    shapes: Dict[str, Tuple[int, ...]],
+    metric: str,
+) -> Any:
+    """Load a demo checkpoint and check everything a resumed run will read.
+
+    Parameters
+    ----------
+    name : {"recommender", "mlp"}
+    path : str
+    identity : dict
+        The settings the run is resumed with (``settings.identity()``).
+    shapes : dict of str to tuple
+        The model's float32 variables and their shapes, for these settings.
+    metric : str
+        The history's per-epoch test metric (``"test_rmse"``,
+        ``"test_accuracy"``).
+
+    Returns
+    -------
+    numbadam.Checkpoint
+
+    Raises
+    ------
+    DemoError
+        If the checkpoint belongs to another model, was written with other
+        settings, or its metadata or variables are not what the demo writes.
+    numbadam.CheckpointError
+        If the file is damaged (or not a checkpoint).
+    """
+    ckpt = numbadam.load_checkpoint(path)
+    meta = ckpt.metadata
+    if not isinstance(meta, dict) or meta.get("demo") != name:
+        raise DemoError(f"{path} is not a checkpoint of the {name} demo")
+    saved = meta.get("settings", {})
+    if not isinstance(saved, dict):
+        raise DemoError(f"{path}: damaged metadata: the settings are not a record")
+    if saved != identity:
+        diff = ", ".join(
+            f"{k}={saved.get(k)!r} (now {identity.get(k)!r})"
+            for k in sorted(set(saved) | set(identity))
+            if saved.get(k) != identity.get(k)
+        )
+        raise DemoError(
+            f"{path} was written with other settings: {diff}. Rerun with the same "
+            "flags (and --quick or not), or use another --checkpoint-dir"
+        )
+    if set(ckpt.variables) != set(shapes):
+        raise DemoError(f"{path} holds variables {sorted(ckpt.variables)}")
+    for key, shape in shapes.items():
+        v = ckpt.variables[key]
+        if v.shape != tuple(shape) or v.dtype != np.float32:
+            raise DemoError(
+                f"{path}: variable {key} is {v.dtype} {v.shape}; these settings "
+                f"make it float32 {tuple(shape)}"
+            )
+    history = _check_history(path, meta.get("history", []), metric)
+    if meta.get("epoch") != len(history):
+        raise DemoError(f"{path}: its epoch count and history disagree")
+    return ckpt
+
+
 def resume_or_start(
     name: str,
     path: Optional[str],
@@ -189,18 +282,20 @@ def resume_or_start(
     identity: Dict[str, Any],
     reporter: Reporter,
     target_epochs: int,
+    metric: str,
+    checkpoint: Any = None,
 ) -> Tuple[Optional[Any], int, List[Dict[str, Any]]]:
     """Load ``path`` into ``variables`` when resuming.
 
     Returns ``(optimizer or None, epochs done, history)``. The checkpoint's
     variables replace the entries of ``variables`` (the optimizer's slots are
-    tied to them).
+    tied to them). ``checkpoint``, when given, is ``path`` already read by
+    :func:`read_checkpoint`.
 
     Raises
     ------
     DemoError
-        If the checkpoint belongs to another model or was written with other
-        settings.
+        See :func:`read_checkpoint`.
     numbadam.CheckpointError
         If the file is damaged.
     """
@@ -215,27 +310,12 @@ def resume_or_start(
                 "(pass --resume to continue from it instead)"
             )
         return None, 0, []
-    ckpt = numbadam.load_checkpoint(path)
-    meta = ckpt.metadata
-    if meta.get("demo") != name:
-        raise DemoError(f"{path} is not a checkpoint of the {name} demo")
-    saved = meta.get("settings", {})
-    if saved != identity:
-        diff = ", ".join(
-            f"{k}={saved.get(k)!r} (now {identity.get(k)!r})"
-            for k in sorted(set(saved) | set(identity))
-            if saved.get(k) != identity.get(k)
-        )
-        raise DemoError(
-            f"{path} was written with other settings: {diff}. Rerun with the same "
-            "flags (and --quick or not), or use another --checkpoint-dir"
-        )
-    if set(ckpt.variables) != set(variables):
-        raise DemoError(f"{path} holds variables {sorted(ckpt.variables)}")
+    ckpt = checkpoint
+    if ckpt is None:
+        shapes = {k: v.shape for k, v in variables.items()}
+        ckpt = read_checkpoint(name, path, identity, shapes, metric)
     variables.update(ckpt.variables)
-    history = list(meta.get("history", []))
-    if meta.get("epoch") != len(history):
-        raise DemoError(f"{path}: its epoch count and history disagree")
+    history = list(ckpt.metadata.get("history", []))
     reporter.line(
         f"  resumed {name} from {path}: {len(history)} epochs done, "
         f"{ckpt.step} Adam steps"

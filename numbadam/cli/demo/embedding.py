@@ -1,29 +1,60 @@
 """A small embedding model trained data-parallel or sharded: the distributed demo.
 
-Run ``mpiexec -n 2 python -m mpi4py -m numbadam.distributed --mode sharded``
-(or call :func:`train_embedding_distributed`); with any number of ranks, and
-without MPI, the per-epoch losses are the same up to float rounding.
+Run ``mpiexec -n 2 python -m mpi4py -m numbadam.cli.demo.embedding --mode
+sharded`` (or call :func:`train_embedding_distributed`); with any number of
+ranks, and without MPI, the per-epoch losses are the same up to float
+rounding. The table is a :class:`~numbadam.distributed.ShardedEmbedding` in
+sharded mode; ``numbadam demo --distributed`` trains the larger recommender.
 """
 
 from __future__ import annotations
 
+import argparse
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from .._types import IndexedSlices
-from ._comm import get_communicator, partition
-from ._data_parallel import DistributedAdam, broadcast_variables
-from ._embedding import ShardedEmbedding
-from ._sharded import ShardedAdam
+from numbadam import IndexedSlices
+from numbadam.distributed import (
+    DistributedAdam,
+    ShardedAdam,
+    ShardedEmbedding,
+    broadcast_variables,
+    get_communicator,
+    partition,
+)
 
-__all__ = ["make_embedding_data", "train_embedding_distributed"]
+__all__ = ["main", "make_embedding_data", "train_embedding_distributed"]
 
 
 def make_embedding_data(
     n: int = 4096, vocab: int = 1000, bag: int = 8, seed: int = 0
 ) -> Dict[str, np.ndarray]:
-    """A seeded bag-of-ids binary classification set: ``ids`` (n, bag), ``y`` (n,)."""
+    """A seeded bag-of-ids binary classification set.
+
+    Each example is ``bag`` ids drawn uniformly from ``range(vocab)``; its label
+    is 1 where the mean of the ids' hidden scores (standard normal, one per
+    id), times 3, plus noise of standard deviation 0.3, is positive.
+
+    Parameters
+    ----------
+    n, vocab, bag : int, optional
+        Examples, distinct ids, ids per example.
+    seed : int, optional
+        Seeds the ids, the scores and the noise.
+
+    Returns
+    -------
+    dict
+        ``ids`` (n, bag) int64 and ``y`` (n,) float32 of 0 and 1.
+
+    Examples
+    --------
+    >>> from numbadam.cli.demo.embedding import make_embedding_data
+    >>> data = make_embedding_data(n=8, vocab=5, bag=3)
+    >>> data["ids"].shape, data["y"].dtype.name
+    ((8, 3), 'float32')
+    """
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, vocab, size=(n, bag), dtype=np.int64)
     token_score = rng.standard_normal(vocab)
@@ -65,11 +96,12 @@ def train_embedding_distributed(
     Parameters
     ----------
     mode : {"data", "sharded"}
-        ``"data"``: :class:`DistributedAdam`, the table replicated on every
-        rank (rank 0's initial values broadcast). ``"sharded"``:
-        :class:`ShardedAdam` for ``w``, ``b`` and a :class:`ShardedEmbedding`
-        table (rows, ``m``, ``v`` split over the ranks; lookups and gradient
-        rows travel with ``Alltoallv``).
+        ``"data"``: :class:`~numbadam.distributed.DistributedAdam`, the table
+        replicated on every rank (rank 0's initial values broadcast).
+        ``"sharded"``: :class:`~numbadam.distributed.ShardedAdam` for ``w``,
+        ``b`` and a :class:`~numbadam.distributed.ShardedEmbedding` table
+        (rows, ``m``, ``v`` split over the ranks; lookups and gradient rows
+        travel with ``Alltoallv``).
     epochs, batch, learning_rate, n, vocab, dim, bag, seed
         Training length, global batch size, Adam's step size and the seeded
         synthetic data (:func:`make_embedding_data`).
@@ -87,7 +119,7 @@ def train_embedding_distributed(
 
     Examples
     --------
-    >>> from numbadam.distributed import train_embedding_distributed
+    >>> from numbadam.cli.demo.embedding import train_embedding_distributed
     >>> h = train_embedding_distributed("sharded", epochs=2, n=512, comm="self",
     ...                                 verbose=False)
     >>> len(h), h[1] < h[0]
@@ -152,3 +184,40 @@ def train_embedding_distributed(
                 f"({mode}, {c.size} rank{'s' if c.size > 1 else ''})"
             )
     return history
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """``python -m numbadam.cli.demo.embedding``: train, printing each epoch's loss.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The options (default: ``sys.argv[1:]``); ``--help`` lists them.
+
+    Examples
+    --------
+    >>> from numbadam.cli.demo.embedding import main
+    >>> main(["--mode", "sharded", "--epochs", "1"])  # doctest: +ELLIPSIS
+    epoch  1  loss 0.6...  (sharded, 1 rank)
+    """
+    p = argparse.ArgumentParser(
+        prog="python -m numbadam.cli.demo.embedding",
+        description="Train a small embedding model data-parallel or sharded.",
+    )
+    p.add_argument("--mode", choices=["data", "sharded"], default="data")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--learning-rate", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    train_embedding_distributed(
+        a.mode,
+        epochs=a.epochs,
+        batch=a.batch,
+        learning_rate=a.learning_rate,
+        seed=a.seed,
+    )
+
+
+if __name__ == "__main__":
+    main()
