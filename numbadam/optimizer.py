@@ -14,6 +14,7 @@ zero-argument callable returning ``(loss_value, [gradient per parameter])``.
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -105,7 +106,8 @@ class OptimizerV2:
     TypeError
         For an unknown keyword argument.
     ValueError
-        For a negative ``clipnorm``, ``clipvalue``, ``lr`` or ``decay``.
+        For a negative ``clipnorm``, ``clipvalue``, ``lr`` or ``decay``, or a
+        NaN or infinite one.
 
     Examples
     --------
@@ -187,8 +189,8 @@ class OptimizerV2:
     def _check_real(value: Any, what: str) -> float:
         if not _is_number(value) or isinstance(value, bool):
             raise TypeError(f"{what} must be a real number, got {value!r}")
-        if value < 0:
-            raise ValueError(f"Expected {what} >= 0, received: {value}")
+        if not math.isfinite(value) or value < 0:  # (NaN < 0 is False)
+            raise ValueError(f"Expected a finite {what} >= 0, received: {value}")
         return float(value)
 
     @property
@@ -224,9 +226,29 @@ class OptimizerV2:
                 f"hyperparameter {name!r} must be a float, a zero-argument callable "
                 f"or a learning-rate schedule, got {value!r}"
             )
+        self._check_hyper_range(name, value)
         # Before the first step TF keeps the Python value; after it, a float32
         # variable, assigned in place.
         self._hyper[name] = np.float32(value) if self._hypers_created else float(value)
+
+    # name -> (low, high): the allowed half-open range [low, high) of a
+    # hyperparameter; every numeric hyperparameter must be finite (deviation:
+    # TF accepts anything and steps to non-finite weights).
+    _HYPER_RANGES: Dict[str, Tuple[float, float]] = {"decay": (0.0, math.inf)}
+
+    def _check_hyper_range(self, name: str, value: Any) -> None:
+        """Raise ValueError unless ``value`` (and its float32 rounding) is allowed."""
+        with np.errstate(over="ignore"):
+            v32 = np.float32(value)  # (what a step uses: 1 - 1e-9 rounds to 1)
+        low, high = self._HYPER_RANGES.get(name, (-math.inf, math.inf))
+        if not (math.isfinite(value) and math.isfinite(v32)):
+            raise ValueError(f"hyperparameter {name!r} must be finite, got {value!r}")
+        if not (low <= value < high and low <= v32 < high):
+            bound = f"[{low}, {high})" if high != math.inf else f">= {low}"
+            raise ValueError(
+                f"hyperparameter {name!r} must be in {bound} (in float32), got "
+                f"{value!r}"
+            )
 
     def _get_hyper(self, name: str) -> Any:
         return self._hyper[name]
@@ -261,6 +283,7 @@ class OptimizerV2:
             ) from None
         if np.ndim(out) != 0:
             raise TypeError(f"hyperparameter {name!r} evaluated to a non-scalar")
+        self._check_hyper_range(name, value)
         return out
 
     def _serialize_hyperparameter(self, name: str) -> Any:

@@ -456,3 +456,112 @@ def test_indexed_slices_dense_shape_forms():
     for shape in ([4, 3], np.array([4, 3]), (np.int64(4), np.int32(3))):
         got = IndexedSlices(np.ones((1, 3)), np.array([0]), shape).dense_shape
         assert got == (4, 3) and all(type(d) is int for d in got)
+
+
+# ---------------------------------------------------------------------------
+# hyperparameter ranges (deviation: TF accepts them and steps to NaN weights)
+# ---------------------------------------------------------------------------
+
+BAD_CONSTANTS = [
+    ("learning_rate", np.nan),
+    ("learning_rate", np.inf),
+    ("learning_rate", -np.inf),
+    ("learning_rate", 1e39),  # finite in float64, inf in float32
+    ("beta_1", 1.0),
+    ("beta_1", -0.1),
+    ("beta_1", np.nan),
+    ("beta_1", 1 - 1e-9),  # rounds to 1.0 in float32
+    ("beta_2", 1.0),
+    ("beta_2", 1.5),
+    ("beta_2", -1e-3),
+    ("beta_2", np.inf),
+    ("epsilon", -1e-7),
+    ("epsilon", np.nan),
+    ("clipnorm", np.nan),
+    ("clipnorm", np.inf),
+    ("clipvalue", np.nan),
+    ("clipvalue", np.inf),
+    ("decay", np.nan),
+    ("decay", np.inf),
+]
+
+
+@pytest.mark.parametrize("which, value", BAD_CONSTANTS)
+def test_bad_constant_hyperparameter_at_construction(which, value):
+    with pytest.raises(ValueError, match=which):
+        numbadam.Adam(**{which: value})
+
+
+@pytest.mark.parametrize("which, value", BAD_CONSTANTS)
+def test_bad_constant_hyperparameter_assigned(backend, which, value):
+    """Assigning a bad constant to a stepped optimizer raises; nothing changes."""
+    opt, a, b, c, goods = _setup(backend)
+    before = snapshot(opt, [a, b, c])
+    old = getattr(opt, which)
+    with pytest.raises(ValueError, match=which):
+        setattr(opt, which, value)
+    assert getattr(opt, which) == old
+    assert_unchanged(before, opt, [a, b, c])
+    assert int(opt.apply_gradients(goods)) == 2
+    assert np.all(np.isfinite(to_host(a)))
+
+
+@pytest.mark.parametrize(
+    "which, value",
+    [
+        (w, v)
+        for w, v in BAD_CONSTANTS
+        if w in ("learning_rate", "beta_1", "beta_2", "epsilon")
+    ],
+)
+def test_bad_callable_hyperparameter_at_step(backend, which, value):
+    """A callable returning a bad value raises at the step; nothing changes."""
+    opt, a, b, c, goods = _setup(backend)
+    good = {"learning_rate": 0.1, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
+    state = {"bad": True}
+    setattr(opt, which, lambda: value if state["bad"] else good[which])
+    before = snapshot(opt, [a, b, c])
+    with pytest.raises(ValueError, match=which):
+        opt.apply_gradients(goods)
+    assert_unchanged(before, opt, [a, b, c])
+    with pytest.raises(KeyError):
+        opt.get_slot(c, "m")
+    state["bad"] = False
+    assert int(opt.apply_gradients(goods)) == 2
+
+
+class _NaNAfter(numbadam.schedules.LearningRateSchedule):
+    """NaN from step 1 on (a schedule gone wrong)."""
+
+    def __call__(self, step):
+        return np.float32(0.1) if int(step) < 1 else np.float32(np.nan)
+
+    def get_config(self):
+        return {}
+
+
+def test_schedule_returning_nan_at_step():
+    opt, a, b, c, goods = _setup("cpu")
+    opt.learning_rate = _NaNAfter()
+    before = snapshot(opt, [a, b, c])
+    with pytest.raises(ValueError, match="learning_rate.*finite"):
+        opt.apply_gradients(goods)
+    assert_unchanged(before, opt, [a, b, c])
+
+
+def test_bad_callable_hyperparameter_parameter_buffer():
+    buf = numbadam.ParameterBuffer([(3,), (2, 2)])
+    buf.grad[...] = 1.0
+    opt = numbadam.Adam(lambda: np.nan)
+    with pytest.raises(ValueError, match="learning_rate"):
+        opt.apply_gradients(buf.grads_and_vars())
+    assert opt.weights == [] and not np.any(buf.data)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"beta_1": 0.0}, {"beta_2": 0.0}, {"epsilon": 0.0}, {"decay": 0.0}]
+)
+def test_edge_hyperparameters_are_valid(kwargs):
+    w = np.ones(3, np.float32)
+    numbadam.Adam(0.1, **kwargs).apply_gradients([(np.ones(3, np.float32), w)])
+    assert np.all(np.isfinite(w)) and np.all(w < 1)
