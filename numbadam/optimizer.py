@@ -48,6 +48,28 @@ def _describe(var: Any) -> str:
     return f"shape {tuple(shape)}, {dtype}"
 
 
+def _check_slots(slots: Dict[str, Any], var: Any, label: Any) -> None:
+    """Raise ValueError unless every slot can take this step's in-place write."""
+    shape, dtype = var.shape, var.dtype
+    for name, slot in slots.items():
+        # (flags.carray: writeable, aligned and C-contiguous in one attribute)
+        if type(slot) is np.ndarray and slot.flags.carray and slot.shape == shape:
+            if slot.dtype is dtype or slot.dtype == dtype:
+                continue
+        if type(slot) is np.ndarray and not slot.flags.writeable:
+            raise ValueError(
+                f"slot {name!r} of {label} is read-only; the optimizer updates "
+                "its slots in place (set flags.writeable = True again)"
+            )
+        if type(slot) is np.ndarray and not slot.flags.carray:
+            raise ValueError(f"slot {name!r} of {label} is not C-contiguous")
+        if tuple(slot.shape) != tuple(shape) or slot.dtype != dtype:
+            raise ValueError(
+                f"slot {name!r} of {label} has shape {tuple(slot.shape)} and dtype "
+                f"{slot.dtype}, the variable {tuple(shape)} and {dtype}"
+            )
+
+
 class _Label:
     """A variable's name for error messages, formatted only when needed."""
 
@@ -422,6 +444,7 @@ class OptimizerV2:
             return NotImplemented  # each variable is clipped by its own norm
         backend = _dispatch.backend_for(buf.data)
         work = backend.prepare_dense(buf.data, buf.grad, "ParameterBuffer")
+        _check_slots(state.flat, buf.data, "ParameterBuffer")
         step = 0 if self._iterations is None else int(self._iterations)
         coefs = self._prepare_step(step, {buf.data.dtype})
         required = self._required_slots()
@@ -689,6 +712,8 @@ class OptimizerV2:
                     f"{seen[key]}); sum its gradients first"
                 )
             seen[key] = i
+            if entry is not None and g is not None:
+                _check_slots(entry.slots, v, label)
             if g is None:
                 skipped.append(label)
             elif isinstance(g, IndexedSlices):

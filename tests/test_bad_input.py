@@ -565,3 +565,68 @@ def test_edge_hyperparameters_are_valid(kwargs):
     w = np.ones(3, np.float32)
     numbadam.Adam(0.1, **kwargs).apply_gradients([(np.ones(3, np.float32), w)])
     assert np.all(np.isfinite(w)) and np.all(w < 1)
+
+
+# ---------------------------------------------------------------------------
+# slots the user made unusable
+# ---------------------------------------------------------------------------
+
+
+def _freeze(slot):
+    slot.flags.writeable = False
+
+
+def _reshape(slot):
+    slot.shape = (slot.size,)
+
+
+@pytest.mark.parametrize(
+    "spoil, pattern",
+    [(_freeze, r"read-only"), (_reshape, r"shape \(24,\)")],
+    ids=["read-only", "reshaped"],
+)
+@pytest.mark.parametrize("slot_name", ["m", "v", "vhat"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_spoilt_slot(slot_name, spoil, pattern, sparse):
+    """A read-only or reshaped slot: ValueError naming it, nothing changed."""
+    opt, a, b, c, goods = _setup("cpu", amsgrad=True)
+    slot = opt.get_slot(b, slot_name)
+    spoil(slot)
+    if sparse:
+        g = IndexedSlices(np.ones((2, 4), np.float32), np.array([0, 3]), (6, 4))
+    else:
+        g = np.ones((6, 4), np.float32)
+    before = snapshot(opt, [a, b, c])
+    with pytest.raises(ValueError) as info:
+        opt.apply_gradients(goods + [(g, b)])
+    msg = str(info.value)
+    assert f"slot {slot_name!r}" in msg and "variable 2" in msg, msg
+    assert re.search(pattern, msg), msg
+    assert_unchanged(before, opt, [a, b, c])
+    with pytest.raises(KeyError):
+        opt.get_slot(c, "m")
+    assert int(opt.apply_gradients(goods)) == 2  # b not in it: fine
+
+
+def test_read_only_slot_with_none_gradient_is_skipped():
+    opt, a, b, c, goods = _setup("cpu")
+    _freeze(opt.get_slot(b, "m"))
+    assert int(opt.apply_gradients(goods + [(None, b)])) == 2
+
+
+def test_read_only_flat_slot_parameter_buffer():
+    buf = numbadam.ParameterBuffer([(3,), (2, 2)])
+    buf.grad[...] = 1.0
+    opt = numbadam.Adam(0.1)
+    opt.apply_gradients(buf.grads_and_vars())
+    flat_m = opt.get_slot(buf.params[0], "m").base
+    while flat_m.base is not None:
+        flat_m = flat_m.base
+    assert flat_m.size == buf.data.size
+    flat_m.flags.writeable = False
+    before = snapshot(opt, [buf.data])
+    with pytest.raises(ValueError, match=r"slot 'm' of ParameterBuffer.*read-only"):
+        opt.apply_gradients(buf.grads_and_vars())
+    assert_unchanged(before, opt, [buf.data])
+    flat_m.flags.writeable = True
+    assert int(opt.apply_gradients(buf.grads_and_vars())) == 2
