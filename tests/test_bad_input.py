@@ -315,6 +315,36 @@ HOST: dict[str, Any] = {
         TypeError,
         [r"gradient"],
     ),
+    "masked gradient": (
+        lambda be, b: (np.ma.masked_greater(np.ones((6, 4), np.float32), 0.5), b),
+        TypeError,
+        [r"MaskedArray", r"mask"],
+    ),
+    "masked gradient, nothing masked": (
+        lambda be, b: (np.ma.MaskedArray(np.ones((6, 4), np.float32)), b),
+        TypeError,
+        [r"MaskedArray"],
+    ),
+    "masked sparse values": (
+        lambda be, b: (
+            IndexedSlices(
+                np.ma.masked_equal(np.ones((2, 4), np.float32), 1.0), np.array([0, 1])
+            ),
+            b,
+        ),
+        TypeError,
+        [r"IndexedSlices values", r"MaskedArray"],
+    ),
+    "masked sparse indices": (
+        lambda be, b: (
+            IndexedSlices(
+                np.ones((2, 4), np.float32), np.ma.masked_equal(np.array([0, 1]), 1)
+            ),
+            b,
+        ),
+        TypeError,
+        [r"indices", r"MaskedArray"],
+    ),
     "sparse string indices": (
         lambda be, b: (
             IndexedSlices(np.ones((2, 4), np.float32), np.array(["0", "1"])),
