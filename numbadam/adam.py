@@ -280,13 +280,36 @@ class Adam(OptimizerV2):
         return config
 
     def set_weights(self, weights) -> None:
-        """Set the state; Keras-1 lists of ``3n+1`` weights are cut, as in TF.
+        """Set the state; a Keras-1 list of ``3n+1`` weights is cut, as in TF.
 
-        (The Keras 1 Adam kept ``vhat`` even without AMSGrad.)
+        (The Keras 1 Adam kept ``vhat`` even without AMSGrad.) Only that form
+        is cut: a non-AMSGrad optimizer holding ``2n+1`` weights (``n >= 1``)
+        takes ``[iterations, m..., v..., vhat...]`` and drops the ``vhat``,
+        whose shapes must be the variables'. Any other length raises.
+
+        Raises
+        ------
+        ValueError
+            If the list has neither the optimizer's length nor the Keras-1
+            form, or a shape differs.
         """
         params = self.weights
-        num_vars = int((len(params) - 1) / 2)
         weights = list(weights)
-        if len(weights) == 3 * num_vars + 1:
+        num_vars = (len(params) - 1) // 2
+        if (
+            not self.amsgrad
+            and num_vars >= 1
+            and len(params) == 2 * num_vars + 1
+            and len(weights) == 3 * num_vars + 1
+        ):
+            for i, (p, w) in enumerate(
+                zip(params[1 : num_vars + 1], weights[len(params) :])
+            ):
+                shape = tuple(np.shape(w))
+                if shape != tuple(p.shape):
+                    raise ValueError(
+                        f"Keras-1 weight list: vhat weight {len(params) + i} has "
+                        f"shape {shape}, its variable {tuple(p.shape)}"
+                    )
             weights = weights[: len(params)]
         super().set_weights(weights)

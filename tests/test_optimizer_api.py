@@ -547,3 +547,50 @@ def test_amsgrad_must_be_a_bool(bad):
 def test_amsgrad_bool_like_values():
     assert numbadam.Adam(amsgrad=np.True_).amsgrad is True
     assert numbadam.Adam(amsgrad=0).amsgrad is False
+
+
+def _set_weights_rejected(opt, new):
+    before = [w.copy() for w in opt.get_weights()]
+    with pytest.raises(ValueError, match=r"length|Keras-1"):
+        opt.set_weights(new)
+    assert len(opt.weights) == len(before)
+    for w, b in zip(opt.get_weights(), before):
+        assert_bitwise(w, b)
+
+
+def test_set_weights_amsgrad_too_long_list_raises():
+    """AMSGrad holds 3n+1 weights: a longer list is not cut (TF cuts it)."""
+    rng = _rng("amsgrad-long")
+    a, b = np.zeros(3, np.float32), np.zeros((2, 2), np.float32)
+    opt = numbadam.Adam(amsgrad=True)
+    opt.build([a, b])
+    assert len(opt.weights) == 7
+    # 10 = 3 * ((7 - 1) // 2) + 1: what TF's rule would silently cut to 7
+    new = [np.array(7, np.int64)] + [
+        rng.standard_normal(s).astype(np.float32) for s in [(3,), (2, 2)] * 4
+    ] + [np.zeros(3, np.float32)]
+    assert len(new) == 10
+    _set_weights_rejected(opt, new)
+
+
+@pytest.mark.parametrize("extra", [1, 3])
+def test_set_weights_other_lengths_raise(extra):
+    opt = numbadam.Adam()
+    opt.build([np.zeros(3, np.float32), np.zeros((2, 2), np.float32)])
+    new = [np.array(1, np.int64)] + [np.zeros(3, np.float32), np.zeros((2, 2))] * 2
+    _set_weights_rejected(opt, new + [np.zeros(3, np.float32)] * extra)
+
+
+def test_set_weights_keras1_form_checks_vhat_shapes():
+    opt = numbadam.Adam()
+    opt.build([np.zeros(3, np.float32), np.zeros((2, 2), np.float32)])
+    new = [np.array(1, np.int64)] + [np.zeros(3, np.float32), np.zeros((2, 2))] * 2
+    _set_weights_rejected(opt, new + [np.zeros((2, 2)), np.zeros(3)])
+
+
+def test_set_weights_unbuilt_one_element_list_raises():
+    """No weights yet: [iterations] is not a Keras-1 list of 0 variables."""
+    opt = numbadam.Adam()
+    with pytest.raises(ValueError, match="length 1"):
+        opt.set_weights([np.array(5, np.int64)])
+    assert opt.weights == []
