@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from . import _dispatch, schedules
+from . import _config, _dispatch, schedules
 from ._flat import GradsAndVars, ParameterBuffer
 from ._types import IndexedSlices
 
@@ -442,6 +442,7 @@ class OptimizerV2:
                 self._flat_owner[id(p)] = (state, i)
         if self._clipnorm is not None:
             return NotImplemented  # each variable is clipped by its own norm
+        _config.check()
         backend = _dispatch.backend_for(buf.data)
         work = backend.prepare_dense(buf.data, buf.grad, "ParameterBuffer")
         _check_slots(state.flat, buf.data, "ParameterBuffer")
@@ -691,6 +692,7 @@ class OptimizerV2:
         pairs = self._check_pairs(grads_and_vars)
         if not pairs:
             return None
+        _config.check()  # (the CUDA backend reads launch sizes while preparing)
         live = []
         skipped = []
         seen: Dict[Any, int] = {}

@@ -660,3 +660,66 @@ def test_read_only_flat_slot_parameter_buffer():
     assert_unchanged(before, opt, [buf.data])
     flat_m.flags.writeable = True
     assert int(opt.apply_gradients(buf.grads_and_vars())) == 2
+
+
+# ---------------------------------------------------------------------------
+# run-time knobs of numbadam._config
+# ---------------------------------------------------------------------------
+
+KNOBS = [
+    "CPU_BLOCK",
+    "CPU_SERIAL_MAX",
+    "CPU_SPARSE_BLOCK_ROWS",
+    "NORM_CHUNKS",
+    "CUDA_THREADS_PER_BLOCK",
+    "CUDA_MAX_BLOCKS",
+]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 64.0, "64", True])
+@pytest.mark.parametrize("knob", KNOBS)
+def test_bad_knob(backend, knob, bad):
+    """A knob set to 0, a negative or a non-int: ValueError naming it before
+    anything changes (CPU_BLOCK = 0 made each step a counted no-op)."""
+    from numbadam import _config
+
+    if knob == "CPU_SERIAL_MAX" and bad == 0:
+        bad = -5  # 0 is valid there: never take the serial kernel
+    opt, a, b, c, goods = _setup(backend)
+    sparse = (
+        IndexedSlices(
+            _dev(np.ones((2, 4), np.float32), backend),
+            _dev(np.array([0, 3]), backend),
+        ),
+        b,
+    )
+    setattr(_config, knob, bad)
+    before = snapshot(opt, [a, b, c])
+    with pytest.raises(ValueError, match=rf"_config\.{knob}\b"):
+        opt.apply_gradients(goods + [sparse])
+    assert_unchanged(before, opt, [a, b, c])
+    with pytest.raises(KeyError):
+        opt.get_slot(c, "m")
+    _config.reset()
+    assert int(opt.apply_gradients(goods + [sparse])) == 2
+
+
+def test_bad_knob_parameter_buffer():
+    from numbadam import _config
+
+    buf = numbadam.ParameterBuffer([(3,), (2, 2)])
+    buf.grad[...] = 1.0
+    opt = numbadam.Adam(0.1)
+    _config.CPU_BLOCK = 0
+    with pytest.raises(ValueError, match="CPU_BLOCK"):
+        opt.apply_gradients(buf.grads_and_vars())
+    assert opt.weights == [] and not np.any(buf.data)
+
+
+def test_serial_max_zero_is_valid():
+    from numbadam import _config
+
+    _config.CPU_SERIAL_MAX = 0
+    w = np.ones(5, np.float32)
+    numbadam.Adam(0.1).apply_gradients([(np.ones(5, np.float32), w)])
+    assert np.all(w < 1)
