@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Iterable, List, Sequence, Tuple
 
@@ -132,7 +133,16 @@ class ParameterBuffer:
         dtype = np.dtype(dtype)
         check_float_dtype(dtype, "ParameterBuffer")
         self.shapes: List[Tuple[int, ...]] = [_shape(s) for s in shapes]
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        sizes = [math.prod(s) for s in self.shapes]  # (exact: no int64 wrap-around)
+        total = sum(sizes)
+        limit = np.iinfo(np.intp).max // dtype.itemsize
+        if total > limit:
+            big = max(range(len(sizes)), key=sizes.__getitem__)
+            raise ValueError(
+                f"ParameterBuffer of {total} elements is too large (at most {limit} "
+                f"{dtype} elements are addressable); variable {big} has shape "
+                f"{self.shapes[big]} ({sizes[big]} elements)"
+            )
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         total = int(self.offsets[-1])
         self.data = np.zeros(total, dtype)

@@ -398,24 +398,31 @@ class OptimizerV2:
         ndarray or CUDA array
             The slot (existing or new).
         """
-        if slot_name not in self._slot_names:
-            self._slot_names.append(slot_name)
+        if not isinstance(slot_name, str):
+            raise TypeError(f"slot_name must be a str, got {slot_name!r}")
+        backend = _dispatch.backend_for(var)
         entry = self._entry(var)
+        slot = None if entry is None else entry.slots.get(slot_name)
+        if slot is not None:
+            return slot
+        # everything that can fail on user input first: no phantom name or entry
+        backend.check_variable(var, f"add_slot({slot_name!r}) variable")
+        init = None
+        if not (isinstance(initializer, str) and initializer == "zeros"):
+            init = self._initial_value(initializer, tuple(var.shape), var.dtype)
+        slot = self._flat_slot(var, slot_name)
+        if slot is None:
+            slot = backend.zeros_like(var)
+        if init is not None:
+            backend.assign(slot, init)
         if entry is None:
             entry = _Entry(var)
             self._slots[self._var_key(var)] = entry
             self._by_id[id(var)] = entry
-        slot = entry.slots.get(slot_name)
-        if slot is None:
-            backend = _dispatch.backend_for(var)
-            slot = self._flat_slot(var, slot_name)
-            if slot is None:
-                slot = backend.zeros_like(var)
-            if not (isinstance(initializer, str) and initializer == "zeros"):
-                init = self._initial_value(initializer, tuple(var.shape), slot.dtype)
-                backend.assign(slot, init)
-            entry.slots[slot_name] = slot
-            self._weights.append(slot)
+        if slot_name not in self._slot_names:
+            self._slot_names.append(slot_name)
+        entry.slots[slot_name] = slot
+        self._weights.append(slot)
         return slot
 
     def _flat_slot(self, var: Any, slot_name: str) -> Any:

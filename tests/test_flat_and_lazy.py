@@ -247,3 +247,16 @@ def test_buffer_grads_in_place_operators_work():
     opt = numbadam.Adam(0.1)
     opt.apply_gradients(buf.grads_and_vars())
     assert np.all(buf.params[0] < 0) and np.all(buf.params[1] > 0)
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        [(2**40, 2**40)],  # 2**80 elements: wraps to 0 in int64
+        [(3,), (2**31, 2**31, 4)],  # 2**64 * 4: wraps to 3 in total
+        [(2**62,), (2**62,)],  # each fits int64, their sum does not
+    ],
+)
+def test_buffer_size_overflow(shapes):
+    with pytest.raises(ValueError, match=r"too large.*variable \d+ has shape"):
+        numbadam.ParameterBuffer(shapes)

@@ -594,3 +594,29 @@ def test_set_weights_unbuilt_one_element_list_raises():
     with pytest.raises(ValueError, match="length 1"):
         opt.set_weights([np.array(5, np.int64)])
     assert opt.weights == []
+
+
+@pytest.mark.parametrize(
+    "var, initializer, exc, pattern",
+    [
+        ([1.0, 2.0], "zeros", TypeError, r"list"),
+        (np.zeros(3, np.int32), "zeros", TypeError, r"int32"),
+        ("w", "zeros", TypeError, r"str"),
+        (np.zeros(3, np.float32), "twos", ValueError, r"initializer"),
+        (np.zeros(3, np.float32), np.ones(4), ValueError, r"broadcast"),
+    ],
+    ids=["list", "int array", "string", "bad initializer", "bad initial value"],
+)
+def test_add_slot_bad_input_leaves_no_trace(var, initializer, exc, pattern):
+    """add_slot on a non-array (or with a broken initializer): no phantom slot."""
+    opt = numbadam.Adam()
+    w = np.zeros(2, np.float32)
+    opt.add_slot(w, "m")
+    with pytest.raises(exc, match=pattern):
+        opt.add_slot(var, "extra", initializer)
+    assert opt.get_slot_names() == ["m"]
+    assert len(opt.weights) == 1
+    if isinstance(var, np.ndarray):
+        with pytest.raises(KeyError):
+            opt.get_slot(var, "m")
+    assert opt.add_slot(w, "m") is opt.get_slot(w, "m")
