@@ -293,8 +293,11 @@ class Adam(OptimizerV2):
             If the list has neither the optimizer's length nor the Keras-1
             form, or a shape differs.
         """
+        with self._lock:
+            self._set_keras_weights(list(weights))
+
+    def _set_keras_weights(self, weights) -> None:
         params = self.weights
-        weights = list(weights)
         num_vars = (len(params) - 1) // 2
         if (
             not self.amsgrad

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import threading
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -180,6 +181,10 @@ class OptimizerV2:
                     stacklevel=3,
                 )
         self._name = str(name)
+        # One step at a time per optimizer: two threads stepping concurrently
+        # would both read ``iterations`` and lose a step. Reentrant, so a
+        # callable hyperparameter or a subclass may call back in.
+        self._lock = threading.RLock()
         self._hyper: Dict[str, Any] = {}
         self._hypers_created = False
         self._weights: List[Any] = []
@@ -554,7 +559,8 @@ class OptimizerV2:
         var_list = list(var_list)
         for i, var in enumerate(var_list):
             _dispatch.backend_for(var).check_variable(var, self._label(var, i))
-        self._create_all_weights(var_list)
+        with self._lock:
+            self._create_all_weights(var_list)
 
     def _create_all_weights(self, var_list: List[Any]) -> None:
         _ = self.iterations
@@ -584,8 +590,11 @@ class OptimizerV2:
         TypeError
             If a weight is not numeric.
         """
+        with self._lock:  # (never in the middle of another thread's step)
+            self._set_weights(list(weights))
+
+    def _set_weights(self, weights: List[Any]) -> None:
         params = self._weights
-        weights = list(weights)
         if len(params) != len(weights):
             raise ValueError(
                 f"You called set_weights(weights) on optimizer {self._name} with a "
@@ -691,7 +700,17 @@ class OptimizerV2:
             mixing host and device arrays in one pair.
         IndexError
             Sparse indices out of range.
+
+        Notes
+        -----
+        Thread-safe: calls on one optimizer from several threads are
+        serialised by a per-optimizer lock (each is one whole step), so none is
+        lost. Calls on different optimizers run in parallel.
         """
+        with self._lock:
+            return self._apply_gradients(grads_and_vars)
+
+    def _apply_gradients(self, grads_and_vars: Any) -> Optional[np.ndarray]:
         if type(grads_and_vars) is GradsAndVars:
             out = self._apply_buffer(grads_and_vars.buffer)
             if out is not NotImplemented:
