@@ -90,6 +90,13 @@ class ParameterBuffer:
     dtype : dtype, default float32
         float16, float32 or float64.
 
+    Raises
+    ------
+    TypeError
+        For a non-float dtype or a shape that is not a sequence of integers.
+    ValueError
+        For a negative size, or more elements than can be addressed.
+
     Attributes
     ----------
     data, grad : numpy.ndarray

@@ -402,6 +402,14 @@ class OptimizerV2:
         -------
         ndarray or CUDA array
             The slot (existing or new).
+
+        Raises
+        ------
+        TypeError
+            If ``var`` is not a float16/32/64 array or ``slot_name`` not a str.
+        ValueError
+            For a read-only ``var`` or an initializer that does not fit; in
+            either case nothing is registered.
         """
         if not isinstance(slot_name, str):
             raise TypeError(f"slot_name must be a str, got {slot_name!r}")
