@@ -99,6 +99,13 @@ class CPUBackend:
                 f"{what} of {label} is a CUDA array but the variable is a NumPy "
                 "array; pass both on the same device"
             )
+        if isinstance(grad, np.ma.MaskedArray):
+            # np.asarray drops the mask: masked entries would step as their data
+            raise TypeError(
+                f"{what} of {label} is a numpy.ma.MaskedArray; its mask would be "
+                "ignored. Pass grad.filled(0.0) (masked entries as zero gradient) "
+                "or a plain array"
+            )
         try:
             arr = np.asarray(grad)
         except Exception as exc:  # ragged lists and the like
@@ -142,6 +149,11 @@ class CPUBackend:
             raise TypeError(
                 f"IndexedSlices indices of {label} are a CUDA array but the "
                 "variable is a NumPy array"
+            )
+        if isinstance(grad.indices, np.ma.MaskedArray):
+            raise TypeError(
+                f"IndexedSlices indices of {label} are a numpy.ma.MaskedArray; "
+                "its mask would be ignored. Pass the unmasked indices only"
             )
         idx = np.asarray(grad.indices)
         check_index_dtype(idx.dtype, label)

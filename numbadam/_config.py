@@ -11,7 +11,8 @@ CPU_BLOCK : int
     fixed blocks, never by thread count, so results do not depend on threads.
 CPU_SERIAL_MAX : int
     Dense variables of at most this many elements take the serial kernel: a
-    parallel launch costs more than it saves below it (same arithmetic).
+    parallel launch costs more than it saves below it (same arithmetic). ``0``
+    means never.
 CPU_SPARSE_BLOCK_ROWS : int
     Table rows per parallel work item of the sparse CPU kernels.
 NORM_CHUNKS : int
@@ -21,10 +22,15 @@ CUDA_THREADS_PER_BLOCK : int
     Threads per block of every CUDA launch.
 CUDA_MAX_BLOCKS : int
     Upper bound on blocks per CUDA launch; kernels use grid-stride loops.
+
+Every knob is an integer, positive except ``CPU_SERIAL_MAX`` (``>= 0``);
+:func:`check` (run by every ``apply_gradients`` before anything changes)
+raises ``ValueError`` naming a knob assigned anything else.
 """
 
 from __future__ import annotations
 
+import operator
 import os
 
 _DEFAULTS = {
@@ -37,6 +43,9 @@ _DEFAULTS = {
     "CUDA_THREADS_PER_BLOCK": 256,
     "CUDA_MAX_BLOCKS": 4096,
 }
+
+# the smallest valid value of each knob (1 unless listed)
+_MINIMUM = {"CPU_SERIAL_MAX": 0}
 
 CPU_BLOCK: int
 CPU_SERIAL_MAX: int
@@ -54,9 +63,60 @@ def _read(name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"NUMBADAM_{name}={raw!r} is not an integer") from None
-    if value <= 0:
-        raise ValueError(f"NUMBADAM_{name}={raw!r} must be positive")
+    if value < _MINIMUM.get(name, 1):
+        raise ValueError(f"NUMBADAM_{name}={raw!r} must be >= {_MINIMUM.get(name, 1)}")
     return value
+
+
+def check() -> None:
+    """Raise ValueError if a knob was assigned a non-integer or too small a value.
+
+    A zero block size would make every step a counted no-op. Cheap when every
+    knob is a valid int (a dozen comparisons), so each step calls it.
+
+    Raises
+    ------
+    ValueError
+        Naming the first invalid knob.
+
+    Examples
+    --------
+    >>> from numbadam import _config
+    >>> _config.check()
+    >>> _config.CPU_BLOCK = 0
+    >>> _config.check()
+    Traceback (most recent call last):
+    ...
+    ValueError: numbadam._config.CPU_BLOCK must be an integer >= 1, got 0
+    >>> _config.reset()
+    """
+    if (
+        type(CPU_BLOCK) is int
+        and CPU_BLOCK > 0
+        and type(CPU_SERIAL_MAX) is int
+        and CPU_SERIAL_MAX >= 0
+        and type(CPU_SPARSE_BLOCK_ROWS) is int
+        and CPU_SPARSE_BLOCK_ROWS > 0
+        and type(NORM_CHUNKS) is int
+        and NORM_CHUNKS > 0
+        and type(CUDA_THREADS_PER_BLOCK) is int
+        and CUDA_THREADS_PER_BLOCK > 0
+        and type(CUDA_MAX_BLOCKS) is int
+        and CUDA_MAX_BLOCKS > 0
+    ):
+        return
+    g = globals()
+    for name in _DEFAULTS:
+        value = g[name]
+        low = _MINIMUM.get(name, 1)
+        try:
+            ok = not isinstance(value, bool) and operator.index(value) >= low
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"numbadam._config.{name} must be an integer >= {low}, got {value!r}"
+            )
 
 
 def reset() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Iterable, List, Sequence, Tuple
 
@@ -26,6 +27,37 @@ class GradsAndVars(tuple):
         self = super().__new__(cls, tuple(zip(buffer.grads, buffer.params)))
         self.buffer = buffer
         return self
+
+
+class _Views(tuple):
+    """Per-variable views of a ParameterBuffer: a sequence whose items stay put.
+
+    ``buf.grads[i] = g`` would rebind the item and leave the flat buffer, which
+    the optimizer reads, untouched (a zero gradient): refused. In-place
+    operators (``buf.grads[i] += g``) write into the view and rebind the same
+    object, so they are allowed.
+    """
+
+    def __new__(cls, views: Iterable[np.ndarray], name: str) -> "_Views":
+        self = super().__new__(cls, views)
+        self._name = name
+        return self
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if isinstance(index, int) and -len(self) <= index < len(self):
+            if value is tuple.__getitem__(self, index):
+                return  # buf.grads[i] += g: already written in place
+        raise TypeError(
+            f"ParameterBuffer.{self._name}[{index!r}] cannot be rebound (the flat "
+            f"buffer would not see it); write into the view instead: "
+            f"buf.{self._name}[{index!r}][...] = value"
+        )
+
+    def __delitem__(self, index: Any) -> None:
+        raise TypeError(f"ParameterBuffer.{self._name} has a fixed length")
+
+    def __getnewargs__(self):  # (copy and pickle)
+        return (tuple(self), self._name)
 
 
 def _shape(s: Any) -> Tuple[int, ...]:
@@ -58,12 +90,21 @@ class ParameterBuffer:
     dtype : dtype, default float32
         float16, float32 or float64.
 
+    Raises
+    ------
+    TypeError
+        For a non-float dtype or a shape that is not a sequence of integers.
+    ValueError
+        For a negative size, or more elements than can be addressed.
+
     Attributes
     ----------
     data, grad : numpy.ndarray
         The flat, C-contiguous value and gradient buffers.
-    params, grads : list of numpy.ndarray
-        Per-variable views of ``data`` and ``grad``, in order.
+    params, grads : sequence of numpy.ndarray
+        Per-variable views of ``data`` and ``grad``, in order: indexable,
+        iterable, unpackable, but an item cannot be rebound (``buf.grads[i] =
+        g`` raises ``TypeError``; write ``buf.grads[i][...] = g``).
     offsets : numpy.ndarray
         Start of each variable in the flat buffers (length ``n + 1``).
 
@@ -84,19 +125,38 @@ class ParameterBuffer:
     >>> _ = opt.apply_gradients(buf.grads_and_vars())
     >>> w.astype(float).round(3).tolist(), b.astype(float).round(3).tolist()
     ([[-0.1, -0.1], [-0.1, -0.1], [-0.1, -0.1]], [0.1, 0.1])
+
+    Rebinding a view instead of writing into it would be a silent zero
+    gradient, so it raises:
+
+    >>> try:
+    ...     buf.grads[1] = np.ones(2, np.float32)
+    ... except TypeError as exc:
+    ...     print(str(exc).split("; ")[1])
+    write into the view instead: buf.grads[1][...] = value
     """
 
     def __init__(self, shapes: Iterable[Sequence[int]], dtype: Any = np.float32):
         dtype = np.dtype(dtype)
         check_float_dtype(dtype, "ParameterBuffer")
         self.shapes: List[Tuple[int, ...]] = [_shape(s) for s in shapes]
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        sizes = [math.prod(s) for s in self.shapes]  # (exact: no int64 wrap-around)
+        total = sum(sizes)
+        limit = np.iinfo(np.intp).max // dtype.itemsize
+        if total > limit:
+            big = max(range(len(sizes)), key=sizes.__getitem__)
+            raise ValueError(
+                f"ParameterBuffer of {total} elements is too large (at most {limit} "
+                f"{dtype} elements are addressable); variable {big} has shape "
+                f"{self.shapes[big]} ({sizes[big]} elements)"
+            )
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         total = int(self.offsets[-1])
         self.data = np.zeros(total, dtype)
         self.grad = np.zeros(total, dtype)
-        self.params = [self._view(self.data, i) for i in range(len(self.shapes))]
-        self.grads = [self._view(self.grad, i) for i in range(len(self.shapes))]
+        n = len(self.shapes)
+        self.params = _Views((self._view(self.data, i) for i in range(n)), "params")
+        self.grads = _Views((self._view(self.grad, i) for i in range(n)), "grads")
         self._pairs = GradsAndVars(self)
 
     @classmethod

@@ -17,6 +17,15 @@ __all__ = ["Adam"]
 _SPARSE_MODES = ("dense", "lazy")
 
 
+def _check_epsilon(eps: Any) -> float:
+    if not _is_number(eps) or isinstance(eps, bool):
+        raise TypeError(f"epsilon evaluated to {eps!r}, not a real number")
+    eps = float(eps)
+    if not eps >= 0:  # (NaN too)
+        raise ValueError(f"epsilon must be >= 0 and not NaN, got {eps!r}")
+    return eps
+
+
 class Adam(OptimizerV2):
     r"""Adam with Keras/TensorFlow 2 semantics, on NumPy and CUDA arrays.
 
@@ -54,7 +63,10 @@ class Adam(OptimizerV2):
     TypeError
         For an unknown keyword argument or a hyperparameter of the wrong type.
     ValueError
-        For a negative ``clipnorm``, ``clipvalue``, ``lr`` or ``decay``.
+        For a negative ``clipnorm``, ``clipvalue``, ``lr`` or ``decay``; a NaN
+        or infinite hyperparameter; ``beta_1`` or ``beta_2`` outside
+        ``[0, 1)``; a negative or NaN ``epsilon`` (callables and schedules: at
+        the step, before anything changes).
 
     Notes
     -----
@@ -94,6 +106,12 @@ class Adam(OptimizerV2):
     ['m', 'v']
     """
 
+    _HYPER_RANGES = {
+        **OptimizerV2._HYPER_RANGES,
+        "beta_1": (0.0, 1.0),
+        "beta_2": (0.0, 1.0),
+    }
+
     def __init__(
         self,
         learning_rate: Any = 0.001,
@@ -116,9 +134,7 @@ class Adam(OptimizerV2):
         self._set_hyper("decay", self._initial_decay)
         self._set_hyper("beta_1", beta_1)
         self._set_hyper("beta_2", beta_2)
-        if not (epsilon is None or callable(epsilon) or _is_number(epsilon)):
-            raise TypeError(f"epsilon must be a float or a callable, got {epsilon!r}")
-        self.epsilon = epsilon or 1e-7
+        self.epsilon = epsilon
         if not isinstance(amsgrad, (bool, np.bool_)) and (
             not _is_number(amsgrad) or amsgrad not in (0, 1)
         ):  # bool("no") is True: a string would silently turn AMSGrad on
@@ -155,6 +171,19 @@ class Adam(OptimizerV2):
     @beta_2.setter
     def beta_2(self, value: Any) -> None:
         self._set_hyper("beta_2", value)
+
+    @property
+    def epsilon(self) -> Any:
+        """Epsilon hat: a float or a callable; ``0`` or ``None`` mean 1e-7."""
+        return self._epsilon
+
+    @epsilon.setter
+    def epsilon(self, value: Any) -> None:
+        if not (value is None or callable(value) or _is_number(value)):
+            raise TypeError(f"epsilon must be a float or a callable, got {value!r}")
+        if value is not None and not callable(value):
+            _check_epsilon(value)  # (a constant is checked once, here)
+        self._epsilon = value or 1e-7
 
     @property
     def decay(self) -> float:
@@ -195,9 +224,7 @@ class Adam(OptimizerV2):
         if type(eps) is not float:  # (the common case skips these checks)
             if callable(eps):
                 eps = eps()
-            if not _is_number(eps) or isinstance(eps, bool):
-                raise TypeError(f"epsilon evaluated to {eps!r}, not a real number")
-            eps = float(eps)  # (read now: a 0-d array may change in place)
+            eps = _check_epsilon(eps)  # (read now: a 0-d array may change in place)
         decay = self._initial_decay
         # keyed by storage dtype (what _apply looks up), computed per compute dtype
         by_compute: Dict[Any, AdamCoefficients] = {}
@@ -253,13 +280,39 @@ class Adam(OptimizerV2):
         return config
 
     def set_weights(self, weights) -> None:
-        """Set the state; Keras-1 lists of ``3n+1`` weights are cut, as in TF.
+        """Set the state; a Keras-1 list of ``3n+1`` weights is cut, as in TF.
 
-        (The Keras 1 Adam kept ``vhat`` even without AMSGrad.)
+        (The Keras 1 Adam kept ``vhat`` even without AMSGrad.) Only that form
+        is cut: a non-AMSGrad optimizer holding ``2n+1`` weights (``n >= 1``)
+        takes ``[iterations, m..., v..., vhat...]`` and drops the ``vhat``,
+        whose shapes must be the variables'. Any other length raises.
+
+        Raises
+        ------
+        ValueError
+            If the list has neither the optimizer's length nor the Keras-1
+            form, or a shape differs.
         """
+        with self._lock:
+            self._set_keras_weights(list(weights))
+
+    def _set_keras_weights(self, weights) -> None:
         params = self.weights
-        num_vars = int((len(params) - 1) / 2)
-        weights = list(weights)
-        if len(weights) == 3 * num_vars + 1:
+        num_vars = (len(params) - 1) // 2
+        if (
+            not self.amsgrad
+            and num_vars >= 1
+            and len(params) == 2 * num_vars + 1
+            and len(weights) == 3 * num_vars + 1
+        ):
+            for i, (p, w) in enumerate(
+                zip(params[1 : num_vars + 1], weights[len(params) :])
+            ):
+                shape = tuple(np.shape(w))
+                if shape != tuple(p.shape):
+                    raise ValueError(
+                        f"Keras-1 weight list: vhat weight {len(params) + i} has "
+                        f"shape {shape}, its variable {tuple(p.shape)}"
+                    )
             weights = weights[: len(params)]
         super().set_weights(weights)

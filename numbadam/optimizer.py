@@ -14,13 +14,15 @@ zero-argument callable returning ``(loss_value, [gradient per parameter])``.
 from __future__ import annotations
 
 import logging
+import math
 import numbers
+import threading
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _dispatch, schedules
+from . import _config, _dispatch, schedules
 from ._flat import GradsAndVars, ParameterBuffer
 from ._types import IndexedSlices
 
@@ -45,6 +47,28 @@ def _describe(var: Any) -> str:
     if shape is None:
         return type(var).__name__
     return f"shape {tuple(shape)}, {dtype}"
+
+
+def _check_slots(slots: Dict[str, Any], var: Any, label: Any) -> None:
+    """Raise ValueError unless every slot can take this step's in-place write."""
+    shape, dtype = var.shape, var.dtype
+    for name, slot in slots.items():
+        # (flags.carray: writeable, aligned and C-contiguous in one attribute)
+        if type(slot) is np.ndarray and slot.flags.carray and slot.shape == shape:
+            if slot.dtype is dtype or slot.dtype == dtype:
+                continue
+        if type(slot) is np.ndarray and not slot.flags.writeable:
+            raise ValueError(
+                f"slot {name!r} of {label} is read-only; the optimizer updates "
+                "its slots in place (set flags.writeable = True again)"
+            )
+        if type(slot) is np.ndarray and not slot.flags.carray:
+            raise ValueError(f"slot {name!r} of {label} is not C-contiguous")
+        if tuple(slot.shape) != tuple(shape) or slot.dtype != dtype:
+            raise ValueError(
+                f"slot {name!r} of {label} has shape {tuple(slot.shape)} and dtype "
+                f"{slot.dtype}, the variable {tuple(shape)} and {dtype}"
+            )
 
 
 class _Label:
@@ -105,7 +129,8 @@ class OptimizerV2:
     TypeError
         For an unknown keyword argument.
     ValueError
-        For a negative ``clipnorm``, ``clipvalue``, ``lr`` or ``decay``.
+        For a negative ``clipnorm``, ``clipvalue``, ``lr`` or ``decay``, or a
+        NaN or infinite one.
 
     Examples
     --------
@@ -156,6 +181,10 @@ class OptimizerV2:
                     stacklevel=3,
                 )
         self._name = str(name)
+        # One step at a time per optimizer: two threads stepping concurrently
+        # would both read ``iterations`` and lose a step. Reentrant, so a
+        # callable hyperparameter or a subclass may call back in.
+        self._lock = threading.RLock()
         self._hyper: Dict[str, Any] = {}
         self._hypers_created = False
         self._weights: List[Any] = []
@@ -187,8 +216,8 @@ class OptimizerV2:
     def _check_real(value: Any, what: str) -> float:
         if not _is_number(value) or isinstance(value, bool):
             raise TypeError(f"{what} must be a real number, got {value!r}")
-        if value < 0:
-            raise ValueError(f"Expected {what} >= 0, received: {value}")
+        if not math.isfinite(value) or value < 0:  # (NaN < 0 is False)
+            raise ValueError(f"Expected a finite {what} >= 0, received: {value}")
         return float(value)
 
     @property
@@ -224,9 +253,29 @@ class OptimizerV2:
                 f"hyperparameter {name!r} must be a float, a zero-argument callable "
                 f"or a learning-rate schedule, got {value!r}"
             )
+        self._check_hyper_range(name, value)
         # Before the first step TF keeps the Python value; after it, a float32
         # variable, assigned in place.
         self._hyper[name] = np.float32(value) if self._hypers_created else float(value)
+
+    # name -> (low, high): the allowed half-open range [low, high) of a
+    # hyperparameter; every numeric hyperparameter must be finite (deviation:
+    # TF accepts anything and steps to non-finite weights).
+    _HYPER_RANGES: Dict[str, Tuple[float, float]] = {"decay": (0.0, math.inf)}
+
+    def _check_hyper_range(self, name: str, value: Any) -> None:
+        """Raise ValueError unless ``value`` (and its float32 rounding) is allowed."""
+        with np.errstate(over="ignore"):
+            v32 = np.float32(value)  # (what a step uses: 1 - 1e-9 rounds to 1)
+        low, high = self._HYPER_RANGES.get(name, (-math.inf, math.inf))
+        if not (math.isfinite(value) and math.isfinite(v32)):
+            raise ValueError(f"hyperparameter {name!r} must be finite, got {value!r}")
+        if not (low <= value < high and low <= v32 < high):
+            bound = f"[{low}, {high})" if high != math.inf else f">= {low}"
+            raise ValueError(
+                f"hyperparameter {name!r} must be in {bound} (in float32), got "
+                f"{value!r}"
+            )
 
     def _get_hyper(self, name: str) -> Any:
         return self._hyper[name]
@@ -261,6 +310,7 @@ class OptimizerV2:
             ) from None
         if np.ndim(out) != 0:
             raise TypeError(f"hyperparameter {name!r} evaluated to a non-scalar")
+        self._check_hyper_range(name, value)
         return out
 
     def _serialize_hyperparameter(self, name: str) -> Any:
@@ -352,25 +402,40 @@ class OptimizerV2:
         -------
         ndarray or CUDA array
             The slot (existing or new).
+
+        Raises
+        ------
+        TypeError
+            If ``var`` is not a float16/32/64 array or ``slot_name`` not a str.
+        ValueError
+            For a read-only ``var`` or an initializer that does not fit; in
+            either case nothing is registered.
         """
-        if slot_name not in self._slot_names:
-            self._slot_names.append(slot_name)
+        if not isinstance(slot_name, str):
+            raise TypeError(f"slot_name must be a str, got {slot_name!r}")
+        backend = _dispatch.backend_for(var)
         entry = self._entry(var)
+        slot = None if entry is None else entry.slots.get(slot_name)
+        if slot is not None:
+            return slot
+        # everything that can fail on user input first: no phantom name or entry
+        backend.check_variable(var, f"add_slot({slot_name!r}) variable")
+        init = None
+        if not (isinstance(initializer, str) and initializer == "zeros"):
+            init = self._initial_value(initializer, tuple(var.shape), var.dtype)
+        slot = self._flat_slot(var, slot_name)
+        if slot is None:
+            slot = backend.zeros_like(var)
+        if init is not None:
+            backend.assign(slot, init)
         if entry is None:
             entry = _Entry(var)
             self._slots[self._var_key(var)] = entry
             self._by_id[id(var)] = entry
-        slot = entry.slots.get(slot_name)
-        if slot is None:
-            backend = _dispatch.backend_for(var)
-            slot = self._flat_slot(var, slot_name)
-            if slot is None:
-                slot = backend.zeros_like(var)
-            if not (isinstance(initializer, str) and initializer == "zeros"):
-                init = self._initial_value(initializer, tuple(var.shape), slot.dtype)
-                backend.assign(slot, init)
-            entry.slots[slot_name] = slot
-            self._weights.append(slot)
+        if slot_name not in self._slot_names:
+            self._slot_names.append(slot_name)
+        entry.slots[slot_name] = slot
+        self._weights.append(slot)
         return slot
 
     def _flat_slot(self, var: Any, slot_name: str) -> Any:
@@ -397,8 +462,10 @@ class OptimizerV2:
                 self._flat_owner[id(p)] = (state, i)
         if self._clipnorm is not None:
             return NotImplemented  # each variable is clipped by its own norm
+        _config.check()
         backend = _dispatch.backend_for(buf.data)
         work = backend.prepare_dense(buf.data, buf.grad, "ParameterBuffer")
+        _check_slots(state.flat, buf.data, "ParameterBuffer")
         step = 0 if self._iterations is None else int(self._iterations)
         coefs = self._prepare_step(step, {buf.data.dtype})
         required = self._required_slots()
@@ -500,7 +567,8 @@ class OptimizerV2:
         var_list = list(var_list)
         for i, var in enumerate(var_list):
             _dispatch.backend_for(var).check_variable(var, self._label(var, i))
-        self._create_all_weights(var_list)
+        with self._lock:
+            self._create_all_weights(var_list)
 
     def _create_all_weights(self, var_list: List[Any]) -> None:
         _ = self.iterations
@@ -530,8 +598,11 @@ class OptimizerV2:
         TypeError
             If a weight is not numeric.
         """
+        with self._lock:  # (never in the middle of another thread's step)
+            self._set_weights(list(weights))
+
+    def _set_weights(self, weights: List[Any]) -> None:
         params = self._weights
-        weights = list(weights)
         if len(params) != len(weights):
             raise ValueError(
                 f"You called set_weights(weights) on optimizer {self._name} with a "
@@ -641,7 +712,17 @@ class OptimizerV2:
             mixing host and device arrays in one pair.
         IndexError
             Sparse indices out of range.
+
+        Notes
+        -----
+        Thread-safe: calls on one optimizer from several threads are
+        serialised by a per-optimizer lock (each is one whole step), so none is
+        lost. Calls on different optimizers run in parallel.
         """
+        with self._lock:
+            return self._apply_gradients(grads_and_vars)
+
+    def _apply_gradients(self, grads_and_vars: Any) -> Optional[np.ndarray]:
         if type(grads_and_vars) is GradsAndVars:
             out = self._apply_buffer(grads_and_vars.buffer)
             if out is not NotImplemented:
@@ -649,6 +730,7 @@ class OptimizerV2:
         pairs = self._check_pairs(grads_and_vars)
         if not pairs:
             return None
+        _config.check()  # (the CUDA backend reads launch sizes while preparing)
         live = []
         skipped = []
         seen: Dict[Any, int] = {}
@@ -670,6 +752,8 @@ class OptimizerV2:
                     f"{seen[key]}); sum its gradients first"
                 )
             seen[key] = i
+            if entry is not None and g is not None:
+                _check_slots(entry.slots, v, label)
             if g is None:
                 skipped.append(label)
             elif isinstance(g, IndexedSlices):

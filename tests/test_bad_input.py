@@ -315,6 +315,36 @@ HOST: dict[str, Any] = {
         TypeError,
         [r"gradient"],
     ),
+    "masked gradient": (
+        lambda be, b: (np.ma.masked_greater(np.ones((6, 4), np.float32), 0.5), b),
+        TypeError,
+        [r"MaskedArray", r"mask"],
+    ),
+    "masked gradient, nothing masked": (
+        lambda be, b: (np.ma.MaskedArray(np.ones((6, 4), np.float32)), b),
+        TypeError,
+        [r"MaskedArray"],
+    ),
+    "masked sparse values": (
+        lambda be, b: (
+            IndexedSlices(
+                np.ma.masked_equal(np.ones((2, 4), np.float32), 1.0), np.array([0, 1])
+            ),
+            b,
+        ),
+        TypeError,
+        [r"IndexedSlices values", r"MaskedArray"],
+    ),
+    "masked sparse indices": (
+        lambda be, b: (
+            IndexedSlices(
+                np.ones((2, 4), np.float32), np.ma.masked_equal(np.array([0, 1]), 1)
+            ),
+            b,
+        ),
+        TypeError,
+        [r"indices", r"MaskedArray"],
+    ),
     "sparse string indices": (
         lambda be, b: (
             IndexedSlices(np.ones((2, 4), np.float32), np.array(["0", "1"])),
@@ -456,3 +486,240 @@ def test_indexed_slices_dense_shape_forms():
     for shape in ([4, 3], np.array([4, 3]), (np.int64(4), np.int32(3))):
         got = IndexedSlices(np.ones((1, 3)), np.array([0]), shape).dense_shape
         assert got == (4, 3) and all(type(d) is int for d in got)
+
+
+# ---------------------------------------------------------------------------
+# hyperparameter ranges (deviation: TF accepts them and steps to NaN weights)
+# ---------------------------------------------------------------------------
+
+BAD_CONSTANTS = [
+    ("learning_rate", np.nan),
+    ("learning_rate", np.inf),
+    ("learning_rate", -np.inf),
+    ("learning_rate", 1e39),  # finite in float64, inf in float32
+    ("beta_1", 1.0),
+    ("beta_1", -0.1),
+    ("beta_1", np.nan),
+    ("beta_1", 1 - 1e-9),  # rounds to 1.0 in float32
+    ("beta_2", 1.0),
+    ("beta_2", 1.5),
+    ("beta_2", -1e-3),
+    ("beta_2", np.inf),
+    ("epsilon", -1e-7),
+    ("epsilon", np.nan),
+    ("clipnorm", np.nan),
+    ("clipnorm", np.inf),
+    ("clipvalue", np.nan),
+    ("clipvalue", np.inf),
+    ("decay", np.nan),
+    ("decay", np.inf),
+]
+
+
+@pytest.mark.parametrize("which, value", BAD_CONSTANTS)
+def test_bad_constant_hyperparameter_at_construction(which, value):
+    with pytest.raises(ValueError, match=which):
+        numbadam.Adam(**{which: value})
+
+
+@pytest.mark.parametrize("which, value", BAD_CONSTANTS)
+def test_bad_constant_hyperparameter_assigned(backend, which, value):
+    """Assigning a bad constant to a stepped optimizer raises; nothing changes."""
+    opt, a, b, c, goods = _setup(backend)
+    before = snapshot(opt, [a, b, c])
+    old = getattr(opt, which)
+    with pytest.raises(ValueError, match=which):
+        setattr(opt, which, value)
+    assert getattr(opt, which) == old
+    assert_unchanged(before, opt, [a, b, c])
+    assert int(opt.apply_gradients(goods)) == 2
+    assert np.all(np.isfinite(to_host(a)))
+
+
+@pytest.mark.parametrize(
+    "which, value",
+    [
+        (w, v)
+        for w, v in BAD_CONSTANTS
+        if w in ("learning_rate", "beta_1", "beta_2", "epsilon")
+    ],
+)
+def test_bad_callable_hyperparameter_at_step(backend, which, value):
+    """A callable returning a bad value raises at the step; nothing changes."""
+    opt, a, b, c, goods = _setup(backend)
+    good = {"learning_rate": 0.1, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
+    state = {"bad": True}
+    setattr(opt, which, lambda: value if state["bad"] else good[which])
+    before = snapshot(opt, [a, b, c])
+    with pytest.raises(ValueError, match=which):
+        opt.apply_gradients(goods)
+    assert_unchanged(before, opt, [a, b, c])
+    with pytest.raises(KeyError):
+        opt.get_slot(c, "m")
+    state["bad"] = False
+    assert int(opt.apply_gradients(goods)) == 2
+
+
+class _NaNAfter(numbadam.schedules.LearningRateSchedule):
+    """NaN from step 1 on (a schedule gone wrong)."""
+
+    def __call__(self, step):
+        return np.float32(0.1) if int(step) < 1 else np.float32(np.nan)
+
+    def get_config(self):
+        return {}
+
+
+def test_schedule_returning_nan_at_step():
+    opt, a, b, c, goods = _setup("cpu")
+    opt.learning_rate = _NaNAfter()
+    before = snapshot(opt, [a, b, c])
+    with pytest.raises(ValueError, match="learning_rate.*finite"):
+        opt.apply_gradients(goods)
+    assert_unchanged(before, opt, [a, b, c])
+
+
+def test_bad_callable_hyperparameter_parameter_buffer():
+    buf = numbadam.ParameterBuffer([(3,), (2, 2)])
+    buf.grad[...] = 1.0
+    opt = numbadam.Adam(lambda: np.nan)
+    with pytest.raises(ValueError, match="learning_rate"):
+        opt.apply_gradients(buf.grads_and_vars())
+    assert opt.weights == [] and not np.any(buf.data)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"beta_1": 0.0}, {"beta_2": 0.0}, {"epsilon": 0.0}, {"decay": 0.0}]
+)
+def test_edge_hyperparameters_are_valid(kwargs):
+    w = np.ones(3, np.float32)
+    numbadam.Adam(0.1, **kwargs).apply_gradients([(np.ones(3, np.float32), w)])
+    assert np.all(np.isfinite(w)) and np.all(w < 1)
+
+
+# ---------------------------------------------------------------------------
+# slots the user made unusable
+# ---------------------------------------------------------------------------
+
+
+def _freeze(slot):
+    slot.flags.writeable = False
+
+
+def _reshape(slot):
+    slot.shape = (slot.size,)
+
+
+@pytest.mark.parametrize(
+    "spoil, pattern",
+    [(_freeze, r"read-only"), (_reshape, r"shape \(24,\)")],
+    ids=["read-only", "reshaped"],
+)
+@pytest.mark.parametrize("slot_name", ["m", "v", "vhat"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_spoilt_slot(slot_name, spoil, pattern, sparse):
+    """A read-only or reshaped slot: ValueError naming it, nothing changed."""
+    opt, a, b, c, goods = _setup("cpu", amsgrad=True)
+    slot = opt.get_slot(b, slot_name)
+    spoil(slot)
+    if sparse:
+        g = IndexedSlices(np.ones((2, 4), np.float32), np.array([0, 3]), (6, 4))
+    else:
+        g = np.ones((6, 4), np.float32)
+    before = snapshot(opt, [a, b, c])
+    with pytest.raises(ValueError) as info:
+        opt.apply_gradients(goods + [(g, b)])
+    msg = str(info.value)
+    assert f"slot {slot_name!r}" in msg and "variable 2" in msg, msg
+    assert re.search(pattern, msg), msg
+    assert_unchanged(before, opt, [a, b, c])
+    with pytest.raises(KeyError):
+        opt.get_slot(c, "m")
+    assert int(opt.apply_gradients(goods)) == 2  # b not in it: fine
+
+
+def test_read_only_slot_with_none_gradient_is_skipped():
+    opt, a, b, c, goods = _setup("cpu")
+    _freeze(opt.get_slot(b, "m"))
+    assert int(opt.apply_gradients(goods + [(None, b)])) == 2
+
+
+def test_read_only_flat_slot_parameter_buffer():
+    buf = numbadam.ParameterBuffer([(3,), (2, 2)])
+    buf.grad[...] = 1.0
+    opt = numbadam.Adam(0.1)
+    opt.apply_gradients(buf.grads_and_vars())
+    flat_m = opt.get_slot(buf.params[0], "m").base
+    while flat_m.base is not None:
+        flat_m = flat_m.base
+    assert flat_m.size == buf.data.size
+    flat_m.flags.writeable = False
+    before = snapshot(opt, [buf.data])
+    with pytest.raises(ValueError, match=r"slot 'm' of ParameterBuffer.*read-only"):
+        opt.apply_gradients(buf.grads_and_vars())
+    assert_unchanged(before, opt, [buf.data])
+    flat_m.flags.writeable = True
+    assert int(opt.apply_gradients(buf.grads_and_vars())) == 2
+
+
+# ---------------------------------------------------------------------------
+# run-time knobs of numbadam._config
+# ---------------------------------------------------------------------------
+
+KNOBS = [
+    "CPU_BLOCK",
+    "CPU_SERIAL_MAX",
+    "CPU_SPARSE_BLOCK_ROWS",
+    "NORM_CHUNKS",
+    "CUDA_THREADS_PER_BLOCK",
+    "CUDA_MAX_BLOCKS",
+]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 64.0, "64", True])
+@pytest.mark.parametrize("knob", KNOBS)
+def test_bad_knob(backend, knob, bad):
+    """A knob set to 0, a negative or a non-int: ValueError naming it before
+    anything changes (CPU_BLOCK = 0 made each step a counted no-op)."""
+    from numbadam import _config
+
+    if knob == "CPU_SERIAL_MAX" and bad == 0:
+        bad = -5  # 0 is valid there: never take the serial kernel
+    opt, a, b, c, goods = _setup(backend)
+    sparse = (
+        IndexedSlices(
+            _dev(np.ones((2, 4), np.float32), backend),
+            _dev(np.array([0, 3]), backend),
+        ),
+        b,
+    )
+    setattr(_config, knob, bad)
+    before = snapshot(opt, [a, b, c])
+    with pytest.raises(ValueError, match=rf"_config\.{knob}\b"):
+        opt.apply_gradients(goods + [sparse])
+    assert_unchanged(before, opt, [a, b, c])
+    with pytest.raises(KeyError):
+        opt.get_slot(c, "m")
+    _config.reset()
+    assert int(opt.apply_gradients(goods + [sparse])) == 2
+
+
+def test_bad_knob_parameter_buffer():
+    from numbadam import _config
+
+    buf = numbadam.ParameterBuffer([(3,), (2, 2)])
+    buf.grad[...] = 1.0
+    opt = numbadam.Adam(0.1)
+    _config.CPU_BLOCK = 0
+    with pytest.raises(ValueError, match="CPU_BLOCK"):
+        opt.apply_gradients(buf.grads_and_vars())
+    assert opt.weights == [] and not np.any(buf.data)
+
+
+def test_serial_max_zero_is_valid():
+    from numbadam import _config
+
+    _config.CPU_SERIAL_MAX = 0
+    w = np.ones(5, np.float32)
+    numbadam.Adam(0.1).apply_gradients([(np.ones(5, np.float32), w)])
+    assert np.all(w < 1)

@@ -202,3 +202,45 @@ def test_thread_count_setting_and_bitwise_equality():
 def test_parameter_buffer_bad_shapes(shapes, exc, pattern):
     with pytest.raises(exc, match=pattern):
         numbadam.ParameterBuffer(shapes)
+
+
+@pytest.mark.parametrize("which", ["grads", "params"])
+def test_buffer_views_cannot_be_rebound(which):
+    """``buf.grads[i] = g`` would be a silent zero gradient: TypeError."""
+    buf = numbadam.ParameterBuffer([(3,), (2, 2)])
+    views = getattr(buf, which)
+    first = views[0]
+    with pytest.raises(TypeError, match=rf"{which}\[0\].*\[\.\.\.\] = "):
+        views[0] = np.ones(3, np.float32)
+    with pytest.raises(TypeError, match=rf"{which}\[-1\]"):
+        views[-1] = np.ones((2, 2), np.float32)
+    with pytest.raises(TypeError):
+        del views[0]
+    assert views[0] is first and not np.any(buf.data) and not np.any(buf.grad)
+    # still a sequence: len, iteration, unpacking, negative indexing
+    a, b = views
+    assert len(views) == 2 and a is first and b is views[-1]
+    assert [v.shape for v in views] == [(3,), (2, 2)]
+
+
+def test_buffer_grads_in_place_operators_work():
+    buf = numbadam.ParameterBuffer([(3,), (2,)])
+    buf.grads[0] += 2.0
+    buf.grads[1][...] = -1.0
+    assert buf.grad.tolist() == [2.0, 2.0, 2.0, -1.0, -1.0]
+    opt = numbadam.Adam(0.1)
+    opt.apply_gradients(buf.grads_and_vars())
+    assert np.all(buf.params[0] < 0) and np.all(buf.params[1] > 0)
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        [(2**40, 2**40)],  # 2**80 elements: wraps to 0 in int64
+        [(3,), (2**31, 2**31, 4)],  # 2**64 * 4: wraps to 3 in total
+        [(2**62,), (2**62,)],  # each fits int64, their sum does not
+    ],
+)
+def test_buffer_size_overflow(shapes):
+    with pytest.raises(ValueError, match=r"too large.*variable \d+ has shape"):
+        numbadam.ParameterBuffer(shapes)

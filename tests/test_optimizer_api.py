@@ -547,3 +547,127 @@ def test_amsgrad_must_be_a_bool(bad):
 def test_amsgrad_bool_like_values():
     assert numbadam.Adam(amsgrad=np.True_).amsgrad is True
     assert numbadam.Adam(amsgrad=0).amsgrad is False
+
+
+def _set_weights_rejected(opt, new):
+    before = [w.copy() for w in opt.get_weights()]
+    with pytest.raises(ValueError, match=r"length|Keras-1"):
+        opt.set_weights(new)
+    assert len(opt.weights) == len(before)
+    for w, b in zip(opt.get_weights(), before):
+        assert_bitwise(w, b)
+
+
+def test_set_weights_amsgrad_too_long_list_raises():
+    """AMSGrad holds 3n+1 weights: a longer list is not cut (TF cuts it)."""
+    rng = _rng("amsgrad-long")
+    a, b = np.zeros(3, np.float32), np.zeros((2, 2), np.float32)
+    opt = numbadam.Adam(amsgrad=True)
+    opt.build([a, b])
+    assert len(opt.weights) == 7
+    # 10 = 3 * ((7 - 1) // 2) + 1: what TF's rule would silently cut to 7
+    new = [np.array(7, np.int64)] + [
+        rng.standard_normal(s).astype(np.float32) for s in [(3,), (2, 2)] * 4
+    ] + [np.zeros(3, np.float32)]
+    assert len(new) == 10
+    _set_weights_rejected(opt, new)
+
+
+@pytest.mark.parametrize("extra", [1, 3])
+def test_set_weights_other_lengths_raise(extra):
+    opt = numbadam.Adam()
+    opt.build([np.zeros(3, np.float32), np.zeros((2, 2), np.float32)])
+    new = [np.array(1, np.int64)] + [np.zeros(3, np.float32), np.zeros((2, 2))] * 2
+    _set_weights_rejected(opt, new + [np.zeros(3, np.float32)] * extra)
+
+
+def test_set_weights_keras1_form_checks_vhat_shapes():
+    opt = numbadam.Adam()
+    opt.build([np.zeros(3, np.float32), np.zeros((2, 2), np.float32)])
+    new = [np.array(1, np.int64)] + [np.zeros(3, np.float32), np.zeros((2, 2))] * 2
+    _set_weights_rejected(opt, new + [np.zeros((2, 2)), np.zeros(3)])
+
+
+def test_set_weights_unbuilt_one_element_list_raises():
+    """No weights yet: [iterations] is not a Keras-1 list of 0 variables."""
+    opt = numbadam.Adam()
+    with pytest.raises(ValueError, match="length 1"):
+        opt.set_weights([np.array(5, np.int64)])
+    assert opt.weights == []
+
+
+@pytest.mark.parametrize(
+    "var, initializer, exc, pattern",
+    [
+        ([1.0, 2.0], "zeros", TypeError, r"list"),
+        (np.zeros(3, np.int32), "zeros", TypeError, r"int32"),
+        ("w", "zeros", TypeError, r"str"),
+        (np.zeros(3, np.float32), "twos", ValueError, r"initializer"),
+        (np.zeros(3, np.float32), np.ones(4), ValueError, r"broadcast"),
+    ],
+    ids=["list", "int array", "string", "bad initializer", "bad initial value"],
+)
+def test_add_slot_bad_input_leaves_no_trace(var, initializer, exc, pattern):
+    """add_slot on a non-array (or with a broken initializer): no phantom slot."""
+    opt = numbadam.Adam()
+    w = np.zeros(2, np.float32)
+    opt.add_slot(w, "m")
+    with pytest.raises(exc, match=pattern):
+        opt.add_slot(var, "extra", initializer)
+    assert opt.get_slot_names() == ["m"]
+    assert len(opt.weights) == 1
+    if isinstance(var, np.ndarray):
+        with pytest.raises(KeyError):
+            opt.get_slot(var, "m")
+    assert opt.add_slot(w, "m") is opt.get_slot(w, "m")
+
+
+@pytest.mark.parametrize("buffer", [False, True], ids=["pairs", "ParameterBuffer"])
+def test_threads_share_one_optimizer(buffer):
+    """Two threads x 100 steps on one optimizer: 200 steps, none lost or mixed.
+
+    The variables are large enough for the parallel kernels, which release the
+    GIL, so without the optimizer's lock both threads read the same
+    ``iterations`` and steps are lost.
+    """
+    import threading
+
+    n_threads, n_steps, size = 2, 100, 200_000
+    g = np.linspace(-1.0, 1.0, size).astype(np.float32)
+
+    def make():
+        if buffer:
+            buf = numbadam.ParameterBuffer([(size // 2,), (size // 2,)])
+            buf.grad[...] = g
+            return buf.data, buf.grads_and_vars()
+        w = np.zeros(size, np.float32)
+        return w, [(g, w)]
+
+    w, pairs = make()
+    opt = numbadam.Adam(1e-3)
+    start = threading.Barrier(n_threads)
+    errors = []
+
+    def work():
+        try:
+            start.wait()
+            for _ in range(n_steps):
+                opt.apply_gradients(pairs)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert int(opt.iterations) == n_threads * n_steps
+    # the same steps one after the other (the gradient is the same every step)
+    w_seq, pairs_seq = make()
+    seq = numbadam.Adam(1e-3)
+    for _ in range(n_threads * n_steps):
+        seq.apply_gradients(pairs_seq)
+    assert_bitwise(w, w_seq)
+    for a, b in zip(opt.get_weights(), seq.get_weights()):
+        assert_bitwise(a, b)

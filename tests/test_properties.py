@@ -181,7 +181,9 @@ def test_zero_state_stretches_equal_dense_zero_filled(backend):
     """Rows without a gradient whose moments are +0.0 are skipped by the sparse
     kernels: bitwise the dense step anyway, for tables crossing the skip chunks,
     -0.0/NaN/inf entries in the variable and state, and the hyperparameters
-    for which skipping would change bits (lr <= 0, inf, eps <= 0)."""
+    for which skipping would change bits (lr <= 0, eps = 0 or inf). An
+    infinite lr, a negative eps and beta_1 = 1 are refused by the optimizer
+    (ValueError at the step, test_bad_input.py), so they never reach a kernel."""
     _small_blocks()
 
     @settings(deadline=None, max_examples=n_examples(backend, 60, 8))
@@ -191,9 +193,9 @@ def test_zero_state_stretches_equal_dense_zero_filled(backend):
         width=st.sampled_from([1, 3, 64]),
         seed=SEEDS,
         amsgrad=st.booleans(),
-        lr=st.sampled_from([0.1, -0.1, 0.0, -0.0, np.inf, 1e-30]),
-        eps=st.sampled_from([1e-7, 1e-30, 0.0, -1e-3, np.inf]),
-        beta_1=st.sampled_from([0.9, 0.0, 1.0]),
+        lr=st.sampled_from([0.1, -0.1, 0.0, -0.0, 1e-30]),
+        eps=st.sampled_from([1e-7, 1e-30, 0.0, np.inf]),
+        beta_1=st.sampled_from([0.9, 0.0]),
         steps=st.integers(1, 3),
     )
     def prop(dtype, rows, width, seed, amsgrad, lr, eps, beta_1, steps):
@@ -202,7 +204,7 @@ def test_zero_state_stretches_equal_dense_zero_filled(backend):
         var0 = np.array(rng.standard_normal(shape), dtype=dtype)
         var0.reshape(-1)[rng.integers(0, var0.size, 3)] = [-0.0, np.nan, np.inf]
         kw = {
-            # callables: the constructor refuses some of these values as floats
+            # callables: a constant epsilon of 0 means 1e-7 (Keras)
             "learning_rate": lambda: lr,
             "epsilon": lambda: eps,
             "beta_1": beta_1,

@@ -7,7 +7,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import _backend, _dispatch
+from .. import _backend, _config, _dispatch
 from .._types import IndexedSlices
 from ..adam import Adam
 from ..optimizer import logger
@@ -470,6 +470,7 @@ class ShardedAdam(Adam):
         pairs = self._check_pairs(grads_and_vars)
         if not pairs:
             return None
+        _config.check()
         comm, size = self.comm, self.comm.size
         dense, rows_all, emb = [], [], []
         live: List[_Shard] = []
