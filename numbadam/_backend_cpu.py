@@ -38,6 +38,21 @@ def _kernel_view(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint16) if a.dtype.char == "e" else a
 
 
+def _unaliased(g: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """``g``, or a copy of it where its memory may overlap ``var``'s.
+
+    NumPy's rule for ufuncs with overlapping operands: the result is as if the
+    input had been copied first. (The kernels write ``var`` while they read
+    ``g``: a gradient that is a shifted view of its variable, or lazy
+    IndexedSlices values viewing the table, would read updated elements.)
+    Two arrays that both own their memory cannot overlap, which skips the
+    bounds check in the common case.
+    """
+    if (g.base is not None or var.base is not None) and np.may_share_memory(g, var):
+        return g.copy()
+    return g
+
+
 class CPUBackend:
     """Backend for NumPy arrays: the ``@njit(parallel=True)`` kernels."""
 
@@ -133,6 +148,7 @@ class CPUBackend:
             g = np.ascontiguousarray(g, dtype=var.dtype)
         if g.ndim != 1:
             g = g.reshape(-1)
+        g = _unaliased(g, var)
         if var.flags.c_contiguous:
             return DenseWork(
                 var, var if var.ndim == 1 else var.reshape(-1), g, False, label
@@ -178,6 +194,7 @@ class CPUBackend:
             vals = np.ascontiguousarray(vals, dtype=var.dtype)
         if vals.ndim != 2:
             vals = vals.reshape(idx.shape[0], width)
+        vals = _unaliased(vals, var)
         staged = not var.flags.c_contiguous
         flat = np.ascontiguousarray(var).reshape(-1) if staged else var.reshape(-1)
         return SparseWork(var, flat, idx, vals, width, staged, label, int(hi))

@@ -723,3 +723,40 @@ def test_serial_max_zero_is_valid():
     w = np.ones(5, np.float32)
     numbadam.Adam(0.1).apply_gradients([(np.ones(5, np.float32), w)])
     assert np.all(w < 1)
+
+
+# ---------------------------------------------------------------------------
+# gradients whose memory overlaps their variable (NumPy's ufunc rule: as if
+# the gradient had been copied first)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [50, 40000])  # the serial and the parallel path
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_gradient_overlapping_its_variable_acts_as_a_copy(n, amsgrad):
+    rng = np.random.default_rng(n)
+    buf = rng.standard_normal(n + 1).astype(np.float32)
+    twin = buf.copy()
+    opt = numbadam.Adam(0.1, amsgrad=amsgrad)
+    ref = numbadam.Adam(0.1, amsgrad=amsgrad)
+    for _ in range(2):
+        opt.apply_gradients([(buf[:-1], buf[1:])])
+        ref.apply_gradients([(twin[:-1].copy(), twin[1:])])
+    assert_bitwise(buf, twin, "variable")
+    assert_bitwise(opt.get_slot(buf[1:], "m"), ref.get_slot(twin[1:], "m"), "m")
+
+
+@pytest.mark.parametrize("mode", ["dense", "lazy"])
+def test_sparse_values_viewing_the_table_act_as_a_copy(mode):
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((40, 8)).astype(np.float32)
+    twin = table.copy()
+    idx = np.array([3, 4, 5, 6, 4])
+    opt = numbadam.Adam(0.1, sparse_mode=mode)
+    ref = numbadam.Adam(0.1, sparse_mode=mode)
+    for _ in range(2):
+        # values are rows 2..6 of the table itself, updated by the step
+        opt.apply_gradients([(IndexedSlices(table[2:7], idx, table.shape), table)])
+        vals = twin[2:7].copy()
+        ref.apply_gradients([(IndexedSlices(vals, idx, twin.shape), twin)])
+    assert_bitwise(table, twin, "table")
