@@ -41,6 +41,7 @@ __all__ = [
     "cast_gradient_dtype",
     "transform_scalars",
     "check_slices_shapes",
+    "check_index_dtype",
     "check_index_range",
 ]
 
