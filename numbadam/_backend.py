@@ -23,7 +23,7 @@ the backends know both; the optimizer knows only this interface and
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol, Tuple
+from typing import Any, Dict, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -40,6 +40,8 @@ __all__ = [
     "check_float_dtype",
     "cast_gradient_dtype",
     "transform_scalars",
+    "identity_transform",
+    "Transform",
     "check_slices_shapes",
     "check_index_dtype",
     "check_index_range",
@@ -126,6 +128,22 @@ def transform_scalars(
     l2norm = np.sqrt(l2sum) if l2sum > 0 else l2sum
     cn = c(clipnorm)
     return lo, hi, cn, np.maximum(l2norm, cn)
+
+
+#: ``(lo, hi, mul, div)``: a gradient element ``g`` enters the step as
+#: ``clip(g, lo, hi) * mul / div``, in the compute dtype (the kernels' order).
+Transform = Tuple[Any, Any, Any, Any]
+
+_IDENTITY: Dict[str, Transform] = {}
+
+
+def identity_transform(dtype: Any) -> Transform:
+    """The transform of no clipping for ``dtype`` (cached: one lookup per pair)."""
+    char = np.dtype(dtype).char
+    tr = _IDENTITY.get(char)
+    if tr is None:
+        tr = _IDENTITY[char] = transform_scalars(dtype, None, None, None)
+    return tr
 
 
 def check_slices_shapes(
@@ -260,9 +278,11 @@ class Backend(Protocol):
     def assign(self, dst: Any, value: np.ndarray) -> None:
         """Copy a host array of ``dst``'s shape into ``dst``, in place."""
 
-    def sumsq(self, flat: Any, clipvalue: Optional[float]) -> float:
-        """``sum(clip(flat, -clipvalue, clipvalue) ** 2)`` in float64,
-        deterministic whatever the thread count (no clipping for ``None``)."""
+    def sumsq(self, grad: Any, clipvalue: Optional[float]) -> float:
+        """``sum(clip(grad, -clipvalue, clipvalue) ** 2)`` in float64 over every
+        element of a C-contiguous ``grad`` (a work item's ``grad`` or
+        ``values``), deterministic whatever the thread count (no clipping for
+        ``None``)."""
 
     def dense_step(
         self,
@@ -271,10 +291,10 @@ class Backend(Protocol):
         v: Any,
         vhat: Optional[Any],
         coef: AdamCoefficients,
-        clipvalue: Optional[float],
-        clipnorm: Optional[float],
+        transform: Transform,
     ) -> None:
-        """One fused Adam pass over a dense pair."""
+        """One fused Adam pass over a dense pair, its gradient transformed by
+        ``transform`` (see :data:`Transform`)."""
 
     def sparse_step(
         self,
@@ -283,9 +303,9 @@ class Backend(Protocol):
         v: Any,
         vhat: Optional[Any],
         coef: AdamCoefficients,
-        clipvalue: Optional[float],
-        clipnorm: Optional[float],
+        transform: Transform,
         lazy: bool = False,
     ) -> None:
         """One fused Adam pass over an IndexedSlices pair (``lazy``: only the
-        rows with a gradient change)."""
+        rows with a gradient change), its values transformed by ``transform``
+        before duplicates are summed."""

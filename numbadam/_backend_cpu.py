@@ -24,6 +24,7 @@ from ._backend import (
     check_index_dtype,
     check_index_range,
     check_slices_shapes,
+    Transform,
     compute_dtype,
     is_device_array,
     transform_scalars,
@@ -63,7 +64,6 @@ class CPUBackend:
 
         self._k = cpu
         self._ready: dict = {}  # (kernel, dtype char, amsgrad) -> compiled kernel
-        self._identity: dict = {}  # dtype char -> (lo, hi, mul, div) of no clipping
 
     def _kernel(self, kernel: Any, dtype: np.dtype, amsgrad: Optional[bool] = None):
         """``kernel`` (a dispatcher of ``kernels.cpu``) compiled for ``dtype``
@@ -74,21 +74,6 @@ class CPUBackend:
             self._k.ensure_compiled(kernel, dtype, amsgrad)
             ready = self._ready[key] = kernel
         return ready
-
-    def _transform(self, dtype, clipvalue, clipnorm, grad_flat):
-        # (lo, hi, mul, div) of the clipping, the norm taken over grad_flat
-        if clipvalue is None and clipnorm is None:
-            tr = self._identity.get(dtype.char)
-            if tr is None:
-                tr = self._identity[dtype.char] = transform_scalars(
-                    dtype, None, None, None
-                )
-            return tr
-        sumsq = None
-        if clipnorm is not None:
-            lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
-            sumsq = self._sumsq(grad_flat, lo, hi)
-        return transform_scalars(dtype, clipvalue, clipnorm, sumsq)
 
     # -- validation ---------------------------------------------------------
 
@@ -216,9 +201,9 @@ class CPUBackend:
         k = self._kernel(self._k.sum_squares_cpu, flat.dtype)
         return k(_kernel_view(flat), lo, hi, _config.NORM_CHUNKS)
 
-    def sumsq(self, flat: np.ndarray, clipvalue: Optional[float] = None) -> float:
-        lo, hi, _, _ = transform_scalars(flat.dtype, clipvalue, None, None)
-        return self._sumsq(flat, lo, hi)
+    def sumsq(self, grad: np.ndarray, clipvalue: Optional[float] = None) -> float:
+        lo, hi, _, _ = transform_scalars(grad.dtype, clipvalue, None, None)
+        return self._sumsq(grad if grad.ndim == 1 else grad.reshape(-1), lo, hi)
 
     def dense_step(
         self,
@@ -227,15 +212,13 @@ class CPUBackend:
         v: np.ndarray,
         vhat: Optional[np.ndarray],
         coef: AdamCoefficients,
-        clipvalue: Optional[float],
-        clipnorm: Optional[float],
+        tr: Transform,
     ) -> None:
         x, g = work.flat, work.grad
         n = x.shape[0]
         if n == 0:
             return
         dtype = x.dtype
-        tr = self._transform(dtype, clipvalue, clipnorm, g)
         mf = m if m.ndim == 1 else m.reshape(-1)
         vf = v if v.ndim == 1 else v.reshape(-1)
         if dtype.char == "e":
@@ -253,14 +236,12 @@ class CPUBackend:
         v: np.ndarray,
         vhat: Optional[np.ndarray],
         coef: AdamCoefficients,
-        clipvalue: Optional[float],
-        clipnorm: Optional[float],
+        tr: Transform,
         lazy: bool = False,
     ) -> None:
         if work.flat.size == 0:
             return
         dtype = work.flat.dtype
-        tr = self._transform(dtype, clipvalue, clipnorm, work.values.reshape(-1))
         k = work.indices.shape[0]
         maxkey = work.maxkey
         if maxkey is None:

@@ -52,6 +52,7 @@ from ._backend import (
     INDEX_DTYPES,
     DenseWork,
     SparseWork,
+    Transform,
     cast_gradient_dtype,
     check_float_dtype,
     check_index_dtype,
@@ -122,7 +123,6 @@ class CUDABackend:
 
         self._k = kernels
         self._ready: dict = {}  # (kernel, dtype char or None, amsgrad) -> kernel
-        self._identity: dict = {}  # dtype char -> (lo, hi, mul, div) of no clipping
 
     # -- launches -------------------------------------------------------------
 
@@ -385,28 +385,10 @@ class CUDABackend:
 
     # -- steps ----------------------------------------------------------------
 
-    def _transform(self, dtype: np.dtype, clipvalue, clipnorm, sumsq):
-        if clipvalue is None and clipnorm is None:
-            tr = self._identity.get(dtype.char)
-            if tr is None:
-                tr = self._identity[dtype.char] = transform_scalars(
-                    dtype, None, None, None
-                )
-            return tr
-        return transform_scalars(dtype, clipvalue, clipnorm, sumsq)
-
-    def _scalars(self, flat: Any, dtype: np.dtype, clipvalue, clipnorm):
-        """``(lo, hi, mul, div)``; with ``clipnorm``, the norm of ``flat`` on device."""
-        sumsq = None
-        if clipnorm is not None:
-            lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
-            sumsq = self._sumsq(flat, dtype, lo, hi)
-        return self._transform(dtype, clipvalue, clipnorm, sumsq)
-
-    def sumsq(self, flat: Any, clipvalue: Optional[float] = None) -> float:
-        dtype = np.dtype(flat.dtype)
+    def sumsq(self, grad: Any, clipvalue: Optional[float] = None) -> float:
+        dtype = np.dtype(grad.dtype)
         lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
-        return self._sumsq(self._flat(self._wrap(flat)), dtype, lo, hi)
+        return self._sumsq(self._flat(self._wrap(grad)), dtype, lo, hi)
 
     def _sumsq(self, flat: Any, dtype: np.dtype, lo, hi) -> float:
         """``sum(clip(flat, lo, hi)**2)`` in float64: fixed block partials, then
@@ -457,14 +439,12 @@ class CUDABackend:
         v: Any,
         vhat: Optional[Any],
         coef: AdamCoefficients,
-        clipvalue: Optional[float],
-        clipnorm: Optional[float],
+        tr: Transform,
     ) -> None:
         n = int(work.flat.shape[0])
         if n == 0:
             return
         dtype = np.dtype(work.flat.dtype)
-        tr = self._scalars(work.grad, dtype, clipvalue, clipnorm)
         coef = _typed(coef, dtype)
         mf, vf = self._flat(m), self._flat(v)
         slot = () if vhat is None else (self._flat(vhat),)
@@ -479,8 +459,7 @@ class CUDABackend:
         v: Any,
         vhat: Optional[Any],
         coef: AdamCoefficients,
-        clipvalue: Optional[float],
-        clipnorm: Optional[float],
+        tr: Transform,
         lazy: bool = False,
     ) -> None:
         n = int(work.flat.shape[0])
@@ -488,7 +467,6 @@ class CUDABackend:
             return
         dtype = np.dtype(work.flat.dtype)
         k = int(work.indices.shape[0])
-        tr = self._scalars(self._flat(work.values), dtype, clipvalue, clipnorm)
         coef = _typed(coef, dtype)
         keys, pos = self._sorted(work.indices)
         values = work.values

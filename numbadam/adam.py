@@ -238,19 +238,16 @@ class Adam(OptimizerV2):
             out[dtype] = coef
         return out
 
-    def _apply(self, sparse: bool, work: Any, backend: Any, slots: Dict, state: Any):
-        coef = state[work.flat.dtype]
+    def _resource_apply_dense(self, work, backend, slots, coef, transform) -> None:
         vhat = slots["vhat"] if self.amsgrad else None
-        if sparse:
-            backend.sparse_step(
-                work, slots["m"], slots["v"], vhat, coef, self._clipvalue,
-                self._clipnorm, lazy=self.sparse_mode == "lazy",
-            )  # fmt: skip
-        else:
-            backend.dense_step(
-                work, slots["m"], slots["v"], vhat, coef, self._clipvalue,
-                self._clipnorm,
-            )  # fmt: skip
+        backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform)
+
+    def _resource_apply_sparse(self, work, backend, slots, coef, transform) -> None:
+        vhat = slots["vhat"] if self.amsgrad else None
+        backend.sparse_step(
+            work, slots["m"], slots["v"], vhat, coef, transform,
+            lazy=self.sparse_mode == "lazy",
+        )  # fmt: skip
 
     def get_config(self) -> Dict[str, Any]:
         """Configuration with Keras' keys.

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from . import _config, _dispatch, schedules
+from ._backend import identity_transform, transform_scalars
 from ._flat import GradsAndVars, ParameterBuffer
 from ._types import IndexedSlices
 
@@ -71,8 +72,12 @@ def _check_slots(slots: Dict[str, Any], var: Any, label: Any) -> None:
             )
 
 
-class _Label:
-    """A variable's name for error messages, formatted only when needed."""
+class Label:
+    """A variable's name for error messages, formatted only when needed.
+
+    ``variable {position} (shape ..., dtype)``; part of the hook seam (with
+    :class:`Step`) that subclasses in numbadam.distributed use.
+    """
 
     __slots__ = ("var", "position")
 
@@ -99,19 +104,56 @@ class _Entry:
 class _FlatState:
     """Flat slot arrays of one ParameterBuffer: slot name -> flat array."""
 
-    __slots__ = ("buffer", "flat")
+    __slots__ = ("buffer", "slots")
 
     def __init__(self, buffer: ParameterBuffer) -> None:
         self.buffer = buffer
-        self.flat: Dict[str, Any] = {}
+        self.slots: Dict[str, Any] = {}
+
+
+class Step:
+    """One :meth:`OptimizerV2.apply_gradients` call on its way through the hooks.
+
+    ``items`` are ``(sparse, work, backend, var, holder)`` tuples: the
+    validated work item of each pair with a gradient (a
+    :class:`~numbadam._backend.DenseWork` or ``SparseWork``), the backend that
+    owns it, the user's variable, and the object whose ``slots`` dict holds its
+    slots (``None`` until they are created). Hooks may replace items (an
+    aggregate hook swaps in averaged gradients) but never a variable.
+    ``transforms`` (one per item) and ``coefficients`` (storage dtype ->
+    :class:`~numbadam._types.AdamCoefficients`) are filled by their hooks.
+    """
+
+    __slots__ = (
+        "iteration", "items", "var_list", "need_weights", "transforms",
+        "coefficients", "skipped",
+    )  # fmt: skip
+
+    def __init__(self, iteration: int, items: List[Any], var_list: List[Any],
+                 need_weights: bool, skipped: List[Any]) -> None:  # fmt: skip
+        self.iteration = iteration
+        self.items = items
+        self.var_list = var_list
+        self.need_weights = need_weights
+        self.skipped = skipped
+        self.transforms: List[Any] = []
+        self.coefficients: Any = None
 
 
 class OptimizerV2:
     """Base class of numbadam optimizers (the Keras OptimizerV2 contract).
 
-    Subclasses implement ``_create_slots(var_list)``,
-    ``_prepare_step(hyper_values, dtypes)`` and ``_apply(work, backend, state)``.
-    Do not instantiate this class directly.
+    :meth:`apply_gradients` is one pipeline of hooks, in this order (Keras'
+    split, with numbadam's "validate everything first"): ``_prepare`` (every
+    pair and its slots validated and cast; nothing written), ``_aggregate_gradients``
+    (identity; the distributed optimizers all-reduce or reduce-scatter),
+    ``_transform_gradients`` (clipvalue and clipnorm as per-pair kernel
+    scalars), ``_prepare_step`` (the coefficients), ``_resource_apply_dense`` /
+    ``_resource_apply_sparse`` (the kernels) and ``_finish`` (``iterations``;
+    all-gathers). Subclasses implement ``_create_slots(var_list)``,
+    ``_prepare_step`` and the two ``_resource_apply_*`` hooks, and override
+    others to add a feature (see CONTRIBUTING.md). Do not instantiate this
+    class directly.
 
     Parameters
     ----------
@@ -446,13 +488,13 @@ class OptimizerV2:
         buf = state.buffer
         if buf.params[i] is not var:
             return None
-        flat = state.flat.get(slot_name)
+        flat = state.slots.get(slot_name)
         if flat is None:
-            flat = state.flat[slot_name] = np.zeros_like(buf.data)
+            flat = state.slots[slot_name] = np.zeros_like(buf.data)
         return buf.slot_views(flat)[i]
 
-    def _apply_buffer(self, buf: ParameterBuffer) -> Any:
-        """One fused pass over a ParameterBuffer; NotImplemented to fall back."""
+    def _prepare_buffer(self, buf: ParameterBuffer) -> Any:
+        """The one-pass step of a ParameterBuffer; NotImplemented to fall back."""
         state = self._flat.get(id(buf))
         if state is None:
             if not buf.params or any(self._entry(p) is not None for p in buf.params):
@@ -465,19 +507,16 @@ class OptimizerV2:
         _config.check()
         backend = _dispatch.backend_for(buf.data)
         work = backend.prepare_dense(buf.data, buf.grad, "ParameterBuffer")
-        _check_slots(state.flat, buf.data, "ParameterBuffer")
-        step = 0 if self._iterations is None else int(self._iterations)
-        coefs = self._prepare_step(step, {buf.data.dtype})
-        required = self._required_slots()
-        if (
+        _check_slots(state.slots, buf.data, "ParameterBuffer")
+        need = (
             self._iterations is None
             or not self._hypers_created
-            or any(name not in state.flat for name in required)
-        ):
-            self._create_all_weights(list(buf.params))
-        self._apply(False, work, backend, state.flat, coefs)
-        self._iterations[()] = step + 1
-        return self._iterations
+            or any(name not in state.slots for name in self._required_slots())
+        )
+        return Step(
+            self._step_count(), [(False, work, backend, None, state)],
+            list(buf.params), need, [],
+        )  # fmt: skip
 
     def _entry(self, var: Any) -> Optional[_Entry]:
         entry = self._by_id.get(id(var))
@@ -640,8 +679,8 @@ class OptimizerV2:
     # ------------------------------------------------------------------
 
     @staticmethod
-    def _label(var: Any, position: int) -> _Label:
-        return _Label(var, position)
+    def _label(var: Any, position: int) -> Label:
+        return Label(var, position)
 
     def _check_pairs(self, grads_and_vars: Any) -> List[Tuple[Any, Any]]:
         try:
@@ -723,10 +762,52 @@ class OptimizerV2:
             return self._apply_gradients(grads_and_vars)
 
     def _apply_gradients(self, grads_and_vars: Any) -> Optional[np.ndarray]:
+        # The one step pipeline; subclasses override hooks, never this.
+        step = self._prepare(grads_and_vars)
+        if step is None:
+            return None
+        self._aggregate_gradients(step)
+        self._transform_gradients(step)
+        step.coefficients = self._prepare_step(
+            step.iteration, {item[1].flat.dtype for item in step.items}
+        )
+        if step.skipped:
+            logger.warning(
+                "Gradients do not exist for variables %s when minimizing the loss; "
+                "they were skipped.",
+                [str(x) for x in step.skipped],
+            )
+        # --- from here on nothing can fail on user input ---
+        if step.need_weights:
+            self._create_step_weights(step)
+        coefs = step.coefficients
+        for (sparse, work, backend, v, holder), tr in zip(step.items, step.transforms):
+            slots = (holder if holder is not None else self._entry(v)).slots
+            if sparse:
+                self._resource_apply_sparse(
+                    work, backend, slots, coefs[work.flat.dtype], tr
+                )
+            else:
+                self._resource_apply_dense(
+                    work, backend, slots, coefs[work.flat.dtype], tr
+                )
+        self._finish(step)
+        return self._iterations
+
+    # -- the hooks, in pipeline order ---------------------------------------------
+
+    def _step_count(self) -> int:
+        return 0 if self._iterations is None else int(self._iterations)
+
+    def _prepare(self, grads_and_vars: Any) -> Optional[Step]:
+        """Hook 1: validate and cast every pair and its slots; nothing is written.
+
+        Returns ``None`` for an empty list. Raises on any bad input.
+        """
         if type(grads_and_vars) is GradsAndVars:
-            out = self._apply_buffer(grads_and_vars.buffer)
-            if out is not NotImplemented:
-                return out
+            step = self._prepare_buffer(grads_and_vars.buffer)
+            if step is not NotImplemented:
+                return step
         pairs = self._check_pairs(grads_and_vars)
         if not pairs:
             return None
@@ -738,7 +819,7 @@ class OptimizerV2:
         nreq = len(self._required_slots())
         need_weights = self._iterations is None or not self._hypers_created
         for i, (g, v) in enumerate(pairs):
-            label = _Label(v, i)
+            label = Label(v, i)
             backend = backend_for(v)
             if g is None:  # (prepare_dense/prepare_sparse check the others)
                 backend.check_variable(v, label)
@@ -767,33 +848,65 @@ class OptimizerV2:
         if not live:
             names = [str(x) for x in skipped]
             raise ValueError(f"No gradients provided for any variable: {names}.")
-        step = 0 if self._iterations is None else int(self._iterations)
-        state = self._prepare_step(step, {item[1].flat.dtype for item in live})
-        if skipped:
-            logger.warning(
-                "Gradients do not exist for variables %s when minimizing the loss; "
-                "they were skipped.",
-                [str(x) for x in skipped],
-            )
-        # --- from here on nothing can fail on user input ---
-        if need_weights:
-            self._create_all_weights([item[3] for item in live])
-        for sparse, work, backend, v, entry in live:
-            if entry is None:
-                entry = self._entry(v)
-            self._apply(sparse, work, backend, entry.slots, state)
-        self._iterations[()] = step + 1
-        return self._iterations
+        var_list = [item[3] for item in live] if need_weights else []
+        return Step(self._step_count(), live, var_list, need_weights, skipped)
+
+    def _aggregate_gradients(self, step: Step) -> None:
+        """Hook 2: combine gradients across replicas (here: nothing to combine).
+
+        Distributed optimizers replace ``step.items``' work items with the
+        averaged (or reduce-scattered) gradients. Must not write variables or
+        slots.
+        """
+
+    def _transform_gradients(self, step: Step) -> None:
+        """Hook 3: the ``(lo, hi, mul, div)`` transform of each item's gradient.
+
+        TF's order: ``clip_by_value`` (``clipvalue``), then ``clip_by_norm``
+        (``clipnorm``, each gradient by its own L2 norm, taken after the value
+        clipping); the kernels apply the transform in their one pass.
+        """
+        cv, cn = self._clipvalue, self._clipnorm
+        if cv is None and cn is None:
+            step.transforms = [identity_transform(it[1].flat.dtype) for it in step.items]
+            return
+        out = []
+        for sparse, work, backend, _, _ in step.items:
+            sumsq = None
+            if cn is not None:
+                sumsq = backend.sumsq(work.values if sparse else work.grad, cv)
+            out.append(transform_scalars(work.flat.dtype, cv, cn, sumsq))
+        step.transforms = out
+
+    def _prepare_step(self, step: int, dtypes: set) -> Any:
+        """Hook 4: the per-step coefficients by storage dtype (TF's
+        ``_prepare_local``); evaluates callable hyperparameters and may raise."""
+        raise NotImplementedError
+
+    def _create_step_weights(self, step: Step) -> None:
+        """Create ``iterations``, the hyperparameters and the step's missing slots."""
+        self._create_all_weights(step.var_list)
+
+    def _resource_apply_dense(
+        self, work: Any, backend: Any, slots: Dict[str, Any], coef: Any, transform: Any
+    ) -> None:
+        """Hook 5a: one dense pair's update, in place (TF's
+        ``_resource_apply_dense``)."""
+        raise NotImplementedError
+
+    def _resource_apply_sparse(
+        self, work: Any, backend: Any, slots: Dict[str, Any], coef: Any, transform: Any
+    ) -> None:
+        """Hook 5b: one IndexedSlices pair's update, in place."""
+        raise NotImplementedError
+
+    def _finish(self, step: Step) -> None:
+        """Hook 6: after every update (``iterations`` += 1)."""
+        self._iterations[()] = step.iteration + 1
 
     def _required_slots(self) -> Tuple[str, ...]:
         """Slot names every variable has after a step (subclasses override)."""
         return ()
-
-    def _prepare_step(self, step: int, dtypes: set) -> Any:
-        raise NotImplementedError
-
-    def _apply(self, sparse: bool, work: Any, backend: Any, slots: Dict, state: Any):
-        raise NotImplementedError
 
     # ------------------------------------------------------------------
     # loss-driven API (SciPy's jac=True convention)

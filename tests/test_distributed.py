@@ -564,3 +564,40 @@ def test_a_rank_that_raises_aborts_the_job(tmp_path, references):
     assert elapsed < TIMEOUT / 2, f"the abort took {elapsed:.1f} s"
     assert "rank 1 fails on purpose" in proc.stdout + proc.stderr
     assert not list(tmp_path.glob("finished*"))
+
+
+@needs_mpi
+@pytest.mark.parametrize("kind", ["dp", "zero"])
+@pytest.mark.parametrize("mode", ["shape", "kind", "none"])
+def test_ranks_that_disagree_raise_on_every_rank(tmp_path, mode, kind):
+    # Same sizes, other shapes or kinds: averaged silently (or a hang) before
+    # the per-step agreement check. Now every rank raises the same error,
+    # nothing changed, and the next agreeing step works.
+    proc, _ = _mpirun(2, "disagree.py", mode, kind, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    texts = [(tmp_path / f"rank{r}.txt").read_text().splitlines() for r in range(2)]
+    for unchanged, iterations, w, msg in texts:
+        assert unchanged == "True"
+        assert iterations == "1"
+        assert float(w) == pytest.approx(-0.1, rel=1e-5)
+        assert msg.startswith("ValueError: ") and "disagree at pair" in msg, msg
+    assert texts[0][3] == texts[1][3]  # the same message on every rank
+    assert "rank 0:" in texts[0][3] and "rank 1:" in texts[0][3]
+
+
+@needs_mpi
+@pytest.mark.parametrize("kind", ["dp", "zero"])
+def test_timeout_aborts_when_a_rank_stops_stepping(tmp_path, kind):
+    proc, elapsed = _mpirun(2, "disagree.py", "steps", kind, tmp_path, timeout=TIMEOUT)
+    assert proc.returncode != 0
+    assert elapsed < TIMEOUT / 2
+    text = proc.stdout + proc.stderr
+    assert "did not finish within timeout=3 s" in text, text
+    assert "not reached" not in text
+
+
+@pytest.mark.parametrize("cls", [DistributedAdam, ShardedAdam])
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "5"])
+def test_bad_timeout_is_refused(cls, bad):
+    with pytest.raises((ValueError, TypeError), match="timeout"):
+        cls(comm="self", timeout=bad)

@@ -8,20 +8,57 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _backend, _dispatch
-from .._types import IndexedSlices
+from .._backend import DenseWork, SparseWork
+from .._flat import GradsAndVars
 from ..adam import Adam
+from .._types import IndexedSlices
+from ..optimizer import Label, Step
 from . import _checkpoint
+from ._collective import Deadline, check_agreement, check_timeout
 from ._comm import Communicator, get_communicator
 from ._embedding import ShardedEmbedding
 
 __all__ = ["DistributedAdam", "broadcast_variables"]
 
 
-def _check_host(var: Any, label: str) -> None:
+def _check_host(var: Any, label: Any) -> None:
     if _dispatch.is_device_array(var):
         raise TypeError(
             f"{label} is a CUDA array; numbadam.distributed works on NumPy arrays"
         )
+
+
+def check_host_pairs(pairs: List[Tuple[Any, Any]]) -> List[Tuple[Any, Any]]:
+    """Refuse CUDA arrays and ShardedEmbedding variables (before anything else)."""
+    for i, (g, v) in enumerate(pairs):
+        label = Label(v, i)
+        if isinstance(v, ShardedEmbedding):
+            raise TypeError(
+                f"{label}: a ShardedEmbedding's rows live on different ranks; "
+                "use ShardedAdam for it"
+            )
+        _check_host(v, label)
+        if g is not None and not isinstance(g, IndexedSlices):
+            _check_host(g, label)
+    return pairs
+
+
+def step_signature(step: Step) -> Tuple[Any, ...]:
+    """The pairs of a step as the collectives see them, by position."""
+    sig = [
+        (
+            getattr(w.label, "position", 0),
+            "sparse" if sparse else "dense",
+            tuple(w.var.shape),
+            w.flat.dtype.name,
+        )
+        for sparse, w, _, _, _ in step.items
+    ]
+    for label in step.skipped:
+        var = label.var
+        sig.append((label.position, "none", tuple(var.shape), str(var.dtype)))
+    sig.sort()
+    return tuple(sig)
 
 
 def _common_dtype(dtypes: Iterable[np.dtype]) -> np.dtype:
@@ -90,6 +127,12 @@ class DistributedAdam(Adam):
     comm : Communicator, mpi4py communicator, "mpi", "self" or None
         See :func:`~numbadam.distributed.get_communicator`; ``None`` is the
         world of this launch (one process without MPI).
+    timeout : float, optional
+        Seconds a step's collectives may take; past that the job is aborted
+        (``MPI_Abort``) with a message on standard error naming the step.
+        ``None`` (the default): no deadline. Ranks must take the same number of
+        steps: one that stops early leaves the others waiting in their next
+        collective, which only a timeout ends.
 
     Attributes
     ----------
@@ -102,8 +145,13 @@ class DistributedAdam(Adam):
     The dense buffer has the widest compute dtype of the gradients (float64 if
     any variable is float64, else float32); the average is rounded to each
     variable's dtype. Every rank must pass the same variables, in the same
-    order, with gradients of the same kinds (dense, IndexedSlices or ``None``).
-    Variables are NumPy arrays.
+    order, with gradients of the same kinds (dense, IndexedSlices or ``None``):
+    each step first compares a signature of its pairs (position, kind, shape,
+    dtype) across the ranks, one small ``Allgather``, and raises the same
+    ``ValueError`` on every rank when they differ, before any data moves or
+    anything changes. Variables are NumPy arrays. The step is
+    :class:`~numbadam.OptimizerV2`'s one pipeline with the averaging as its
+    aggregate hook.
 
     Examples
     --------
@@ -125,88 +173,90 @@ class DistributedAdam(Adam):
         amsgrad: bool = False,
         name: str = "Adam",
         comm: Any = None,
+        timeout: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
         )
         self.comm: Communicator = get_communicator(comm)
+        self.timeout = check_timeout(timeout)
+        self._deadline = Deadline(self.comm, self.timeout, type(self).__name__)
         self.last_comm_seconds = 0.0
         self._tracked: Dict[int, Any] = {}  # variables with slots, first-seen order
         self._buf: Optional[np.ndarray] = None  # the Allreduce buffer
 
-    def apply_gradients(
-        self,
-        grads_and_vars: Iterable[Tuple[Any, Any]],
-        name: Optional[str] = None,
-        experimental_aggregate_gradients: bool = True,
-    ) -> Optional[np.ndarray]:
-        """Average the gradients over the ranks, then apply one Adam step (collective).
+    # -- the step: hooks of OptimizerV2's one pipeline ------------------------------
 
-        Parameters and return value as :meth:`numbadam.Adam.apply_gradients`.
-        Everything is validated locally before any communication.
-        """
-        pairs = self._check_pairs(grads_and_vars)
-        if not pairs:
-            return None
-        dense: List[Tuple[int, Any]] = []
-        sparse: List[Tuple[int, Any]] = []
-        for i, (g, v) in enumerate(pairs):
-            label = self._label(v, i)
-            if isinstance(v, ShardedEmbedding):
-                raise TypeError(
-                    f"{label}: a ShardedEmbedding's rows live on different ranks; "
-                    "use ShardedAdam for it"
-                )
-            _check_host(v, label)
-            if g is None:
-                continue
-            backend = _dispatch.backend_for(v)
-            if isinstance(g, IndexedSlices):
-                sparse.append((i, backend.prepare_sparse(v, g, label)))
-            else:
-                _check_host(g, label)
-                dense.append((i, backend.prepare_dense(v, g, label)))
-        t0 = time.perf_counter()
-        out = list(pairs)
+    def _prepare(self, grads_and_vars: Any) -> Optional[Step]:
+        if type(grads_and_vars) is not GradsAndVars or self.comm.size > 1:
+            # (a ParameterBuffer's one-pass step needs no averaging on one
+            # process; on several, its pairs are averaged one by one)
+            grads_and_vars = check_host_pairs(self._check_pairs(grads_and_vars))
+        return super()._prepare(grads_and_vars)
+
+    def _aggregate_gradients(self, step: Step) -> None:
+        """The average over the ranks: one ``Allreduce`` of every dense gradient
+        packed together, an ``Allgatherv`` per IndexedSlices (collective)."""
         comm = self.comm
+        self.last_comm_seconds = 0.0
         if comm.size == 1:  # the average of one gradient is itself
-            dense, sparse = [], []
-            if isinstance(grads_and_vars, tuple):
-                out = grads_and_vars  # keeps a ParameterBuffer's one-pass step
+            return
+        t0 = time.perf_counter()
+        self._deadline.arm(f"step {step.iteration + 1}'s collectives")
+        try:
+            check_agreement(comm, step_signature(step), type(self).__name__)
+            self._average(step)
+        finally:
+            self._deadline.disarm()
+        self.last_comm_seconds = time.perf_counter() - t0
+
+    def _average(self, step: Step) -> None:
+        comm = self.comm
+        items = step.items
+        dense = [k for k, it in enumerate(items) if not it[0]]
+        sparse = [k for k, it in enumerate(items) if it[0]]
         if dense:
-            n = sum(w.grad.size for _, w in dense)
-            dt = _common_dtype(w.grad.dtype for _, w in dense)
+            n = sum(items[k][1].grad.size for k in dense)
+            dt = _common_dtype(items[k][1].grad.dtype for k in dense)
             if self._buf is None or self._buf.dtype != dt or self._buf.size < n:
                 self._buf = np.empty(n, dt)  # reused: no page faults per step
             buf = self._buf[:n]
             off = 0
-            for _, w in dense:
-                buf[off : off + w.grad.size] = w.grad
-                off += w.grad.size
+            for k in dense:
+                g = items[k][1].grad
+                buf[off : off + g.size] = g
+                off += g.size
             comm.allreduce_sum_(buf)
             np.divide(buf, buf.dtype.type(comm.size), out=buf)
             off = 0
-            for i, w in dense:
-                out[i] = (buf[off : off + w.grad.size].reshape(w.var.shape), w.var)
-                off += w.grad.size
+            for k in dense:
+                sparse_, w, backend, var, holder = items[k]
+                n = w.grad.size
+                g = buf[off : off + n].astype(w.flat.dtype, copy=False)
+                off += n
+                items[k] = (sparse_, DenseWork(w.var, w.flat, g, w.staged, w.label),
+                            backend, var, holder)  # fmt: skip
         if sparse:
             counts = comm.allgather_counts(
-                np.array([w.indices.shape[0] for _, w in sparse], np.int64)
+                np.array([items[k][1].indices.shape[0] for k in sparse], np.int64)
             )
-            for j, (i, w) in enumerate(sparse):
+            for j, k in enumerate(sparse):
+                sparse_, w, backend, var, holder = items[k]
                 c = counts[:, j]
                 idx = comm.allgatherv(w.indices.astype(np.int64, copy=False), c)
                 vals = comm.allgatherv(w.values.reshape(-1), c * w.width)
                 cdt = _backend.compute_dtype(vals.dtype)
                 vals = (vals.astype(cdt) / cdt.type(comm.size)).astype(vals.dtype)
-                var = w.var
-                vals = vals.reshape((idx.shape[0],) + var.shape[1:])
-                out[i] = (IndexedSlices(vals, idx, var.shape), var)
-        self.last_comm_seconds = time.perf_counter() - t0
-        result = super().apply_gradients(out, name, experimental_aggregate_gradients)
-        self._track(v for g, v in pairs if g is not None)
-        return result
+                vals = vals.reshape(idx.shape[0], w.width)
+                work = SparseWork(w.var, w.flat, idx, vals, w.width, w.staged, w.label)
+                items[k] = (sparse_, work, backend, var, holder)
+
+    def _finish(self, step: Step) -> None:
+        super()._finish(step)
+        for _, _, _, var, holder in step.items:
+            # (var is None for a ParameterBuffer's one pass over its flat arrays)
+            self._track([var] if var is not None else holder.buffer.params)
 
     # -- checkpoints ---------------------------------------------------------------
 

@@ -8,12 +8,14 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _backend, _config, _dispatch
+from .._backend import DenseWork, SparseWork, transform_scalars
 from .._types import IndexedSlices
 from ..adam import Adam
-from ..optimizer import logger
+from ..optimizer import Label, Step
 from . import _checkpoint
+from ._collective import Deadline, check_timeout
 from ._comm import Communicator, get_communicator, partition
-from ._data_parallel import _check_host, _common_dtype
+from ._data_parallel import _check_host, _common_dtype, check_agreement, step_signature
 from ._embedding import ShardedEmbedding
 
 __all__ = ["ShardedAdam", "BUCKET_MIN_ELEMENTS"]
@@ -69,24 +71,19 @@ class _Shard:
         return np.diff(self.bounds)
 
 
-def _sumsq(g: np.ndarray, dtype: np.dtype, clipvalue: Optional[float]) -> float:
-    # Sum of squares of the value-clipped gradient, accumulated in float64 as
-    # the CPU backend's sum_squares_cpu (the order of the sum differs).
-    lo, hi, _, _ = _backend.transform_scalars(dtype, clipvalue, None, None)
-    c = np.clip(g.reshape(-1).astype(_backend.compute_dtype(dtype)), lo, hi)
-    return float(np.dot(c.astype(np.float64), c.astype(np.float64))) if c.size else 0.0
+class _Part:
+    """Elements ``[a, b)`` of a shard's slice: its slots are views of the shard's."""
 
+    __slots__ = ("shard", "a", "b")
 
-def _transform(g, dtype, clipvalue, clipnorm, sumsq) -> np.ndarray:
-    """TF's clip_by_value then clip_by_norm, as the kernels do it, in compute dtype."""
-    lo, hi, mul, div = _backend.transform_scalars(dtype, clipvalue, clipnorm, sumsq)
-    c = g.astype(_backend.compute_dtype(dtype), copy=True)
-    if clipvalue is not None:
-        np.clip(c, lo, hi, out=c)
-    if clipnorm is not None:
-        np.multiply(c, mul, out=c)
-        np.divide(c, div, out=c)
-    return c
+    def __init__(self, shard: _Shard, a: int, b: int) -> None:
+        self.shard = shard
+        self.a = a
+        self.b = b
+
+    @property
+    def slots(self) -> Dict[str, np.ndarray]:
+        return {n: s[self.a : self.b] for n, s in self.shard.slots.items()}
 
 
 def _average(vals: np.ndarray, size: int) -> np.ndarray:
@@ -132,6 +129,10 @@ class ShardedAdam(Adam):
         ``decay``...).
     comm : Communicator, mpi4py communicator, "mpi", "self" or None
         See :func:`~numbadam.distributed.get_communicator`.
+    timeout : float, optional
+        Seconds each of a step's collective phases may take before the job is
+        aborted with a message naming the step (see
+        :class:`DistributedAdam`); ``None``, the default, waits forever.
 
     Attributes
     ----------
@@ -143,12 +144,16 @@ class ShardedAdam(Adam):
     -----
     ``clipnorm`` uses the norm of the *whole* averaged gradient of a variable
     (partial sums of squares of every slice, combined by one ``Allreduce`` per
-    step), not of the slice; the clipped gradient is computed before the
-    slice step as ``(clip(g, -clipvalue, clipvalue) * clipnorm) / max(norm,
-    clipnorm)`` in the compute dtype, exactly TensorFlow's formula (float16
-    gradients are then rounded to float16 once more than in the single-process
-    kernels). Variables must be C-contiguous NumPy arrays, the same on every
-    rank, passed in the same order with gradients of the same kinds.
+    step), not of the slice; the kernels then apply TensorFlow's
+    ``(clip(g, -clipvalue, clipvalue) * clipnorm) / max(norm, clipnorm)`` in
+    their one pass, as on one process. The step is
+    :class:`~numbadam.OptimizerV2`'s one pipeline: the collectives are its
+    aggregate, transform and finish hooks, the Adam kernels its apply hooks. A
+    slice of a table that starts or ends inside a row is stepped as up to three
+    small tables (partial row, whole rows, partial row), so the TF and lazy
+    rules are the kernels' own. Variables must be C-contiguous NumPy arrays, the same on every
+    rank, passed in the same order with gradients of the same kinds (checked
+    at every step, as in :class:`DistributedAdam`, before any data moves).
 
     Besides the state, a rank keeps communication buffers from step to step
     (no page faults per step): the averaged gradient of its slices (1/N of the
@@ -180,12 +185,16 @@ class ShardedAdam(Adam):
         amsgrad: bool = False,
         name: str = "Adam",
         comm: Any = None,
+        timeout: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
         )
         self.comm: Communicator = get_communicator(comm)
+        self.timeout = check_timeout(timeout)
+        self._deadline = Deadline(self.comm, self.timeout, type(self).__name__)
+        self._norms: Any = None
         self.last_comm_seconds = 0.0
         self._shards: Dict[Any, _Shard] = {}
         self._order: List[_Shard] = []  # variables, in slot-creation order
@@ -436,47 +445,23 @@ class ShardedAdam(Adam):
         for (n, sh), d in zip(self._entries, data):
             sh.slots[n][...] = d
 
-    # -- the step --------------------------------------------------------------------
+    # -- the step: hooks of OptimizerV2's one pipeline ------------------------------
+    #
+    # prepare: every pair validated locally (no communication); aggregate: the
+    # agreement check, then Reduce_scatter / Allgatherv / Alltoallv turn each
+    # item into the work of this rank's slice; transform: clipnorm's norm of the
+    # whole gradient from partial sums (one Allreduce); the Adam kernels run on
+    # the slices; finish: iterations, then the Allgatherv of the variables.
 
-    def apply_gradients(
-        self,
-        grads_and_vars: Iterable[Tuple[Any, Any]],
-        name: Optional[str] = None,
-        experimental_aggregate_gradients: bool = True,
-    ) -> Optional[np.ndarray]:
-        """One collective ZeRO-1 step: reduce-scatter, slice step, all-gather.
-
-        Parameters
-        ----------
-        grads_and_vars : iterable of (gradient, variable)
-            Variables: C-contiguous NumPy arrays (gradients dense or
-            :class:`~numbadam.IndexedSlices`) or
-            :class:`~numbadam.distributed.ShardedEmbedding` (IndexedSlices of
-            global row ids). ``None`` skips a pair (on every rank).
-        name, experimental_aggregate_gradients
-            Ignored (Keras compatibility).
-
-        Returns
-        -------
-        numpy.ndarray or None
-            :attr:`iterations` after the step; ``None`` for an empty list.
-
-        Raises
-        ------
-        ValueError, TypeError, IndexError
-            As :meth:`numbadam.Adam.apply_gradients`, raised before any
-            communication; also for non-contiguous variables.
-        """
+    def _prepare(self, grads_and_vars: Any) -> Optional[Step]:
         pairs = self._check_pairs(grads_and_vars)
         if not pairs:
             return None
         _config.check()
-        comm, size = self.comm, self.comm.size
-        dense, rows_all, emb = [], [], []
-        live: List[_Shard] = []
-        skipped, seen = [], {}
+        items, skipped, seen = [], [], {}
+        need = self._iterations is None or not self._hypers_created
         for i, (g, v) in enumerate(pairs):
-            label = self._label(v, i)
+            label = Label(v, i)
             sh = self._shard_for(v, label)
             if sh.key in seen:
                 raise ValueError(
@@ -487,37 +472,85 @@ class ShardedAdam(Adam):
             if g is None:
                 skipped.append(label)
                 continue
+            need = need or sh.key not in self._shards
+            backend = _dispatch.backend_for(sh.view)
             if sh.emb is not None:
-                emb.append((sh, *sh.emb.prepare_gradient(g, label)))
+                idx, vals = sh.emb.prepare_gradient(g, label)
+                table = sh.emb.local
+                work = SparseWork(sh.emb, table.reshape(-1), idx, vals,
+                                  sh.shape[1], False, label)  # fmt: skip
+                items.append((True, work, backend, v, sh))
             elif isinstance(g, IndexedSlices):
-                w = _dispatch.backend_for(v).prepare_sparse(v, g, label)
-                rows_all.append((sh, w.indices.astype(np.int64, copy=False), w.values))
+                items.append((True, backend.prepare_sparse(v, g, label), backend, v, sh))
             else:
                 _check_host(g, label)
-                dense.append(
-                    (sh, _dispatch.backend_for(v).prepare_dense(v, g, label).grad)
-                )
-            live.append(sh)
-        if not live:
+                items.append((False, backend.prepare_dense(v, g, label), backend, v, sh))
+        if not items:
             raise ValueError(f"No gradients provided for any variable: {skipped}.")
-        step = int(self.iterations) if self._iterations is not None else 0
-        state = self._prepare_step(step, {sh.dtype for sh in live})
-        if skipped:
-            logger.warning(
-                "Gradients do not exist for variables %s when minimizing the loss; "
-                "they were skipped.",
-                skipped,
-            )
+        # var_list: the shards of the step (every rank creates their slots and
+        # joins their all-gathers, even where its own slice is empty)
+        return Step(self._step_count(), items, [it[4] for it in items], need, skipped)
 
+    def _aggregate_gradients(self, step: Step) -> None:
+        """Each item becomes the averaged gradient of this rank's slice (collective)."""
         t0 = time.perf_counter()
-        # 1. dense: Reduce_scatter, straight from the gradient for large
-        # float32/64 variables, one rank-major packed buffer for the rest
-        grads: Dict[Any, Any] = {}
+        self._deadline.arm(f"step {step.iteration + 1}'s gradient collectives")
+        try:
+            check_agreement(self.comm, step_signature(step), type(self).__name__)
+            self._scatter(step)
+        finally:
+            self._deadline.disarm()
+        self.last_comm_seconds = time.perf_counter() - t0
+
+    def _scatter(self, step: Step) -> None:
+        comm, size = self.comm, self.comm.size
+        out: List[Any] = []
+        # the clipnorm norm of each output item: (source item, partial sum
+        # over the ranks?) -- filled here, used by _transform_gradients
+        norms: List[Tuple[int, bool]] = []
+        dense = [it for it in step.items if not it[0]]
+        grads = self._reduce_scatter(dense) if size > 1 else {}
+        rows_all = [it for it in step.items if it[0] and it[4].emb is None]
+        gathered = self._gather_rows(rows_all) if size > 1 else {}
+        for k, (sparse, w, backend, var, sh) in enumerate(step.items):
+            if not sparse:
+                g = grads.get(sh.key, w.grad)  # (one process: the whole gradient)
+                work = DenseWork(var, sh.view, g, False, w.label)
+                out.append((False, work, backend, var, sh))
+                norms.append((k, True))
+            elif sh.emb is not None:
+                e = sh.emb
+                order, sc, rc = e._route(w.indices)
+                width = sh.shape[1]
+                r_idx = comm.alltoallv(w.indices[order], sc, rc)
+                r_vals = comm.alltoallv(
+                    np.ascontiguousarray(w.values[order]).reshape(-1),
+                    sc * width, rc * width,
+                )  # fmt: skip
+                vals = _average(r_vals, size).reshape(-1, width)
+                work = SparseWork(e.local, w.flat, r_idx - e.row_start, vals,
+                                  width, False, w.label)  # fmt: skip
+                out.append((True, work, backend, var, sh))
+                norms.append((k, True))
+            else:
+                idx, vals = gathered.get(sh.key, (w.indices, w.values))
+                for part, work in self._slice_rows(sh, idx, vals, w.label):
+                    out.append((True, work, backend, var, part))
+                    norms.append((k, False))
+                step.items[k] = (True, SparseWork(var, w.flat, idx, vals, w.width,
+                                                  False, w.label), backend, var, sh)
+        self._norms = (list(step.items), norms)
+        step.items = out
+
+    def _reduce_scatter(self, dense: List[Any]) -> Dict[Any, np.ndarray]:
+        # Reduce_scatter, straight from the gradient for large float32/64
+        # variables, one rank-major packed buffer for the rest.
+        comm, size = self.comm, self.comm.size
+        grads: Dict[Any, np.ndarray] = {}
         small = []
-        for sh, g in dense:
-            if size == 1:  # the average of one gradient is itself
-                grads[sh.key] = g
-            elif g.size < BUCKET_MIN_ELEMENTS or g.dtype.char == "e":
+        for _, w, _, _, sh in dense:
+            g = w.grad
+            if g.size < BUCKET_MIN_ELEMENTS or g.dtype.char == "e":
                 small.append((sh, g))  # float16 is summed in the float32 buffer
             else:
                 out = self._workspace(("rs", sh.key), sh.hi - sh.lo, g.dtype)
@@ -543,122 +576,106 @@ class ShardedAdam(Adam):
                 n = sh.hi - sh.lo
                 grads[sh.key] = mine[off : off + n].astype(sh.dtype, copy=False)
                 off += n
-        # 2. IndexedSlices of replicated variables: Allgatherv in rank order
-        if rows_all:
-            counts = comm.allgather_counts(
-                np.array([i.shape[0] for _, i, _ in rows_all], np.int64)
-            )
-            for j, (sh, idx, vals) in enumerate(rows_all):
-                c = counts[:, j]
-                width = vals.shape[1]
-                all_idx = comm.allgatherv(idx, c)
-                all_vals = comm.allgatherv(vals.reshape(-1), c * width)
-                grads[sh.key] = (all_idx, _average(all_vals, size).reshape(-1, width))
-        # 3. ShardedEmbedding rows: Alltoallv to their owners
-        for sh, idx, vals in emb:
-            e = sh.emb
-            order, sc, rc = e._route(idx)
-            w = e.shape[1]
-            r_idx = comm.alltoallv(idx[order], sc, rc)
-            r_vals = comm.alltoallv(
-                np.ascontiguousarray(vals[order]).reshape(-1), sc * w, rc * w
-            )
-            grads[sh.key] = (r_idx - e.row_start, _average(r_vals, size).reshape(-1, w))
-        # 4. clipnorm: the norm of the whole gradient, one Allreduce of partial sums
-        sumsq: Dict[Any, float] = {}
-        if self._clipnorm is not None:
-            shared = [sh for sh, _ in dense] + [sh for sh, _, _ in emb]
-            partial = np.array(
-                [
-                    _sumsq(
-                        grads[sh.key] if sh.emb is None else grads[sh.key][1],
-                        sh.dtype,
-                        self._clipvalue,
-                    )
-                    for sh in shared
-                ],
-                np.float64,
-            )
-            if shared:
-                comm.allreduce_sum_(partial)
-            sumsq.update({sh.key: s for sh, s in zip(shared, partial)})
-            for sh, _, _ in rows_all:
-                sumsq[sh.key] = _sumsq(grads[sh.key][1], sh.dtype, self._clipvalue)
-        comm_seconds = time.perf_counter() - t0
+        return grads
 
-        # --- from here on nothing can fail on user input ---
-        self._create_shard_slots(live)
-        for sh in live:
-            self._step(sh, grads[sh.key], state, sumsq.get(sh.key))
-        self._iterations[...] += 1
+    def _gather_rows(self, rows_all: List[Any]) -> Dict[Any, Tuple[Any, Any]]:
+        # IndexedSlices of replicated variables: Allgatherv in rank order, so
+        # every rank holds the whole averaged gradient (duplicates kept).
+        comm = self.comm
+        counts = comm.allgather_counts(
+            np.array([w.indices.shape[0] for _, w, _, _, _ in rows_all], np.int64)
+        )
+        out = {}
+        for j, (_, w, _, _, sh) in enumerate(rows_all):
+            c = counts[:, j]
+            idx = comm.allgatherv(w.indices.astype(np.int64, copy=False), c)
+            vals = comm.allgatherv(w.values.reshape(-1), c * w.width)
+            out[sh.key] = (idx, _average(vals, comm.size).reshape(-1, w.width))
+        return out
 
-        # 5. all-gather the updated slices of the replicated variables
-        t0 = time.perf_counter()
-        self._allgather_params([sh for sh in live if sh.emb is None])
-        self.last_comm_seconds = comm_seconds + time.perf_counter() - t0
-        return self._iterations
+    def _slice_rows(self, sh: _Shard, idx: np.ndarray, vals: np.ndarray, label: Any):
+        """The sparse works of this rank's slice ``[lo, hi)`` of a table.
 
-    def _step(self, sh: _Shard, grad: Any, state: Any, sumsq: Optional[float]) -> None:
-        if sh.hi == sh.lo:
-            return
-        backend = _dispatch.backend_for(sh.view)
-        coef = state[sh.dtype]
-        m, v = sh.slots["m"], sh.slots["v"]
-        vhat = sh.slots["vhat"] if self.amsgrad else None
-        cv, cn = self._clipvalue, self._clipnorm
-        lazy = getattr(self, "sparse_mode", "dense") == "lazy"
-        if sh.emb is not None:
-            local_idx, vals = grad
-            if cn is not None:
-                vals = _transform(vals, sh.dtype, cv, cn, sumsq).astype(sh.dtype)
-                cv = None
-            table = sh.emb.local
-            work = backend.prepare_sparse(
-                table, IndexedSlices(vals, local_idx, table.shape), sh.label
-            )
-            if lazy:
-                backend.sparse_step(work, m, v, vhat, coef, cv, None, lazy=True)
-            else:
-                backend.sparse_step(work, m, v, vhat, coef, cv, None)
-            return
-        if isinstance(grad, tuple):
-            # IndexedSlices of a replicated variable: this slice's dense gradient,
-            # duplicates summed in order of appearance from zero, as the sparse
-            # kernels do (so the rows without a gradient take g = 0 exactly).
-            idx, vals = grad
-            width = vals.shape[1]
-            tv = _transform(vals, sh.dtype, cv, cn, sumsq)
-            r0, r1 = sh.lo // width, -(-sh.hi // width)
-            sel = (idx >= r0) & (idx < r1)
-            block = np.zeros((r1 - r0, width), tv.dtype)
-            np.add.at(block, idx[sel] - r0, tv[sel])
-            a = sh.lo - r0 * width
-            g = block.reshape(-1)[a : a + sh.hi - sh.lo].astype(sh.dtype)
-            if lazy:
-                # LazyAdam: only the elements of rows with a gradient change; the
-                # same element arithmetic on a gathered copy of them.
-                rows = np.unique(idx[sel]) - r0
-                el = (rows[:, None] * width + np.arange(width)).reshape(-1) - a
-                el = el[(el >= 0) & (el < sh.hi - sh.lo)]
-                if el.size == 0:
-                    return
-                x = np.ascontiguousarray(sh.view[el])
-                parts = [np.ascontiguousarray(s[el]) for s in (m, v)]
-                h = None if vhat is None else np.ascontiguousarray(vhat[el])
-                work = backend.prepare_dense(x, g[el], sh.label)
-                backend.dense_step(work, parts[0], parts[1], h, coef, None, None)
-                sh.view[el], m[el], v[el] = x, parts[0], parts[1]
-                if vhat is not None:
-                    vhat[el] = h
-                return
-            cv = None
+        The slice need not start or end on a row: it is cut into a partial
+        first row, whole rows, and a partial last row, each a table of its own
+        for the sparse kernels (which then sum duplicates and apply the TF or
+        the lazy rule, clipping included, exactly as on the whole table).
+        """
+        width = vals.shape[1]
+        lo, hi = sh.lo, sh.hi
+        flat = sh.view
+        pieces = []  # (first row, rows, first column, columns, offset in slice)
+        r0, c0 = divmod(lo, width)
+        r1, c1 = divmod(hi, width)
+        if r0 == r1:  # within one row
+            if hi > lo:
+                pieces.append((r0, 1, c0, hi - lo, 0))
         else:
-            g = grad
-            if cn is not None:
-                g = _transform(g, sh.dtype, cv, cn, sumsq).astype(sh.dtype)
-                cv = None
-        work = backend.prepare_dense(sh.view, g, sh.label)
-        backend.dense_step(work, m, v, vhat, coef, cv, None)
+            off = 0
+            if c0:
+                pieces.append((r0, 1, c0, width - c0, 0))
+                off = width - c0
+                r0 += 1
+            if r1 > r0:
+                pieces.append((r0, r1 - r0, 0, width, off))
+                off += (r1 - r0) * width
+            if c1:
+                pieces.append((r1, 1, 0, c1, off))
+        for row, nrows, col, ncols, off in pieces:
+            sel = (idx >= row) & (idx < row + nrows)
+            v = vals[sel]
+            if ncols != width:
+                v = v[:, col : col + ncols]
+            n = nrows * ncols
+            part = _Part(sh, off, off + n)
+            work = SparseWork(flat[off : off + n].reshape(nrows, ncols),
+                              flat[off : off + n], idx[sel] - row,
+                              np.ascontiguousarray(v), ncols, False, label)  # fmt: skip
+            yield part, work
+
+    def _transform_gradients(self, step: Step) -> None:
+        """clipvalue, and clipnorm by the norm of each variable's whole averaged
+        gradient: partial sums of squares of the slices, one Allreduce."""
+        cv, cn = self._clipvalue, self._clipnorm
+        originals, norms = self._norms
+        self._norms = None
+        if cn is None:
+            step.transforms = [
+                transform_scalars(it[1].flat.dtype, cv, None, None) for it in step.items
+            ]
+            return
+        sums = np.zeros(len(originals), np.float64)
+        partial = np.zeros(len(originals), bool)
+        for (sparse, w, backend, _, _), (k, is_partial) in zip(step.items, norms):
+            if is_partial:
+                sums[k] = backend.sumsq(w.values if sparse else w.grad, cv)
+                partial[k] = True
+        if self.comm.size > 1 and partial.any():
+            self._deadline.arm(f"step {step.iteration + 1}'s clipnorm Allreduce")
+            try:
+                self.comm.allreduce_sum_(sums)
+            finally:
+                self._deadline.disarm()
+        for k, (sparse, w, backend, _, _) in enumerate(originals):
+            if sparse and not partial[k]:  # the whole gradient on every rank
+                sums[k] = backend.sumsq(w.values, cv)
+        step.transforms = [
+            transform_scalars(it[1].flat.dtype, cv, cn, sums[k])
+            for it, (k, _) in zip(step.items, norms)
+        ]
+
+    def _create_step_weights(self, step: Step) -> None:
+        self._create_shard_slots(step.var_list)
+
+    def _finish(self, step: Step) -> None:
+        super()._finish(step)
+        t0 = time.perf_counter()
+        self._deadline.arm(f"step {step.iteration + 1}'s Allgatherv of the variables")
+        try:
+            self._allgather_params([sh for sh in step.var_list if sh.emb is None])
+        finally:
+            self._deadline.disarm()
+        self.last_comm_seconds += time.perf_counter() - t0
 
     def _workspace(self, name: Any, n: int, dtype: Any) -> np.ndarray:
         # Communication buffers reused from step to step (no page faults).

@@ -51,6 +51,16 @@ CASES: Dict[str, Any] = {
         True,
         {"clipnorm": 1.0, "clipvalue": 0.6},
     ),
+    # lazy rule on a replicated table whose slices start inside rows, and on
+    # a ShardedEmbedding, with clipping
+    "zero_lazy": ("zero", [0], True, True, {"sparse_mode": "lazy"}),
+    "zero_lazy_clip": (
+        "zero",
+        [1],
+        True,
+        True,
+        {"sparse_mode": "lazy", "clipnorm": 0.5, "clipvalue": 0.4},
+    ),
     "emb": ("zero", [1], False, True, {}),
     "emb_amsgrad": ("zero", [], False, True, {"amsgrad": True}),
 }
@@ -64,6 +74,7 @@ EXACT_TABLES = (
     "dp_sparse",
     "dp_amsgrad",
     "zero_sparse",
+    "zero_lazy",
     "emb",
     "emb_amsgrad",
     "zero_ckpt",
