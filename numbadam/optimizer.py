@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import threading
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _config, _dispatch, schedules
 from ._backend import identity_transform, transform_scalars
 from ._flat import GradsAndVars, ParameterBuffer
+from ._hypers import HyperparameterMixin, is_number
+from ._loss_api import LossMixin
+from ._slots import SlotTable, check_slots
+from ._state import StateMixin, describe
 from ._types import IndexedSlices
 
 __all__ = ["OptimizerV2"]
@@ -36,40 +39,9 @@ _ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay")
 Hyper = Union[float, Callable[[], float], "schedules.LearningRateSchedule"]
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, numbers.Real) or (
-        isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "iuf"
-    )
-
-
-def _describe(var: Any) -> str:
-    shape = getattr(var, "shape", None)
-    dtype = getattr(var, "dtype", None)
-    if shape is None:
-        return type(var).__name__
-    return f"shape {tuple(shape)}, {dtype}"
-
-
-def _check_slots(slots: Dict[str, Any], var: Any, label: Any) -> None:
-    """Raise ValueError unless every slot can take this step's in-place write."""
-    shape, dtype = var.shape, var.dtype
-    for name, slot in slots.items():
-        # (flags.carray: writeable, aligned and C-contiguous in one attribute)
-        if type(slot) is np.ndarray and slot.flags.carray and slot.shape == shape:
-            if slot.dtype is dtype or slot.dtype == dtype:
-                continue
-        if type(slot) is np.ndarray and not slot.flags.writeable:
-            raise ValueError(
-                f"slot {name!r} of {label} is read-only; the optimizer updates "
-                "its slots in place (set flags.writeable = True again)"
-            )
-        if type(slot) is np.ndarray and not slot.flags.carray:
-            raise ValueError(f"slot {name!r} of {label} is not C-contiguous")
-        if tuple(slot.shape) != tuple(shape) or slot.dtype != dtype:
-            raise ValueError(
-                f"slot {name!r} of {label} has shape {tuple(slot.shape)} and dtype "
-                f"{slot.dtype}, the variable {tuple(shape)} and {dtype}"
-            )
+# (kept importable under their old names: adam.py and tests use them)
+_is_number = is_number
+_describe = describe
 
 
 class Label:
@@ -89,26 +61,6 @@ class Label:
         return f"variable {self.position} ({_describe(self.var)})"
 
     __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
-
-
-class _Entry:
-    """The slots of one variable; holding ``var`` keeps its address taken."""
-
-    __slots__ = ("var", "slots")
-
-    def __init__(self, var: Any) -> None:
-        self.var = var
-        self.slots: Dict[str, Any] = {}
-
-
-class _FlatState:
-    """Flat slot arrays of one ParameterBuffer: slot name -> flat array."""
-
-    __slots__ = ("buffer", "slots")
-
-    def __init__(self, buffer: ParameterBuffer) -> None:
-        self.buffer = buffer
-        self.slots: Dict[str, Any] = {}
 
 
 class Step:
@@ -140,7 +92,7 @@ class Step:
         self.coefficients: Any = None
 
 
-class OptimizerV2:
+class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
     """Base class of numbadam optimizers (the Keras OptimizerV2 contract).
 
     :meth:`apply_gradients` is one pipeline of hooks, in this order (Keras'
@@ -231,15 +183,8 @@ class OptimizerV2:
         self._hypers_created = False
         self._weights: List[Any] = []
         self._iterations: Optional[np.ndarray] = None
-        self._slot_names: List[str] = []
-        # memory key -> _Entry; plus id(var) -> _Entry for the very object that
-        # created the entry (the fast path: no address computation per step)
-        self._slots: Dict[Any, _Entry] = {}
-        self._by_id: Dict[int, _Entry] = {}
-        # ParameterBuffers stepped in one pass: id(buffer) -> _FlatState, and
-        # id(view) -> (state, index) so their slots are views of flat slots
-        self._flat: Dict[int, _FlatState] = {}
-        self._flat_owner: Dict[int, Tuple[_FlatState, int]] = {}
+        # per-variable slots, ParameterBuffers' flat slots (numbadam._slots)
+        self._table = SlotTable()
         decay = kwargs.pop("decay", 0.0)
         self._initial_decay = 0.0 if decay is None else self._check_real(decay, "decay")
         self.clipnorm = kwargs.pop("clipnorm", None)
@@ -281,398 +226,6 @@ class OptimizerV2:
         self._clipvalue = (
             None if value is None else self._check_real(value, "clipvalue")
         )
-
-    # ------------------------------------------------------------------
-    # hyperparameters
-    # ------------------------------------------------------------------
-
-    def _set_hyper(self, name: str, value: Any) -> None:
-        if isinstance(value, schedules.LearningRateSchedule) or callable(value):
-            self._hyper[name] = value
-            return
-        if not _is_number(value) or isinstance(value, bool):
-            raise TypeError(
-                f"hyperparameter {name!r} must be a float, a zero-argument callable "
-                f"or a learning-rate schedule, got {value!r}"
-            )
-        self._check_hyper_range(name, value)
-        # Before the first step TF keeps the Python value; after it, a float32
-        # variable, assigned in place.
-        self._hyper[name] = np.float32(value) if self._hypers_created else float(value)
-
-    # name -> (low, high): the allowed half-open range [low, high) of a
-    # hyperparameter; every numeric hyperparameter must be finite (deviation:
-    # TF accepts anything and steps to non-finite weights).
-    _HYPER_RANGES: Dict[str, Tuple[float, float]] = {"decay": (0.0, math.inf)}
-
-    def _check_hyper_range(self, name: str, value: Any) -> None:
-        """Raise ValueError unless ``value`` (and its float32 rounding) is allowed."""
-        with np.errstate(over="ignore"):
-            v32 = np.float32(value)  # (what a step uses: 1 - 1e-9 rounds to 1)
-        low, high = self._HYPER_RANGES.get(name, (-math.inf, math.inf))
-        if not (math.isfinite(value) and math.isfinite(v32)):
-            raise ValueError(f"hyperparameter {name!r} must be finite, got {value!r}")
-        if not (low <= value < high and low <= v32 < high):
-            bound = f"[{low}, {high})" if high != math.inf else f">= {low}"
-            raise ValueError(
-                f"hyperparameter {name!r} must be in {bound} (in float32), got "
-                f"{value!r}"
-            )
-
-    def _get_hyper(self, name: str) -> Any:
-        return self._hyper[name]
-
-    def _create_hypers(self) -> None:
-        if self._hypers_created:
-            return
-        for name, value in self._hyper.items():
-            if not callable(value):
-                self._hyper[name] = np.float32(value)
-        self._hypers_created = True
-
-    def _hyper_value(self, name: str, step: int) -> np.float32:
-        """The hyperparameter's value for this step, rounded to float32 as in TF."""
-        value = self._hyper[name]
-        if type(value) is np.float32:
-            return value
-        if isinstance(value, schedules.LearningRateSchedule):
-            value = value(step)
-        elif callable(value):
-            value = value()
-        if value is None or isinstance(value, (str, bytes, bool, np.bool_)):
-            # (np.float32 would take None as NaN and a bool as 0 or 1)
-            raise TypeError(
-                f"hyperparameter {name!r} evaluated to {value!r}, not a real number"
-            )
-        try:
-            out = np.float32(value)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"hyperparameter {name!r} evaluated to {value!r}, not a real number"
-            ) from None
-        if np.ndim(out) != 0:
-            raise TypeError(f"hyperparameter {name!r} evaluated to a non-scalar")
-        self._check_hyper_range(name, value)
-        return out
-
-    def _serialize_hyperparameter(self, name: str) -> Any:
-        value = self._hyper[name]
-        if isinstance(value, schedules.LearningRateSchedule):
-            return schedules.serialize(value)
-        if callable(value):
-            value = value()
-        if isinstance(value, np.generic):
-            return value.item()
-        return value
-
-    # ------------------------------------------------------------------
-    # state: iterations, slots, weights
-    # ------------------------------------------------------------------
-
-    @property
-    def iterations(self) -> np.ndarray:
-        """The number of steps taken: a 0-d int64 array, updated in place.
-
-        Created on first access (or on the first step) and then the first entry
-        of :attr:`weights`. ``int(opt.iterations)`` gives a Python int.
-        """
-        if self._iterations is None:
-            self._iterations = np.zeros((), np.int64)
-            self._weights.append(self._iterations)
-        return self._iterations
-
-    @iterations.setter
-    def iterations(self, value: Any) -> None:
-        if not _is_number(value) or float(value) != int(value) or int(value) < 0:
-            raise ValueError(
-                f"iterations must be a non-negative integer, got {value!r}"
-            )
-        self.iterations[...] = int(value)
-
-    @property
-    def weights(self) -> List[Any]:
-        """The optimizer's state arrays, live: ``[iterations, slots...]``.
-
-        Slots appear in creation order (TF's: all ``m``, then all ``v``, then all
-        ``vhat`` of the variables first seen in a call).
-        """
-        return self._weights
-
-    def variables(self) -> List[Any]:
-        """The optimizer's state arrays (same list as :attr:`weights`)."""
-        return self._weights
-
-    @staticmethod
-    def _var_key(var: Any) -> Any:
-        # Same memory, shape and strides means the same variable, even through
-        # a new view object; the slot table holds var, so its address stays taken.
-        if isinstance(var, np.ndarray):
-            if var.size == 0:  # empty views may share an address; nothing aliases
-                return ("obj", id(var))
-            return (
-                "cpu",
-                var.__array_interface__["data"][0],
-                var.shape,
-                var.strides,
-                var.dtype.str,
-            )
-        cai = getattr(var, "__cuda_array_interface__", None)
-        if cai is not None and all(cai["shape"]):
-            return (
-                "cuda",
-                cai["data"][0],
-                tuple(cai["shape"]),
-                cai.get("strides"),
-                cai["typestr"],
-            )
-        return ("obj", id(var))
-
-    def add_slot(self, var: Any, slot_name: str, initializer: Any = "zeros") -> Any:
-        """Create (once) and return the slot ``slot_name`` of ``var``.
-
-        Parameters
-        ----------
-        var : ndarray or CUDA array
-            The variable the slot belongs to; the slot has its shape, dtype and
-            device.
-        slot_name : str
-            Name of the slot, e.g. ``"m"``.
-        initializer : "zeros", "ones", float, array_like or callable, optional
-            Initial value; a callable is called as ``initializer(shape, dtype)``.
-
-        Returns
-        -------
-        ndarray or CUDA array
-            The slot (existing or new).
-
-        Raises
-        ------
-        TypeError
-            If ``var`` is not a float16/32/64 array or ``slot_name`` not a str.
-        ValueError
-            For a read-only ``var`` or an initializer that does not fit; in
-            either case nothing is registered.
-        """
-        if not isinstance(slot_name, str):
-            raise TypeError(f"slot_name must be a str, got {slot_name!r}")
-        backend = _dispatch.backend_for(var)
-        entry = self._entry(var)
-        slot = None if entry is None else entry.slots.get(slot_name)
-        if slot is not None:
-            return slot
-        # everything that can fail on user input first: no phantom name or entry
-        backend.check_variable(var, f"add_slot({slot_name!r}) variable")
-        init = None
-        if not (isinstance(initializer, str) and initializer == "zeros"):
-            init = self._initial_value(initializer, tuple(var.shape), var.dtype)
-        slot = self._flat_slot(var, slot_name)
-        if slot is None:
-            slot = backend.zeros_like(var)
-        if init is not None:
-            backend.assign(slot, init)
-        if entry is None:
-            entry = _Entry(var)
-            self._slots[self._var_key(var)] = entry
-            self._by_id[id(var)] = entry
-        if slot_name not in self._slot_names:
-            self._slot_names.append(slot_name)
-        entry.slots[slot_name] = slot
-        self._weights.append(slot)
-        return slot
-
-    def _flat_slot(self, var: Any, slot_name: str) -> Any:
-        owner = self._flat_owner.get(id(var))
-        if owner is None:
-            return None
-        state, i = owner
-        buf = state.buffer
-        if buf.params[i] is not var:
-            return None
-        flat = state.slots.get(slot_name)
-        if flat is None:
-            flat = state.slots[slot_name] = np.zeros_like(buf.data)
-        return buf.slot_views(flat)[i]
-
-    def _prepare_buffer(self, buf: ParameterBuffer) -> Any:
-        """The one-pass step of a ParameterBuffer; NotImplemented to fall back."""
-        state = self._flat.get(id(buf))
-        if state is None:
-            if not buf.params or any(self._entry(p) is not None for p in buf.params):
-                return NotImplemented  # slots exist per variable already
-            state = self._flat[id(buf)] = _FlatState(buf)
-            for i, p in enumerate(buf.params):
-                self._flat_owner[id(p)] = (state, i)
-        if self._clipnorm is not None:
-            return NotImplemented  # each variable is clipped by its own norm
-        _config.check()
-        backend = _dispatch.backend_for(buf.data)
-        work = backend.prepare_dense(buf.data, buf.grad, "ParameterBuffer")
-        _check_slots(state.slots, buf.data, "ParameterBuffer")
-        need = (
-            self._iterations is None
-            or not self._hypers_created
-            or any(name not in state.slots for name in self._required_slots())
-        )
-        return Step(
-            self._step_count(), [(False, work, backend, None, state)],
-            list(buf.params), need, [],
-        )  # fmt: skip
-
-    def _entry(self, var: Any) -> Optional[_Entry]:
-        entry = self._by_id.get(id(var))
-        if entry is not None and entry.var is var:
-            return entry
-        return self._slots.get(self._var_key(var))
-
-    @staticmethod
-    def _initial_value(initializer: Any, shape: Tuple[int, ...], dtype: Any) -> Any:
-        if isinstance(initializer, str):
-            if initializer == "zeros":
-                return np.zeros(shape, dtype)
-            if initializer == "ones":
-                return np.ones(shape, dtype)
-            raise ValueError(
-                f"unknown initializer {initializer!r}; use 'zeros', 'ones', a number, "
-                "an array or a callable(shape, dtype)"
-            )
-        value = initializer(shape, dtype) if callable(initializer) else initializer
-        value = np.broadcast_to(np.asarray(value, dtype=dtype), shape)
-        return np.array(value)
-
-    def get_slot(self, var: Any, slot_name: str) -> Any:
-        """The slot ``slot_name`` of ``var``.
-
-        Raises
-        ------
-        KeyError
-            If ``var`` has no such slot (yet).
-        """
-        entry = self._entry(var)
-        if entry is None or slot_name not in entry.slots:
-            raise KeyError(
-                f"no slot {slot_name!r} for variable ({_describe(var)}); slots are "
-                f"created on the variable's first gradient. Known slot names: "
-                f"{self._slot_names}"
-            )
-        return entry.slots[slot_name]
-
-    def get_slot_names(self) -> List[str]:
-        """Names of the slots created so far, e.g. ``["m", "v"]``."""
-        return list(self._slot_names)
-
-    def add_weight(
-        self,
-        name: str,
-        shape: Sequence[int],
-        dtype: Any = None,
-        initializer: Any = "zeros",
-        trainable: Optional[bool] = None,
-    ) -> np.ndarray:
-        """Create a non-slot state array (as Keras' ``Optimizer.add_weight``).
-
-        Like Keras, the array is returned but not added to :attr:`weights`.
-
-        Parameters
-        ----------
-        name : str
-            Name of the weight (kept for compatibility; unused).
-        shape : sequence of int
-            Shape of the weight.
-        dtype : dtype, optional
-            Defaults to float32, as in Keras.
-        initializer : "zeros", "ones", float, array_like or callable, optional
-        trainable : bool, optional
-            Kept for compatibility; unused.
-
-        Returns
-        -------
-        numpy.ndarray
-        """
-        dtype = np.dtype(np.float32 if dtype is None else dtype)
-        shape = (
-            tuple(int(s) for s in np.atleast_1d(shape))
-            if np.ndim(shape)
-            else (() if shape == () or shape is None else (int(shape),))
-        )
-        return self._initial_value(initializer, shape, dtype)
-
-    def build(self, var_list: Iterable[Any]) -> None:
-        """Create ``iterations`` and every slot of ``var_list`` now.
-
-        A step creates them lazily; call this first to :meth:`set_weights` a
-        checkpoint into a fresh optimizer. Same as Keras' private
-        ``_create_all_weights``.
-        """
-        var_list = list(var_list)
-        for i, var in enumerate(var_list):
-            _dispatch.backend_for(var).check_variable(var, self._label(var, i))
-        with self._lock:
-            self._create_all_weights(var_list)
-
-    def _create_all_weights(self, var_list: List[Any]) -> None:
-        _ = self.iterations
-        self._create_hypers()
-        self._create_slots(var_list)
-
-    def _create_slots(self, var_list: List[Any]) -> None:
-        pass
-
-    def get_weights(self) -> List[np.ndarray]:
-        """Host (NumPy) copies of :attr:`weights`, Keras checkpoint compatible."""
-        out = []
-        for w in self._weights:
-            out.append(_dispatch.backend_for(w).to_host(w))
-        return out
-
-    def set_weights(self, weights: Sequence[Any]) -> None:
-        """Set the optimizer's state from a list like :meth:`get_weights`' output.
-
-        Every shape is checked before anything is assigned.
-
-        Raises
-        ------
-        ValueError
-            If the length or any shape differs from :attr:`weights`, or
-            ``iterations`` is not a non-negative integer below ``2**63``.
-        TypeError
-            If a weight is not numeric.
-        """
-        with self._lock:  # (never in the middle of another thread's step)
-            self._set_weights(list(weights))
-
-    def _set_weights(self, weights: List[Any]) -> None:
-        params = self._weights
-        if len(params) != len(weights):
-            raise ValueError(
-                f"You called set_weights(weights) on optimizer {self._name} with a "
-                f"weight list of length {len(weights)}, but the optimizer was "
-                f"expecting {len(params)} weights. Provided weights: "
-                f"{str(weights)[:50]}..."
-            )
-        host = []
-        for i, (p, w) in enumerate(zip(params, weights)):
-            w = np.asarray(w)
-            if tuple(p.shape) != w.shape:
-                raise ValueError(
-                    f"Optimizer weight {i} has shape {tuple(p.shape)} not compatible "
-                    f"with provided weight shape {w.shape}"
-                )
-            if w.dtype.kind not in "iuf" and w.size:
-                raise TypeError(f"Optimizer weight {i} has dtype {w.dtype}")
-            if p is self._iterations and not (
-                np.isfinite(w)
-                and w >= 0
-                and (w.dtype.kind in "iu" or float(w) == int(w))
-                and int(w) < 2**63
-            ):  # a negative, fractional or wrapping (int64) step count would
-                # corrupt the bias correction
-                raise ValueError(
-                    f"Optimizer weight {i} is iterations, which must be a "
-                    f"non-negative integer below 2**63, got {w!r}"
-                )
-            host.append(w.astype(p.dtype, copy=False))
-        for p, w in zip(params, host):
-            _dispatch.backend_for(p).assign(p, w)
 
     # ------------------------------------------------------------------
     # steps
@@ -796,6 +349,28 @@ class OptimizerV2:
 
     # -- the hooks, in pipeline order ---------------------------------------------
 
+    def _prepare_buffer(self, buf: ParameterBuffer) -> Any:
+        """The one-pass step of a ParameterBuffer; NotImplemented to fall back."""
+        state = self._table.buffer_state(buf)
+        if state is None:
+            return NotImplemented  # slots exist per variable already
+        if self._clipnorm is not None:
+            return NotImplemented  # each variable is clipped by its own norm
+        _config.check()
+        backend = _dispatch.backend_for(buf.data)
+        work = backend.prepare_dense(buf.data, buf.grad, "ParameterBuffer")
+        check_slots(state.slots, buf.data, "ParameterBuffer")
+        need = (
+            self._iterations is None
+            or not self._hypers_created
+            or any(name not in state.slots for name in self._required_slots())
+        )
+        return Step(
+            self._step_count(), [(False, work, backend, None, state)],
+            list(buf.params), need, [],
+        )  # fmt: skip
+
+
     def _step_count(self) -> int:
         return 0 if self._iterations is None else int(self._iterations)
 
@@ -834,7 +409,7 @@ class OptimizerV2:
                 )
             seen[key] = i
             if entry is not None and g is not None:
-                _check_slots(entry.slots, v, label)
+                check_slots(entry.slots, v, label)
             if g is None:
                 skipped.append(label)
             elif isinstance(g, IndexedSlices):
@@ -907,130 +482,6 @@ class OptimizerV2:
     def _required_slots(self) -> Tuple[str, ...]:
         """Slot names every variable has after a step (subclasses override)."""
         return ()
-
-    # ------------------------------------------------------------------
-    # loss-driven API (SciPy's jac=True convention)
-    # ------------------------------------------------------------------
-
-    @staticmethod
-    def _call_loss(loss: Callable, n: int) -> Tuple[Any, List[Any]]:
-        if not callable(loss):
-            raise TypeError(
-                "loss must be a zero-argument callable returning "
-                "(loss_value, [gradient per parameter])"
-            )
-        out = loss()
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise TypeError(
-                "loss() must return (loss_value, gradients) (SciPy's jac=True "
-                f"convention), got {type(out).__name__}"
-            )
-        value, grads = out
-        grads = list(grads)
-        if len(grads) != n:
-            raise ValueError(
-                f"loss() returned {len(grads)} gradients for {n} parameters"
-            )
-        return value, grads
-
-    def get_gradients(self, loss: Callable, params: Sequence[Any]) -> List[Any]:
-        """Gradients of ``loss`` with respect to ``params`` (Keras 1 style).
-
-        As in tf-keras, no clipping happens here: :meth:`apply_gradients`
-        clips.
-
-        Parameters
-        ----------
-        loss : callable
-            ``loss() -> (loss_value, [gradient per parameter])``.
-        params : sequence of arrays
-
-        Returns
-        -------
-        list
-            One gradient per parameter, as ``loss`` returned them.
-
-        Raises
-        ------
-        ValueError
-            If any gradient is ``None``.
-        """
-        params = list(params)
-        _, grads = self._call_loss(loss, len(params))
-        for i, (g, p) in enumerate(zip(grads, params)):
-            if g is None:
-                raise ValueError(
-                    f"{self._label(p, i)} has `None` for gradient. Please make sure "
-                    "that all of your ops have a gradient defined (i.e. are "
-                    "differentiable)."
-                )
-        return grads
-
-    def get_updates(self, loss: Callable, params: Sequence[Any]) -> List[Any]:
-        """Apply one step from ``loss`` (Keras 1 style) and return ``[iterations]``.
-
-        The gradients of :meth:`get_gradients` go through
-        :meth:`apply_gradients`, which clips them, as in tf-keras.
-        """
-        params = list(params)
-        grads = self.get_gradients(loss, params)
-        return [self.apply_gradients(list(zip(grads, params)))]
-
-    def minimize(
-        self,
-        loss: Callable,
-        var_list: Union[Sequence[Any], Callable[[], Sequence[Any]]],
-        grad_loss: Any = None,
-        name: Optional[str] = None,
-        tape: Any = None,
-    ) -> Any:
-        """Compute gradients with ``loss`` and apply them to ``var_list``.
-
-        Parameters
-        ----------
-        loss : callable
-            ``loss() -> (loss_value, [gradient per variable])``; a gradient may
-            be ``None`` (skipped) or an :class:`~numbadam.IndexedSlices`.
-        var_list : sequence of arrays, or a callable returning one
-        grad_loss : float or array, optional
-            The gradient of the final objective with respect to ``loss_value``;
-            each gradient is multiplied by it (chain rule), as TF's ``grad_loss``.
-        name : str, optional
-            Ignored (Keras compatibility).
-        tape : None
-            Keras' GradientTape argument; must be ``None`` here.
-
-        Returns
-        -------
-        object
-            The loss value returned by ``loss``.
-        """
-        if tape is not None:
-            raise TypeError("numbadam has no GradientTape: pass tape=None")
-        if callable(var_list):
-            var_list = var_list()
-        var_list = list(var_list)
-        value, grads = self._call_loss(loss, len(var_list))
-        if grad_loss is not None:
-            grads = [self._scale(g, grad_loss) for g in grads]
-        self.apply_gradients(list(zip(grads, var_list)), name=name)
-        return value
-
-    @staticmethod
-    def _scale(g: Any, factor: Any) -> Any:
-        if g is None:
-            return None
-        values = g.values if isinstance(g, IndexedSlices) else g
-        if _dispatch.is_device_array(values):
-            raise TypeError(
-                "grad_loss cannot scale CUDA gradients on the host; scale them on the "
-                "device before minimize (or fold grad_loss into the loss callable)"
-            )
-        if isinstance(g, IndexedSlices):
-            return IndexedSlices(
-                np.asarray(g.values) * factor, g.indices, g.dense_shape
-            )
-        return g * factor
 
     # ------------------------------------------------------------------
     # config

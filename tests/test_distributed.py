@@ -601,3 +601,20 @@ def test_timeout_aborts_when_a_rank_stops_stepping(tmp_path, kind):
 def test_bad_timeout_is_refused(cls, bad):
     with pytest.raises((ValueError, TypeError), match="timeout"):
         cls(comm="self", timeout=bad)
+
+
+def test_sharded_add_slot_is_a_slice_of_the_whole_slot():
+    # ShardedAdam used to refuse add_slot; through the one slot table it now
+    # creates this rank's slice (here the whole, on one process) in weights.
+    w = np.zeros((2, 3), np.float32)
+    opt = ShardedAdam(comm="self")
+    init = np.arange(6, dtype=np.float32).reshape(2, 3)
+    s = opt.add_slot(w, "extra", init)
+    assert s.shape == (6,) and s.dtype == np.float32
+    np.testing.assert_array_equal(s, init.reshape(-1))
+    assert opt.add_slot(w, "extra") is s
+    assert opt.get_slot(w, "extra") is s
+    assert "extra" in opt.get_slot_names()
+    assert any(x is s for x in opt.weights)
+    with pytest.raises(TypeError, match="slot_name"):
+        opt.add_slot(w, 3)

@@ -11,6 +11,7 @@ from .. import _backend, _config, _dispatch
 from .._backend import DenseWork, SparseWork, transform_scalars
 from .._types import IndexedSlices
 from ..adam import Adam
+from .._slots import Entry
 from ..optimizer import Label, Step
 from . import _checkpoint
 from ._collective import Deadline, check_timeout
@@ -26,12 +27,12 @@ __all__ = ["ShardedAdam", "BUCKET_MIN_ELEMENTS"]
 BUCKET_MIN_ELEMENTS = 1 << 16
 
 
-class _Shard:
-    """One variable as ShardedAdam sees it: this rank's flat range and its slots."""
+class _Shard(Entry):
+    """One variable as ShardedAdam sees it: this rank's flat range and its slots
+    (an entry of the optimizer's slot table, holding 1-D slices)."""
 
     __slots__ = (
         "key",
-        "var",
         "emb",
         "shape",
         "dtype",
@@ -40,7 +41,6 @@ class _Shard:
         "lo",
         "hi",
         "view",
-        "slots",
         "label",
     )
 
@@ -196,12 +196,19 @@ class ShardedAdam(Adam):
         self._deadline = Deadline(self.comm, self.timeout, type(self).__name__)
         self._norms: Any = None
         self.last_comm_seconds = 0.0
-        self._shards: Dict[Any, _Shard] = {}
-        self._order: List[_Shard] = []  # variables, in slot-creation order
-        self._entries: List[Tuple[str, _Shard]] = []  # weights after iterations
         self._ws: Dict[Any, np.ndarray] = {}  # communication buffers
 
     # -- variables and slots -------------------------------------------------------
+
+    @property
+    def _entries(self) -> List[Tuple[str, _Shard]]:
+        # (slot name, shard) of every slot: the weights after iterations
+        return self._table.order  # type: ignore[return-value]
+
+    @property
+    def _order(self) -> List[_Shard]:
+        # the variables, in slot-creation order
+        return self._table.entries()  # type: ignore[return-value]
 
     def _key(self, var: Any) -> Any:
         if isinstance(var, ShardedEmbedding):
@@ -210,7 +217,7 @@ class ShardedAdam(Adam):
 
     def _shard_for(self, var: Any, label: str) -> _Shard:
         key = self._key(var)
-        sh = self._shards.get(key)
+        sh = self._table.entry(var, key)
         if sh is not None:
             return sh
         if isinstance(var, ShardedEmbedding):
@@ -233,17 +240,13 @@ class ShardedAdam(Adam):
         _ = self.iterations
         self._create_hypers()
         for sh in shards:
-            if sh.key not in self._shards:
-                self._shards[sh.key] = sh
-                self._order.append(sh)
+            if self._table.entry(sh.var, sh.key) is not sh:
+                self._table.register(sh, sh.key)
         names = ["m", "v"] + (["vhat"] if self.amsgrad else [])
         for name in names:
-            if name not in self._slot_names:
-                self._slot_names.append(name)
             for sh in shards:
                 if name not in sh.slots:
-                    sh.slots[name] = np.zeros(sh.hi - sh.lo, sh.dtype)
-                    self._entries.append((name, sh))
+                    self._table.add(sh, name, np.zeros(sh.hi - sh.lo, sh.dtype))
 
     def build(self, var_list: Iterable[Any]) -> None:
         """Create ``iterations`` and this rank's slot slices for ``var_list`` now.
@@ -259,8 +262,22 @@ class ShardedAdam(Adam):
         self._create_shard_slots(shards)
 
     def add_slot(self, var: Any, slot_name: str, initializer: Any = "zeros") -> Any:
-        """Not supported: ShardedAdam creates its slot slices itself."""
-        raise NotImplementedError("ShardedAdam manages its own sharded slots")
+        """Create (once) and return this rank's slice of slot ``slot_name`` of ``var``.
+
+        The initializer gives the whole slot (as
+        :meth:`numbadam.OptimizerV2.add_slot`); this rank keeps its slice (1-D).
+        No communication.
+        """
+        if not isinstance(slot_name, str):
+            raise TypeError(f"slot_name must be a str, got {slot_name!r}")
+        sh = self._shard_for(var, f"add_slot({slot_name!r}) variable")
+        if slot_name in sh.slots:
+            return sh.slots[slot_name]
+        init = self._initial_value(initializer, sh.shape, sh.dtype).reshape(-1)
+        if self._table.entry(sh.var, sh.key) is not sh:
+            self._table.register(sh, sh.key)
+        self._table.add(sh, slot_name, np.array(init[sh.lo : sh.hi], sh.dtype))
+        return sh.slots[slot_name]
 
     def get_slot(self, var: Any, slot_name: str) -> np.ndarray:
         """This rank's slice (1-D, live) of slot ``slot_name`` of ``var``.
@@ -270,18 +287,18 @@ class ShardedAdam(Adam):
         KeyError
             If ``var`` has no such slot (yet).
         """
-        sh = self._shards.get(self._key(var))
+        sh = self._table.entry(var, self._key(var))
         if sh is None or slot_name not in sh.slots:
             raise KeyError(
                 f"no slot {slot_name!r} for this variable; slots are created on the "
-                f"variable's first gradient. Known slot names: {self._slot_names}"
+                f"variable's first gradient. Known slot names: {self._table.names}"
             )
         return sh.slots[slot_name]
 
     def gather_slot(self, var: Any, slot_name: str) -> np.ndarray:
         """The whole slot ``slot_name`` of ``var``, in ``var``'s shape (collective)."""
         self.get_slot(var, slot_name)
-        sh = self._shards[self._key(var)]
+        sh = self._table.entry(var, self._key(var))
         return self._gather(sh, sh.slots[slot_name])
 
     def _gather(self, sh: _Shard, local: np.ndarray) -> np.ndarray:
@@ -472,7 +489,7 @@ class ShardedAdam(Adam):
             if g is None:
                 skipped.append(label)
                 continue
-            need = need or sh.key not in self._shards
+            need = need or self._table.entry(v, sh.key) is not sh
             backend = _dispatch.backend_for(sh.view)
             if sh.emb is not None:
                 idx, vals = sh.emb.prepare_gradient(g, label)
