@@ -1,9 +1,9 @@
 """Every public class and function has a numpydoc docstring with doctest Examples.
 
-The public API is the ``__all__`` of :mod:`numbadam`, :mod:`numbadam.schedules`
-and :mod:`numbadam.distributed` (the names ``docs/api.rst`` lists), and of the
-distributed demo, :mod:`numbadam.cli.demo.embedding`. For each class or
-function there:
+The public API is the ``__all__`` of :mod:`numbadam`, :mod:`numbadam.schedules`,
+:mod:`numbadam.keras3` and :mod:`numbadam.distributed` (the names ``docs/api.rst``
+lists), and of the distributed demo, :mod:`numbadam.cli.demo.embedding`. For each
+class or function there:
 
 - the docstring has an ``Examples`` section with at least one ``>>>`` line
   (``--doctest-modules`` runs them);
@@ -27,10 +27,10 @@ import re
 import pytest
 
 import numbadam
-from numbadam import distributed, schedules
+from numbadam import distributed, keras3, schedules
 from numbadam.cli.demo import embedding
 
-MODULES = (numbadam, schedules, distributed, embedding)
+MODULES = (numbadam, schedules, distributed, keras3, embedding)
 
 _HEADER = re.compile(r"^(?P<title>[A-Z][A-Za-z ]*)\n-{3,}[ \t]*$", re.MULTILINE)
 _ENTRY = re.compile(r"^(?P<names>[*\w][\w*, ]*?)\s*(?::.*)?$")
