@@ -9,7 +9,6 @@ uint16 views of their bits, with float32 scalars.
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -18,123 +17,36 @@ import textwrap
 import numba
 import numpy as np
 import pytest
-from helpers import FLOAT_DTYPES, assert_bitwise, assert_close
+from helpers import (
+    FLOAT_DTYPES,
+    RW_HP,
+    assert_bitwise,
+    assert_close,
+    rw_coef,
+    rw_compute,
+    rw_copy,
+    rw_dense,
+    rw_lazy,
+    rw_sparse,
+    rw_state,
+    rw_transform,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
-from reference import adam_rowwise_step, clip_ref, hyper32
+from reference import adam_rowwise_step, clip_ref
 
 from numbadam.kernels import cpu
 from numbadam.kernels import rowwise_cpu as rk
 
 KERNELS = tuple(rk.SIGNATURES)
-HP = {"lr": 0.05, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-3}
+HP = RW_HP
 CLIPS = [(None, None), (0.5, None), (None, 2.0), (0.7, 3.0)]
 CLIP_IDS = ["noclip", "clipvalue", "clipnorm", "both"]
 NAMES = ("var", "m", "v", "vhat")
 
 
-def compute(dtype):
-    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
-
-
-def kview(a):
-    """The kernels' view of an array: float16 as its bits."""
-    return a.view(np.uint16) if a.dtype == np.float16 else a
-
-
-def flat(a):
-    """A state array as a kernel argument: flat (None stays None)."""
-    return None if a is None else kview(a.reshape(-1))
-
-
-def kernel(name, dtype):
-    k = getattr(rk, name)
-    rk.ensure_compiled(k, dtype)
-    return k
-
-
-def coef(dtype, t=3, lr=HP["lr"], beta_1=HP["beta_1"], beta_2=HP["beta_2"],
-         epsilon=HP["epsilon"]):  # fmt: skip
-    c = compute(dtype).type
-    b1, b2 = hyper32(beta_1), hyper32(beta_2)
-    alpha = hyper32(lr) * math.sqrt(1 - b2**t) / (1 - b1**t)
-    return c(alpha), c(1 - b1), c(1 - b2), c(epsilon)
-
-
-def transform(dtype, g, clipvalue, clipnorm):
-    """``(lo, hi, mul, div)``; clipnorm's norm is ``g``'s (clipped), in float64."""
-    c = compute(dtype).type
-    if clipvalue is None:
-        lo, hi = c(-np.inf), c(np.inf)
-    else:
-        lo, hi = c(-clipvalue), c(clipvalue)
-    if clipnorm is None:
-        return lo, hi, c(1), c(1)
-    norm = math.sqrt(float(np.sum(clip_ref(g, clipvalue) ** 2)))
-    return lo, hi, c(clipnorm), c(max(norm, clipnorm))
-
-
-def make_state(rng, rows, width, dtype, ams, zero_rows=0):
-    """``[var, m, v, vhat]`` (``m`` of the table's shape, ``v``/``vhat`` of its
-    rows); the last ``zero_rows`` rows have m = v = vhat = +0.0."""
-    x = np.array(rng.standard_normal((rows, width)), dtype)
-    m = np.array(rng.standard_normal((rows, width)) * 0.1, dtype)
-    v = np.array(rng.uniform(0, 0.5, rows), dtype)
-    h = None
-    if ams:
-        extra = rng.uniform(0, 0.2, rows) * (rng.random(rows) < 0.5)
-        h = np.array(v.astype(np.float64) + extra, dtype)
-    if zero_rows:
-        for a in (m, v, h):
-            if a is not None:
-                a[rows - zero_rows :] = 0
-    return [x, m, v, h]
-
-
-def copy(state):
-    return [None if a is None else a.copy() for a in state]
-
-
-def run_lazy(dtype, state, idx, vals, cf, tr, nt=2, dirty=None):
-    out = copy(state)
-    maxkey = int(idx.max()) if idx.size else 0
-    kernel("adam_rowwise_lazy_cpu", dtype)(
-        *(flat(a) for a in out), idx, kview(vals), *cf, *tr, maxkey, nt, dirty
-    )
-    return out
-
-
-def summed_rows(dtype, idx, vals, tr, nt=2):
-    """``sum_duplicate_rows_cpu``: the unique indices and their summed rows."""
-    k, width = vals.shape
-    ui = np.empty(k, np.int64)
-    uv = np.empty((k, width), compute(dtype))
-    maxkey = int(idx.max()) if k else 0
-    dedup = cpu.sum_duplicate_rows_cpu
-    cpu.ensure_compiled(dedup, dtype)
-    u = dedup(idx, kview(vals), *tr, maxkey, ui, uv, nt)
-    return ui[:u], uv[:u]
-
-
-def run_sparse(dtype, state, idx, vals, cf, tr, block_rows=4):
-    out = copy(state)
-    ui, uv = summed_rows(dtype, idx, vals, tr)
-    kernel("adam_rowwise_sparse_cpu", dtype)(
-        *(flat(a) for a in out), ui, uv, *cf, block_rows
-    )
-    return out
-
-
-def run_dense(dtype, state, g, cf, tr, serial_max=0):
-    out = copy(state)
-    kernel("adam_rowwise_dense_cpu", dtype)(
-        *(flat(a) for a in out), flat(g), *cf, *tr, serial_max
-    )
-    return out
-
-
-RUN = {"lazy": run_lazy, "sparse": run_sparse}
+RUN = {"lazy": rw_lazy, "sparse": rw_sparse}
 
 
 # ---------------------------------------------------------------------------
@@ -150,7 +62,7 @@ def twin_transform(g, lo, hi, mul, div):
 def twin_sparse_grad(dtype, shape, idx, vals, tr):
     """Zero-filled summed gradient (compute dtype, appearance order) and the rows
     that have one."""
-    c = compute(dtype)
+    c = rw_compute(dtype)
     g = np.zeros(shape, c)
     has = np.zeros(shape[0], bool)
     vt = twin_transform(vals.astype(c), *tr)
@@ -163,9 +75,9 @@ def twin_sparse_grad(dtype, shape, idx, vals, tr):
 def twin_step(dtype, state, g, steps, cf):
     """The kernels' arithmetic on the rows ``steps`` with the compute-dtype
     gradient ``g``; the other rows unchanged."""
-    c = compute(dtype)
+    c = rw_compute(dtype)
     alpha, omb1, omb2, eps = cf
-    out = copy(state)
+    out = rw_copy(state)
     x, m, v, h = (None if a is None else a.astype(c) for a in state)
     width = x.shape[1]
     for r in np.flatnonzero(steps):
@@ -236,8 +148,10 @@ def test_row_denominator_is_the_element_step(dtype):
         dtype,
     )
     rng = np.random.default_rng(0)
-    x, m, d = (np.concatenate([a.reshape(-1), rng.standard_normal(200).astype(dtype)])
-               for a in np.meshgrid(sp, sp, np.abs(sp), indexing="ij"))  # fmt: skip
+    x, m, d = (
+        np.concatenate([a.reshape(-1), rng.standard_normal(200).astype(dtype)])
+        for a in np.meshgrid(sp, sp, np.abs(sp), indexing="ij")
+    )
     d = np.abs(d)
     for alpha, eps in [(0.01, 1e-7), (3.0, 0.0), (1e-30, 1e-3)]:
         split, whole = np.empty_like(x), np.empty_like(x)
@@ -258,11 +172,11 @@ def test_row_denominator_is_the_element_step(dtype):
 def test_dense_kernel(dtype, ams, serial, clip):
     rng = np.random.default_rng([1, FLOAT_DTYPES.index(dtype), ams, serial])
     rows, width = 37, 7
-    state = make_state(rng, rows, width, dtype, ams)
+    state = rw_state(rng, rows, width, dtype, ams)
     g = np.array(rng.standard_normal((rows, width)) * 2, dtype)
-    cf, tr = coef(dtype), transform(dtype, g, *clip)
-    got = run_dense(dtype, state, g, cf, tr, rows * width if serial else 0)
-    gt = twin_transform(g.astype(compute(dtype)), *tr)
+    cf, tr = rw_coef(dtype), rw_transform(dtype, g, *clip)
+    got = rw_dense(dtype, state, g, cf, tr, rows * width if serial else 0)
+    gt = twin_transform(g.astype(rw_compute(dtype)), *tr)
     assert_state_bitwise(got, twin_step(dtype, state, gt, np.ones(rows, bool), cf))
     g64 = clip_ref(g, *clip)
     want = oracle(state, g64, 3, "dense")
@@ -285,9 +199,9 @@ def _slices(rng, rows, width, k, dtype, hot=None):
 def test_sparse_kernels(dtype, ams, mode, clip):
     rng = np.random.default_rng([2, FLOAT_DTYPES.index(dtype), ams, len(mode)])
     rows, width, k = 40, 5, 60
-    state = make_state(rng, rows, width, dtype, ams, zero_rows=6)
+    state = rw_state(rng, rows, width, dtype, ams, zero_rows=6)
     idx, vals = _slices(rng, rows, width, k, dtype, hot=25)  # rows 25.. untouched
-    cf, tr = coef(dtype, 2), transform(dtype, vals, *clip)
+    cf, tr = rw_coef(dtype, 2), rw_transform(dtype, vals, *clip)
     got = RUN[mode](dtype, state, idx, vals, cf, tr)
     g, has = twin_sparse_grad(dtype, (rows, width), idx, vals, tr)
     steps = has if mode == "lazy" else np.ones(rows, bool)
@@ -309,19 +223,19 @@ def test_lazy_duplicates_equal_presummed(dtype, ams, clip):
     # pre-summed rows are the storage dtype's
     rng = np.random.default_rng([3, FLOAT_DTYPES.index(dtype), ams])
     rows, width, k = 30, 6, 80
-    state = make_state(rng, rows, width, dtype, ams)
+    state = rw_state(rng, rows, width, dtype, ams)
     idx = rng.integers(0, 12, k).astype(np.int64)
     vals = np.array(rng.integers(-16, 17, (k, width)) / 8, dtype)
     cv = None if clip[0] is None else 1.5
-    cf, tr = coef(dtype), transform(dtype, vals, cv, None)
+    cf, tr = rw_coef(dtype), rw_transform(dtype, vals, cv, None)
     uniq = np.unique(idx)
     pre = np.zeros((uniq.size, width))
     for j, r in enumerate(uniq):
         pre[j] = np.sum(clip_ref(vals[idx == r], cv), axis=0)
     pre = pre.astype(dtype)
-    ident = transform(dtype, pre, None, None)
-    got = run_lazy(dtype, state, idx, vals, cf, tr)
-    assert_state_bitwise(got, run_lazy(dtype, state, uniq, pre, cf, ident))
+    ident = rw_transform(dtype, pre, None, None)
+    got = rw_lazy(dtype, state, idx, vals, cf, tr)
+    assert_state_bitwise(got, rw_lazy(dtype, state, uniq, pre, cf, ident))
 
 
 @pytest.mark.parametrize("clip", CLIPS, ids=CLIP_IDS)
@@ -333,7 +247,7 @@ def test_sparse_unique_equals_dense_zero_filled(dtype, ams, clip):
     some with m = v (= vhat) = +0.0, start and end at block edges)."""
     rng = np.random.default_rng([4, FLOAT_DTYPES.index(dtype), ams])
     rows, width = 17, 3
-    state = make_state(rng, rows, width, dtype, ams, zero_rows=5)
+    state = rw_state(rng, rows, width, dtype, ams, zero_rows=5)
     idx = np.sort(rng.permutation(rows - 5)[:7]).astype(np.int64)
     vals = np.array(rng.standard_normal((7, width)), dtype)
     vals[0, 0] = -0.0
@@ -343,11 +257,12 @@ def test_sparse_unique_equals_dense_zero_filled(dtype, ams, clip):
     state[1][rows - 2, 2] = -0.0
     dense = np.zeros((rows, width), dtype)
     dense[idx] = vals
-    cf, tr = coef(dtype), transform(dtype, vals, *clip)
-    want = run_dense(dtype, state, dense, cf, tr)
+    cf, tr = rw_coef(dtype), rw_transform(dtype, vals, *clip)
+    want = rw_dense(dtype, state, dense, cf, tr)
     for block_rows in (1, 4, 5, 1000):
-        got = run_sparse(dtype, state, idx[::-1].copy(), vals[::-1].copy(), cf, tr,
-                         block_rows)  # fmt: skip
+        got = rw_sparse(
+            dtype, state, idx[::-1].copy(), vals[::-1].copy(), cf, tr, block_rows
+        )
         assert_state_bitwise(got, want, f"block_rows={block_rows}")
 
 
@@ -356,18 +271,18 @@ def test_sparse_unique_equals_dense_zero_filled(dtype, ams, clip):
 def test_vhat_never_decreases(dtype, mode):
     rng = np.random.default_rng([5, FLOAT_DTYPES.index(dtype), len(mode)])
     rows, width = 20, 4
-    state = make_state(rng, rows, width, dtype, True)
+    state = rw_state(rng, rows, width, dtype, True)
     for t in range(1, 8):
         # large gradients, then small ones: v rises, then decays below vhat
         scale = 3.0 if t < 3 else 0.01
-        cf = coef(dtype, t, beta_2=0.5)
+        cf = rw_coef(dtype, t, beta_2=0.5)
         if mode == "dense":
             g = np.array(rng.standard_normal((rows, width)) * scale, dtype)
-            new = run_dense(dtype, state, g, cf, transform(dtype, g, None, None))
+            new = rw_dense(dtype, state, g, cf, rw_transform(dtype, g, None, None))
         else:
             idx, vals = _slices(rng, rows, width, 12, dtype)
             vals *= dtype(scale)
-            tr = transform(dtype, vals, None, None)
+            tr = rw_transform(dtype, vals, None, None)
             new = RUN[mode](dtype, state, idx, vals, cf, tr)
         assert np.all(new[3] >= state[3]), f"step {t}: vhat decreased"
         assert np.all(new[3] >= new[2]), f"step {t}: vhat < v"
@@ -379,27 +294,27 @@ def test_vhat_never_decreases(dtype, mode):
 def test_bitwise_any_thread_count(mode):
     rng = np.random.default_rng(6)
     rows, width, dtype = 3000, 8, np.float32
-    state = make_state(rng, rows, width, dtype, True, zero_rows=500)
-    cf = coef(dtype)
+    state = rw_state(rng, rows, width, dtype, True, zero_rows=500)
+    cf = rw_coef(dtype)
     if mode == "dense":
         g = np.array(rng.standard_normal((rows, width)), dtype)
-        tr = transform(dtype, g, 0.5, 2.0)
+        tr = rw_transform(dtype, g, 0.5, 2.0)
     else:
         idx = (rng.random(4000) ** 3 * rows).astype(np.int64)  # skewed duplicates
         vals = np.array(rng.standard_normal((4000, width)), dtype)
-        tr = transform(dtype, vals, 0.5, 2.0)
+        tr = rw_transform(dtype, vals, 0.5, 2.0)
     before = numba.get_num_threads()
     results = []
     try:
         for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
             numba.set_num_threads(threads)
             if mode == "dense":
-                results.append(run_dense(dtype, state, g, cf, tr))
+                results.append(rw_dense(dtype, state, g, cf, tr))
             elif mode == "sparse":
-                results.append(run_sparse(dtype, state, idx, vals, cf, tr, 64))
+                results.append(rw_sparse(dtype, state, idx, vals, cf, tr, 64))
             else:
                 for nt in (1, 2, 3, 0):  # workers the rows are dealt to
-                    results.append(run_lazy(dtype, state, idx, vals, cf, tr, nt))
+                    results.append(rw_lazy(dtype, state, idx, vals, cf, tr, nt))
     finally:
         numba.set_num_threads(before)
     for r in results[1:]:
@@ -411,50 +326,50 @@ def test_bitwise_any_thread_count(mode):
 def test_dirty_marks_exactly_the_touched_rows(ams, index_dtype):
     rng = np.random.default_rng(7)
     rows, width, dtype = 50, 3, np.float64
-    state = make_state(rng, rows, width, dtype, ams)
+    state = rw_state(rng, rows, width, dtype, ams)
     idx, vals = _slices(rng, rows, width, 30, dtype)
     idx = idx.astype(index_dtype)
-    cf, tr = coef(dtype), transform(dtype, vals, None, None)
+    cf, tr = rw_coef(dtype), rw_transform(dtype, vals, None, None)
     dirty = np.zeros(rows, np.uint8)
-    got = run_lazy(dtype, state, idx, vals, cf, tr, dirty=dirty)
+    got = rw_lazy(dtype, state, idx, vals, cf, tr, dirty=dirty)
     touched = np.zeros(rows, np.uint8)
     touched[idx] = 1
     assert_bitwise(dirty, touched)
     # the same step without a dirty array; marks are only ever set
-    assert_state_bitwise(got, run_lazy(dtype, state, idx, vals, cf, tr))
+    assert_state_bitwise(got, rw_lazy(dtype, state, idx, vals, cf, tr))
     dirty[:] = 0
     dirty[::7] = 1
-    run_lazy(dtype, state, idx[:5], vals[:5], cf, tr, dirty=dirty)
+    rw_lazy(dtype, state, idx[:5], vals[:5], cf, tr, dirty=dirty)
     want = np.zeros(rows, np.uint8)
     want[::7] = 1
     want[idx[:5]] = 1
     assert_bitwise(dirty, want)
-    run_lazy(dtype, state, idx[:0], vals[:0], cf, tr, dirty=dirty)  # no rows
+    rw_lazy(dtype, state, idx[:0], vals[:0], cf, tr, dirty=dirty)  # no rows
     assert_bitwise(dirty, want)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_empty_inputs_change_nothing(dtype):
     rng = np.random.default_rng(8)
-    cf = coef(dtype)
-    tr = transform(dtype, np.zeros(1), None, None)
-    state = make_state(rng, 6, 4, dtype, True)
+    cf = rw_coef(dtype)
+    tr = rw_transform(dtype, np.zeros(1), None, None)
+    state = rw_state(rng, 6, 4, dtype, True)
     none = np.zeros(0, np.int64), np.zeros((0, 4), dtype)
-    assert_state_bitwise(run_lazy(dtype, state, *none, cf, tr), state, "k=0")
+    assert_state_bitwise(rw_lazy(dtype, state, *none, cf, tr), state, "k=0")
     # a table of width 0: nothing to average, nothing written
-    flat = make_state(rng, 6, 0, dtype, True)
+    flat = rw_state(rng, 6, 0, dtype, True)
     empty = np.zeros((6, 0), dtype)
-    assert_state_bitwise(run_dense(dtype, flat, empty, cf, tr), flat, "dense D=0")
+    assert_state_bitwise(rw_dense(dtype, flat, empty, cf, tr), flat, "dense D=0")
     idx = np.array([1, 1, 4])
     assert_state_bitwise(
-        run_lazy(dtype, flat, idx, np.zeros((3, 0), dtype), cf, tr), flat, "lazy D=0"
+        rw_lazy(dtype, flat, idx, np.zeros((3, 0), dtype), cf, tr), flat, "lazy D=0"
     )
     assert_state_bitwise(
-        run_sparse(dtype, flat, idx, np.zeros((3, 0), dtype), cf, tr), flat, "TF D=0"
+        rw_sparse(dtype, flat, idx, np.zeros((3, 0), dtype), cf, tr), flat, "TF D=0"
     )
-    nothing = make_state(rng, 0, 4, dtype, True)
+    nothing = rw_state(rng, 0, 4, dtype, True)
     assert_state_bitwise(
-        run_dense(dtype, nothing, np.zeros((0, 4), dtype), cf, tr), nothing, "R=0"
+        rw_dense(dtype, nothing, np.zeros((0, 4), dtype), cf, tr), nothing, "R=0"
     )
 
 
@@ -475,36 +390,52 @@ def test_empty_inputs_change_nothing(dtype):
     clipnorm=st.none() | st.floats(0.05, 5.0),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_kernels_property(dtype, mode, ams, rows, width, k, t, lr, beta_1, beta_2,
-                          epsilon, clipvalue, clipnorm, seed):  # fmt: skip
+def test_kernels_property(
+    dtype,
+    mode,
+    ams,
+    rows,
+    width,
+    k,
+    t,
+    lr,
+    beta_1,
+    beta_2,
+    epsilon,
+    clipvalue,
+    clipnorm,
+    seed,
+):
     rng = np.random.default_rng(seed)
-    state = make_state(rng, rows, width, dtype, ams, zero_rows=rows // 4)
+    state = rw_state(rng, rows, width, dtype, ams, zero_rows=rows // 4)
     hp = {"lr": lr, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon}
-    cf = coef(dtype, t, **hp)
+    cf = rw_coef(dtype, t, **hp)
     clip = (clipvalue, clipnorm)
-    c = compute(dtype)
+    c = rw_compute(dtype)
     if mode == "dense":
         g = np.array(
             rng.standard_normal((rows, width)) * 10.0 ** rng.uniform(-3, 1, (rows, 1)),
             dtype,
         )
-        tr = transform(dtype, g, *clip)
-        got = run_dense(dtype, state, g, cf, tr)
+        tr = rw_transform(dtype, g, *clip)
+        got = rw_dense(dtype, state, g, cf, tr)
         gt = twin_transform(g.astype(c), *tr)
         twin = twin_step(dtype, state, gt, np.ones(rows, bool), cf)
         g64 = clip_ref(g, *clip)
-        want = adam_rowwise_step(state[0], g64, state[1], state[2], t, vhat=state[3],
-                                 mode="dense", **hp)  # fmt: skip
+        want = adam_rowwise_step(
+            state[0], g64, state[1], state[2], t, vhat=state[3], mode="dense", **hp
+        )
     else:
         idx, vals = _slices(rng, rows, width, k, dtype)
-        tr = transform(dtype, vals, *clip)
+        tr = rw_transform(dtype, vals, *clip)
         got = RUN[mode](dtype, state, idx, vals, cf, tr)
         g, has = twin_sparse_grad(dtype, (rows, width), idx, vals, tr)
         steps = has if mode == "lazy" else np.ones(rows, bool)
         twin = twin_step(dtype, state, g, steps, cf)
         g64 = clip_ref(vals, *clip)
-        want = adam_rowwise_step(state[0], (idx, g64), state[1], state[2], t,
-                                 vhat=state[3], mode=mode, **hp)  # fmt: skip
+        want = adam_rowwise_step(
+            state[0], (idx, g64), state[1], state[2], t, vhat=state[3], mode=mode, **hp
+        )
     assert_state_bitwise(got, twin, f"{mode} vs twin")
     assert_near_oracle(dtype, got, want, state, g64, f"{mode} vs oracle")
 
@@ -518,28 +449,27 @@ def test_signatures_do_not_grow():
     rng = np.random.default_rng(9)
     for dtype in FLOAT_DTYPES:
         for ams in (False, True):
-            state = make_state(rng, 10, 3, dtype, ams)
-            cf = coef(dtype)
+            state = rw_state(rng, 10, 3, dtype, ams)
+            cf = rw_coef(dtype)
             g = np.array(rng.standard_normal((10, 3)), dtype)
-            tr = transform(dtype, g, None, None)
-            run_dense(dtype, state, g, cf, tr)
+            tr = rw_transform(dtype, g, None, None)
+            rw_dense(dtype, state, g, cf, tr)
             idx, vals = _slices(rng, 10, 3, 4, dtype)
-            run_sparse(dtype, state, idx, vals, cf, tr)
+            rw_sparse(dtype, state, idx, vals, cf, tr)
             for it in (np.int32, np.int64):
                 for dirty in (None, np.zeros(10, np.uint8)):
-                    run_lazy(dtype, state, idx.astype(it), vals, cf, tr, dirty=dirty)
+                    rw_lazy(dtype, state, idx.astype(it), vals, cf, tr, dirty=dirty)
     declared = {n: sum(len(s) for s in rk.SIGNATURES[n].values()) for n in KERNELS}
     counts = {n: len(getattr(rk, n).signatures) for n in KERNELS}
     assert counts == declared
     # read-only gradients use the declared signatures; a wrong type is refused
-    state = make_state(rng, 10, 3, np.float32, False)
+    state = rw_state(rng, 10, 3, np.float32, False)
     vals = np.ones((2, 3), np.float32)
     vals.flags.writeable = False
-    run_lazy(np.float32, state, np.array([1, 3]), vals, coef(np.float32),
-             transform(np.float32, vals, None, None))  # fmt: skip
+    cf, tr = rw_coef(np.float32), rw_transform(np.float32, vals, None, None)
+    rw_lazy(np.float32, state, np.array([1, 3]), vals, cf, tr)
     with pytest.raises(TypeError):
-        run_lazy(np.float32, state, np.array([1, 3]), np.ones((2, 3)),
-                 coef(np.float32), transform(np.float32, vals, None, None))  # fmt: skip
+        rw_lazy(np.float32, state, np.array([1, 3]), np.ones((2, 3)), cf, tr)
     assert {n: len(getattr(rk, n).signatures) for n in KERNELS} == declared
 
 
@@ -566,8 +496,14 @@ def test_ensure_compiled_selects_variants(tmp_path):
         """
     )
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, text=True,
-                          capture_output=True, timeout=900, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=900,
+        check=False,
+    )
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", tail
     indexed = {p.name.split("-")[0] for p in tmp_path.rglob("rowwise_cpu.*.nbi")}
