@@ -7,6 +7,7 @@ imports numbadam.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from reference import (
     adam_dense_ref,
     adam_sparse_ref,
     clip_ref,
+    hyper32,
 )
 
 import numbadam
@@ -346,3 +348,123 @@ def _grad_to(g: Any, backend: str) -> Any:
             to_device(g.values, backend), to_device(g.indices, backend), g.dense_shape
         )
     return to_device(g, backend)
+
+
+# ---------------------------------------------------------------------------
+# Row-wise kernels (numbadam.kernels.rowwise_cpu) called directly, shared by
+# test_kernels_rowwise.py and test_kernels_rowwise_cuda.py
+# ---------------------------------------------------------------------------
+
+RW_HP = {"lr": 0.05, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-3}
+
+
+def rw_compute(dtype):
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+
+def rw_kview(a):
+    """The kernels' view of an array: float16 as its bits."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+def rw_flat(a):
+    """A state array as a kernel argument: flat (None stays None)."""
+    return None if a is None else rw_kview(a.reshape(-1))
+
+
+def rw_kernel(name, dtype):
+    """``rowwise_cpu``'s kernel ``name``, compiled for ``dtype``."""
+    from numbadam.kernels import rowwise_cpu as rk
+
+    k = getattr(rk, name)
+    rk.ensure_compiled(k, dtype)
+    return k
+
+
+def rw_coef(dtype, t=3, **hp):
+    """``(alpha, omb1, omb2, eps)`` in the compute dtype, from :data:`RW_HP`
+    overridden by ``hp``, as TensorFlow rounds them."""
+    hp = {**RW_HP, **hp}
+    lr, beta_1, beta_2, epsilon = (hp[k] for k in ("lr", "beta_1", "beta_2", "epsilon"))
+    c = rw_compute(dtype).type
+    b1, b2 = hyper32(beta_1), hyper32(beta_2)
+    alpha = hyper32(lr) * math.sqrt(1 - b2**t) / (1 - b1**t)
+    return c(alpha), c(1 - b1), c(1 - b2), c(epsilon)
+
+
+def rw_transform(dtype, g, clipvalue, clipnorm):
+    """``(lo, hi, mul, div)``; clipnorm's norm is ``g``'s (clipped), in float64."""
+    c = rw_compute(dtype).type
+    if clipvalue is None:
+        lo, hi = c(-np.inf), c(np.inf)
+    else:
+        lo, hi = c(-clipvalue), c(clipvalue)
+    if clipnorm is None:
+        return lo, hi, c(1), c(1)
+    norm = math.sqrt(float(np.sum(clip_ref(g, clipvalue) ** 2)))
+    return lo, hi, c(clipnorm), c(max(norm, clipnorm))
+
+
+def rw_state(rng, rows, width, dtype, ams, zero_rows=0):
+    """``[var, m, v, vhat]`` (``m`` of the table's shape, ``v``/``vhat`` of its
+    rows); the last ``zero_rows`` rows have m = v = vhat = +0.0."""
+    x = np.array(rng.standard_normal((rows, width)), dtype)
+    m = np.array(rng.standard_normal((rows, width)) * 0.1, dtype)
+    v = np.array(rng.uniform(0, 0.5, rows), dtype)
+    h = None
+    if ams:
+        extra = rng.uniform(0, 0.2, rows) * (rng.random(rows) < 0.5)
+        h = np.array(v.astype(np.float64) + extra, dtype)
+    if zero_rows:
+        for a in (m, v, h):
+            if a is not None:
+                a[rows - zero_rows :] = 0
+    return [x, m, v, h]
+
+
+def rw_copy(state):
+    return [None if a is None else a.copy() for a in state]
+
+
+def rw_lazy(dtype, state, idx, vals, cf, tr, nt=2, dirty=None):
+    """``adam_rowwise_lazy_cpu`` on a copy of ``state``: the new state."""
+    out = rw_copy(state)
+    maxkey = int(idx.max()) if idx.size else 0
+    rw_kernel("adam_rowwise_lazy_cpu", dtype)(
+        *(rw_flat(a) for a in out), idx, rw_kview(vals), *cf, *tr, maxkey, nt, dirty
+    )
+    return out
+
+
+def rw_summed_rows(dtype, idx, vals, tr, nt=2):
+    """``sum_duplicate_rows_cpu``: the unique indices and their summed rows."""
+    k, width = vals.shape
+    ui = np.empty(k, np.int64)
+    uv = np.empty((k, width), rw_compute(dtype))
+    maxkey = int(idx.max()) if k else 0
+    from numbadam.kernels import cpu
+
+    dedup = cpu.sum_duplicate_rows_cpu
+    cpu.ensure_compiled(dedup, dtype)
+    u = dedup(idx, rw_kview(vals), *tr, maxkey, ui, uv, nt)
+    return ui[:u], uv[:u]
+
+
+def rw_sparse(dtype, state, idx, vals, cf, tr, block_rows=4):
+    """``adam_rowwise_sparse_cpu`` (after ``sum_duplicate_rows_cpu``) on a copy
+    of ``state``: the new state."""
+    out = rw_copy(state)
+    ui, uv = rw_summed_rows(dtype, idx, vals, tr)
+    rw_kernel("adam_rowwise_sparse_cpu", dtype)(
+        *(rw_flat(a) for a in out), ui, uv, *cf, block_rows
+    )
+    return out
+
+
+def rw_dense(dtype, state, g, cf, tr, serial_max=0):
+    """``adam_rowwise_dense_cpu`` on a copy of ``state``: the new state."""
+    out = rw_copy(state)
+    rw_kernel("adam_rowwise_dense_cpu", dtype)(
+        *(rw_flat(a) for a in out), rw_flat(g), *cf, *tr, serial_max
+    )
+    return out

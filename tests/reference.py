@@ -18,6 +18,9 @@ TensorFlow's conventions reproduced here:
   on its (not yet de-duplicated) values.
 * A sparse gradient (indices, values) is the zero-filled dense gradient with the
   duplicate rows summed; then the dense rule applies to every row.
+* Row-wise Adam (:func:`adam_rowwise_step`, FBGEMM's partial row-wise Adam) keeps
+  ``m`` per element of an ``(R, D)`` table and ``v`` (``vhat``) per row, moved by
+  the row's mean squared gradient ``s = mean_j(g_j**2)``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 __all__ = [
     "SparseGrad",
     "adam_dense_ref",
+    "adam_rowwise_step",
     "adam_sparse_ref",
     "clip_ref",
     "decayed_lr",
@@ -151,6 +155,82 @@ def adam_sparse_ref(
     """One sparse step: sum duplicates into a zero-filled gradient, then dense."""
     g = sparse_to_dense(np.shape(var), indices, values)
     return adam_dense_ref(var, g, m, v, t, lr, beta_1, beta_2, epsilon, vhat, decay)
+
+
+def adam_rowwise_step(
+    var: Any,
+    grad: Any,
+    m: Any,
+    v: Any,
+    t: int,
+    lr: Any,
+    beta_1: Any,
+    beta_2: Any,
+    epsilon: Any,
+    vhat: Any = None,
+    decay: Any = 0.0,
+    mode: str = "dense",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """One row-wise Adam (or AMSGrad) step of an ``(R, D)`` table, in float64.
+
+    ``m`` has the table's shape, ``v`` (and ``vhat``) one value per row. For a
+    row with gradient ``g`` (``D`` values, already clipped): ``s = mean(g**2)``,
+    ``m += (g - m) * (1 - beta_1)``, ``v += (s - v) * (1 - beta_2)``, with
+    AMSGrad ``vhat = max(vhat, v)``, and ``var -= m * alpha / (sqrt(vhat or v)
+    + epsilon)``, ``alpha`` as in :func:`adam_dense_ref`.
+
+    Parameters
+    ----------
+    grad : array_like or (indices, values)
+        ``mode="dense"``: the ``(R, D)`` gradient. ``"sparse"`` (TF's rule) and
+        ``"lazy"``: the slices, duplicate rows summed into a zero-filled
+        gradient; ``"sparse"`` steps every row, ``"lazy"`` only the rows in
+        ``indices`` (the others are returned unchanged).
+
+    Returns
+    -------
+    (var, m, v, vhat)
+        New float64 arrays; ``vhat`` is ``None`` without AMSGrad. A table of
+        width 0 is returned unchanged.
+    """
+    var, m, v = _f64(var), _f64(m), _f64(v)
+    nrows, width = var.shape
+    steps = np.ones(nrows, bool)
+    if mode == "dense":
+        g = _f64(grad)
+    elif mode in ("sparse", "lazy"):
+        indices, values = grad
+        g = sparse_to_dense(var.shape, indices, values)
+        if mode == "lazy":
+            steps[:] = False
+            steps[np.asarray(indices).astype(np.int64).reshape(-1)] = True
+    else:
+        raise ValueError(f"mode must be dense, sparse or lazy, not {mode!r}")
+    vhat = None if vhat is None else _f64(vhat)
+    if width == 0:
+        return var, m, v, vhat
+    lr_t = decayed_lr(lr, decay, t - 1)
+    b1 = hyper32(beta_1)
+    b2 = hyper32(beta_2)
+    eps = float(epsilon)
+    tt = float(t)
+    alpha = (lr_t * math.sqrt(1.0 - b2**tt)) / (1.0 - b1**tt)
+    s = np.mean(g * g, axis=1)
+    m_new = m + (g - m) * (1.0 - b1)
+    v_new = v + (s - v) * (1.0 - b2)
+    denom = v_new
+    if vhat is not None:
+        vhat_new = np.maximum(vhat, v_new)
+        denom = vhat_new
+        vhat = np.where(steps, vhat_new, vhat)
+    var_new = var - (m_new * alpha) / (np.sqrt(denom) + eps)[:, None]
+    rows = steps[:, None]
+    return (
+        np.where(rows, var_new, var),
+        np.where(rows, m_new, m),
+        np.where(steps, v_new, v),
+        vhat,
+    )
 
 
 class SparseGrad:

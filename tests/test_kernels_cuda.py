@@ -555,13 +555,18 @@ _PTX_CHECK = textwrap.dedent(
         print("SETUP", type(exc).__name__, exc)
         sys.exit(0)
     from numbadam.kernels import cuda as kc
+    from numbadam.kernels import rowwise_cuda as rc
 
     sigs = [
-        (n, s) for n, per in kc.SIGNATURES.items() for ss in per.values() for s in ss
+        (mod, n, s)
+        for mod in (kc, rc)
+        for n, per in mod.SIGNATURES.items()
+        for ss in per.values()
+        for s in ss
     ]
-    sigs += [(n, s) for n, ss in kc.SHARED_SIGNATURES.items() for s in ss]
-    for name, sig in sigs:
-        ptx, _ = compiler.compile_ptx(getattr(kc, name).py_func, sig, cc=(8, 0))
+    sigs += [(kc, n, s) for n, ss in kc.SHARED_SIGNATURES.items() for s in ss]
+    for mod, name, sig in sigs:
+        ptx, _ = compiler.compile_ptx(getattr(mod, name).py_func, sig, cc=(8, 0))
         bad = re.findall(r"\bfma\.|\bmul\.f|\b(?:div|sqrt)\.(?:approx|full)", ptx)
         print("KERNEL", name, sig[0].dtype, "BAD" if bad else "OK", sorted(set(bad)))
     """
@@ -569,7 +574,8 @@ _PTX_CHECK = textwrap.dedent(
 
 
 def test_kernels_compile_to_ptx_without_fma(cuda):
-    """Every signature type-checks for the GPU; products are mul.rn, never FMA."""
+    """Every signature (the row-wise kernels' too) type-checks for the GPU;
+    products are mul.rn, never FMA."""
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["NUMBA_FORCE_CUDA_CC"] = "8.0"
     proc = subprocess.run(
@@ -585,4 +591,5 @@ def test_kernels_compile_to_ptx_without_fma(cuda):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("KERNEL")]
     assert len(lines) > 30
+    assert sum(" adam_rowwise_" in ln for ln in lines) == 24  # 8 per dtype
     assert not [ln for ln in lines if " BAD " in ln], proc.stdout

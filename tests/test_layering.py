@@ -94,6 +94,8 @@ def test_no_import_cycle():
         # kernels know nothing of optimizers, backends or slots
         ("numbadam.kernels.cpu", "numbadam.(?!kernels)"),
         ("numbadam.kernels.cuda", "numbadam.(?!kernels)"),
+        ("numbadam.kernels.rowwise_cpu", "numbadam.(?!kernels)"),
+        ("numbadam.kernels.rowwise_cuda", "numbadam.(?!kernels)"),
         # the interface knows no kernel and no implementation
         ("numbadam._backend", "numbadam.(kernels|_backend_|_dispatch|optimizer)"),
         # sibling backends: neither imports the other, nor the chooser

@@ -1,0 +1,342 @@
+"""Row-wise Adam kernels for CUDA: ``@cuda.jit`` twins of
+:mod:`numbadam.kernels.rowwise_cpu`.
+
+Imported lazily, like :mod:`numbadam.kernels.cuda` (it imports ``numba.cuda``,
+the optional ``numba-cuda`` package).
+
+One thread per row (grid-stride): the row's squared gradients are added
+sequentially in the compute type, ``j = 0 .. D-1``, exactly as on the CPU, and
+the element arithmetic is :mod:`numbadam.kernels.cuda`'s (``_moments``,
+``_transform``, products through ``_mul`` so that nothing is contracted into an
+FMA, correctly rounded division and square root). So a step gives the CPU
+kernels' bits for float16 (native here, computed in float32), float32 and
+float64.
+
+Arrays are flat C-contiguous device arrays: ``var`` and ``m`` of the ``(R, D)``
+table, ``v`` of ``R`` values; AMSGrad's ``vhat`` is ``()`` or ``(vhat,)``
+(kernel arguments cannot be None; only ``slot_max`` and ``slot_is_pos_zero``
+touch it), and so is the lazy kernel's ``dirty`` (``()`` or ``(dirty,)``, a
+``uint8`` array of ``R``; only :func:`mark_row` touches it). The sparse
+kernels take the gradient's indices stable-sorted (``keys[:nkeys]``, their
+positions in ``values`` in ``pos``) and its raw values: they transform and sum
+the duplicates of a row from zero, in order of appearance, as
+``sum_duplicate_rows_cpu`` does.
+
+:func:`adam_rowwise_lazy_cuda`
+    Only the rows in ``keys`` (one thread per sorted position; the first of
+    each run of equal keys does the row).
+:func:`adam_rowwise_sparse_cuda`
+    TensorFlow's rule: every row, with a zero gradient where it has none.
+:func:`adam_rowwise_dense_cuda`
+    A dense ``(R, D)`` gradient.
+
+Compiled lazily from explicit signatures (:data:`SIGNATURES`,
+:func:`ensure_compiled`); a no-op under the simulator.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numba import cuda, types
+from numba.cuda.extending import overload
+
+from .cuda import (
+    SIMULATOR,
+    STORAGE_DTYPES,
+    _is_pos_zero,
+    _lower_bound,
+    _moments,
+    _mul,
+    _segment_gradient,
+    _sqrt,
+    _transform,
+    _widen,
+    _zero,
+    _zero_rows_stay,
+    slot_is_pos_zero,
+    slot_max,
+)
+
+__all__ = [
+    "adam_rowwise_lazy_cuda",
+    "adam_rowwise_sparse_cuda",
+    "adam_rowwise_dense_cuda",
+    "mark_row",
+    "SIGNATURES",
+    "VHAT_ARG",
+    "DIRTY_ARG",
+    "ensure_compiled",
+]
+
+# ---------------------------------------------------------------------------
+# Primitives (Python bodies for the simulator, overloads for the GPU)
+# ---------------------------------------------------------------------------
+
+
+def like(x, n):
+    """``n`` converted to ``x``'s (float) type."""
+    return type(x)(n)
+
+
+@overload(like, target="cuda")
+def _like_cuda(x, n):
+    if x == types.float32:
+        return lambda x, n: types.float32(n)
+    if x == types.float64:
+        return lambda x, n: types.float64(n)
+    return None
+
+
+def mark_row(dirty, r):
+    """``dirty[r] = 1`` for ``dirty = (array,)``; nothing for ``()``."""
+    if len(dirty):
+        dirty[0][r] = 1
+
+
+@overload(mark_row, target="cuda")
+def _mark_row_cuda(dirty, r):
+    if not isinstance(dirty, types.BaseTuple):
+        return None
+    if len(dirty) == 0:
+        return lambda dirty, r: None
+
+    def impl(dirty, r):
+        dirty[0][r] = 1
+
+    return impl
+
+
+# ---------------------------------------------------------------------------
+# Row arithmetic: rowwise_cpu's, operation for operation
+# ---------------------------------------------------------------------------
+
+
+@cuda.jit(device=True)
+def _ema(x, target, omb):
+    # x + (target - x) * omb: _moments' first moment, for m and a row's v
+    return _moments(target, x, x, omb, omb)[0]
+
+
+@cuda.jit(device=True)
+def _denominator(d, eps):
+    # _step's denominator, once per row
+    return _sqrt(d) + eps
+
+
+@cuda.jit(device=True)
+def _step_by(x, m, alpha, den):
+    # _step with its denominator given
+    return x - _mul(m, alpha) / den
+
+
+@cuda.jit(device=True)
+def _row_moment(v, vhat, r, s, omb2):
+    # v[r] (and vhat[r]) from the row's mean square s; returns vhat or v
+    vr = _ema(_widen(v[r]), s, omb2)
+    v[r] = vr
+    return slot_max(vhat, r, vr)
+
+
+@cuda.jit(device=True)
+def _elem(var, m, e, g, alpha, omb1, den):
+    mi = _ema(_widen(m[e]), g, omb1)
+    m[e] = mi
+    var[e] = _step_by(_widen(var[e]), mi, alpha, den)
+
+
+@cuda.jit(device=True)
+def _sorted_row(var, m, v, vhat, r, s, width, keys, pos, nkeys, values, alpha,
+                omb1, omb2, eps, lo, hi, mul, div):  # fmt: skip
+    # row r, whose duplicates start at sorted position s (summed twice: for
+    # the mean square, then for m)
+    zero = _zero(alpha)
+    a = r * width
+    acc = zero
+    for j in range(width):
+        gj = _segment_gradient(s, j, keys, pos, nkeys, values, lo, hi, mul, div, zero)
+        acc = acc + _mul(gj, gj)
+    den = _denominator(_row_moment(v, vhat, r, acc / like(alpha, width), omb2), eps)
+    for j in range(width):
+        gj = _segment_gradient(s, j, keys, pos, nkeys, values, lo, hi, mul, div, zero)
+        _elem(var, m, a + j, gj, alpha, omb1, den)
+
+
+@cuda.jit(device=True)
+def _row_is_pos_zero(m, a, width):
+    for j in range(width):
+        if not _is_pos_zero(_widen(m[a + j])):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------
+
+
+@cuda.jit(cache=True)
+def adam_rowwise_lazy_cuda(
+    var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
+    div, dirty,
+):  # fmt: skip
+    """Lazy row-wise Adam or AMSGrad step: only the rows in ``keys`` change.
+
+    ``var``, ``m`` (flat ``(R, W)``, ``W = values.shape[1]``), ``v`` (``R``)
+    and the AMSGrad slot (``()`` or ``(vhat,)``) are updated in place, with the
+    arithmetic of :func:`numbadam.kernels.rowwise_cpu.adam_rowwise_lazy_cpu`;
+    ``dirty`` (``()`` or ``(dirty,)``) gets ``dirty[row] = 1`` for each row
+    written. ``keys[:nkeys]`` are the indices stable-sorted, ``pos`` their
+    positions in ``values`` (``(k, W)``, storage dtype, not yet transformed).
+    """
+    width = values.shape[1]
+    if width == 0:
+        return
+    for s in range(cuda.grid(1), nkeys, cuda.gridsize(1)):
+        if s == 0 or keys[s] != keys[s - 1]:
+            r = keys[s]
+            _sorted_row(var, m, v, vhat, r, s, width, keys, pos, nkeys, values,
+                        alpha, omb1, omb2, eps, lo, hi, mul, div)  # fmt: skip
+            mark_row(dirty, r)
+
+
+@cuda.jit(cache=True)
+def adam_rowwise_sparse_cuda(
+    var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
+    div,
+):  # fmt: skip
+    """Sparse row-wise Adam or AMSGrad step (TF's rule) over a whole table.
+
+    Arguments as :func:`adam_rowwise_lazy_cuda` (without ``dirty``). Every row
+    steps, with a zero gradient where it has none; a row without gradient
+    whose ``m``, ``v`` (and ``vhat``) are all +0.0 is only read (it would not
+    change).
+    """
+    width = values.shape[1]
+    if width == 0:
+        return
+    zero = _zero(alpha)
+    skip = _zero_rows_stay(alpha, omb1, omb2, eps)
+    for r in range(cuda.grid(1), v.shape[0], cuda.gridsize(1)):
+        s = _lower_bound(keys, 0, nkeys, r)
+        if s < nkeys and keys[s] == r:
+            _sorted_row(var, m, v, vhat, r, s, width, keys, pos, nkeys, values,
+                        alpha, omb1, omb2, eps, lo, hi, mul, div)  # fmt: skip
+            continue
+        a = r * width
+        if (
+            skip
+            and _is_pos_zero(_widen(v[r]))
+            and slot_is_pos_zero(vhat, r)
+            and _row_is_pos_zero(m, a, width)
+        ):
+            continue  # stays bit for bit: read only
+        den = _denominator(_row_moment(v, vhat, r, zero, omb2), eps)
+        for j in range(width):
+            _elem(var, m, a + j, zero, alpha, omb1, den)
+
+
+@cuda.jit(cache=True)
+def adam_rowwise_dense_cuda(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul,
+                            div):  # fmt: skip
+    """Dense row-wise Adam or AMSGrad step over an ``(R, W)`` table, in place.
+
+    ``var``, ``m`` and ``g`` are flat (``W = var.size // R``), ``v`` of ``R``
+    values, ``vhat`` ``()`` or ``(vhat,)``; the arithmetic of
+    :func:`numbadam.kernels.rowwise_cpu.adam_rowwise_dense_cpu`.
+    """
+    nrows = v.shape[0]
+    if nrows == 0:
+        return
+    width = var.shape[0] // nrows
+    if width == 0:
+        return
+    for r in range(cuda.grid(1), nrows, cuda.gridsize(1)):
+        a = r * width
+        acc = _zero(alpha)
+        for j in range(width):
+            gj = _transform(_widen(g[a + j]), lo, hi, mul, div)
+            acc = acc + _mul(gj, gj)
+        d = _row_moment(v, vhat, r, acc / like(alpha, width), omb2)
+        den = _denominator(d, eps)
+        for j in range(width):
+            gj = _transform(_widen(g[a + j]), lo, hi, mul, div)
+            _elem(var, m, a + j, gj, alpha, omb1, den)
+
+
+# ---------------------------------------------------------------------------
+# Explicit signatures, compiled lazily per storage dtype
+# ---------------------------------------------------------------------------
+
+
+def _arr(dt, ndim=1):
+    return types.Array(dt, ndim, "C")
+
+
+def _signatures(storage):
+    s, c = STORAGE_DTYPES[np.dtype(storage)]
+    A = _arr(s)
+    i64 = types.int64
+    K = _arr(i64)
+    scalars = (c,) * 8  # alpha, omb1, omb2, eps, lo, hi, mul, div
+    # vhat (VHAT_ARG) and dirty (DIRTY_ARG): () or a 1-tuple of an array
+    slots = (types.Tuple(()), types.UniTuple(A, 1))
+    marks = (types.Tuple(()), types.UniTuple(_arr(types.uint8), 1))
+    sparse = [(A, A, A, h, K, K, i64, _arr(s, 2)) + scalars for h in slots]
+    return {
+        "adam_rowwise_lazy_cuda": [sig + (d,) for sig in sparse for d in marks],
+        "adam_rowwise_sparse_cuda": sparse,
+        "adam_rowwise_dense_cuda": [(A, A, A, h, A) + scalars for h in slots],
+    }
+
+
+#: Kernel name -> storage dtype -> list of argument-type tuples.
+SIGNATURES = {
+    name: {dt: _signatures(dt)[name] for dt in STORAGE_DTYPES}
+    for name in _signatures(np.float64)
+}
+
+#: Position of the ``vhat`` argument (``()`` or ``(vhat,)``).
+VHAT_ARG = {
+    "adam_rowwise_lazy_cuda": 3,
+    "adam_rowwise_sparse_cuda": 3,
+    "adam_rowwise_dense_cuda": 3,
+}
+
+#: Position of the ``dirty`` argument (``()`` or ``(dirty,)``).
+DIRTY_ARG = {"adam_rowwise_lazy_cuda": 16}
+
+_compiled: set = set()
+_lock = threading.Lock()
+
+
+def ensure_compiled(kernel, dtype, amsgrad=None, dirty=None) -> None:
+    """Compile ``kernel``'s explicit signatures for storage ``dtype`` (once).
+
+    ``amsgrad`` and (for :data:`DIRTY_ARG`'s kernels) ``dirty`` select the
+    signatures with a 1-tuple (True) or an empty tuple (False) there; None
+    compiles both. Afterwards the kernel compiles nothing new at call time. A
+    no-op under the simulator.
+    """
+    if SIMULATOR:
+        return
+    name = kernel.py_func.__name__
+    key = (name, np.dtype(dtype), amsgrad, dirty)
+    if key in _compiled:
+        return
+    with _lock:
+        if key in _compiled:
+            return
+        sigs = SIGNATURES[name][key[1]]
+        for at, want in ((VHAT_ARG.get(name), amsgrad), (DIRTY_ARG.get(name), dirty)):
+            if at is not None and want is not None:
+                sigs = [sig for sig in sigs if (len(sig[at]) == 1) == want]
+        kernel.disable_compile(False)
+        try:
+            for sig in sigs:
+                kernel.compile(sig)
+        finally:
+            if kernel.signatures:  # numba asserts there is one to disable
+                kernel.disable_compile(True)
+        _compiled.add(key)
