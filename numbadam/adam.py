@@ -242,6 +242,12 @@ class Adam(OptimizerV2):
         vhat = slots["vhat"] if self.amsgrad else None
         backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform)
 
+    def _amsgrad_slots(self) -> bool:
+        return self.amsgrad
+
+    def _resource_apply_dense_multi(self, work, backend, coef, transform) -> None:
+        backend.dense_multi_step(work, coef, transform)
+
     def _resource_apply_sparse(self, work, backend, slots, coef, transform) -> None:
         vhat = slots["vhat"] if self.amsgrad else None
         backend.sparse_step(

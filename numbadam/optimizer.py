@@ -63,6 +63,10 @@ class Label:
     __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
 
 
+#: The kind of a Step item stepping many dense variables in one launch.
+MULTI = "multi"
+
+
 class Step:
     """One :meth:`OptimizerV2.apply_gradients` call on its way through the hooks.
 
@@ -159,6 +163,10 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
     (True, 2)
     """
 
+    #: Whether a list of the same dense variables, call after call, may be
+    #: stepped by one multi-tensor launch (subclasses that aggregate say no).
+    _multi_tensor = True
+
     def __init__(self, name: str, **kwargs: Any) -> None:
         for k, val in kwargs.items():
             if k not in _ALLOWED_KWARGS:
@@ -185,6 +193,10 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         self._iterations: Optional[np.ndarray] = None
         # per-variable slots, ParameterBuffers' flat slots (numbadam._slots)
         self._table = SlotTable()
+        # the multi-tensor path: (backend, MultiWork) of the list that came back
+        self._multi: Any = None
+        self._last_ids: Tuple[int, ...] = ()
+        self._multi_ids: Tuple[int, ...] = ()
         decay = kwargs.pop("decay", 0.0)
         self._initial_decay = 0.0 if decay is None else self._check_real(decay, "decay")
         self.clipnorm = kwargs.pop("clipnorm", None)
@@ -335,6 +347,11 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
             self._create_step_weights(step)
         coefs = step.coefficients
         for (sparse, work, backend, v, holder), tr in zip(step.items, step.transforms):
+            if sparse is MULTI:
+                self._resource_apply_dense_multi(
+                    work, backend, coefs[work.flat.dtype], tr
+                )
+                continue
             slots = (holder if holder is not None else self._entry(v)).slots
             if sparse:
                 self._resource_apply_sparse(
@@ -383,6 +400,18 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
             step = self._prepare_buffer(grads_and_vars.buffer)
             if step is not NotImplemented:
                 return step
+        multi = self._multi
+        if (
+            multi is not None
+            and type(grads_and_vars) is list
+            and self._clipnorm is None
+            and multi[1].amsgrad == bool(self._amsgrad_slots())
+        ):
+            backend, work = multi
+            if backend.prepare_multi(work, grads_and_vars):
+                _config.check()
+                return Step(self._step_count(), [(MULTI, work, backend, None, None)],
+                            [], False, [])  # fmt: skip
         pairs = self._check_pairs(grads_and_vars)
         if not pairs:
             return None
@@ -478,6 +507,47 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
     def _finish(self, step: Step) -> None:
         """Hook 6: after every update (``iterations`` += 1)."""
         self._iterations[()] = step.iteration + 1
+        if self._multi_tensor:
+            self._remember_list(step)
+
+    def _remember_list(self, step: Step) -> None:
+        # A list of the same dense variables twice in a row: from the next call
+        # on, one multi-tensor launch (the backend's MultiWork) steps them all,
+        # every pair still checked each call (prepare_multi).
+        items = step.items
+        if len(items) < 2 or step.skipped or items[0][0] is MULTI:
+            return
+        ids = tuple(id(it[3]) for it in items)
+        if ids != self._last_ids:
+            self._last_ids = ids
+            return
+        if (
+            self._multi is not None
+            and self._multi_ids == ids
+            and self._multi[1].amsgrad == self._amsgrad_slots()
+        ):
+            return  # (this call did not qualify, e.g. a gradient to cast)
+        backend = items[0][2]
+        make = getattr(backend, "multi_work", None)
+        if make is None or any(it[0] or it[2] is not backend for it in items):
+            return
+        variables = [it[3] for it in items]
+        work = make(
+            variables, [self._entry(v).slots for v in variables],
+            self._amsgrad_slots(),
+        )  # fmt: skip
+        self._multi = None if work is None else (backend, work)
+        self._multi_ids = ids
+
+    def _amsgrad_slots(self) -> bool:
+        """Whether the multi-tensor launch needs the ``vhat`` slots."""
+        return False
+
+    def _resource_apply_dense_multi(
+        self, work: Any, backend: Any, coef: Any, transform: Any
+    ) -> None:
+        """Hook 5c: the dense update of many variables in one launch."""
+        raise NotImplementedError
 
     def _required_slots(self) -> Tuple[str, ...]:
         """Slot names every variable has after a step (subclasses override)."""

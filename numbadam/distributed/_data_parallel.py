@@ -164,6 +164,8 @@ class DistributedAdam(Adam):
     [-0.1, -0.1]
     """
 
+    _multi_tensor = False  # (the aggregate hook needs every pair's work)
+
     def __init__(
         self,
         learning_rate: Any = 0.001,

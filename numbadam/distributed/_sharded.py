@@ -176,6 +176,8 @@ class ShardedAdam(Adam):
     ([-0.1, -0.1, -0.1], (3,))
     """
 
+    _multi_tensor = False  # (the aggregate hook needs every pair's work)
+
     def __init__(
         self,
         learning_rate: Any = 0.001,
