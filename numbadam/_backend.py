@@ -41,6 +41,7 @@ __all__ = [
     "cast_gradient_dtype",
     "transform_scalars",
     "identity_transform",
+    "global_norm_scalars",
     "Transform",
     "check_slices_shapes",
     "check_index_dtype",
@@ -128,6 +129,27 @@ def transform_scalars(
     l2norm = np.sqrt(l2sum) if l2sum > 0 else l2sum
     cn = c(clipnorm)
     return lo, hi, cn, np.maximum(l2norm, cn)
+
+
+def global_norm_scalars(
+    dtype: Any, clipvalue: Optional[float], global_clipnorm: float, total: Any
+):
+    """``(lo, hi, mul, div)`` of TF's clip_by_value then clip_by_global_norm.
+
+    ``total`` is the sum of squares of every (value-clipped) gradient of the
+    call, in float64. As ``tf.clip_by_global_norm``, in the compute ``dtype``:
+    ``norm = sqrt(total)``, ``scale = clip * min(1 / norm, 1 / clip) + (norm -
+    norm)`` (NaN for a non-finite norm), and each element becomes ``g * scale``
+    (``div`` is 1).
+    """
+    c = compute_dtype(dtype).type
+    lo, hi, _, one = transform_scalars(dtype, clipvalue, None, None)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        norm = np.sqrt(c(total))
+        cn = c(global_clipnorm)
+        scale = cn * np.minimum(c(1) / norm, c(1) / cn)
+        scale = scale + (norm - norm)
+    return lo, hi, c(scale), one
 
 
 #: ``(lo, hi, mul, div)``: a gradient element ``g`` enters the step as

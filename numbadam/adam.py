@@ -54,7 +54,9 @@ class Adam(OptimizerV2):
         table's size. Not part of Keras' Adam: serialised by
         :meth:`get_config` only when ``"lazy"``.
     **kwargs
-        ``clipnorm``, ``clipvalue``, ``lr`` (deprecated alias of
+        ``clipnorm``, ``global_clipnorm`` (all gradients of a call clipped
+        by their joint norm; not with ``clipnorm``), ``clipvalue``, ``lr``
+        (deprecated alias of
         ``learning_rate``, with a ``UserWarning``), ``decay`` (``lr / (1 + decay
         * iterations)``).
 

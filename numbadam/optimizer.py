@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 
 from . import _config, _dispatch, schedules
-from ._backend import identity_transform, transform_scalars
+from ._backend import global_norm_scalars, identity_transform, transform_scalars
 from ._flat import GradsAndVars, ParameterBuffer
 from ._hypers import HyperparameterMixin, is_number
 from ._loss_api import LossMixin
@@ -34,7 +34,7 @@ __all__ = ["OptimizerV2"]
 
 logger = logging.getLogger("numbadam")
 
-_ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay")
+_ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay", "global_clipnorm")
 
 Hyper = Union[float, Callable[[], float], "schedules.LearningRateSchedule"]
 
@@ -117,6 +117,8 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         Name of the optimizer, returned by :meth:`get_config`.
     **kwargs
         ``clipnorm`` (float >= 0): clip each gradient to this L2 norm;
+        ``global_clipnorm`` (float >= 0): clip all gradients of a call by
+        their joint L2 norm (exclusive with ``clipnorm``);
         ``clipvalue`` (float >= 0): clip each gradient element to
         ``[-clipvalue, clipvalue]`` (applied before ``clipnorm``); ``lr``
         (deprecated alias of ``learning_rate``); ``decay`` (float >= 0): the
@@ -127,7 +129,8 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
     TypeError
         For an unknown keyword argument.
     ValueError
-        For a negative ``clipnorm``, ``clipvalue``, ``lr`` or ``decay``, or a
+        For both ``clipnorm`` and ``global_clipnorm``; for a negative
+        ``clipnorm``, ``global_clipnorm``, ``clipvalue``, ``lr`` or ``decay``, or a
         NaN or infinite one.
 
     Examples
@@ -199,7 +202,9 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         self._multi_ids: Tuple[int, ...] = ()
         decay = kwargs.pop("decay", 0.0)
         self._initial_decay = 0.0 if decay is None else self._check_real(decay, "decay")
+        self._clipnorm = self._global_clipnorm = None
         self.clipnorm = kwargs.pop("clipnorm", None)
+        self.global_clipnorm = kwargs.pop("global_clipnorm", None)
         self.clipvalue = kwargs.pop("clipvalue", None)
 
     # ------------------------------------------------------------------
@@ -226,7 +231,34 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
 
     @clipnorm.setter
     def clipnorm(self, value: Optional[float]) -> None:
+        if value is not None and self._global_clipnorm is not None:
+            raise ValueError(
+                "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
+                f"`clipnorm`={value}, `global_clipnorm`={self._global_clipnorm}."
+            )
         self._clipnorm = None if value is None else self._check_real(value, "clipnorm")
+
+    @property
+    def global_clipnorm(self) -> Optional[float]:
+        """Joint L2-norm clipping threshold of all gradients of a call, or ``None``.
+
+        As tf-keras' ``global_clipnorm``: every gradient of an
+        :meth:`apply_gradients` call is scaled by ``clip / max(norm, clip)``
+        (TF's ``clip_by_global_norm``), ``norm`` being the L2 norm of all of
+        them together (after ``clipvalue``). Exclusive with ``clipnorm``.
+        """
+        return self._global_clipnorm
+
+    @global_clipnorm.setter
+    def global_clipnorm(self, value: Optional[float]) -> None:
+        if value is not None and self._clipnorm is not None:
+            raise ValueError(
+                "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
+                f"`clipnorm`={self._clipnorm}, `global_clipnorm`={value}."
+            )
+        self._global_clipnorm = (
+            None if value is None else self._check_real(value, "global_clipnorm")
+        )
 
     @property
     def clipvalue(self) -> Optional[float]:
@@ -405,6 +437,7 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
             multi is not None
             and type(grads_and_vars) is list
             and self._clipnorm is None
+            and self._global_clipnorm is None
             and multi[1].amsgrad == bool(self._amsgrad_slots())
         ):
             backend, work = multi
@@ -470,9 +503,18 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         (``clipnorm``, each gradient by its own L2 norm, taken after the value
         clipping); the kernels apply the transform in their one pass.
         """
-        cv, cn = self._clipvalue, self._clipnorm
-        if cv is None and cn is None:
+        cv, cn, gcn = self._clipvalue, self._clipnorm, self._global_clipnorm
+        if cv is None and cn is None and gcn is None:
             step.transforms = [identity_transform(it[1].flat.dtype) for it in step.items]
+            return
+        if gcn is not None:
+            total = 0.0  # (float64, added in pair order: the same bits every run)
+            for it in step.items:
+                total += self._sumsq_item(it, cv)
+            step.transforms = [
+                global_norm_scalars(it[1].flat.dtype, cv, gcn, total)
+                for it in step.items
+            ]
             return
         out = []
         for sparse, work, backend, _, _ in step.items:
@@ -481,6 +523,21 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
                 sumsq = backend.sumsq(work.values if sparse else work.grad, cv)
             out.append(transform_scalars(work.flat.dtype, cv, cn, sumsq))
         step.transforms = out
+
+    @staticmethod
+    def _sumsq_item(item: Any, clipvalue: Optional[float]) -> float:
+        # The sum of squares of one item's (value-clipped) gradient; a
+        # ParameterBuffer's one pass adds its variables' sums in order, as a
+        # list of its pairs would, so both take the same global norm.
+        sparse, work, backend, var, holder = item
+        if sparse:
+            return backend.sumsq(work.values, clipvalue)
+        if var is None and holder is not None and hasattr(holder, "buffer"):
+            total = 0.0
+            for g in holder.buffer.grads:
+                total += backend.sumsq(g, clipvalue) if g.size else 0.0
+            return total
+        return backend.sumsq(work.grad, clipvalue)
 
     def _prepare_step(self, step: int, dtypes: set) -> Any:
         """Hook 4: the per-step coefficients by storage dtype (TF's
@@ -562,6 +619,8 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         config: Dict[str, Any] = {"name": self._name}
         if self._clipnorm is not None:
             config["clipnorm"] = self._clipnorm
+        if self._global_clipnorm is not None:
+            config["global_clipnorm"] = self._global_clipnorm
         if self._clipvalue is not None:
             config["clipvalue"] = self._clipvalue
         return config

@@ -37,6 +37,7 @@ __all__ = [
     "adam_rowwise_step",
     "adam_sparse_ref",
     "clip_ref",
+    "clip_global_ref",
     "decayed_lr",
     "hyper32",
     "run_reference",
@@ -67,6 +68,23 @@ def clip_ref(
         norm = math.sqrt(float(np.sum(g * g)))
         g = (g * c) / max(norm, c)
     return g
+
+
+def clip_global_ref(
+    grads: Sequence[Any], clipvalue: float | None, global_clipnorm: float
+) -> list[np.ndarray]:
+    """``clip_by_value`` on each gradient, then TF's ``clip_by_global_norm``.
+
+    Every gradient (dense array, or a sparse gradient's values) is scaled by
+    ``c / max(norm, c)``, ``norm`` the L2 norm of all of them together.
+    """
+    out = [_f64(g) for g in grads]
+    if clipvalue is not None:
+        out = [np.clip(g, -float(clipvalue), float(clipvalue)) for g in out]
+    norm = math.sqrt(sum(float(np.sum(g * g)) for g in out))
+    c = float(global_clipnorm)
+    scale = c / max(norm, c) if c > 0 else 0.0
+    return [g * scale for g in out]
 
 
 def decayed_lr(lr: Any, decay: Any, iterations: int) -> float:

@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _backend, _config, _dispatch
-from .._backend import DenseWork, SparseWork, transform_scalars
+from .._backend import DenseWork, SparseWork, global_norm_scalars, transform_scalars
 from .._types import IndexedSlices
 from ..adam import Adam
 from .._slots import Entry
@@ -653,12 +653,13 @@ class ShardedAdam(Adam):
             yield part, work
 
     def _transform_gradients(self, step: Step) -> None:
-        """clipvalue, and clipnorm by the norm of each variable's whole averaged
-        gradient: partial sums of squares of the slices, one Allreduce."""
-        cv, cn = self._clipvalue, self._clipnorm
+        """clipvalue, and clipnorm (global_clipnorm) by the norm of each
+        variable's (all variables') whole averaged gradient: partial sums of
+        squares of the slices, one Allreduce."""
+        cv, cn, gcn = self._clipvalue, self._clipnorm, self._global_clipnorm
         originals, norms = self._norms
         self._norms = None
-        if cn is None:
+        if cn is None and gcn is None:
             step.transforms = [
                 transform_scalars(it[1].flat.dtype, cv, None, None) for it in step.items
             ]
@@ -678,6 +679,15 @@ class ShardedAdam(Adam):
         for k, (sparse, w, backend, _, _) in enumerate(originals):
             if sparse and not partial[k]:  # the whole gradient on every rank
                 sums[k] = backend.sumsq(w.values, cv)
+        if gcn is not None:  # all variables' norms together, in pair order
+            total = 0.0
+            for x in sums.tolist():
+                total += x
+            step.transforms = [
+                global_norm_scalars(it[1].flat.dtype, cv, gcn, total)
+                for it in step.items
+            ]
+            return
         step.transforms = [
             transform_scalars(it[1].flat.dtype, cv, cn, sums[k])
             for it, (k, _) in zip(step.items, norms)
