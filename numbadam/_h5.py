@@ -18,7 +18,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from .checkpoint import CheckpointError, _fsync_dir, _new_temp, _unlink_quietly
+from .checkpoint import CheckpointError
+from .checkpoint._files import _fsync_dir, _new_temp, _unlink_quietly
 
 #: The message of the ImportError raised when h5py is missing.
 H5PY_MISSING_MESSAGE = (

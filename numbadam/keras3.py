@@ -70,7 +70,8 @@ from ._keras3_layout import (
     role_of,
     rows_of,
 )
-from .checkpoint import CheckpointError, _fs_path
+from .checkpoint import CheckpointError
+from .checkpoint._files import _fs_path
 from .optimizer import OptimizerV2
 
 __all__ = [

@@ -113,6 +113,23 @@ def test_dependency_direction(module, forbidden):
     assert not bad, f"{module} imports {bad}"
 
 
+def test_kernels_import_only_kernels():
+    """Every module of numbadam.kernels (cpu.py, cuda.py and their private
+    siblings) imports nothing of numbadam outside it, and the CPU ones nothing of
+    the CUDA ones (importing numbadam must not import numba.cuda)."""
+    g = _graph()
+    kernels = sorted(m for m in g if m.startswith("numbadam.kernels"))
+    # (the siblings are found, and their imports read)
+    assert "numbadam.kernels._cpu_common" in g["numbadam.kernels._cpu_dense"]
+    assert "numbadam.kernels._cuda_sparse" in g["numbadam.kernels.cuda"]
+    for mod in kernels:
+        bad = sorted(d for d in g[mod] if not d.startswith("numbadam.kernels"))
+        assert not bad, f"{mod} imports {bad}"
+        if "cpu" in mod.rpartition(".")[2]:
+            bad = sorted(d for d in g[mod] if "cuda" in d.rpartition(".")[2])
+            assert not bad, f"{mod} imports the CUDA kernels {bad}"
+
+
 def test_core_does_not_import_applications():
     g = _graph()
     apps = (
