@@ -186,6 +186,11 @@ GOALS: Tuple[Goal, ...] = (
     # 2000 variables of 1000 elements from a ParameterBuffer: one pass.
     Goal("cpu-many-torch", "cpu", ("many",), "speed-up vs torch fused >= 10",
          "numbadam-buffer", "torch-fused", 10.0),
+    # The same variables as a plain list (no ParameterBuffer), call after call:
+    # the multi-tensor launch.
+    Goal("cpu-many-list-torch", "cpu", ("many",),
+         "list: speed-up vs torch fused >= 4",
+         "numbadam-list", "torch-fused", 4.0),
     Goal("cpu-many-probe", "cpu", ("many",),
          "probe/numbadam >= 1/1.5 (within 1.5x of one pass)",
          "numbadam-buffer", "probe", 1 / 1.5),
