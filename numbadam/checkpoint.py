@@ -521,6 +521,10 @@ def save_checkpoint(
     }
     if not isinstance(header["metadata"], dict):
         raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    config = header["optimizer"]["config"]
+    float64 = sorted(k for k, v in config.items() if type(v) is np.float64)
+    if float64:  # (JSON writes them as plain floats: from_config would round)
+        header["optimizer"]["float64"] = float64
     try:
         text = json.dumps(header)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -791,6 +795,12 @@ def _header_problem(header: Dict[str, Any]) -> Optional[str]:
         or not isinstance(opt.get("module", ""), str)
     ):
         return "optimizer"
+    float64 = opt.get("float64", [])
+    if not isinstance(float64, list) or not all(
+        isinstance(k, str) and isinstance(opt["config"].get(k), float)
+        for k in float64
+    ):
+        return "optimizer float64"
     step = header.get("step")
     if not _is_int(step) or not 0 <= step < 2**63:
         return f"step {_short(step)} is not an integer in [0, 2**63)"
@@ -1072,7 +1082,10 @@ def load_checkpoint(
     opt_info = header["optimizer"]
     cls = _optimizer_class(path, opt_info, custom_objects)
     try:
-        optimizer = cls.from_config(opt_info["config"], custom_objects=custom_objects)
+        config = dict(opt_info["config"])
+        for k in opt_info.get("float64", []):  # NumPy float64 hyperparameters
+            config[k] = np.float64(config[k])
+        optimizer = cls.from_config(config, custom_objects=custom_objects)
     except Exception as exc:
         raise CheckpointError(
             path, f"cannot rebuild the optimizer from its config ({exc})"
