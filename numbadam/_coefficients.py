@@ -25,7 +25,8 @@ __all__ = ["COEFFICIENT_BLOCK", "CoefficientCache", "coefficient_block", "coeffi
 @njit(cache=True, error_model="numpy")
 def _scalars32(lr, b1, b2, eps, decay, step):
     # TF's per-step scalars for float32 variables, every operation rounded to
-    # float32 as TF's graph rounds it (the hyperparameters are float32 values)
+    # float32 as TF's graph rounds it (lr, b1, b2 are float32 values; decay is
+    # rounded here once, as tf.cast rounds a float64)
     one = np.float32(1.0)
     lr_t = np.float32(lr)
     if decay > 0:
@@ -39,7 +40,8 @@ def _scalars32(lr, b1, b2, eps, decay, step):
 
 @njit(cache=True, error_model="numpy")
 def _scalars64(lr, b1, b2, eps, decay, step):
-    # the float32 hyperparameters widened exactly, then float64 arithmetic
+    # the hyperparameters (float32 values widened exactly, or float64 ones),
+    # then float64 arithmetic
     lr_t = np.float64(lr)
     if decay > 0:
         lr_t = lr_t / (1.0 + np.float64(decay) * np.float64(step))
@@ -66,30 +68,39 @@ def _alphas64(lr, b1, b2, eps, decay, step, out):
 COEFFICIENT_BLOCK = 64
 
 
-def coefficient_block(c, lr32, b1_32, b2_32, eps, decay, step, count):
+def coefficient_block(c, lr, b1, b2, eps, decay, step, count):
     """``[_coefficients(c, ..., step + i) for i in range(count)]``, bit for bit,
     from one compiled call: only ``alpha`` depends on the step."""
     if type(eps) is not float:
         eps = float(eps)
-    d32 = float(np.float32(decay)) if decay > 0 else 0.0
+    if decay > 0:
+        # a np.float64 decay is kept (cast once to c in the compiled code)
+        d = float(decay) if type(decay) is np.float64 else float(np.float32(decay))
+    else:
+        d = 0.0
+    if type(lr) is np.float64 or type(b1) is np.float64 or type(b2) is np.float64:
+        # TF's tf.cast of a float64 hyperparameter to c: one rounding for
+        # float32, exact for float64 (float32 values widen exactly); one
+        # argument type for the compiled functions
+        lr, b1, b2 = c(lr), c(b1), c(b2)
     f = _scalars64 if c is np.float64 else _scalars32
-    first = f(lr32, b1_32, b2_32, eps, d32, step)
+    first = f(lr, b1, b2, eps, d, step)
     if count == 1:
         return [AdamCoefficients(*first)]
     alphas = np.empty(count)
-    (_alphas64 if c is np.float64 else _alphas32)(
-        lr32, b1_32, b2_32, eps, d32, step, alphas
-    )
+    (_alphas64 if c is np.float64 else _alphas32)(lr, b1, b2, eps, d, step, alphas)
     _, omb1, omb2, e = first
     return [AdamCoefficients(a, omb1, omb2, e) for a in alphas.tolist()]
 
 
-def coefficients(c, lr32, b1_32, b2_32, eps, decay, step) -> AdamCoefficients:
+def coefficients(c, lr, b1, b2, eps, decay, step) -> AdamCoefficients:
     """TF's ``_prepare_local`` for compute type ``c`` (np.float32 or np.float64).
 
-    The float32-rounded hyperparameters are cast to ``c`` and every operation is
-    rounded in ``c``, as TF's graph does; ``epsilon`` is cast directly. A tiny
-    compiled function does the arithmetic (the same IEEE operations and C
+    The hyperparameters (``lr``, ``b1``, ``b2``: float32-rounded values, or
+    ``np.float64`` scalars; ``decay``: a Python float, rounded to float32 here,
+    or a ``np.float64``) are cast to ``c`` and every operation is rounded in
+    ``c``, as TF's graph does; ``epsilon`` is cast directly. A tiny compiled
+    function does the arithmetic (the same IEEE operations and C
     ``pow``/``powf`` as NumPy scalars, at a tenth of the Python cost).
 
     The results are Python floats holding values of ``c`` exactly (the CPU
@@ -97,13 +108,16 @@ def coefficients(c, lr32, b1_32, b2_32, eps, decay, step) -> AdamCoefficients:
     casts them to ``c``): building four NumPy scalars would cost more than
     the arithmetic.
     """
-    return coefficient_block(c, lr32, b1_32, b2_32, eps, decay, step, 1)[0]
+    return coefficient_block(c, lr, b1, b2, eps, decay, step, 1)[0]
 
 
 def _same(a: Any, b: Any) -> bool:
-    # the same value, bit for bit (0.0 and -0.0 differ; NaN is never the same)
+    # the same type and value, bit for bit (0.0 and -0.0 differ; NaN is never
+    # the same); a Python float decay and a np.float64 one differ in use
     return a is b or (
-        a == b and (a != 0 or math.copysign(1.0, a) == math.copysign(1.0, b))
+        type(a) is type(b)
+        and a == b
+        and (a != 0 or math.copysign(1.0, a) == math.copysign(1.0, b))
     )
 
 
@@ -126,8 +140,9 @@ class CoefficientCache:
     def at(self, cdt: np.dtype, hyp: tuple, step: int) -> AdamCoefficients:
         """The scalars of ``step`` for compute dtype ``cdt``.
 
-        ``hyp`` is ``(lr32, beta_1_32, beta_2_32, epsilon, decay)``: immutable
-        scalars (NumPy float32 scalars and Python floats), never arrays.
+        ``hyp`` is ``(lr, beta_1, beta_2, epsilon, decay)``: immutable
+        scalars (NumPy float32 or float64 scalars and Python floats), never
+        arrays.
         """
         block = self._blocks.get(cdt)
         count = 1

@@ -4,6 +4,14 @@ A mixin of :class:`numbadam.OptimizerV2` (its ``_hyper`` dict and
 ``_hypers_created`` flag are the optimizer's): constants are Python floats
 until the first step and float32 after it, as TF's hyperparameter variables;
 callables and schedules are evaluated at each step and validated there.
+
+NumPy float64 values (a ``np.float64`` scalar, a 0-d float64 array, or what a
+callable or schedule returns) stay float64, as in TF: its hyperparameter
+variable takes the dtype of the initial value (``tf.Variable(0.999)`` is
+float32, ``tf.Variable(np.float64(0.999))`` float64) and ``tf.cast`` of a
+callable's result converts a Python float to float32 but keeps a float64
+array's dtype. The per-step scalars then cast the value once to the compute
+dtype (``numbadam._coefficients``).
 """
 
 from __future__ import annotations
@@ -16,13 +24,20 @@ import numpy as np
 
 from . import schedules
 
-__all__ = ["HyperparameterMixin", "is_number"]
+__all__ = ["HyperparameterMixin", "is_float64", "is_number"]
 
 
 def is_number(x: Any) -> bool:
     """A real number: a Python/NumPy scalar or a 0-d integer/float array."""
     return isinstance(x, numbers.Real) or (
         isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "iuf"
+    )
+
+
+def is_float64(x: Any) -> bool:
+    """A NumPy float64 scalar or array: TF keeps it float64 (a Python float not)."""
+    return isinstance(x, np.float64) or (
+        isinstance(x, np.ndarray) and x.dtype.type is np.float64
     )
 
 
@@ -46,9 +61,19 @@ class HyperparameterMixin:
                 f"or a learning-rate schedule, got {value!r}"
             )
         self._check_hyper_range(name, value)
-        # Before the first step TF keeps the Python value; after it, a float32
-        # variable, assigned in place.
-        self._hyper[name] = np.float32(value) if self._hypers_created else float(value)
+        f64 = is_float64(value)
+        if not self._hypers_created:
+            # Before the first step TF keeps the value as given.
+            self._hyper[name] = np.float64(value) if f64 else float(value)
+            return
+        # After it, TF assigns into the variable the first step made, whose
+        # dtype is fixed (float32, or float64 from a float64 value: a Python
+        # float is then kept exactly); a callable or schedule is replaced, and
+        # the value's own type decides, as at the first step.
+        prev = type(self._hyper.get(name))
+        if prev is np.float32 or prev is np.float64:
+            f64 = prev is np.float64
+        self._hyper[name] = np.float64(value) if f64 else np.float32(value)
 
     # name -> (low, high): the allowed half-open range [low, high) of a
     # hyperparameter; every numeric hyperparameter must be finite (deviation:
@@ -76,14 +101,20 @@ class HyperparameterMixin:
         if self._hypers_created:
             return
         for name, value in self._hyper.items():
-            if not callable(value):
+            if not callable(value) and type(value) is not np.float64:
                 self._hyper[name] = np.float32(value)
         self._hypers_created = True
 
-    def _hyper_value(self, name: str, step: int) -> np.float32:
-        """The hyperparameter's value for this step, rounded to float32 as in TF."""
+    def _hyper_value(self, name: str, step: int) -> Any:
+        """The hyperparameter's value for this step, as TF's variable or tensor.
+
+        A ``np.float32`` scalar (rounded to float32 as in TF), or a
+        ``np.float64`` scalar for a NumPy float64 value (see the module's
+        docstring).
+        """
         value = self._hyper[name]
-        if type(value) is np.float32:
+        t = type(value)
+        if t is np.float32 or t is np.float64:
             return value
         if isinstance(value, schedules.LearningRateSchedule):
             value = value(step)
@@ -95,7 +126,7 @@ class HyperparameterMixin:
                 f"hyperparameter {name!r} evaluated to {value!r}, not a real number"
             )
         try:
-            out = np.float32(value)
+            out = np.float64(value) if is_float64(value) else np.float32(value)
         except (TypeError, ValueError):
             raise TypeError(
                 f"hyperparameter {name!r} evaluated to {value!r}, not a real number"
@@ -111,7 +142,9 @@ class HyperparameterMixin:
             return schedules.serialize(value)
         if callable(value):
             value = value()
-        if isinstance(value, np.generic):
+        if isinstance(value, np.generic) and type(value) is not np.float64:
+            # (a np.float64 is a float that keeps its dtype through from_config,
+            # as TF's config holds the variable's NumPy value; JSON drops it)
             return value.item()
         return value
 

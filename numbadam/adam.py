@@ -83,7 +83,9 @@ class Adam(OptimizerV2):
 
     As in TensorFlow, ``learning_rate``, ``beta_1``, ``beta_2``, ``decay`` and
     callable results are rounded to float32 before being cast to the variable's
-    dtype, and ``epsilon`` is cast directly. Sparse gradients
+    dtype, except NumPy float64 values (``np.float64``, 0-d float64 arrays,
+    or what a callable or schedule returns), which TF keeps in float64 and
+    casts directly; ``epsilon`` is always cast directly. Sparse gradients
     (:class:`~numbadam.IndexedSlices`) are clipped, their duplicate indices
     summed, and then every row of the table takes the dense step with a zero
     gradient where it has none (``m`` and ``v`` decay everywhere), in one fused
@@ -194,7 +196,7 @@ class Adam(OptimizerV2):
 
     @decay.setter
     def decay(self, value: float) -> None:
-        self._initial_decay = self._check_real(value, "decay")
+        self._initial_decay = self._check_decay(value)
         self._set_hyper("decay", self._initial_decay)
 
     # -- the step ---------------------------------------------------------------
@@ -215,13 +217,15 @@ class Adam(OptimizerV2):
     def _prepare_step(self, step: int, dtypes: set) -> Dict[Any, AdamCoefficients]:
         """Per-step scalars by storage dtype, as TF's ``_prepare_local``."""
         hyper = self._hyper  # (float32 values need no evaluation: the common case)
-        lr32, b1_32, b2_32 = hyper["learning_rate"], hyper["beta_1"], hyper["beta_2"]
-        if type(lr32) is not np.float32:
-            lr32 = self._hyper_value("learning_rate", step)
-        if type(b1_32) is not np.float32:
-            b1_32 = self._hyper_value("beta_1", step)
-        if type(b2_32) is not np.float32:
-            b2_32 = self._hyper_value("beta_2", step)
+        lr, b1, b2 = hyper["learning_rate"], hyper["beta_1"], hyper["beta_2"]
+        # np.float32, or np.float64 for a NumPy float64 value (cast to the
+        # compute dtype once, in the coefficients)
+        if type(lr) is not np.float32 and type(lr) is not np.float64:
+            lr = self._hyper_value("learning_rate", step)
+        if type(b1) is not np.float32 and type(b1) is not np.float64:
+            b1 = self._hyper_value("beta_1", step)
+        if type(b2) is not np.float32 and type(b2) is not np.float64:
+            b2 = self._hyper_value("beta_2", step)
         eps = self.epsilon
         if type(eps) is not float:  # (the common case skips these checks)
             if callable(eps):
@@ -235,7 +239,7 @@ class Adam(OptimizerV2):
             cdt = _backend.compute_dtype(dtype)
             coef = by_compute.get(cdt)
             if coef is None:
-                hyp = (lr32, b1_32, b2_32, eps, decay)
+                hyp = (lr, b1, b2, eps, decay)
                 coef = by_compute[cdt] = self._coefficients.at(cdt, hyp, step)
             out[dtype] = coef
         return out
@@ -260,7 +264,10 @@ class Adam(OptimizerV2):
     def get_config(self) -> Dict[str, Any]:
         """Configuration with Keras' keys.
 
-        Hyperparameters are float32-rounded after the first step, as in TF.
+        Hyperparameters are float32-rounded after the first step, as in TF,
+        except NumPy float64 ones, which stay ``np.float64`` (a ``float``:
+        ``from_config`` keeps them float64, a JSON round trip makes them
+        Python floats, rounded to float32 again).
 
         Examples
         --------

@@ -505,7 +505,7 @@ def _state(
         by_role[ITERATION if w is optimizer.iterations else roles[id(w)]] = h
     by_role[ITERATION] = np.asarray(by_role[ITERATION], np.int64)
     with_lr = constant_lr(optimizer)
-    if with_lr:  # (the float32 value numbadam steps with)
+    if with_lr:  # (Keras 3's learning_rate variable is float32)
         by_role[("learning_rate", None)] = np.asarray(
             np.float32(optimizer.learning_rate)
         )

@@ -24,7 +24,7 @@ import numpy as np
 from . import _config, _dispatch, schedules
 from ._backend import global_norm_scalars, identity_transform, transform_scalars
 from ._flat import GradsAndVars, ParameterBuffer
-from ._hypers import HyperparameterMixin, is_number
+from ._hypers import HyperparameterMixin, is_float64, is_number
 from ._loss_api import LossMixin
 from ._slots import SlotTable, check_slots
 from ._state import StateMixin, describe
@@ -201,7 +201,7 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         self._last_ids: Tuple[int, ...] = ()
         self._multi_ids: Tuple[int, ...] = ()
         decay = kwargs.pop("decay", 0.0)
-        self._initial_decay = 0.0 if decay is None else self._check_real(decay, "decay")
+        self._initial_decay = 0.0 if decay is None else self._check_decay(decay)
         self._clipnorm = self._global_clipnorm = None
         self.clipnorm = kwargs.pop("clipnorm", None)
         self.global_clipnorm = kwargs.pop("global_clipnorm", None)
@@ -223,6 +223,13 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         if not math.isfinite(value) or value < 0:  # (NaN < 0 is False)
             raise ValueError(f"Expected a finite {what} >= 0, received: {value}")
         return float(value)
+
+    @classmethod
+    def _check_decay(cls, value: Any) -> float:
+        # A Python float (TF: float32 in tf.cast) or a np.float64, kept float64
+        # as tf.cast keeps a float64 array's dtype
+        decay = cls._check_real(value, "decay")
+        return np.float64(decay) if is_float64(value) else decay
 
     @property
     def clipnorm(self) -> Optional[float]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from checkpoint_helpers import (
     _arrays,
+    _bits,
     _encode,
     _expect,
     _header,
@@ -22,7 +23,8 @@ from checkpoint_helpers import (
     save_good,
 )
 
-from numbadam.checkpoint import HEADER_KEY
+import numbadam
+from numbadam.checkpoint import HEADER_KEY, load_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -323,3 +325,35 @@ def test_bad_iterations_in_file(good, tmp_path, value, step, match):
     table, bias = np.zeros((10, 2), np.float32), np.zeros(2, np.float32)
     _expect(path, match, {"table": table, "bias": bias})
     assert not table.any() and not bias.any()
+
+
+def test_float64_hyperparameters_resume_bit_identical(tmp_path):
+    # JSON writes a np.float64 hyperparameter as a plain float, which
+    # from_config would round to float32: the header marks it.
+    def make():
+        return numbadam.Adam(np.float64(0.01), beta_2=np.float64(0.999), decay=0.01)
+
+    def run(opt, w, steps):
+        for t in steps:
+            opt.apply_gradients([(np.full(3, 0.5 - t, np.float64), w)])
+
+    w1, w2 = np.ones(3), np.ones(3)
+    o1, o2 = make(), make()
+    run(o1, w1, range(6))
+    run(o2, w2, range(3))
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, o2, [w2])
+    assert _header(path)["optimizer"]["float64"] == ["beta_2", "learning_rate"]
+    ckpt = load_checkpoint(path)
+    assert type(ckpt.optimizer.get_config()["beta_2"]) is np.float64
+    run(ckpt.optimizer, ckpt.variables["0"], range(3, 6))
+    assert _bits(ckpt.variables["0"]) == _bits(w1)
+    # (a Python-float optimizer writes no marker)
+    save_checkpoint(tmp_path / "d.npz", numbadam.Adam(0.01), [np.ones(3)])
+    assert "float64" not in _header(tmp_path / "d.npz")["optimizer"]
+    header = _header(path)
+    for i, bad in enumerate((["amsgrad"], "beta_2", [["beta_2"]], ["nope"])):
+        h = json.loads(json.dumps(header))
+        h["optimizer"]["float64"] = bad
+        bad_path = _rewrite(path, tmp_path / f"bad{i}.npz", **{HEADER_KEY: _encode(h)})
+        _expect(bad_path, "malformed")

@@ -187,7 +187,10 @@ def load_checkpoint(
     opt_info = header["optimizer"]
     cls = _optimizer_class(path, opt_info, custom_objects)
     try:
-        optimizer = cls.from_config(opt_info["config"], custom_objects=custom_objects)
+        config = dict(opt_info["config"])
+        for k in opt_info.get("float64", []):  # NumPy float64 hyperparameters
+            config[k] = np.float64(config[k])
+        optimizer = cls.from_config(config, custom_objects=custom_objects)
     except Exception as exc:
         raise CheckpointError(
             path, f"cannot rebuild the optimizer from its config ({exc})"

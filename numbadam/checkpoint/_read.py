@@ -251,6 +251,12 @@ def _header_problem(header: Dict[str, Any]) -> Optional[str]:
         or not isinstance(opt.get("module", ""), str)
     ):
         return "optimizer"
+    float64 = opt.get("float64", [])
+    if not isinstance(float64, list) or not all(
+        isinstance(k, str) and isinstance(opt["config"].get(k), float)
+        for k in float64
+    ):
+        return "optimizer float64"
     step = header.get("step")
     if not _is_int(step) or not 0 <= step < 2**63:
         return f"step {_short(step)} is not an integer in [0, 2**63)"

@@ -200,6 +200,10 @@ def save_checkpoint(
     }
     if not isinstance(header["metadata"], dict):
         raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    config = header["optimizer"]["config"]
+    float64 = sorted(k for k, v in config.items() if type(v) is np.float64)
+    if float64:  # (JSON writes them as plain floats: from_config would round)
+        header["optimizer"]["float64"] = float64
     try:
         text = json.dumps(header)
     except (TypeError, ValueError, RecursionError) as exc:
