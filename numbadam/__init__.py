@@ -20,6 +20,7 @@ from ._config import get_num_threads, reset_num_threads, set_num_threads
 from ._flat import ParameterBuffer
 from ._types import IndexedSlices
 from .adam import Adam
+from .adamw import AdamW
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .optimizer import OptimizerV2
 
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adam",
+    "AdamW",
     "IndexedSlices",
     "OptimizerV2",
     "ParameterBuffer",

@@ -43,6 +43,7 @@ __all__ = [
     "identity_transform",
     "global_norm_scalars",
     "Transform",
+    "Decay",
     "check_slices_shapes",
     "check_index_dtype",
     "check_index_range",
@@ -155,6 +156,11 @@ def global_norm_scalars(
 #: ``(lo, hi, mul, div)``: a gradient element ``g`` enters the step as
 #: ``clip(g, lo, hi) * mul / div``, in the compute dtype (the kernels' order).
 Transform = Tuple[Any, Any, Any, Any]
+
+#: Decoupled weight decay of a step: ``None`` (none), or ``(weight_decay, lr_t)``
+#: as scalars of the compute dtype (NumPy scalars or Python floats holding
+#: values of it); ``var -= (var * weight_decay) * lr_t`` before the Adam step.
+Decay = Optional[Tuple[Any, Any]]
 
 _IDENTITY: Dict[str, Transform] = {}
 
@@ -314,9 +320,11 @@ class Backend(Protocol):
         vhat: Optional[Any],
         coef: AdamCoefficients,
         transform: Transform,
+        wd: Decay = None,
     ) -> None:
         """One fused Adam pass over a dense pair, its gradient transformed by
-        ``transform`` (see :data:`Transform`)."""
+        ``transform`` (see :data:`Transform`), decayed first by ``wd`` (see
+        :data:`Decay`)."""
 
     def sparse_step(
         self,
@@ -327,7 +335,9 @@ class Backend(Protocol):
         coef: AdamCoefficients,
         transform: Transform,
         lazy: bool = False,
+        wd: Decay = None,
     ) -> None:
         """One fused Adam pass over an IndexedSlices pair (``lazy``: only the
         rows with a gradient change), its values transformed by ``transform``
-        before duplicates are summed."""
+        before duplicates are summed; ``wd`` (:data:`Decay`) decays every row
+        first (``lazy``: the rows with a gradient)."""

@@ -24,6 +24,7 @@ from ._backend import (
     check_index_dtype,
     check_index_range,
     check_slices_shapes,
+    Decay,
     Transform,
     compute_dtype,
     is_device_array,
@@ -88,13 +89,19 @@ class CPUBackend:
         self._k_multi = multi_cpu
         self._ready: dict = {}  # (kernel, dtype char, amsgrad) -> compiled kernel
 
-    def _kernel(self, kernel: Any, dtype: np.dtype, amsgrad: Optional[bool] = None):
+    def _kernel(
+        self,
+        kernel: Any,
+        dtype: np.dtype,
+        amsgrad: Optional[bool] = None,
+        decay: Optional[bool] = None,
+    ):
         """``kernel`` (a dispatcher of ``kernels.cpu``) compiled for ``dtype``
-        (and the Adam or AMSGrad variant), once."""
-        key = (kernel, dtype.char, amsgrad)
+        (and the Adam or AMSGrad variant, with or without weight decay), once."""
+        key = (kernel, dtype.char, amsgrad, decay)
         ready = self._ready.get(key)
         if ready is None:
-            self._k.ensure_compiled(kernel, dtype, amsgrad)
+            self._k.ensure_compiled(kernel, dtype, amsgrad, decay)
             ready = self._ready[key] = kernel
         return ready
 
@@ -288,11 +295,15 @@ class CPUBackend:
         k = int(np.searchsorted(w.starts, a + nbytes, side="left"))
         return k > 0 and w.ends[k - 1] > a
 
-    def dense_multi_step(self, w: MultiWork, coef: AdamCoefficients, tr: Transform):
+    def dense_multi_step(
+        self, w: MultiWork, coef: AdamCoefficients, tr: Transform, wd: Decay = None
+    ):
         """One launch over every variable of ``w`` (after :meth:`prepare_multi`)."""
         dtype = w.flat.dtype
-        k = self._kernel(self._k_multi.adam_dense_multi_cpu, dtype, w.amsgrad)
-        k(w.xp, w.mp, w.vp, w.hp, w.gp, w.sizes, w.proto, *coef, *tr)
+        k = self._kernel(
+            self._k_multi.adam_dense_multi_cpu, dtype, w.amsgrad, wd is not None
+        )
+        k(w.xp, w.mp, w.vp, w.hp, w.gp, w.sizes, w.proto, *coef, *tr, wd)
 
     # -- state --------------------------------------------------------------
 
@@ -323,6 +334,7 @@ class CPUBackend:
         vhat: Optional[np.ndarray],
         coef: AdamCoefficients,
         tr: Transform,
+        wd: Decay = None,
     ) -> None:
         x, g = work.flat, work.grad
         n = x.shape[0]
@@ -334,8 +346,8 @@ class CPUBackend:
         if dtype.char == "e":
             x, g, mf, vf = (a.view(np.uint16) for a in (x, g, mf, vf))
         hf = None if vhat is None else _kernel_view(vhat.reshape(-1))
-        k = self._kernel(self._k.adam_dense_cpu, dtype, hf is not None)
-        k(x, mf, vf, hf, g, *coef, *tr, _config.CPU_BLOCK, _config.CPU_SERIAL_MAX)
+        k = self._kernel(self._k.adam_dense_cpu, dtype, hf is not None, wd is not None)
+        k(x, mf, vf, hf, g, *coef, *tr, wd, _config.CPU_BLOCK, _config.CPU_SERIAL_MAX)
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)
 
@@ -348,6 +360,7 @@ class CPUBackend:
         coef: AdamCoefficients,
         tr: Transform,
         lazy: bool = False,
+        wd: Decay = None,
     ) -> None:
         if work.flat.size == 0:
             return
@@ -361,17 +374,17 @@ class CPUBackend:
         vals = _kernel_view(work.values)
         hf = None if vhat is None else _kernel_view(vhat.reshape(-1))
         nt = _config.get_num_threads()  # (the workers unique rows are dealt to)
-        ams = hf is not None
+        ams, dec = hf is not None, wd is not None
         if lazy:  # one fused pass over the unique rows: no summed-rows buffer
-            kern = self._kernel(self._k.adam_sparse_lazy_cpu, dtype, ams)
-            kern(x, mf, vf, hf, work.indices, vals, *coef, *tr, maxkey, nt)
+            kern = self._kernel(self._k.adam_sparse_lazy_cpu, dtype, ams, dec)
+            kern(x, mf, vf, hf, work.indices, vals, *coef, *tr, wd, maxkey, nt)
         else:  # sum duplicates, then one pass over the whole table
             uidx = np.empty(k, np.int64)
             uvals = np.empty((k, work.width), compute_dtype(dtype))
             dedup = self._kernel(self._k.sum_duplicate_rows_cpu, dtype)
             u = dedup(work.indices, vals, *tr, maxkey, uidx, uvals, nt)
-            kern = self._kernel(self._k.adam_sparse_cpu, dtype, ams)
-            kern(x, mf, vf, hf, uidx[:u], uvals[:u], *coef,
+            kern = self._kernel(self._k.adam_sparse_cpu, dtype, ams, dec)
+            kern(x, mf, vf, hf, uidx[:u], uvals[:u], *coef, wd,
                  _config.CPU_SPARSE_BLOCK_ROWS)  # fmt: skip
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)

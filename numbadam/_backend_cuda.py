@@ -52,6 +52,7 @@ from ._backend import (
     INDEX_DTYPES,
     DenseWork,
     SparseWork,
+    Decay,
     Transform,
     cast_gradient_dtype,
     check_float_dtype,
@@ -113,6 +114,14 @@ def _typed(coef: AdamCoefficients, dtype: np.dtype) -> AdamCoefficients:
     return AdamCoefficients(*(c(x) for x in coef))
 
 
+def _typed_decay(wd: Any, dtype: np.dtype) -> tuple:
+    # the kernels' weight-decay argument: () or (weight_decay, lr_t), typed
+    if wd is None:
+        return ()
+    c = compute_dtype(dtype).type
+    return (c(wd[0]), c(wd[1]))
+
+
 class CUDABackend:
     """Backend for CUDA arrays: the ``@cuda.jit`` kernels of ``kernels.cuda``."""
 
@@ -127,14 +136,14 @@ class CUDABackend:
     # -- launches -------------------------------------------------------------
 
     def _kernel(
-        self, kernel: Any, dtype: Optional[np.dtype] = None, amsgrad=None
+        self, kernel: Any, dtype: Optional[np.dtype] = None, amsgrad=None, decay=None
     ) -> Any:
         """``kernel`` (of ``kernels.cuda``) compiled for ``dtype`` (and the Adam
-        or AMSGrad variant), once."""
-        key = (kernel, None if dtype is None else dtype.char, amsgrad)
+        or AMSGrad variant, with or without weight decay), once."""
+        key = (kernel, None if dtype is None else dtype.char, amsgrad, decay)
         ready = self._ready.get(key)
         if ready is None:
-            self._k.ensure_compiled(kernel, dtype, amsgrad)
+            self._k.ensure_compiled(kernel, dtype, amsgrad, decay)
             ready = self._ready[key] = kernel
         return ready
 
@@ -440,6 +449,7 @@ class CUDABackend:
         vhat: Optional[Any],
         coef: AdamCoefficients,
         tr: Transform,
+        wd: Decay = None,
     ) -> None:
         n = int(work.flat.shape[0])
         if n == 0:
@@ -448,8 +458,11 @@ class CUDABackend:
         coef = _typed(coef, dtype)
         mf, vf = self._flat(m), self._flat(v)
         slot = () if vhat is None else (self._flat(vhat),)
-        kern = self._kernel(self._k.adam_dense_cuda, dtype, vhat is not None)
-        self._launch(kern, n, work.flat, mf, vf, slot, work.grad, *coef, *tr)
+        dec = _typed_decay(wd, dtype)
+        kern = self._kernel(
+            self._k.adam_dense_cuda, dtype, vhat is not None, wd is not None
+        )
+        self._launch(kern, n, work.flat, mf, vf, slot, work.grad, *coef, *tr, dec)
         self._writeback(work)
 
     def sparse_step(
@@ -461,6 +474,7 @@ class CUDABackend:
         coef: AdamCoefficients,
         tr: Transform,
         lazy: bool = False,
+        wd: Decay = None,
     ) -> None:
         n = int(work.flat.shape[0])
         if n == 0:
@@ -477,9 +491,10 @@ class CUDABackend:
         mf, vf = self._flat(m), self._flat(v)
         slot = () if vhat is None else (self._flat(vhat),)
         kern = self._k.adam_sparse_lazy_cuda if lazy else self._k.adam_sparse_cuda
-        kern = self._kernel(kern, dtype, vhat is not None)
+        kern = self._kernel(kern, dtype, vhat is not None, wd is not None)
         items = k * work.width if lazy else n
         self._launch(
-            kern, items, work.flat, mf, vf, slot, keys, pos, k, values, *coef, *tr
-        )
+            kern, items, work.flat, mf, vf, slot, keys, pos, k, values, *coef, *tr,
+            _typed_decay(wd, dtype),
+        )  # fmt: skip
         self._writeback(work)

@@ -8,7 +8,9 @@ import numpy as np
 
 from . import _backend
 from ._coefficients import CoefficientCache
+from ._slots import memory_key
 from ._types import AdamCoefficients
+from ._weight_decay import check_weight_decay, decay_scalars
 from .optimizer import OptimizerV2, _is_number
 
 __all__ = ["Adam"]
@@ -53,6 +55,14 @@ class Adam(OptimizerV2):
         correction of the global step); its cost does not depend on the
         table's size. Not part of Keras' Adam: serialised by
         :meth:`get_config` only when ``"lazy"``.
+    weight_decay : float or None, default None
+        Decoupled weight decay, as Keras 3's: before each step's Adam update
+        ``var -= (var * weight_decay) * lr_t`` with that step's learning rate
+        (after ``decay`` and schedules), fused into the same pass. Sparse
+        gradients: every row is decayed under ``sparse_mode="dense"``, only the
+        rows with a gradient under ``"lazy"``. ``None`` or ``0``: no decay (the
+        results of plain Adam, bit for bit). See
+        :meth:`exclude_from_weight_decay` and :class:`~numbadam.AdamW`.
     **kwargs
         ``clipnorm``, ``global_clipnorm`` (all gradients of a call clipped
         by their joint norm; not with ``clipnorm``), ``clipvalue``, ``lr``
@@ -65,7 +75,8 @@ class Adam(OptimizerV2):
     TypeError
         For an unknown keyword argument or a hyperparameter of the wrong type.
     ValueError
-        For a negative ``clipnorm``, ``clipvalue``, ``lr`` or ``decay``; a NaN
+        For a negative ``clipnorm``, ``clipvalue``, ``lr``, ``decay`` or
+        ``weight_decay``; a NaN
         or infinite hyperparameter; ``beta_1`` or ``beta_2`` outside
         ``[0, 1)``; a negative or NaN ``epsilon`` (callables and schedules: at
         the step, before anything changes).
@@ -125,9 +136,14 @@ class Adam(OptimizerV2):
         amsgrad: bool = False,
         name: str = "Adam",
         sparse_mode: str = "dense",
+        weight_decay: Any = None,
         **kwargs: Any,
     ) -> None:
+        weight_decay = check_weight_decay(weight_decay)
         super().__init__(name, **kwargs)
+        self._weight_decay = weight_decay
+        self._wd_excluded: set = set()  # memory keys of excluded variables
+        self._step_decay: Dict[Any, Any] = {}  # storage dtype -> Decay, per step
         if sparse_mode not in _SPARSE_MODES:
             raise ValueError(
                 f"sparse_mode must be one of {_SPARSE_MODES}, got {sparse_mode!r}"
@@ -199,6 +215,85 @@ class Adam(OptimizerV2):
         self._initial_decay = self._check_decay(value)
         self._set_hyper("decay", self._initial_decay)
 
+    @property
+    def weight_decay(self) -> Any:
+        """Decoupled weight decay (Keras 3's), or ``None``."""
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value: Any) -> None:
+        self._weight_decay = check_weight_decay(value)
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
+        """Exclude variables from the weight decay (Keras 3's method).
+
+        Parameters
+        ----------
+        var_list : list of arrays, optional
+            Variables (NumPy or CUDA arrays) that get no weight decay, matched
+            by their memory, shape, strides and dtype (a new view of the same
+            elements is the same variable).
+        var_names : list of str, optional
+            Keras matches variable names; arrays have none, so a non-empty
+            ``var_names`` raises :class:`TypeError`: pass the arrays as
+            ``var_list``.
+
+        Raises
+        ------
+        ValueError
+            After the first step (as Keras 3: exclusions are configured before
+            the optimizer is built).
+        TypeError
+            For a non-empty ``var_names``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbadam
+        >>> w, b = np.ones(2, np.float32), np.ones(2, np.float32)
+        >>> opt = numbadam.AdamW(learning_rate=0.5, weight_decay=0.5)
+        >>> opt.exclude_from_weight_decay(var_list=[b])
+        >>> zero = np.zeros(2, np.float32)
+        >>> _ = opt.apply_gradients([(zero, w), (zero, b)])
+        >>> w.tolist(), b.tolist()
+        ([0.75, 0.75], [1.0, 1.0])
+        """
+        if var_names:
+            raise TypeError(
+                "exclude_from_weight_decay: var_names needs named variables, and "
+                "NumPy/CUDA arrays have no names; pass the arrays themselves as "
+                "var_list"
+            )
+        if self._iterations is not None:
+            raise ValueError(
+                "exclude_from_weight_decay can only be configured before the "
+                "optimizer is built (before its first step)"
+            )
+        for var in var_list or ():
+            self._wd_excluded.add(memory_key(var))
+
+    def _decay_of(self, work) -> Any:
+        # the Decay argument of one work item (None: excluded, or no decay)
+        if self._wd_excluded and memory_key(work.var) in self._wd_excluded:
+            return None
+        return self._step_decay.get(work.flat.dtype)
+
+    def _prepare_buffer(self, buf):
+        # A one-pass step decays all of the buffer or none of it: with only
+        # some of its variables excluded, the per-variable pairs instead.
+        if self._weight_decay and self._wd_excluded:
+            out = sum(memory_key(p) in self._wd_excluded for p in buf.params)
+            if 0 < out < len(buf.params):
+                return NotImplemented
+            if out:  # every variable excluded: the whole buffer is
+                self._wd_excluded.add(memory_key(buf.data))
+        return super()._prepare_buffer(buf)
+
+    def _remember_list(self, step) -> None:
+        # one multi-tensor launch decays every variable alike
+        if not self._wd_excluded:
+            super()._remember_list(step)
+
     # -- the step ---------------------------------------------------------------
 
     def _create_slots(self, var_list) -> None:
@@ -242,23 +337,38 @@ class Adam(OptimizerV2):
                 hyp = (lr, b1, b2, eps, decay)
                 coef = by_compute[cdt] = self._coefficients.at(cdt, hyp, step)
             out[dtype] = coef
+        self._step_decay = self._decays(step, dtypes, lr32, decay)
         return out
+
+    def _decays(self, step, dtypes, lr32, decay) -> Dict[Any, Any]:
+        # the weight-decay argument of the kernels, by storage dtype
+        if not self._weight_decay:  # (None or 0: no decay, the Adam kernels)
+            return {}
+        return {
+            dt: decay_scalars(
+                _backend.compute_dtype(dt), self._weight_decay, lr32, decay, step
+            )
+            for dt in dtypes
+        }
 
     def _resource_apply_dense(self, work, backend, slots, coef, transform) -> None:
         vhat = slots["vhat"] if self.amsgrad else None
-        backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform)
+        wd = self._decay_of(work) if self._step_decay else None
+        backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform, wd)
 
     def _amsgrad_slots(self) -> bool:
         return self.amsgrad
 
     def _resource_apply_dense_multi(self, work, backend, coef, transform) -> None:
-        backend.dense_multi_step(work, coef, transform)
+        wd = self._step_decay.get(work.flat.dtype) if self._step_decay else None
+        backend.dense_multi_step(work, coef, transform, wd)
 
     def _resource_apply_sparse(self, work, backend, slots, coef, transform) -> None:
         vhat = slots["vhat"] if self.amsgrad else None
+        wd = self._decay_of(work) if self._step_decay else None
         backend.sparse_step(
             work, slots["m"], slots["v"], vhat, coef, transform,
-            lazy=self.sparse_mode == "lazy",
+            lazy=self.sparse_mode == "lazy", wd=wd,
         )  # fmt: skip
 
     def get_config(self) -> Dict[str, Any]:
@@ -289,6 +399,8 @@ class Adam(OptimizerV2):
         )
         if self.sparse_mode != "dense":
             config["sparse_mode"] = self.sparse_mode
+        if self._weight_decay is not None:
+            config["weight_decay"] = self._weight_decay
         return config
 
     def set_weights(self, weights) -> None:

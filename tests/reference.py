@@ -108,8 +108,12 @@ def adam_dense_ref(
     epsilon: Any,
     vhat: Any = None,
     decay: Any = 0.0,
+    weight_decay: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """One dense Adam (or AMSGrad, when ``vhat`` is given) step, in float64.
+
+    With ``weight_decay`` (Keras 3's decoupled decay, used as given), first
+    ``var = var - var * weight_decay * lr_t`` with the step's learning rate.
 
     Parameters
     ----------
@@ -134,6 +138,8 @@ def adam_dense_ref(
     eps = float(epsilon)
     tt = float(t)
     alpha = (lr_t * math.sqrt(1.0 - b2**tt)) / (1.0 - b1**tt)
+    if weight_decay:
+        var = var - var * float(weight_decay) * lr_t
     m = m + (g - m) * (1.0 - b1)
     v = v + (g * g - v) * (1.0 - b2)
     if vhat is not None:
@@ -169,10 +175,14 @@ def adam_sparse_ref(
     epsilon: Any,
     vhat: Any = None,
     decay: Any = 0.0,
+    weight_decay: float = 0.0,
 ):
-    """One sparse step: sum duplicates into a zero-filled gradient, then dense."""
+    """One sparse step: sum duplicates into a zero-filled gradient, then dense
+    (TensorFlow's rule: every row steps, and is decayed by ``weight_decay``)."""
     g = sparse_to_dense(np.shape(var), indices, values)
-    return adam_dense_ref(var, g, m, v, t, lr, beta_1, beta_2, epsilon, vhat, decay)
+    return adam_dense_ref(
+        var, g, m, v, t, lr, beta_1, beta_2, epsilon, vhat, decay, weight_decay
+    )
 
 
 def adam_rowwise_step(
@@ -277,6 +287,7 @@ def run_reference(
     clipnorm: float | None = None,
     decay: float = 0.0,
     start_iteration: int = 0,
+    weight_decay: float = 0.0,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
     """Several Adam steps from zero slots; the state after every step.
 
@@ -313,6 +324,7 @@ def run_reference(
             "beta_2": _value(beta_2, it),
             "epsilon": _value(epsilon, it),
             "decay": decay,
+            "weight_decay": weight_decay,
         }
         if hasattr(g, "indices"):
             vals = clip_ref(g.values, clipvalue, clipnorm)

@@ -216,8 +216,9 @@ def test_dense_kernel_vs_oracle(dtype, ams, clip, serial):
     tr = _transform(dtype, g, *clip)
     serial_max, block = (n, 128) if serial else (0, 128)
     kernel("adam_dense_cpu", dtype)(
-        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, block, serial_max
-    )
+        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, None, block,
+        serial_max,
+    )  # fmt: skip
     gc = clip_ref(g, *clip)
     ex, em, ev, eh = adam_dense_ref(
         before["var"], gc, before["m"], before["v"], t, vhat=before["vhat"], **HP
@@ -241,7 +242,7 @@ def _sparse_inputs(rng, nrows, width, dtype, indices, ams):
 
 def _run_sparse(dtype, ams, x, m, v, h, idx, vals, coef, block_rows):
     kernel("adam_sparse_cpu", dtype)(
-        kview(x), kview(m), kview(v), kh(h), idx, vals, *coef, block_rows
+        kview(x), kview(m), kview(v), kh(h), idx, vals, *coef, None, block_rows
     )
 
 
@@ -251,8 +252,8 @@ def _run_dense(dtype, ams, x, g, m, v, h, coef, block):
     tr = (c(-np.inf), c(np.inf), c(1), c(1))
     serial_max = x.shape[0] if block is None else 0
     kernel("adam_dense_cpu", dtype)(
-        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, block or 1,
-        serial_max,
+        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, None,
+        block or 1, serial_max,
     )  # fmt: skip
 
 
@@ -338,7 +339,7 @@ def test_dense_kernel_property(
     tr = _transform(dtype, g, clipvalue, clipnorm)
     name = f"dense {'amsgrad' if ams else 'adam'}, {'serial' if serial else 'blocked'}"
     kernel("adam_dense_cpu", dtype)(
-        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, block,
+        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, None, block,
         n if serial else 0,
     )  # fmt: skip
     gc = clip_ref(g, clipvalue, clipnorm)
@@ -628,7 +629,7 @@ def test_lazy_kernel_bitwise_any_worker_count(
         flat = [kview(a).reshape(-1) for a in got] + [None] * (h is None)
         maxkey = int(idx.max()) if k else 0
         kernel("adam_sparse_lazy_cpu", dtype)(
-            *flat, idx, kview(vals), *coef, *tr, maxkey, nt
+            *flat, idx, kview(vals), *coef, *tr, None, maxkey, nt
         )
         for what, g, w in zip(("var", "m", "v", "vhat"), got, want):
             assert_bitwise(g, w, f"{what}, {nt} workers")
@@ -682,9 +683,11 @@ def _all_paths(dtype, variant):
             (1.0, "lazy", 1),
         ]:
             _config.CPU_SERIAL_MAX = serial_max  # serial and blocked dense kernels
-            opt = numbadam.Adam(0.1, amsgrad=ams, clipnorm=clipnorm, sparse_mode=mode)
-            opt.apply_gradients([(g, w)])
-            opt.apply_gradients([(IndexedSlices(vals, idx, (20, 3)), w)])
+            for wd in (None, 0.01):  # the kernels without and with weight decay
+                opt = numbadam.Adam(0.1, amsgrad=ams, clipnorm=clipnorm,
+                                    sparse_mode=mode, weight_decay=wd)  # fmt: skip
+                opt.apply_gradients([(g, w)])
+                opt.apply_gradients([(IndexedSlices(vals, idx, (20, 3)), w)])
             if variant:
                 wv = np.zeros((20, 6), dtype)[:, ::2]
                 opt.apply_gradients(

@@ -211,10 +211,16 @@ def _span_impl(a, start, stop):
     return lambda a, start, stop: a[start:stop]
 
 
+# Decoupled weight decay is an argument too: ``wd`` is None (pruned, as vhat)
+# or the tuple ``(weight_decay, lr_t)`` of the compute type; Keras 3's
+# ``var -= (var * weight_decay) * lr_t`` then comes before the Adam step, in
+# the same pass and on the value loaded (float16: in float32, rounded once).
+
+
 @njit(**_SERIAL)
-def _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps):
+def _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd):
     # One element of the Adam (vhat None) or AMSGrad step, stored in the order
-    # m, v, vhat, var.
+    # m, v, vhat, var; with weight decay (wd not None) var is decayed first.
     mj, vj = _moments(gj, load(m, j), load(v, j), omb1, omb2)
     store(m, j, mj)
     store(v, j, vj)
@@ -225,4 +231,7 @@ def _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps):
         if vj > dj:
             dj = vj
         store(vhat, j, dj)
-    store(var, j, _step(load(var, j), mj, dj, alpha, eps))
+    xj = load(var, j)
+    if wd is not None:
+        xj = xj - (xj * wd[0]) * wd[1]
+    store(var, j, _step(xj, mj, dj, alpha, eps))

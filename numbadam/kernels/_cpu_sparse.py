@@ -66,18 +66,18 @@ def _all_zero_bits(a):
 
 
 @njit(**_SERIAL)
-def _decay_span(xs, ms, vs, hs, alpha, omb1, omb2, eps):
+def _decay_span(xs, ms, vs, hs, alpha, omb1, omb2, eps, wd):
     # Rows without a gradient: exactly the dense arithmetic with g = 0.
     zero = zero_of(alpha)
     for j in range(xs.shape[0]):
-        _adam_elem(xs, ms, vs, hs, j, zero, alpha, omb1, omb2, eps)
+        _adam_elem(xs, ms, vs, hs, j, zero, alpha, omb1, omb2, eps, wd)
 
 
 @njit(**_SERIAL)
-def _decay_run(xs, ms, vs, hs, alpha, omb1, omb2, eps, skip):
+def _decay_run(xs, ms, vs, hs, alpha, omb1, omb2, eps, wd, skip):
     n = xs.shape[0]
     if not skip:
-        _decay_span(xs, ms, vs, hs, alpha, omb1, omb2, eps)
+        _decay_span(xs, ms, vs, hs, alpha, omb1, omb2, eps, wd)
         return
     for c0 in range(0, n, _SKIP_CHUNK):
         c1 = min(c0 + _SKIP_CHUNK, n)
@@ -88,19 +88,20 @@ def _decay_run(xs, ms, vs, hs, alpha, omb1, omb2, eps, skip):
         ):
             continue
         _decay_span(
-            xs[c0:c1], ms[c0:c1], vs[c0:c1], span(hs, c0, c1), alpha, omb1, omb2, eps
-        )
+            xs[c0:c1], ms[c0:c1], vs[c0:c1], span(hs, c0, c1), alpha, omb1, omb2, eps,
+            wd,
+        )  # fmt: skip
 
 
 @njit(**_SERIAL)
-def _grad_row(xs, ms, vs, hs, gs, alpha, omb1, omb2, eps):
+def _grad_row(xs, ms, vs, hs, gs, alpha, omb1, omb2, eps, wd):
     for j in range(xs.shape[0]):
-        _adam_elem(xs, ms, vs, hs, j, gs[j], alpha, omb1, omb2, eps)
+        _adam_elem(xs, ms, vs, hs, j, gs[j], alpha, omb1, omb2, eps, wd)
 
 
 @njit(**_PARALLEL)
 def adam_sparse_cpu(
-    var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, block_rows
+    var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, wd, block_rows
 ):
     """Sparse Adam or AMSGrad step (TF's rule) over a whole table, in place.
 
@@ -110,12 +111,17 @@ def adam_sparse_cpu(
     summed) is the gradient of row ``indices[i]``. Every row gets the dense
     arithmetic, with a zero gradient where it has none: runs of such rows are
     processed as one flat stretch, whose parts with ``m = v (= vhat) = +0.0``
-    are only read (they would not change).
+    are only read (they would not change). With weight decay (``wd =
+    (weight_decay, lr_t)``, else None) every row is decayed first, as in the
+    dense step, and none is skipped.
     """
     width = values.shape[1]
     nrows = var.shape[0] // width if width > 0 else 0
     k = indices.shape[0]
-    skip = _zero_rows_stay(alpha, omb1, omb2, eps)
+    if wd is None:
+        skip = _zero_rows_stay(alpha, omb1, omb2, eps)
+    else:  # (a decayed row changes even with m = v = +0.0)
+        skip = False
     nblocks = (nrows + block_rows - 1) // block_rows
     for b in prange(nblocks):
         r0 = b * block_rows
@@ -129,13 +135,13 @@ def adam_sparse_cpu(
                 a = r * width
                 e = stop * width
                 _decay_run(var[a:e], m[a:e], v[a:e], span(vhat, a, e), alpha, omb1,
-                           omb2, eps, skip)  # fmt: skip
+                           omb2, eps, wd, skip)  # fmt: skip
                 r = stop
             if r < r1 and p < k and indices[p] == r:
                 a = r * width
                 e = a + width
                 _grad_row(var[a:e], m[a:e], v[a:e], span(vhat, a, e), values[p],
-                          alpha, omb1, omb2, eps)  # fmt: skip
+                          alpha, omb1, omb2, eps, wd)  # fmt: skip
                 p += 1
                 r += 1
 
@@ -197,7 +203,7 @@ def _group_grad(acc, values, order, s0, s1, lo, hi, mul, div):
 
 @njit(**_SERIAL)
 def _lazy_group(xs, ms, vs, hs, values, order, s0, s1, acc, alpha, omb1, omb2, eps,
-                lo, hi, mul, div):  # fmt: skip
+                lo, hi, mul, div, wd):  # fmt: skip
     # One unique row of a lazy step: its summed gradient, then the dense step.
     if s1 - s0 == 1:  # the common case: one row, no scratch
         row = values[order[s0]]
@@ -205,14 +211,14 @@ def _lazy_group(xs, ms, vs, hs, values, order, s0, s1, acc, alpha, omb1, omb2, e
         if _is_identity(lo, hi, mul, div):
             for j in range(xs.shape[0]):
                 gj = zero + load(row, j)
-                _adam_elem(xs, ms, vs, hs, j, gj, alpha, omb1, omb2, eps)
+                _adam_elem(xs, ms, vs, hs, j, gj, alpha, omb1, omb2, eps, wd)
         else:
             for j in range(xs.shape[0]):
                 gj = zero + _transform(load(row, j), lo, hi, mul, div)
-                _adam_elem(xs, ms, vs, hs, j, gj, alpha, omb1, omb2, eps)
+                _adam_elem(xs, ms, vs, hs, j, gj, alpha, omb1, omb2, eps, wd)
     else:  # duplicates: summed into the group's row of the step's scratch
         _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
-        _grad_row(xs, ms, vs, hs, acc, alpha, omb1, omb2, eps)
+        _grad_row(xs, ms, vs, hs, acc, alpha, omb1, omb2, eps, wd)
 
 
 @njit(**_SERIAL)
@@ -278,7 +284,7 @@ def _prefetch_group(var, m, v, vhat, values, indices, order, start, width):
 @njit(**_PARALLEL)
 def adam_sparse_lazy_cpu(
     var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, lo, hi, mul, div,
-    maxkey, nt,
+    wd, maxkey, nt,
 ):  # fmt: skip
     """Lazy sparse Adam or AMSGrad step: only rows ``indices`` change.
 
@@ -288,7 +294,8 @@ def adam_sparse_lazy_cpu(
     IndexedSlices. Duplicates are summed (clipped by ``(clip(g, lo, hi) * mul)
     / div`` first) in order of appearance and each row then takes the dense
     arithmetic, in one parallel pass over the unique rows; other rows are not
-    read. Cost O(k W), independent of R. The unique rows are dealt round-robin
+    read. With weight decay (``wd = (weight_decay, lr_t)``, else None) only
+    those rows are decayed. Cost O(k W), independent of R. The unique rows are dealt round-robin
     to ``nt`` workers (pass Numba's thread count); results do not depend on
     ``nt``.
     """
@@ -308,7 +315,7 @@ def adam_sparse_lazy_cpu(
             acc = scratch[o : o + width]
             _lazy_group(var[a:e], m[a:e], v[a:e], span(vhat, a, e), values, order,
                         starts[q], starts[q + 1], acc, alpha, omb1, omb2, eps, lo,
-                        hi, mul, div)  # fmt: skip
+                        hi, mul, div, wd)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------

@@ -213,11 +213,46 @@ def _block_sum(sh, t, nthreads):
 # ---------------------------------------------------------------------------
 
 
+# Weight decay likewise: ``wd`` is ``()`` (none) or ``(weight_decay, lr_t)`` of
+# the compute type, and only these two primitives read it.
+
+
+def decayed(wd, x):
+    """Keras 3's ``x - (x * weight_decay) * lr_t``; ``x`` without decay."""
+    if not len(wd):
+        return x
+    return x - _mul(_mul(x, wd[0]), wd[1])
+
+
+@overload(decayed, target="cuda")
+def _decayed_cuda(wd, x):
+    if not isinstance(wd, types.BaseTuple):
+        return None
+    if len(wd) == 0:
+        return lambda wd, x: x
+    return lambda wd, x: x - _mul(_mul(x, wd[0]), wd[1])
+
+
+def has_decay(wd):
+    """Whether ``wd`` carries a weight decay."""
+    return len(wd) > 0
+
+
+@overload(has_decay, target="cuda")
+def _has_decay_cuda(wd):
+    if not isinstance(wd, types.BaseTuple):
+        return None
+    n = len(wd)
+    return lambda wd: n > 0
+
+
 @cuda.jit(device=True)
-def _adam_update(var, m, v, vhat, i, g, m0, v0, alpha, omb1, omb2, eps):
+def _adam_update(var, m, v, vhat, i, g, m0, v0, alpha, omb1, omb2, eps, wd):
     # element i of every kernel, from its gradient g and moments m0, v0; vhat
-    # is () (Adam) or (vhat,). Stored in the CPU kernels' order: m, v, vhat, var.
+    # is () (Adam) or (vhat,), wd () or (weight_decay, lr_t). Stored in the CPU
+    # kernels' order: m, v, vhat, var (decayed first, then stepped).
     mi, vi = _moments(g, m0, v0, omb1, omb2)
     m[i] = mi
     v[i] = vi
-    var[i] = _step(_widen(var[i]), mi, slot_max(vhat, i, vi), alpha, eps)
+    x = decayed(wd, _widen(var[i]))
+    var[i] = _step(x, mi, slot_max(vhat, i, vi), alpha, eps)

@@ -17,18 +17,20 @@ from ._cuda_common import _adam_update, _block_sum, _clip, _mul, _transform, _wi
 
 
 @cuda.jit(cache=True)
-def adam_dense_cuda(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div):
+def adam_dense_cuda(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div,
+                    wd):  # fmt: skip
     """Dense Adam (``vhat=()``) or AMSGrad (``vhat=(vhat,)``) step, in place on
     ``var``, ``m``, ``v`` (and ``vhat``), 1-D arrays of one length.
 
     ``g' = (clip(g, lo, hi) * mul) / div``; ``m += (g' - m) * omb1``;
     ``v += (g'*g' - v) * omb2``; with AMSGrad ``vhat = max(vhat, v)``;
-    ``var -= (m * alpha) / (sqrt(vhat or v) + eps)``.
+    ``var -= (m * alpha) / (sqrt(vhat or v) + eps)``, after ``var -= (var *
+    weight_decay) * lr_t`` for ``wd = (weight_decay, lr_t)`` (``()``: none).
     """
     for i in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         gi = _transform(_widen(g[i]), lo, hi, mul, div)
         _adam_update(var, m, v, vhat, i, gi, _widen(m[i]), _widen(v[i]), alpha, omb1,
-                     omb2, eps)  # fmt: skip
+                     omb2, eps, wd)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from ._cuda_common import (
     _upper_bound,
     _widen,
     _zero,
+    has_decay,
     slot_is_pos_zero,
 )
 
@@ -80,7 +81,7 @@ def _is_pos_zero(x):
 @cuda.jit(cache=True)
 def adam_sparse_cuda(
     var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
-    div,
+    div, wd,
 ):  # fmt: skip
     """Sparse Adam or AMSGrad step (TF's rule) over a whole table, in place.
 
@@ -93,11 +94,12 @@ def adam_sparse_cuda(
     positions in order of appearance, starting from zero, or zero for a row
     with none; then every element takes the dense arithmetic (elements without
     gradient whose moments are +0.0 are read, not written: they would not
-    change).
+    change). With weight decay (``wd = (weight_decay, lr_t)``, else ``()``)
+    every element is decayed first and none is skipped.
     """
     width = values.shape[1]
     zero = _zero(alpha)
-    skip = _zero_rows_stay(alpha, omb1, omb2, eps)
+    skip = _zero_rows_stay(alpha, omb1, omb2, eps) and not has_decay(wd)
     for e in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         g = _row_gradient(e, width, keys, pos, nkeys, values, lo, hi, mul, div, zero)
         m0, v0 = _widen(m[e]), _widen(v[e])
@@ -109,20 +111,20 @@ def adam_sparse_cuda(
             and slot_is_pos_zero(vhat, e)
         ):
             continue  # stays bit for bit: read the moments only
-        _adam_update(var, m, v, vhat, e, g, m0, v0, alpha, omb1, omb2, eps)
+        _adam_update(var, m, v, vhat, e, g, m0, v0, alpha, omb1, omb2, eps, wd)
 
 
 @cuda.jit(cache=True)
 def adam_sparse_lazy_cuda(
     var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
-    div,
+    div, wd,
 ):  # fmt: skip
     """Lazy sparse Adam or AMSGrad step: only the rows in ``keys`` change.
 
     Arguments as :func:`adam_sparse_cuda`. One thread per element of
     ``values``: the first of each run of equal keys sums the run (in order of
     appearance) and updates that element of its row with the dense arithmetic;
-    other rows are not read. Cost O(k W), independent of the table's size.
+    other rows are not read (nor decayed). Cost O(k W), independent of the table's size.
     """
     width = values.shape[1]
     zero = _zero(alpha)
@@ -135,7 +137,7 @@ def adam_sparse_lazy_cuda(
             )
             e = keys[s] * width + w
             _adam_update(var, m, v, vhat, e, g, _widen(m[e]), _widen(v[e]), alpha,
-                         omb1, omb2, eps)  # fmt: skip
+                         omb1, omb2, eps, wd)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------

@@ -118,6 +118,7 @@ __all__ = [
     "float_to_half_bits",
     "SIGNATURES",
     "VHAT_ARG",
+    "DECAY_ARG",
     "ensure_compiled",
     "STORAGE_DTYPES",
 ]
@@ -151,20 +152,28 @@ def _signatures(storage):
         + (i64, _arr(i64), _arr(c, 2), i64)
         for it in (types.int32, types.int64)
     ]
-    # (the vhat argument, position VHAT_ARG: None for Adam, an array for AMSGrad)
+    # (the vhat argument, position VHAT_ARG: None for Adam, an array for
+    # AMSGrad; the weight-decay argument, position DECAY_ARG: None, or the
+    # pair (weight_decay, lr_t) of the compute type)
+    decays = (none, types.UniTuple(c, 2))
     return {
         "adam_dense_cpu": [
-            (W, W, W, h, R) + (c,) * 8 + (i64, i64) for h in (none, W)
+            (W, W, W, h, R) + (c,) * 8 + (d, i64, i64)
+            for h in (none, W)
+            for d in decays
         ],
         "adam_sparse_cpu": [
-            (W, W, W, h, idx64, vals2) + (c,) * 4 + (i64,) for h in (none, W)
+            (W, W, W, h, idx64, vals2) + (c,) * 4 + (d, i64)
+            for h in (none, W)
+            for d in decays
         ],
         "adam_sparse_lazy_cpu": [
             (W, W, W, h, _arr(it, readonly=True), _arr(s, 2, readonly=True))
             + (c,) * 8
-            + (i64, i64)
+            + (d, i64, i64)
             for h in (none, W)
             for it in (types.int32, types.int64)
+            for d in decays
         ],
         "sum_duplicate_rows_cpu": dedup,
         "sum_squares_cpu": [(R, c, c, i64)],
@@ -185,21 +194,25 @@ SIGNATURES["index_range_cpu"] = {
 #: Position of the ``vhat`` argument of the kernels that take one (None: Adam).
 VHAT_ARG = {"adam_dense_cpu": 3, "adam_sparse_cpu": 3, "adam_sparse_lazy_cpu": 3}
 
+#: Position of the weight-decay argument (None, or ``(weight_decay, lr_t)``).
+DECAY_ARG = {"adam_dense_cpu": 13, "adam_sparse_cpu": 10, "adam_sparse_lazy_cpu": 14}
+
 _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype, amsgrad=None) -> None:
+def ensure_compiled(kernel, dtype, amsgrad=None, decay=None) -> None:
     """Compile ``kernel``'s explicit signatures for storage ``dtype`` (once).
 
     For a kernel with a ``vhat`` argument (:data:`VHAT_ARG`), ``amsgrad``
     selects the AMSGrad (True) or Adam (False) signatures; None compiles both.
+    Likewise ``decay`` for the weight-decay argument (:data:`DECAY_ARG`).
     Loads from the on-disk cache when possible. Afterwards the kernel's
     dispatcher accepts arrays matching its compiled signatures (writable arrays
     where read-only ones are declared, too) and compiles nothing new.
     """
     name = kernel.py_func.__name__
-    key = (name, np.dtype(dtype), amsgrad)
+    key = (name, np.dtype(dtype), amsgrad, decay)
     if key in _compiled:
         return
     with _lock:
@@ -209,6 +222,9 @@ def ensure_compiled(kernel, dtype, amsgrad=None) -> None:
         at = VHAT_ARG.get(name)
         if at is not None and amsgrad is not None:
             sigs = [sig for sig in sigs if (sig[at] != types.none) == amsgrad]
+        at = DECAY_ARG.get(name)
+        if at is not None and decay is not None:
+            sigs = [sig for sig in sigs if (sig[at] != types.none) == decay]
         kernel.disable_compile(False)
         try:
             for sig in sigs:

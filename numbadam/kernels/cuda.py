@@ -206,10 +206,18 @@ def _signatures(storage):
     view = _arr(s, 4, "A")
     # the vhat argument (VHAT_ARG): () for Adam, (vhat,) for AMSGrad
     slots = (types.Tuple(()), types.UniTuple(A, 1))
+    # the weight-decay argument (DECAY_ARG): () or (weight_decay, lr_t)
+    decays = (types.Tuple(()), types.UniTuple(c, 2))
     return {
-        "adam_dense_cuda": [(A, A, A, h, A) + coef + tr for h in slots],
-        "adam_sparse_cuda": [(A, A, A, h) + sparse_tail for h in slots],
-        "adam_sparse_lazy_cuda": [(A, A, A, h) + sparse_tail for h in slots],
+        "adam_dense_cuda": [
+            (A, A, A, h, A) + coef + tr + (d,) for h in slots for d in decays
+        ],
+        "adam_sparse_cuda": [
+            (A, A, A, h) + sparse_tail + (d,) for h in slots for d in decays
+        ],
+        "adam_sparse_lazy_cuda": [
+            (A, A, A, h) + sparse_tail + (d,) for h in slots for d in decays
+        ],
         "sum_squares_cuda": [(A, c, c, _arr(f64))],
         "fill_cuda": [(A, f64)],
         "cast_cuda": [(_arr(src), A) for src, _ in STORAGE_DTYPES.values() if src != s],
@@ -252,24 +260,28 @@ SHARED_SIGNATURES = {
 #: Position of the ``vhat`` argument (``()`` or ``(vhat,)``) of the step kernels.
 VHAT_ARG = {"adam_dense_cuda": 3, "adam_sparse_cuda": 3, "adam_sparse_lazy_cuda": 3}
 
+#: Position of the weight-decay argument (``()`` or ``(weight_decay, lr_t)``).
+DECAY_ARG = {"adam_dense_cuda": 13, "adam_sparse_cuda": 16, "adam_sparse_lazy_cuda": 16}
+
 _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype=None, amsgrad=None) -> None:
+def ensure_compiled(kernel, dtype=None, amsgrad=None, decay=None) -> None:
     """Compile ``kernel``'s explicit signatures for ``dtype`` (once).
 
     ``dtype`` is the storage (or index) dtype keying :data:`SIGNATURES`, or
     ``None`` for the kernels of :data:`SHARED_SIGNATURES`; for the step kernels
     (:data:`VHAT_ARG`) ``amsgrad`` selects the AMSGrad (True) or Adam (False)
-    signatures, None both. Loads from the on-disk cache when possible;
+    signatures, None both; ``decay`` likewise selects those with or without
+    weight decay (:data:`DECAY_ARG`). Loads from the on-disk cache when possible;
     afterwards the kernel compiles nothing new at call time. A no-op under the
     simulator.
     """
     if SIMULATOR:
         return
     name = kernel.py_func.__name__
-    key = (name, None if dtype is None else np.dtype(dtype), amsgrad)
+    key = (name, None if dtype is None else np.dtype(dtype), amsgrad, decay)
     if key in _compiled:
         return
     with _lock:
@@ -279,6 +291,9 @@ def ensure_compiled(kernel, dtype=None, amsgrad=None) -> None:
         at = VHAT_ARG.get(name)
         if at is not None and amsgrad is not None:
             sigs = [sig for sig in sigs if (len(sig[at]) == 1) == amsgrad]
+        at = DECAY_ARG.get(name)
+        if at is not None and decay is not None:
+            sigs = [sig for sig in sigs if (len(sig[at]) == 2) == decay]
         kernel.disable_compile(False)
         try:
             for sig in sigs:

@@ -56,7 +56,7 @@ def address_of(a):
 
 @njit(**_PARALLEL)
 def adam_dense_multi_cpu(
-    xp, mp, vp, hp, gp, sizes, proto, alpha, omb1, omb2, eps, lo, hi, mul, div
+    xp, mp, vp, hp, gp, sizes, proto, alpha, omb1, omb2, eps, lo, hi, mul, div, wd
 ):
     """Dense Adam (``hp=None``) or AMSGrad steps of many variables, in place.
 
@@ -64,7 +64,8 @@ def adam_dense_multi_cpu(
     variable, its ``m``, ``v`` (``vhat``) and its gradient; ``sizes`` their
     element counts; ``proto`` is an empty array of the storage dtype. Each
     variable takes :func:`numbadam.kernels.cpu.adam_dense_cpu`'s arithmetic
-    (written: every variable and its slots).
+    (written: every variable and its slots), with ``wd`` (None, or
+    ``(weight_decay, lr_t)`` for all of them) its weight decay.
     """
     for i in prange(xp.shape[0]):
         n = sizes[i]
@@ -73,7 +74,7 @@ def adam_dense_multi_cpu(
         v = carray(_pointer(vp[i], proto), (n,))
         g = carray(_pointer(gp[i], proto), (n,))
         h = _slot_at(hp, i, proto, n)
-        _dense_run(x, m, v, h, g, alpha, omb1, omb2, eps, lo, hi, mul, div)
+        _dense_run(x, m, v, h, g, alpha, omb1, omb2, eps, lo, hi, mul, div, wd)
 
 
 def _signatures():
@@ -82,8 +83,9 @@ def _signatures():
     for dt, (s, c) in cpu.STORAGE_DTYPES.items():
         proto = types.Array(s, 1, "C")
         out[dt] = [
-            (ptrs, ptrs, ptrs, h, ptrs, ptrs, proto) + (c,) * 8
+            (ptrs, ptrs, ptrs, h, ptrs, ptrs, proto) + (c,) * 8 + (d,)
             for h in (types.none, ptrs)
+            for d in (types.none, types.UniTuple(c, 2))
         ]
     return out
 
@@ -94,4 +96,5 @@ cpu.SIGNATURES["address_of"] = {
     for dt, (s, _) in cpu.STORAGE_DTYPES.items()
 }
 cpu.VHAT_ARG["adam_dense_multi_cpu"] = 3
+cpu.DECAY_ARG["adam_dense_multi_cpu"] = 15
 _ = np  # (numpy is what the callers pass; kept for the type checker)
