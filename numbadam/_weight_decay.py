@@ -59,13 +59,16 @@ def decay_scalars(
     >>> type(wd).__name__, float(wd), float(lr_t)
     ('float32', 0.5, 0.25)
     """
+    # (the rounding of numbadam._coefficients.coefficient_block: a np.float64
+    # learning rate or decay is kept, anything else was rounded to float32)
+    d = float(decay) if type(decay) is np.float64 else float(np.float32(decay))
     if np.dtype(cdt) == np.float64:
-        lr_t = float(np.float32(lr32))
+        lr_t = float(lr32) if type(lr32) is np.float64 else float(np.float32(lr32))
         if decay > 0:
-            lr_t = lr_t / (1.0 + float(np.float32(decay)) * float(step))
+            lr_t = lr_t / (1.0 + d * float(step))
         return (float(weight_decay), lr_t)
     f32 = np.float32
     lr_t = f32(lr32)
     if decay > 0:
-        lr_t = lr_t / (f32(1.0) + f32(decay) * f32(step))
+        lr_t = lr_t / (f32(1.0) + f32(d) * f32(step))
     return (f32(weight_decay), f32(lr_t))

@@ -337,7 +337,7 @@ class Adam(OptimizerV2):
                 hyp = (lr, b1, b2, eps, decay)
                 coef = by_compute[cdt] = self._coefficients.at(cdt, hyp, step)
             out[dtype] = coef
-        self._step_decay = self._decays(step, dtypes, lr32, decay)
+        self._step_decay = self._decays(step, dtypes, lr, decay)
         return out
 
     def _decays(self, step, dtypes, lr32, decay) -> Dict[Any, Any]:
