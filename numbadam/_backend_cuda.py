@@ -26,6 +26,8 @@ Layout
     dtype that casts ``same_kind`` to the variable's is cast on the device
     (one extra pass), as the CPU backend casts on the host; device indices of
     an integer dtype other than int32/int64 are cast to int64 on the device.
+    A gradient (or IndexedSlices values) overlapping its variable in place is
+    copied on the device first, as the CPU backend does.
 State
     Slots are Numba device arrays on the current device, whatever the
     variable's array type (a CuPy or PyTorch variable gets Numba slots). The
