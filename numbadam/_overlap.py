@@ -92,6 +92,62 @@ def _c_strides(shape, itemsize: int) -> Tuple[int, ...]:
     return tuple(reversed(out))
 
 
+_ITEMSIZE: dict = {}  # typestr -> itemsize
+
+
+def _span(x: Any) -> Optional[Tuple[int, int, int, Any]]:
+    """``(space, lo, hi, source)``: ``source`` is ``x`` itself for an ndarray,
+    else its interface as ``(ptr, shape, strides, typestr)``; ``None`` for
+    empty arrays and objects without an array interface."""
+    if isinstance(x, np.ndarray):
+        if x.size == 0:
+            return None
+        ptr = x.__array_interface__["data"][0]
+        iv = _interval(ptr, x.shape, x.strides, x.itemsize)
+        return None if iv is None else (HOST, iv[0], iv[1], x)
+    try:
+        iface = getattr(x, "__cuda_array_interface__", None)
+        space = DEVICE
+        if iface is None:  # (Numba's simulator arrays: host memory)
+            iface = getattr(x, "__array_interface__", None)
+            space = HOST
+        if not isinstance(iface, dict):
+            return None
+        typestr = iface["typestr"]
+        itemsize = _ITEMSIZE.get(typestr)
+        if itemsize is None:
+            itemsize = _ITEMSIZE[typestr] = np.dtype(typestr).itemsize
+        shape = tuple(int(n) for n in iface["shape"])
+        ptr = int(iface["data"][0])
+        strides = iface.get("strides")
+        strides = (
+            _c_strides(shape, itemsize)
+            if strides is None
+            else tuple(int(s) for s in strides)
+        )
+    except Exception:  # (a PyTorch tensor that requires grad, and the like)
+        return None
+    iv = _interval(ptr, shape, strides, itemsize)
+    if iv is None:
+        return None
+    return space, iv[0], iv[1], (ptr, shape, strides, typestr)
+
+
+def _host(source: Any) -> np.ndarray:
+    """The host ndarray of a ``_span`` source (a shadow for an interface)."""
+    if isinstance(source, np.ndarray):
+        return source
+    ptr, shape, strides, typestr = source
+    iface = {
+        "shape": shape,
+        "strides": strides,
+        "typestr": typestr,
+        "data": (ptr, False),
+        "version": 3,
+    }
+    return np.asarray(_Interface(iface))
+
+
 def memory(x: Any) -> Optional[Memory]:
     """The memory of array ``x``: ``(space, lo, hi, host_view)``, or ``None``.
 
@@ -109,46 +165,10 @@ def memory(x: Any) -> Optional[Memory]:
     >>> memory(np.zeros(0)) is None
     True
     """
-    if isinstance(x, np.ndarray):
-        if x.size == 0:
-            return None
-        ptr = x.__array_interface__["data"][0]
-        iv = _interval(ptr, x.shape, x.strides, x.itemsize)
-        return None if iv is None else (HOST, iv[0], iv[1], x)
-    try:
-        iface = getattr(x, "__cuda_array_interface__", None)
-        space = DEVICE
-        if iface is None:  # (Numba's simulator arrays: host memory)
-            iface = getattr(x, "__array_interface__", None)
-            space = HOST
-        if not isinstance(iface, dict):
-            return None
-        shape = tuple(int(n) for n in iface["shape"])
-        ptr = int(iface["data"][0])
-        itemsize = np.dtype(iface["typestr"]).itemsize
-        strides = iface.get("strides")
-        strides = (
-            _c_strides(shape, itemsize)
-            if strides is None
-            else tuple(int(s) for s in strides)
-        )
-    except Exception:  # (a PyTorch tensor that requires grad, and the like)
+    span = _span(x)
+    if span is None:
         return None
-    iv = _interval(ptr, shape, strides, itemsize)
-    if iv is None:
-        return None
-    host = np.asarray(
-        _Interface(
-            {
-                "shape": shape,
-                "strides": strides,
-                "typestr": iface["typestr"],
-                "data": (ptr, False),
-                "version": 3,
-            }
-        )
-    )
-    return space, iv[0], iv[1], host
+    return span[0], span[1], span[2], _host(span[3])
 
 
 def _shares(a: np.ndarray, b: np.ndarray) -> bool:
@@ -171,12 +191,12 @@ def overlaps(a: Any, b: Any) -> bool:
     >>> overlaps(t[:, 0], t[:, 1]), overlaps(t, t.T), overlaps(t[:2], t[2:])
     (False, True, False)
     """
-    ma, mb = memory(a), memory(b)
-    if ma is None or mb is None or ma[0] != mb[0]:
+    sa, sb = _span(a), _span(b)
+    if sa is None or sb is None or sa[0] != sb[0]:
         return False
-    if ma[1] >= mb[2] or mb[1] >= ma[2]:
+    if sa[1] >= sb[2] or sb[1] >= sa[2]:
         return False
-    return _shares(ma[3], mb[3])
+    return _shares(_host(sa[3]), _host(sb[3]))
 
 
 def internal_overlap(x: np.ndarray) -> bool:

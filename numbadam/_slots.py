@@ -33,6 +33,8 @@ from ._overlap import SlotIndex, first_overlap, internal_overlap, memory
 
 __all__ = ["Entry", "FlatState", "SlotTable", "memory_key", "check_slots"]
 
+_ndarray = np.ndarray  # (a global lookup, not an attribute, on the fast path)
+
 
 class Entry:
     """The slots of one variable (slot name -> array); holds ``var``.
@@ -246,14 +248,11 @@ class SlotTable:
         is found clear of the slots.
         """
         ids = self.slot_ids
-        ndarray = np.ndarray
         for it in items:
             v = it[3]
-            if type(v) is not ndarray or v.base is not None or id(v) in ids:
-                break
-        else:
-            return
-        self._check_variables(items)
+            if type(v) is not _ndarray or v.base is not None or id(v) in ids:
+                self._check_variables(items)
+                return
 
     def _check_variables(self, items: Sequence[Any]) -> None:
         recs = []

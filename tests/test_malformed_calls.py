@@ -105,6 +105,9 @@ Maker = Callable[[World, List[Tuple[Any, int]]], Tuple[List[Any], List[np.ndarra
 
 
 def _in_call(w: World, pairs: List[Tuple[Any, int]], i: int) -> np.ndarray:
+    """Pool variable ``i``, with a gradient in the call (a ``None`` gradient
+    writes nothing, so a view overlapping it would be valid)."""
+    pairs[:] = [(g, j) for g, j in pairs if j != i or g is not None]
     if all(j != i for _, j in pairs):
         pairs.append((w.dense(i), i))
     return w.vars[i]
