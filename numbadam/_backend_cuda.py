@@ -26,6 +26,8 @@ Layout
     dtype that casts ``same_kind`` to the variable's is cast on the device
     (one extra pass), as the CPU backend casts on the host; device indices of
     an integer dtype other than int32/int64 are cast to int64 on the device.
+    A gradient (or IndexedSlices values) overlapping its variable in place is
+    copied on the device first, as the CPU backend does.
 State
     Slots are Numba device arrays on the current device, whatever the
     variable's array type (a CuPy or PyTorch variable gets Numba slots). The
@@ -63,6 +65,7 @@ from ._backend import (
     is_device_array,
     transform_scalars,
 )
+from ._overlap import overlaps
 from ._types import AdamCoefficients, IndexedSlices
 
 __all__ = ["CUDABackend", "INSTALL_HINT"]
@@ -267,6 +270,23 @@ class CUDABackend:
             )
         return d
 
+    @staticmethod
+    def _unaliased(g: Any, flat: Any, staged: bool):
+        """``g``, or a device copy of it where its memory overlaps ``flat``.
+
+        The CPU backend's rule (NumPy's for ufuncs): as if the gradient had
+        been copied first. The kernels' threads write the variable while others
+        read the gradient; a gradient viewing the variable (a shifted slice,
+        lazy IndexedSlices values viewing the table) would race. A staged
+        variable is stepped in a copy, and a gathered or cast gradient is a
+        copy, so those never alias.
+        """
+        if staged or not overlaps(g, flat):
+            return g
+        out = cuda.device_array(tuple(g.shape), np.dtype(g.dtype))
+        out.copy_to_device(g)
+        return out
+
     def _cast(self, d: Any, dtype: np.dtype):
         """``d`` (1-D or 2-D, contiguous) in ``dtype``: itself, or a device copy."""
         if np.dtype(d.dtype) == dtype:
@@ -311,6 +331,7 @@ class CUDABackend:
             )
         g = self._cast(self._contiguous(g, label, "gradient of"), dtype)
         flat, staged = self._variable_flat(d, label)
+        g = self._unaliased(g, flat, staged)
         return DenseWork(var, flat, g, staged, label)
 
     def prepare_sparse(self, var: Any, grad: IndexedSlices, label: Any) -> SparseWork:
@@ -329,6 +350,7 @@ class CUDABackend:
         vals = self._contiguous(vals, label, "IndexedSlices values of")
         vals = self._cast(vals.reshape(k, width), dtype)
         flat, staged = self._variable_flat(d, label)
+        vals = self._unaliased(vals, flat, staged)
         return SparseWork(var, flat, idx, vals, width, staged, label)
 
     def _indices(self, indices: Any, label: Any):

@@ -16,25 +16,40 @@ strides, dtype), so a new view object of the same array finds the same slots.
 An entry holds its variable, which keeps that memory from being reused. The
 table records every slot in creation order (TensorFlow's order of slot
 variables), which :attr:`numbadam.OptimizerV2.weights` follows.
+
+The table also answers whether the variables of one step overlap each other,
+themselves or a slot (:meth:`SlotTable.check_variables`, with
+:mod:`numbadam._overlap`): it keeps the ids of its slot arrays for the fast
+path and sorts their address intervals once for the rest.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._overlap import SlotIndex, first_overlap, internal_overlap, memory
+
 __all__ = ["Entry", "FlatState", "SlotTable", "memory_key", "check_slots"]
+
+_ndarray = np.ndarray  # (a global lookup, not an attribute, on the fast path)
 
 
 class Entry:
-    """The slots of one variable (slot name -> array); holds ``var``."""
+    """The slots of one variable (slot name -> array); holds ``var``.
 
-    __slots__ = ("var", "slots")
+    ``interval`` is the variable's ``(space, lo, hi)`` byte interval once a
+    step has found it clear of the optimizer's slots and of itself (``None``
+    before). Slots created later are new memory, so that stays true.
+    """
+
+    __slots__ = ("var", "slots", "interval")
 
     def __init__(self, var: Any) -> None:
         self.var = var
         self.slots: Dict[str, Any] = {}
+        self.interval: Optional[Tuple[int, int, int]] = None
 
 
 class FlatState:
@@ -125,6 +140,10 @@ class SlotTable:
         # ParameterBuffers: id(buffer) -> FlatState; id(view) -> (state, index)
         self._flat: Dict[int, FlatState] = {}
         self._flat_owner: Dict[int, Tuple[FlatState, int]] = {}
+        #: ids of every slot array (entries' and ParameterBuffers' flat ones):
+        #: the fast path of check_variables (the table holds the arrays).
+        self.slot_ids: set = set()
+        self._index: Optional[SlotIndex] = None  # (rebuilt after a new slot)
 
     # -- per-variable entries --------------------------------------------------
 
@@ -150,6 +169,8 @@ class SlotTable:
     def add(self, entry: Entry, name: str, array: Any) -> None:
         """Record ``array`` as slot ``name`` of ``entry``, in creation order."""
         entry.slots[name] = array
+        self.slot_ids.add(id(array))
+        self._index = None
         if name not in self.names:
             self.names.append(name)
         self.order.append((name, entry))
@@ -192,4 +213,102 @@ class SlotTable:
         flat = state.slots.get(name)
         if flat is None:
             flat = state.slots[name] = np.zeros_like(buf.data)
+            self.slot_ids.add(id(flat))
+            self._index = None
         return buf.slot_views(flat)[i]
+
+    # -- memory overlap --------------------------------------------------------
+
+    def slot_index(self) -> SlotIndex:
+        """The address intervals of every slot, sorted (built when first needed
+        after a slot was added)."""
+        if self._index is None:
+            recs: List[Tuple[str, Any, Any]] = [
+                (name, entry, entry.slots[name]) for name, entry in self.order
+            ]
+            for state in self._flat.values():
+                recs.extend((name, state, a) for name, a in state.slots.items())
+            self._index = SlotIndex(recs)
+        return self._index
+
+    def check_variables(self, items: Sequence[Any]) -> None:
+        """Raise ValueError if the variables of one step share memory.
+
+        ``items`` are a step's ``(sparse, work, backend, var, holder)`` tuples
+        (:class:`numbadam.optimizer.Step`; ``work.label`` names the variable).
+        Refused: two variables that overlap (views of one array), a variable
+        whose elements alias each other (zero or too-small strides), and a
+        variable that is (a view of) one of this table's slots. Nothing is
+        written either way.
+
+        When every variable is a NumPy array owning its memory (``base is
+        None``) and none is a slot, no two can overlap: one cheap loop. Else
+        the address intervals are sorted once and only intersecting ones get
+        NumPy's exact test; a variable's interval is kept in its entry once it
+        is found clear of the slots.
+        """
+        ids = self.slot_ids
+        for it in items:
+            v = it[3]
+            if type(v) is not _ndarray or v.base is not None or id(v) in ids:
+                self._check_variables(items)
+                return
+
+    def _check_variables(self, items: Sequence[Any]) -> None:
+        recs = []
+        mems: Dict[int, Any] = {}
+        for i, it in enumerate(items):
+            v, holder = it[3], it[4]
+            entry = holder if isinstance(holder, Entry) else None
+            iv = None if entry is None else entry.interval
+            if iv is None:
+                mem = memory(v)
+                if mem is None:
+                    continue  # (empty: no bytes to share)
+                mems[i] = mem
+                label = it[1].label
+                if internal_overlap(mem[3]):
+                    raise ValueError(
+                        f"{label} overlaps itself in memory (strides "
+                        f"{tuple(mem[3].strides)}: some of its elements are the "
+                        "same bytes, e.g. after numpy.broadcast_to or as_strided); "
+                        "the step would update them more than once. Pass a copy"
+                    )
+                hit = self.slot_index().find(mem)
+                if hit is not None:
+                    raise ValueError(
+                        f"{label} shares memory with this optimizer's slot {hit[0]!r} "
+                        f"of {_owner(hit[1])}; the optimizer's own state cannot "
+                        "be stepped as a variable (pass a copy)"
+                    )
+                iv = mem[:3]
+                if entry is not None:
+                    entry.interval = iv
+            recs.append(iv + (i,))
+        if len(recs) < 2:
+            return
+
+        def host(i: int) -> Any:
+            mem = mems.get(i)
+            if mem is None:
+                mem = mems[i] = memory(items[i][3])
+            return mem[3]
+
+        pair = first_overlap(recs, host)
+        if pair is not None:
+            a, b = (items[k][1].label for k in pair)
+            raise ValueError(
+                f"{b} overlaps {a} in memory (views of one array); one step "
+                "would update the shared elements twice. Pass each array once, "
+                "as one variable"
+            )
+
+
+def _owner(owner: Any) -> str:
+    if isinstance(owner, FlatState):
+        return f"a ParameterBuffer ({owner.buffer.data.size} elements)"
+    var = owner.var
+    shape = getattr(var, "shape", None)
+    if shape is None:
+        return f"a {type(var).__name__}"
+    return f"the variable of shape {tuple(shape)}, {getattr(var, 'dtype', '')}"

@@ -349,7 +349,9 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         ------
         ValueError
             If every gradient is ``None``; shape mismatches; a variable given
-            twice; read-only variables.
+            twice; two variables sharing memory (views of one array), a
+            variable whose elements alias each other (a zero stride), or one
+            of this optimizer's slots as a variable; read-only variables.
         TypeError
             Malformed pairs; non-float or non-array variables and gradients;
             mixing host and device arrays in one pair.
@@ -492,6 +494,7 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         if not live:
             names = [str(x) for x in skipped]
             raise ValueError(f"No gradients provided for any variable: {names}.")
+        self._table.check_variables(live)  # (overlapping variables, slots)
         var_list = [item[3] for item in live] if need_weights else []
         return Step(self._step_count(), live, var_list, need_weights, skipped)
 

@@ -51,6 +51,7 @@ class _Shard(Entry):
         self.shape = tuple(var.shape)
         self.dtype = np.dtype(var.dtype)
         self.slots: Dict[str, np.ndarray] = {}
+        self.interval = None  # (Entry's: set once found clear of the slots)
         if isinstance(var, ShardedEmbedding):
             self.emb = var
             self.size = var.size
@@ -506,6 +507,7 @@ class ShardedAdam(Adam):
                 items.append((False, backend.prepare_dense(v, g, label), backend, v, sh))
         if not items:
             raise ValueError(f"No gradients provided for any variable: {skipped}.")
+        self._table.check_variables(items)  # (overlapping variables, slots)
         # var_list: the shards of the step (every rank creates their slots and
         # joins their all-gathers, even where its own slice is empty)
         return Step(self._step_count(), items, [it[4] for it in items], need, skipped)
