@@ -18,6 +18,9 @@ TensorFlow's conventions reproduced here:
   on its (not yet de-duplicated) values.
 * A sparse gradient (indices, values) is the zero-filled dense gradient with the
   duplicate rows summed; then the dense rule applies to every row.
+* The lazy sparse rule (TF Addons' LazyAdam, ``sparse_mode="lazy"``): the same
+  summed gradient, but only the rows listed in ``indices`` change; the others
+  keep their values and slots. The bias correction is that of the global ``t``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 __all__ = [
     "SparseGrad",
     "adam_dense_ref",
+    "adam_sparse_lazy_ref",
     "adam_sparse_ref",
     "clip_ref",
     "decayed_lr",
@@ -153,6 +157,48 @@ def adam_sparse_ref(
     return adam_dense_ref(var, g, m, v, t, lr, beta_1, beta_2, epsilon, vhat, decay)
 
 
+def adam_sparse_lazy_ref(
+    var: Any,
+    indices: Any,
+    values: Any,
+    m: Any,
+    v: Any,
+    t: int,
+    lr: Any,
+    beta_1: Any,
+    beta_2: Any,
+    epsilon: Any,
+    vhat: Any = None,
+    decay: Any = 0.0,
+):
+    """One lazy sparse step: the dense rule on the listed rows only.
+
+    Duplicates are summed as in :func:`adam_sparse_ref`; rows not in
+    ``indices`` are returned unchanged (``var``, ``m``, ``v`` and ``vhat``).
+    """
+    var, m, v = _f64(var), _f64(m), _f64(v)
+    vhat = None if vhat is None else _f64(vhat)
+    g = sparse_to_dense(var.shape, indices, values)
+    rows = np.unique(np.asarray(indices).astype(np.int64).reshape(-1))
+    new = adam_dense_ref(
+        var[rows],
+        g[rows],
+        m[rows],
+        v[rows],
+        t,
+        lr,
+        beta_1,
+        beta_2,
+        epsilon,
+        None if vhat is None else vhat[rows],
+        decay,
+    )
+    for old, upd in zip((var, m, v, vhat), new):
+        if old is not None:
+            old[rows] = upd
+    return var, m, v, vhat
+
+
 class SparseGrad:
     """A sparse gradient for :func:`run_reference` (duck-typed IndexedSlices)."""
 
@@ -179,6 +225,7 @@ def run_reference(
     clipnorm: float | None = None,
     decay: float = 0.0,
     start_iteration: int = 0,
+    sparse_mode: str = "dense",
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
     """Several Adam steps from zero slots; the state after every step.
 
@@ -194,6 +241,8 @@ def run_reference(
         A callable is evaluated at ``iterations`` before the step's increment.
     start_iteration : int
         ``iterations`` before the first step (slots still start at zero).
+    sparse_mode : {"dense", "lazy"}
+        The rule of sparse steps: TensorFlow's (every row) or the lazy one.
 
     Returns
     -------
@@ -218,9 +267,8 @@ def run_reference(
         }
         if hasattr(g, "indices"):
             vals = clip_ref(g.values, clipvalue, clipnorm)
-            var, m, v, vhat = adam_sparse_ref(
-                var, g.indices, vals, m, v, it + 1, vhat=vhat, **hp
-            )
+            rule = adam_sparse_lazy_ref if sparse_mode == "lazy" else adam_sparse_ref
+            var, m, v, vhat = rule(var, g.indices, vals, m, v, it + 1, vhat=vhat, **hp)
         else:
             gd = clip_ref(g, clipvalue, clipnorm)
             var, m, v, vhat = adam_dense_ref(var, gd, m, v, it + 1, vhat=vhat, **hp)
