@@ -256,41 +256,40 @@ def assert_state(
     dtype: Any,
     what: str = "",
 ) -> None:
-    """The optimizer's var/m/v/vhat of ``var`` match ``expected``.
+    """The optimizer's var/m/v/vhat of ``var`` match ``expected``
+    (:func:`assert_state_arrays` on the variable and its slots)."""
+    actual = {"var": var, "m": opt.get_slot(var, "m"), "v": opt.get_slot(var, "v")}
+    if expected["vhat"] is not None:
+        actual["vhat"] = opt.get_slot(var, "vhat")
+    assert_state_arrays(actual, before, expected, dtype, what)
 
-    Each array is compared on its own scale (largest entry before or after, and
-    the gradient for ``m`` and ``v``, whose updates subtract from it).
+
+def assert_state_arrays(
+    actual: dict[str, Any],
+    before: dict[str, Any],
+    expected: dict[str, Any],
+    dtype: Any,
+    what: str = "",
+) -> None:
+    """``actual["var"]``, ``["m"]``, ``["v"]`` (and ``["vhat"]``) match ``expected``.
+
+    ``before`` and ``expected`` are float64 states (:func:`oracle_state`,
+    :func:`oracle_step`). Each array is compared on its own scale (largest entry
+    before or after, and the gradient ``expected["g"]`` for ``m`` and ``v``,
+    whose updates subtract from it), to :data:`TOLERANCE`.
     """
     g = expected.get("g")
     g2 = None if g is None else np.asarray(g) ** 2
-    assert_close(
-        var,
-        expected["var"],
-        dtype,
-        _scale(before["var"], expected["var"]),
-        f"{what} var",
-    )
-    assert_close(
-        opt.get_slot(var, "m"),
-        expected["m"],
-        dtype,
-        _scale(before["m"], expected["m"], g),
-        f"{what} m",
-    )
-    assert_close(
-        opt.get_slot(var, "v"),
-        expected["v"],
-        dtype,
-        _scale(before["v"], expected["v"], g2),
-        f"{what} v",
-    )
-    if expected["vhat"] is not None:
+    extra = {"var": None, "m": g, "v": g2, "vhat": g2}
+    for key in ("var", "m", "v", "vhat"):
+        if key == "vhat" and expected.get("vhat") is None:
+            continue
         assert_close(
-            opt.get_slot(var, "vhat"),
-            expected["vhat"],
+            actual[key],
+            expected[key],
             dtype,
-            _scale(before["vhat"], expected["vhat"], g2),
-            f"{what} vhat",
+            _scale(before[key], expected[key], extra[key]),
+            f"{what} {key}",
         )
 
 

@@ -21,6 +21,9 @@ TensorFlow's conventions reproduced here:
 * Row-wise Adam (:func:`adam_rowwise_step`, FBGEMM's partial row-wise Adam) keeps
   ``m`` per element of an ``(R, D)`` table and ``v`` (``vhat``) per row, moved by
   the row's mean squared gradient ``s = mean_j(g_j**2)``.
+* The lazy sparse rule (TF Addons' LazyAdam, ``sparse_mode="lazy"``): the same
+  summed gradient, but only the rows listed in ``indices`` change; the others
+  keep their values and slots. The bias correction is that of the global ``t``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "SparseGrad",
     "adam_dense_ref",
     "adam_rowwise_step",
+    "adam_sparse_lazy_ref",
     "adam_sparse_ref",
     "clip_ref",
     "clip_global_ref",
@@ -261,6 +265,51 @@ def adam_rowwise_step(
     )
 
 
+def adam_sparse_lazy_ref(
+    var: Any,
+    indices: Any,
+    values: Any,
+    m: Any,
+    v: Any,
+    t: int,
+    lr: Any,
+    beta_1: Any,
+    beta_2: Any,
+    epsilon: Any,
+    vhat: Any = None,
+    decay: Any = 0.0,
+    weight_decay: float = 0.0,
+):
+    """One lazy sparse step: the dense rule on the listed rows only.
+
+    Duplicates are summed as in :func:`adam_sparse_ref`; rows not in
+    ``indices`` are returned unchanged (``var``, ``m``, ``v`` and ``vhat``),
+    and only the listed rows are decayed by ``weight_decay``.
+    """
+    var, m, v = _f64(var), _f64(m), _f64(v)
+    vhat = None if vhat is None else _f64(vhat)
+    g = sparse_to_dense(var.shape, indices, values)
+    rows = np.unique(np.asarray(indices).astype(np.int64).reshape(-1))
+    new = adam_dense_ref(
+        var[rows],
+        g[rows],
+        m[rows],
+        v[rows],
+        t,
+        lr,
+        beta_1,
+        beta_2,
+        epsilon,
+        None if vhat is None else vhat[rows],
+        decay,
+        weight_decay,
+    )
+    for old, upd in zip((var, m, v, vhat), new):
+        if old is not None:
+            old[rows] = upd
+    return var, m, v, vhat
+
+
 class SparseGrad:
     """A sparse gradient for :func:`run_reference` (duck-typed IndexedSlices)."""
 
@@ -288,6 +337,7 @@ def run_reference(
     decay: float = 0.0,
     start_iteration: int = 0,
     weight_decay: float = 0.0,
+    sparse_mode: str = "dense",
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
     """Several Adam steps from zero slots; the state after every step.
 
@@ -303,6 +353,8 @@ def run_reference(
         A callable is evaluated at ``iterations`` before the step's increment.
     start_iteration : int
         ``iterations`` before the first step (slots still start at zero).
+    sparse_mode : {"dense", "lazy"}
+        The rule of sparse steps: TensorFlow's (every row) or the lazy one.
 
     Returns
     -------
@@ -328,9 +380,8 @@ def run_reference(
         }
         if hasattr(g, "indices"):
             vals = clip_ref(g.values, clipvalue, clipnorm)
-            var, m, v, vhat = adam_sparse_ref(
-                var, g.indices, vals, m, v, it + 1, vhat=vhat, **hp
-            )
+            rule = adam_sparse_lazy_ref if sparse_mode == "lazy" else adam_sparse_ref
+            var, m, v, vhat = rule(var, g.indices, vals, m, v, it + 1, vhat=vhat, **hp)
         else:
             gd = clip_ref(g, clipvalue, clipnorm)
             var, m, v, vhat = adam_dense_ref(var, gd, m, v, it + 1, vhat=vhat, **hp)
