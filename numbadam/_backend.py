@@ -162,15 +162,14 @@ Transform = Tuple[Any, Any, Any, Any]
 #: values of it); ``var -= (var * weight_decay) * lr_t`` before the Adam step.
 Decay = Optional[Tuple[Any, Any]]
 
-_IDENTITY: Dict[str, Transform] = {}
+_IDENTITY: Dict[Any, Transform] = {}
 
 
 def identity_transform(dtype: Any) -> Transform:
     """The transform of no clipping for ``dtype`` (cached: one lookup per pair)."""
-    char = np.dtype(dtype).char
-    tr = _IDENTITY.get(char)
+    tr = _IDENTITY.get(dtype)
     if tr is None:
-        tr = _IDENTITY[char] = transform_scalars(dtype, None, None, None)
+        tr = _IDENTITY[dtype] = transform_scalars(dtype, None, None, None)
     return tr
 
 

@@ -148,7 +148,13 @@ class CoefficientCache:
         count = 1
         if block is not None:
             old = block[0]
-            if (
+            if (  # (constants are the very same objects step after step)
+                old[0] is hyp[0]
+                and old[1] is hyp[1]
+                and old[2] is hyp[2]
+                and old[3] is hyp[3]
+                and old[4] is hyp[4]
+            ) or (
                 _same(old[0], hyp[0])
                 and _same(old[1], hyp[1])
                 and _same(old[2], hyp[2])

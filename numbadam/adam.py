@@ -328,6 +328,14 @@ class Adam(OptimizerV2):
             eps = _check_epsilon(eps)  # (read now: a 0-d array may change in place)
         decay = self._initial_decay
         # keyed by storage dtype (what _apply looks up), computed per compute dtype
+        if self._weight_decay:
+            self._step_decay = self._decays(step, dtypes, lr, decay)
+        elif self._step_decay:
+            self._step_decay = {}
+        if len(dtypes) == 1:
+            for dtype in dtypes:
+                cdt = _backend.compute_dtype(dtype)
+                return {dtype: self._coefficients.at(cdt, (lr, b1, b2, eps, decay), step)}
         by_compute: Dict[Any, AdamCoefficients] = {}
         out = {}
         for dtype in dtypes:
@@ -337,7 +345,6 @@ class Adam(OptimizerV2):
                 hyp = (lr, b1, b2, eps, decay)
                 coef = by_compute[cdt] = self._coefficients.at(cdt, hyp, step)
             out[dtype] = coef
-        self._step_decay = self._decays(step, dtypes, lr, decay)
         return out
 
     def _decays(self, step, dtypes, lr32, decay) -> Dict[Any, Any]:

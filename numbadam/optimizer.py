@@ -461,7 +461,9 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         live = []
         skipped = []
         seen: Dict[Any, int] = {}
+        single = len(pairs) == 1  # (nothing to be given twice)
         backend_for = _dispatch.backend_for
+        by_id = self._table._by_id
         nreq = len(self._required_slots())
         need_weights = self._iterations is None or not self._hypers_created
         for i, (g, v) in enumerate(pairs):
@@ -469,16 +471,19 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
             backend = backend_for(v)
             if g is None:  # (prepare_dense/prepare_sparse check the others)
                 backend.check_variable(v, label)
-            entry = self._entry(v)
+            entry = by_id.get(id(v))  # (the table's fast path, inline)
+            if entry is None or entry.var is not v:
+                entry = self._entry(v)
             if entry is None or len(entry.slots) < nreq:
                 need_weights = True
-            key = id(entry) if entry is not None else self._var_key(v)
-            if key in seen:
-                raise ValueError(
-                    f"{label} appears twice in grads_and_vars (also at position "
-                    f"{seen[key]}); sum its gradients first"
-                )
-            seen[key] = i
+            if not single:
+                key = id(entry) if entry is not None else self._var_key(v)
+                if key in seen:
+                    raise ValueError(
+                        f"{label} appears twice in grads_and_vars (also at "
+                        f"position {seen[key]}); sum its gradients first"
+                    )
+                seen[key] = i
             if entry is not None and g is not None:
                 check_slots(entry.slots, v, label)
             if g is None:
@@ -496,7 +501,8 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
             raise ValueError(f"No gradients provided for any variable: {names}.")
         self._table.check_variables(live)  # (overlapping variables, slots)
         var_list = [item[3] for item in live] if need_weights else []
-        return Step(self._step_count(), live, var_list, need_weights, skipped)
+        it = self._iterations
+        return Step(0 if it is None else int(it), live, var_list, need_weights, skipped)
 
     def _aggregate_gradients(self, step: Step) -> None:
         """Hook 2: combine gradients across replicas (here: nothing to combine).
@@ -515,7 +521,11 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         """
         cv, cn, gcn = self._clipvalue, self._clipnorm, self._global_clipnorm
         if cv is None and cn is None and gcn is None:
-            step.transforms = [identity_transform(it[1].flat.dtype) for it in step.items]
+            items = step.items
+            if len(items) == 1:
+                step.transforms = [identity_transform(items[0][1].flat.dtype)]
+            else:
+                step.transforms = [identity_transform(it[1].flat.dtype) for it in items]
             return
         if gcn is not None:
             total = 0.0  # (float64, added in pair order: the same bits every run)
@@ -574,7 +584,7 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
     def _finish(self, step: Step) -> None:
         """Hook 6: after every update (``iterations`` += 1)."""
         self._iterations[()] = step.iteration + 1
-        if self._multi_tensor:
+        if self._multi_tensor and len(step.items) > 1:
             self._remember_list(step)
 
     def _remember_list(self, step: Step) -> None:
