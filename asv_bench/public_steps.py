@@ -5,9 +5,13 @@ checkout in turn, a few times alternating, so that each run imports that
 checkout's numbadam, and compare the medians (docs/performance.md)::
 
     for i in 1 2 3 4; do
-        (cd OLD && python asv_bench/public_steps.py)
-        (cd NEW && python asv_bench/public_steps.py)
+        (cd OLD && PYTHONPATH=$PWD python asv_bench/public_steps.py)
+        (cd NEW && PYTHONPATH=$PWD python asv_bench/public_steps.py)
     done
+
+(``PYTHONPATH`` matters: run as a script, this file's folder comes first on
+``sys.path``, so without it an editable install is imported whatever the
+current directory.)
 
 Prints one JSON object per run. Not an asv benchmark: asv times one commit's
 package at a time.
