@@ -7,6 +7,7 @@ in a :class:`numbadam._slots.SlotTable`) in TensorFlow's order, Keras-style
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
@@ -55,9 +56,15 @@ class StateMixin:
 
     @iterations.setter
     def iterations(self, value: Any) -> None:
-        if not is_number(value) or float(value) != int(value) or int(value) < 0:
+        if (
+            isinstance(value, bool)
+            or not is_number(value)
+            or not math.isfinite(value)
+            or float(value) != int(value)
+            or not 0 <= int(value) < 2**63
+        ):  # (1e19 would overflow the int64 counter; NaN and inf have no int)
             raise ValueError(
-                f"iterations must be a non-negative integer, got {value!r}"
+                f"iterations must be a non-negative integer below 2**63, got {value!r}"
             )
         self.iterations[...] = int(value)
 

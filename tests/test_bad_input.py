@@ -760,3 +760,13 @@ def test_sparse_values_viewing_the_table_act_as_a_copy(mode):
         vals = twin[2:7].copy()
         ref.apply_gradients([(IndexedSlices(vals, idx, twin.shape), twin)])
     assert_bitwise(table, twin, "table")
+
+
+@pytest.mark.parametrize("bad", [1e19, 2**63, float("nan"), float("inf"), -1, 1.5, True])
+def test_iterations_setter_refuses_what_int64_cannot_hold(bad):
+    # 1e19 raised OverflowError (not ValueError) when stored; NaN raised from int()
+    opt = numbadam.Adam()
+    opt.iterations = 5
+    with pytest.raises(ValueError, match="iterations"):
+        opt.iterations = bad
+    assert int(opt.iterations) == 5
