@@ -281,8 +281,7 @@ class CPUBackend:
                     or var.shape != shapes[i] or not g.flags.c_contiguous
                     or not var.flags.writeable):
                 return False  # fmt: skip
-            a = put(g if g.ndim == 1 else g.reshape(-1)) if dtype.char != "e" else (
-                put(g.reshape(-1).view(np.uint16)))  # fmt: skip
+            a = put(_kernel_view(g if g.ndim == 1 else g.reshape(-1)))
             if g.base is not None and self._hits(w, a, g.nbytes):
                 return False  # a view into a variable's memory: as a copy, there
             gp[i] = a

@@ -26,7 +26,7 @@ from ._backend import global_norm_scalars, identity_transform, transform_scalars
 from ._flat import GradsAndVars, ParameterBuffer
 from ._hypers import HyperparameterMixin, is_float64, is_number
 from ._loss_api import LossMixin
-from ._slots import SlotTable, check_slots
+from ._slots import FlatState, SlotTable, check_slots
 from ._state import StateMixin, describe
 from ._types import IndexedSlices
 
@@ -552,7 +552,7 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         sparse, work, backend, var, holder = item
         if sparse:
             return backend.sumsq(work.values, clipvalue)
-        if var is None and holder is not None and hasattr(holder, "buffer"):
+        if var is None and isinstance(holder, FlatState):
             total = 0.0
             for g in holder.buffer.grads:
                 total += backend.sumsq(g, clipvalue) if g.size else 0.0

@@ -61,6 +61,33 @@ def step_signature(step: Step) -> Tuple[Any, ...]:
     return tuple(sig)
 
 
+def average(vals: np.ndarray, size: int) -> np.ndarray:
+    """``vals / size``: divided in the compute dtype, stored in ``vals``' dtype."""
+    if size == 1:
+        return vals
+    cdt = _backend.compute_dtype(vals.dtype)
+    return (vals.astype(cdt) / cdt.type(size)).astype(vals.dtype)
+
+
+def allgather_slices(comm: Communicator, works: List[Any]) -> List[Tuple[Any, Any]]:
+    """Every rank's IndexedSlices of each work item, in rank order, averaged.
+
+    Collective: one ``Allgather`` of the counts, then an ``Allgatherv`` of the
+    indices (int64) and of the values of each item. Returns ``(indices,
+    values (k, width))`` per item; duplicates are kept.
+    """
+    counts = comm.allgather_counts(
+        np.array([w.indices.shape[0] for w in works], np.int64)
+    )
+    out = []
+    for j, w in enumerate(works):
+        c = counts[:, j]
+        idx = comm.allgatherv(w.indices.astype(np.int64, copy=False), c)
+        vals = comm.allgatherv(w.values.reshape(-1), c * w.width)
+        out.append((idx, average(vals, comm.size).reshape(-1, w.width)))
+    return out
+
+
 def _common_dtype(dtypes: Iterable[np.dtype]) -> np.dtype:
     # One buffer for every dense gradient: the widest compute dtype (float16 is
     # summed in float32, like its kernels compute).
@@ -240,17 +267,9 @@ class DistributedAdam(Adam):
                 items[k] = (sparse_, DenseWork(w.var, w.flat, g, w.staged, w.label),
                             backend, var, holder)  # fmt: skip
         if sparse:
-            counts = comm.allgather_counts(
-                np.array([items[k][1].indices.shape[0] for k in sparse], np.int64)
-            )
-            for j, k in enumerate(sparse):
+            gathered = allgather_slices(comm, [items[k][1] for k in sparse])
+            for k, (idx, vals) in zip(sparse, gathered):
                 sparse_, w, backend, var, holder = items[k]
-                c = counts[:, j]
-                idx = comm.allgatherv(w.indices.astype(np.int64, copy=False), c)
-                vals = comm.allgatherv(w.values.reshape(-1), c * w.width)
-                cdt = _backend.compute_dtype(vals.dtype)
-                vals = (vals.astype(cdt) / cdt.type(comm.size)).astype(vals.dtype)
-                vals = vals.reshape(idx.shape[0], w.width)
                 work = SparseWork(w.var, w.flat, idx, vals, w.width, w.staged, w.label)
                 items[k] = (sparse_, work, backend, var, holder)
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import _backend, _config, _dispatch
+from .. import _config, _dispatch
 from .._backend import DenseWork, SparseWork, global_norm_scalars, transform_scalars
 from .._types import IndexedSlices
 from ..adam import Adam
@@ -16,7 +16,14 @@ from ..optimizer import Label, Step
 from . import _checkpoint
 from ._collective import Deadline, check_timeout
 from ._comm import Communicator, get_communicator, partition
-from ._data_parallel import _check_host, _common_dtype, check_agreement, step_signature
+from ._data_parallel import (
+    _check_host,
+    _common_dtype,
+    allgather_slices,
+    average,
+    check_agreement,
+    step_signature,
+)
 from ._embedding import ShardedEmbedding
 
 __all__ = ["ShardedAdam", "BUCKET_MIN_ELEMENTS"]
@@ -85,14 +92,6 @@ class _Part:
     @property
     def slots(self) -> Dict[str, np.ndarray]:
         return {n: s[self.a : self.b] for n, s in self.shard.slots.items()}
-
-
-def _average(vals: np.ndarray, size: int) -> np.ndarray:
-    # Divide in the compute dtype, store in the gradient's dtype.
-    if size == 1:
-        return vals
-    cdt = _backend.compute_dtype(vals.dtype)
-    return (vals.astype(cdt) / cdt.type(size)).astype(vals.dtype)
 
 
 class ShardedAdam(Adam):
@@ -548,7 +547,7 @@ class ShardedAdam(Adam):
                     np.ascontiguousarray(w.values[order]).reshape(-1),
                     sc * width, rc * width,
                 )  # fmt: skip
-                vals = _average(r_vals, size).reshape(-1, width)
+                vals = average(r_vals, size).reshape(-1, width)
                 work = SparseWork(e.local, w.flat, r_idx - e.row_start, vals,
                                   width, False, w.label)  # fmt: skip
                 out.append((True, work, backend, var, sh))
@@ -600,19 +599,10 @@ class ShardedAdam(Adam):
         return grads
 
     def _gather_rows(self, rows_all: List[Any]) -> Dict[Any, Tuple[Any, Any]]:
-        # IndexedSlices of replicated variables: Allgatherv in rank order, so
-        # every rank holds the whole averaged gradient (duplicates kept).
-        comm = self.comm
-        counts = comm.allgather_counts(
-            np.array([w.indices.shape[0] for _, w, _, _, _ in rows_all], np.int64)
-        )
-        out = {}
-        for j, (_, w, _, _, sh) in enumerate(rows_all):
-            c = counts[:, j]
-            idx = comm.allgatherv(w.indices.astype(np.int64, copy=False), c)
-            vals = comm.allgatherv(w.values.reshape(-1), c * w.width)
-            out[sh.key] = (idx, _average(vals, comm.size).reshape(-1, w.width))
-        return out
+        # IndexedSlices of replicated variables: every rank holds the whole
+        # averaged gradient (rank order, duplicates kept)
+        gathered = allgather_slices(self.comm, [it[1] for it in rows_all])
+        return {it[4].key: g for it, g in zip(rows_all, gathered)}
 
     def _slice_rows(self, sh: _Shard, idx: np.ndarray, vals: np.ndarray, label: Any):
         """The sparse works of this rank's slice ``[lo, hi)`` of a table.
