@@ -11,11 +11,9 @@ from .. import _config, _dispatch
 from .._backend import DenseWork, SparseWork, global_norm_scalars, transform_scalars
 from .._types import IndexedSlices
 from ..adam import Adam
-from .._slots import Entry
 from ..optimizer import Label, Step
-from . import _checkpoint
 from ._collective import Deadline, check_timeout
-from ._comm import Communicator, get_communicator, partition
+from ._comm import Communicator, get_communicator
 from ._data_parallel import (
     _check_host,
     _common_dtype,
@@ -25,6 +23,8 @@ from ._data_parallel import (
     step_signature,
 )
 from ._embedding import ShardedEmbedding
+from ._sharded_state import ShardedStateMixin
+from ._shards import Part, Shard
 
 __all__ = ["ShardedAdam", "BUCKET_MIN_ELEMENTS"]
 
@@ -34,67 +34,19 @@ __all__ = ["ShardedAdam", "BUCKET_MIN_ELEMENTS"]
 BUCKET_MIN_ELEMENTS = 1 << 16
 
 
-class _Shard(Entry):
-    """One variable as ShardedAdam sees it: this rank's flat range and its slots
-    (an entry of the optimizer's slot table, holding 1-D slices)."""
+class ShardedStep(Step):
+    """A :class:`~numbadam.optimizer.Step` of ShardedAdam.
 
-    __slots__ = (
-        "key",
-        "emb",
-        "shape",
-        "dtype",
-        "size",
-        "bounds",
-        "lo",
-        "hi",
-        "view",
-        "label",
-    )
+    ``sources`` is set by the aggregate hook for the transform hook: the items
+    as they were before the slicing (one per pair, the whole averaged
+    gradient) and, per sliced item, ``(index of its source, whether its
+    gradient is a partial slice whose sum of squares must be all-reduced)``.
+    """
 
-    def __init__(self, key, var, comm: Communicator, label: str) -> None:
-        self.key = key
-        self.var = var
-        self.label = label
-        self.shape = tuple(var.shape)
-        self.dtype = np.dtype(var.dtype)
-        self.slots: Dict[str, np.ndarray] = {}
-        self.interval = None  # (Entry's: set once found clear of the slots)
-        if isinstance(var, ShardedEmbedding):
-            self.emb = var
-            self.size = var.size
-            self.bounds = var.row_bounds * var.shape[1]
-            self.view = var.local.reshape(-1)
-        else:
-            self.emb = None
-            self.size = int(var.size)
-            self.bounds = partition(self.size, comm.size)
-            self.view = None
-        self.lo = int(self.bounds[comm.rank])
-        self.hi = int(self.bounds[comm.rank + 1])
-        if self.emb is None:
-            self.view = var.reshape(-1)[self.lo : self.hi]
-
-    @property
-    def counts(self) -> np.ndarray:
-        return np.diff(self.bounds)
+    __slots__ = ("sources",)
 
 
-class _Part:
-    """Elements ``[a, b)`` of a shard's slice: its slots are views of the shard's."""
-
-    __slots__ = ("shard", "a", "b")
-
-    def __init__(self, shard: _Shard, a: int, b: int) -> None:
-        self.shard = shard
-        self.a = a
-        self.b = b
-
-    @property
-    def slots(self) -> Dict[str, np.ndarray]:
-        return {n: s[self.a : self.b] for n, s in self.shard.slots.items()}
-
-
-class ShardedAdam(Adam):
+class ShardedAdam(ShardedStateMixin, Adam):
     """ZeRO stage 1 :class:`~numbadam.Adam`: parameters are replicated, the
     optimizer state is split over the ranks.
 
@@ -196,19 +148,18 @@ class ShardedAdam(Adam):
         self.comm: Communicator = get_communicator(comm)
         self.timeout = check_timeout(timeout)
         self._deadline = Deadline(self.comm, self.timeout, type(self).__name__)
-        self._norms: Any = None
         self.last_comm_seconds = 0.0
         self._ws: Dict[Any, np.ndarray] = {}  # communication buffers
 
     # -- variables and slots -------------------------------------------------------
 
     @property
-    def _entries(self) -> List[Tuple[str, _Shard]]:
+    def _entries(self) -> List[Tuple[str, Shard]]:
         # (slot name, shard) of every slot: the weights after iterations
         return self._table.order  # type: ignore[return-value]
 
     @property
-    def _order(self) -> List[_Shard]:
+    def _order(self) -> List[Shard]:
         # the variables, in slot-creation order
         return self._table.entries()  # type: ignore[return-value]
 
@@ -217,7 +168,7 @@ class ShardedAdam(Adam):
             return ("emb", id(var))
         return self._var_key(var)
 
-    def _shard_for(self, var: Any, label: str) -> _Shard:
+    def _shard_for(self, var: Any, label: str) -> Shard:
         key = self._key(var)
         sh = self._table.entry(var, key)
         if sh is not None:
@@ -236,9 +187,9 @@ class ShardedAdam(Adam):
                     f"{label} is not C-contiguous; ShardedAdam updates contiguous "
                     "slices of each variable and all-gathers them in place"
                 )
-        return _Shard(key, var, self.comm, label)
+        return Shard(key, var, self.comm, label)
 
-    def _create_shard_slots(self, shards: Sequence[_Shard]) -> None:
+    def _create_shard_slots(self, shards: Sequence[Shard]) -> None:
         _ = self.iterations
         self._create_hypers()
         for sh in shards:
@@ -303,167 +254,6 @@ class ShardedAdam(Adam):
         sh = self._table.entry(var, self._key(var))
         return self._gather(sh, sh.slots[slot_name])
 
-    def _gather(self, sh: _Shard, local: np.ndarray) -> np.ndarray:
-        out = np.empty(sh.size, sh.dtype)
-        self.comm.allgatherv(local, sh.counts, out=out)
-        return out.reshape(sh.shape)
-
-    @property
-    def weights(self) -> List[Any]:
-        """This rank's state arrays, live: ``[iterations, slot slices...]``."""
-        return [self.iterations] + [sh.slots[n] for n, sh in self._entries]
-
-    def variables(self) -> List[Any]:
-        """Same as :attr:`weights`."""
-        return self.weights
-
-    def state_nbytes(self) -> int:
-        """Bytes of optimizer state held by this rank (slot slices + iterations)."""
-        return int(sum(w.nbytes for w in self.weights))
-
-    def get_weights(self) -> List[np.ndarray]:
-        """The full state in Keras' order, gathered from all ranks (collective).
-
-        Same list as an unsharded :class:`numbadam.Adam`'s ``get_weights()``.
-        """
-        out = [np.array(self.iterations, copy=True)]
-        for name, sh in self._entries:
-            out.append(self._gather(sh, sh.slots[name]))
-        return out
-
-    def set_weights(self, weights: Sequence[Any]) -> None:
-        """Set the state from a full list like :meth:`get_weights`' (no communication).
-
-        Each rank keeps its slices. Call :meth:`build` first on a fresh optimizer.
-
-        Raises
-        ------
-        ValueError
-            If the length or a shape differs, or ``iterations`` is not a
-            non-negative integer below ``2**63``.
-        TypeError
-            If ``iterations`` is not a real number.
-        """
-        weights = list(weights)
-        if len(weights) != 1 + len(self._entries):
-            raise ValueError(
-                f"You called set_weights(weights) on optimizer {self._name} with a "
-                f"weight list of length {len(weights)}, but the optimizer was "
-                f"expecting {1 + len(self._entries)} weights (build it first)."
-            )
-        host = [np.asarray(weights[0])]
-        if host[0].shape != ():
-            raise ValueError(f"Optimizer weight 0 has shape () not {host[0].shape}")
-        it = host[0]
-        if it.dtype.kind not in "iuf":
-            raise TypeError(f"Optimizer weight 0 has dtype {it.dtype}")
-        if not (
-            np.isfinite(it)
-            and it >= 0
-            and (it.dtype.kind in "iu" or float(it) == int(it))
-            and int(it) < 2**63
-        ):  # as OptimizerV2.set_weights: no wrapping or fractional step counts
-            raise ValueError(
-                "Optimizer weight 0 is iterations, which must be a non-negative "
-                f"integer below 2**63, got {it!r}"
-            )
-        for k, ((_, sh), w) in enumerate(zip(self._entries, weights[1:]), 1):
-            w = np.asarray(w)
-            if w.shape != sh.shape:
-                raise ValueError(
-                    f"Optimizer weight {k} has shape {sh.shape} not compatible with "
-                    f"provided weight shape {w.shape}"
-                )
-            host.append(w.reshape(-1)[sh.lo : sh.hi].astype(sh.dtype))
-        self.iterations[...] = host[0]
-        for (name, sh), w in zip(self._entries, host[1:]):
-            sh.slots[name][...] = w
-
-    def _checkpoint_weights(self) -> List[np.ndarray]:
-        # numbadam.save_checkpoint's one file needs the whole state. Gathering it
-        # is collective, and a save called on one rank only would hang: refuse.
-        if self.comm.size > 1:
-            raise ValueError(
-                f"this ShardedAdam holds only rank {self.comm.rank}'s part of the "
-                f"optimizer state ({self.comm.size} ranks), so one file of it could "
-                "never be loaded; save it with opt.save_sharded(folder) on every "
-                "rank and load it with opt.load_sharded(folder)"
-            )
-        return self.get_weights()
-
-    def get_local_weights(self) -> List[np.ndarray]:
-        """Copies of this rank's :attr:`weights` (no communication)."""
-        return [np.array(w, copy=True) for w in self.weights]
-
-    def set_local_weights(self, weights: Sequence[Any]) -> None:
-        """Set this rank's slices from a list like :meth:`get_local_weights`'."""
-        weights = list(weights)
-        mine = self.weights
-        if len(weights) != len(mine) or any(
-            np.shape(w) != m.shape for w, m in zip(weights, mine)
-        ):
-            raise ValueError("local weights do not match this rank's slices")
-        for m, w in zip(mine, weights):
-            m[...] = w
-
-    # -- checkpoints ---------------------------------------------------------------
-
-    def save_sharded(self, path: str) -> None:
-        """Save the state: one ``.npz`` per rank plus ``manifest.json`` (collective).
-
-        :meth:`load_sharded` reads it back at this or any other number of ranks
-        (and :meth:`DistributedAdam.load_sharded` at any number too).
-        """
-        index = {sh.key: i for i, sh in enumerate(self._order)}
-        variables = [
-            {
-                "shape": list(sh.shape),
-                "dtype": sh.dtype.name,
-                "layout": "rows" if sh.emb is not None else "flat",
-            }
-            for sh in self._order
-        ]
-        _checkpoint.write(
-            path,
-            self.comm,
-            {"kind": type(self).__name__, "config": self.get_config()},
-            variables,
-            [{"name": n, "variable": index[sh.key]} for n, sh in self._entries],
-            [(sh.lo, sh.hi) for sh in self._order],
-            [sh.slots[n] for n, sh in self._entries],
-            int(self.iterations),
-            list(range(self.comm.size)),
-        )
-
-    def load_sharded(self, path: str, var_list: Optional[Sequence[Any]] = None) -> None:
-        """Load this rank's slices from a sharded checkpoint saved at any size.
-
-        No communication: every rank reads the pieces of the shard files that
-        overlap its slices.
-
-        Parameters
-        ----------
-        path : str
-        var_list : sequence, optional
-            The variables in the saved order; :meth:`build` is called with them
-            first. Otherwise the optimizer must already hold the saved slots.
-        """
-        if var_list is not None:
-            self.build(var_list)
-        with _checkpoint.Reader(path) as r:
-            r.check_variables([(sh.shape, sh.dtype) for sh in self._order])
-            index = {sh.key: i for i, sh in enumerate(self._order)}
-            mine = [(n, index[sh.key]) for n, sh in self._entries]
-            saved = [(w["name"], w["variable"]) for w in r.weights]
-            if saved != mine:
-                raise ValueError(
-                    f"checkpoint {path} has slots {saved}, the optimizer {mine}"
-                )
-            data = [r.read(k, sh.lo, sh.hi) for k, (_, sh) in enumerate(self._entries)]
-            self.iterations[...] = r.iterations
-        for (n, sh), d in zip(self._entries, data):
-            sh.slots[n][...] = d
-
     # -- the step: hooks of OptimizerV2's one pipeline ------------------------------
     #
     # prepare: every pair validated locally (no communication); aggregate: the
@@ -509,7 +299,9 @@ class ShardedAdam(Adam):
         self._table.check_variables(items)  # (overlapping variables, slots)
         # var_list: the shards of the step (every rank creates their slots and
         # joins their all-gathers, even where its own slice is empty)
-        return Step(self._step_count(), items, [it[4] for it in items], need, skipped)
+        return ShardedStep(
+            self._step_count(), items, [it[4] for it in items], need, skipped
+        )
 
     def _aggregate_gradients(self, step: Step) -> None:
         """Each item becomes the averaged gradient of this rank's slice (collective)."""
@@ -559,7 +351,7 @@ class ShardedAdam(Adam):
                     norms.append((k, False))
                 step.items[k] = (True, SparseWork(var, w.flat, idx, vals, w.width,
                                                   False, w.label), backend, var, sh)
-        self._norms = (list(step.items), norms)
+        step.sources = (list(step.items), norms)
         step.items = out
 
     def _reduce_scatter(self, dense: List[Any]) -> Dict[Any, np.ndarray]:
@@ -604,7 +396,7 @@ class ShardedAdam(Adam):
         gathered = allgather_slices(self.comm, [it[1] for it in rows_all])
         return {it[4].key: g for it, g in zip(rows_all, gathered)}
 
-    def _slice_rows(self, sh: _Shard, idx: np.ndarray, vals: np.ndarray, label: Any):
+    def _slice_rows(self, sh: Shard, idx: np.ndarray, vals: np.ndarray, label: Any):
         """The sparse works of this rank's slice ``[lo, hi)`` of a table.
 
         The slice need not start or end on a row: it is cut into a partial
@@ -638,7 +430,7 @@ class ShardedAdam(Adam):
             if ncols != width:
                 v = v[:, col : col + ncols]
             n = nrows * ncols
-            part = _Part(sh, off, off + n)
+            part = Part(sh, off, off + n)
             work = SparseWork(flat[off : off + n].reshape(nrows, ncols),
                               flat[off : off + n], idx[sel] - row,
                               np.ascontiguousarray(v), ncols, False, label)  # fmt: skip
@@ -649,8 +441,7 @@ class ShardedAdam(Adam):
         variable's (all variables') whole averaged gradient: partial sums of
         squares of the slices, one Allreduce."""
         cv, cn, gcn = self._clipvalue, self._clipnorm, self._global_clipnorm
-        originals, norms = self._norms
-        self._norms = None
+        originals, norms = step.sources
         if cn is None and gcn is None:
             step.transforms = [
                 transform_scalars(it[1].flat.dtype, cv, None, None) for it in step.items
@@ -705,7 +496,7 @@ class ShardedAdam(Adam):
             buf = self._ws[name] = np.empty(n, dtype)
         return buf[:n]
 
-    def _allgather_params(self, shards: List[_Shard]) -> None:
+    def _allgather_params(self, shards: List[Shard]) -> None:
         comm = self.comm
         if not shards or comm.size == 1:
             return
