@@ -205,10 +205,12 @@ class AccumulationMixin:
                     )
         else:
             if set(keys) != set(modes):
+                new = sum(k not in modes for k in keys)
+                gone = sum(k not in set(keys) for k in modes)
                 raise ValueError(
                     f"gradient accumulation: call {phase + 1} of {n} of this "
-                    f"cycle has gradients for {len(keys)} variables, not the "
-                    f"{len(modes)} the cycle started with (or other ones); pass "
+                    f"cycle has gradients for {new} variables its first call "
+                    f"had none for, and none for {gone} of that call's; pass "
                     "gradients for the same variables in every call of a cycle"
                 )
             for it, key, kind in zip(step.items, keys, kinds):
