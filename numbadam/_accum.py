@@ -159,11 +159,6 @@ class AccumulationMixin:
         self._counter()[...] = calls
         self._reset_cycle()
 
-    def _local_step(self, calls: int) -> int:
-        # the update count the coefficients use (Adam's t - 1, decay)
-        n = self._accum_steps
-        return calls if n is None else calls // n
-
     def _schedule_step(self, step: int) -> int:
         # Keras 3 evaluates a schedule at the counter of calls: on the
         # applying call of update ``step`` that is step * N + N - 1

@@ -352,8 +352,10 @@ class OptimizerV2(AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin)
         Returns
         -------
         numpy.ndarray or None
-            :attr:`iterations` after the step; ``None`` for an empty list, which
-            is a no-op.
+            :attr:`iterations` after the step (with
+            ``gradient_accumulation_steps``: the counter of calls,
+            ``weights[0]``, as Keras 3); ``None`` for an empty list, which is a
+            no-op.
 
         Raises
         ------
@@ -383,11 +385,13 @@ class OptimizerV2(AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin)
         if step is None:
             return None
         self._aggregate_gradients(step)
-        if self._accum_steps is not None and self._accumulate(step):
+        n = self._accum_steps  # (gradient accumulation: numbadam._accum)
+        if n is not None and self._accumulate(step):
             return self._iterations  # (an accumulating call: Keras 3's counter)
         self._transform_gradients(step)
         step.coefficients = self._prepare_step(
-            self._local_step(step.iteration), {it[1].flat.dtype for it in step.items}
+            step.iteration if n is None else step.iteration // n,
+            {item[1].flat.dtype for item in step.items},
         )
         if step.skipped:
             logger.warning(
