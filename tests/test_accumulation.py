@@ -412,3 +412,20 @@ def test_cuda_equals_cpu(cuda_backend, kw):
             [(IndexedSlices(cuda.to_device(vals), cuda.to_device(idx), (10, 3)), td)]
         )
     assert np.array_equal(t, td.copy_to_host())
+
+
+def test_restored_cycle_takes_the_next_calls_variables():
+    opt = numbadam.Adam(0.1, gradient_accumulation_steps=3)
+    w, u = np.zeros(3, np.float32), np.zeros((4, 2), np.float32)
+    opt.apply_gradients([(np.ones(3, np.float32), w), (np.ones((4, 2), np.float32), u)])
+    saved = opt.get_weights()
+    opt.set_weights(saved)  # mid-cycle: the cycle's variables are not known
+    sparse = IndexedSlices(np.ones((1, 2), np.float32), [1])
+    before = _state(opt, [w, u])
+    with pytest.raises(ValueError, match="restored mid-way"):
+        opt.apply_gradients([(np.ones(3, np.float32), w), (sparse, u)])
+    assert all(np.array_equal(a, b) for a, b in zip(before, _state(opt, [w, u])))
+    opt.apply_gradients([(np.ones(3, np.float32), w)])  # u leaves the cycle
+    weights = opt.get_weights()
+    assert weights[1].tolist() == [2.0, 2.0, 2.0]  # restored sum + g
+    assert not weights[2].any()  # u's partial sum is dropped
