@@ -522,8 +522,11 @@ class CUDABackend:
                 self._k.adam_dense_accum_cuda, dtype, vhat is not None, wd is not None
             )
             c = compute_dtype(dtype).type
-            self._launch(kern, n, work.flat, mf, vf, slot, work.grad,
-                         self._flat(self._wrap(a)), c(steps), *coef, *tr, dec)  # fmt: skip
+            af = self._flat(self._wrap(a))
+            self._launch(
+                kern, n, work.flat, mf, vf, slot, work.grad, af, c(steps), *coef,
+                *tr, dec,
+            )  # fmt: skip
             self._writeback(work)
             return
         kern = self._kernel(

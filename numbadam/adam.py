@@ -371,8 +371,10 @@ class Adam(OptimizerV2):
         vhat = slots["vhat"] if self.amsgrad else None
         wd = self._decay_of(work) if self._step_decay else None
         if self._acc_apply:  # the mean of the accumulated gradients (#13)
-            backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform,
-                               wd, acc=(slots[ACCUMULATOR], self._accum_steps))  # fmt: skip
+            acc = (slots[ACCUMULATOR], self._accum_steps)
+            backend.dense_step(
+                work, slots["m"], slots["v"], vhat, coef, transform, wd, acc=acc
+            )
             return
         backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform, wd)
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import SparseGrad, run_accumulation_reference
 
 import numbadam
 from numbadam import IndexedSlices
-
-from helpers import assert_close
-from reference import SparseGrad, run_accumulation_reference
 
 
 def _grads(seed, shape, count, dtype):

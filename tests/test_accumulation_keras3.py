@@ -119,7 +119,9 @@ def test_round_trip_mid_cycle_bitwise(tmp_path):
     rng = np.random.default_rng(3)
     vars_ = [rng.standard_normal((3, 2)).astype(f32), np.zeros(2, f32)]
     opt = numbadam.Adam(0.1, gradient_accumulation_steps=4)
-    grads = [[rng.standard_normal(v.shape).astype(f32) for v in vars_] for _ in range(7)]
+    grads = [
+        [rng.standard_normal(v.shape).astype(f32) for v in vars_] for _ in range(7)
+    ]
     for gs in grads[:2]:
         opt.apply_gradients(list(zip(gs, vars_)))
     path = tmp_path / "a.weights.h5"
@@ -156,7 +158,9 @@ def keras():
     "make",
     [
         lambda m: m.Adam(0.05, gradient_accumulation_steps=3),
-        lambda m: m.Adam(0.05, amsgrad=True, clipvalue=0.3, gradient_accumulation_steps=2),
+        lambda m: m.Adam(
+            0.05, amsgrad=True, clipvalue=0.3, gradient_accumulation_steps=2
+        ),
         lambda m: m.AdamW(0.05, weight_decay=0.1, gradient_accumulation_steps=4),
     ],
     ids=["adam", "amsgrad-clipvalue", "adamw"],

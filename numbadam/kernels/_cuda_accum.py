@@ -13,7 +13,15 @@ from __future__ import annotations
 
 from numba import cuda, types
 
-from ._cuda_common import _adam_update, _block_sum, _clip, _mul, _transform, _widen, _zero
+from ._cuda_common import (
+    _adam_update,
+    _block_sum,
+    _clip,
+    _mul,
+    _transform,
+    _widen,
+    _zero,
+)
 
 
 @cuda.jit(cache=True)

@@ -53,6 +53,14 @@ from numba import types
 
 # The kernels and their helpers live in private siblings, by family; every name
 # is re-exported here, the module the backends (and new kernels) import.
+from ._cpu_accum import (  # noqa: F401
+    _accumulate_run,
+    _dense_accum_run,
+    _mean,
+    accumulate_cpu,
+    adam_dense_accum_cpu,
+    sum_squares_accum_cpu,
+)
 from ._cpu_common import (  # noqa: F401
     _PARALLEL,
     _SERIAL,
@@ -105,14 +113,6 @@ from ._cpu_sparse import (  # noqa: F401
     index_range_cpu,
     scratch_like,
     sum_duplicate_rows_cpu,
-)
-from ._cpu_accum import (  # noqa: F401
-    _accumulate_run,
-    _dense_accum_run,
-    _mean,
-    accumulate_cpu,
-    adam_dense_accum_cpu,
-    sum_squares_accum_cpu,
 )
 
 __all__ = [

@@ -83,6 +83,11 @@ from numba import types
 
 # The kernels and their helpers live in private siblings, by family; every name
 # is re-exported here, the module the backend (and new kernels) import.
+from ._cuda_accum import (  # noqa: F401
+    accumulate_cuda,
+    adam_dense_accum_cuda,
+    sum_squares_accum_cuda,
+)
 from ._cuda_common import (  # noqa: F401
     _adam_update,
     _block_sum,
@@ -115,11 +120,6 @@ from ._cuda_dense import (  # noqa: F401
     scatter_cuda,
     sum_partials_cuda,
     sum_squares_cuda,
-)
-from ._cuda_accum import (  # noqa: F401
-    accumulate_cuda,
-    adam_dense_accum_cuda,
-    sum_squares_accum_cuda,
 )
 from ._cuda_sparse import (  # noqa: F401
     _INT64_MAX,
