@@ -137,6 +137,19 @@ class AccumulationMixin:
         ``weights[0]`` (and :meth:`apply_gradients`' return value) counts
         calls. Setting it to ``k`` sets the counter to ``k * N``: the start of
         a cycle, whose partial sums are dropped.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbadam
+        >>> opt = numbadam.Adam(0.1, gradient_accumulation_steps=2)
+        >>> w = np.zeros(2, np.float32)
+        >>> calls = [int(opt.apply_gradients([(np.ones(2, np.float32), w)]))
+        ...          for _ in range(3)]
+        >>> calls, int(opt.iterations), w.astype(float).round(4).tolist()
+        ([1, 2, 3], 1, [-0.1, -0.1])
+        >>> opt.get_weights()[1].tolist()  # the accumulator of the new cycle
+        [1.0, 1.0]
         """
         counter = self._counter()
         n = self._accum_steps
