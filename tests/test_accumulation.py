@@ -428,3 +428,35 @@ def test_restored_cycle_takes_the_next_calls_variables():
     weights = opt.get_weights()
     assert weights[1].tolist() == [2.0, 2.0, 2.0]  # restored sum + g
     assert not weights[2].any()  # u's partial sum is dropped
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(2, 4),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_sparse_accumulation_properties(n, seed, dtype):
+    # TF rule, no index repeated within a call: the bits of dense
+    # accumulation of the zero-filled gradients. Lazy: rows no call of the
+    # cycle lists keep every bit (values and slots).
+    rng = np.random.default_rng(seed)
+    t0 = rng.standard_normal((12, 2)).astype(dtype)
+    a, b, lazy = t0.copy(), t0.copy(), t0.copy()
+    sp = numbadam.Adam(0.1, gradient_accumulation_steps=n)
+    de = numbadam.Adam(0.1, gradient_accumulation_steps=n)
+    lz = numbadam.Adam(0.1, gradient_accumulation_steps=n, sparse_mode="lazy")
+    touched = set()
+    for _ in range(n):
+        idx = rng.permutation(12)[: rng.integers(0, 6)]
+        vals = rng.standard_normal((idx.size, 2)).astype(dtype)
+        dense = np.zeros((12, 2), dtype)
+        dense[idx] = vals
+        touched.update(idx.tolist())
+        sp.apply_gradients([(IndexedSlices(vals, idx, (12, 2)), a)])
+        de.apply_gradients([(dense, b)])
+        lz.apply_gradients([(IndexedSlices(vals, idx, (12, 2)), lazy)])
+    assert np.array_equal(a, b)
+    rest = sorted(set(range(12)) - touched)
+    assert np.array_equal(lazy[rest], t0[rest])
+    assert not lz.get_slot(lazy, "m")[rest].any()
