@@ -321,9 +321,27 @@ class CPUBackend:
         k = self._kernel(self._k.sum_squares_cpu, flat.dtype)
         return k(_kernel_view(flat), lo, hi, _config.NORM_CHUNKS)
 
-    def sumsq(self, grad: np.ndarray, clipvalue: Optional[float] = None) -> float:
+    def sumsq(
+        self, grad: np.ndarray, clipvalue: Optional[float] = None, acc: Any = None
+    ) -> float:
         lo, hi, _, _ = transform_scalars(grad.dtype, clipvalue, None, None)
-        return self._sumsq(grad if grad.ndim == 1 else grad.reshape(-1), lo, hi)
+        flat = grad if grad.ndim == 1 else grad.reshape(-1)
+        if acc is not None:  # the norm of the mean (g + acc) / steps (#13)
+            k = self._kernel(self._k.sum_squares_accum_cpu, flat.dtype)
+            a, steps = acc
+            c = compute_dtype(flat.dtype).type
+            return k(_kernel_view(flat), _kernel_view(a.reshape(-1)), c(steps), lo,
+                     hi, _config.NORM_CHUNKS)  # fmt: skip
+        return self._sumsq(flat, lo, hi)
+
+    def accumulate(self, acc: np.ndarray, grad: np.ndarray, first: bool) -> None:
+        """``acc = 0 + grad`` (``first``) or ``acc += grad`` (gradient
+        accumulation); ``grad`` is a work item's 1-D gradient."""
+        if grad.shape[0] == 0:
+            return
+        k = self._kernel(self._k.accumulate_cpu, grad.dtype)
+        k(_kernel_view(acc.reshape(-1)), _kernel_view(grad), bool(first),
+          _config.CPU_BLOCK, _config.CPU_SERIAL_MAX)  # fmt: skip
 
     def dense_step(
         self,
@@ -334,6 +352,7 @@ class CPUBackend:
         coef: AdamCoefficients,
         tr: Transform,
         wd: Decay = None,
+        acc: Any = None,
     ) -> None:
         x, g = work.flat, work.grad
         n = x.shape[0]
@@ -345,8 +364,20 @@ class CPUBackend:
         if dtype.char == "e":
             x, g, mf, vf = (a.view(np.uint16) for a in (x, g, mf, vf))
         hf = None if vhat is None else _kernel_view(vhat.reshape(-1))
-        k = self._kernel(self._k.adam_dense_cpu, dtype, hf is not None, wd is not None)
-        k(x, mf, vf, hf, g, *coef, *tr, wd, _config.CPU_BLOCK, _config.CPU_SERIAL_MAX)
+        if acc is None:
+            k = self._kernel(
+                self._k.adam_dense_cpu, dtype, hf is not None, wd is not None
+            )
+            k(x, mf, vf, hf, g, *coef, *tr, wd, _config.CPU_BLOCK,
+              _config.CPU_SERIAL_MAX)  # fmt: skip
+        else:  # the applying call of gradient accumulation: (g + acc) / steps
+            a, steps = acc
+            k = self._kernel(
+                self._k.adam_dense_accum_cpu, dtype, hf is not None, wd is not None
+            )
+            k(x, mf, vf, hf, g, _kernel_view(a.reshape(-1)),
+              compute_dtype(dtype).type(steps), *coef, *tr, wd, _config.CPU_BLOCK,
+              _config.CPU_SERIAL_MAX)  # fmt: skip
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)
 

@@ -416,10 +416,44 @@ class CUDABackend:
 
     # -- steps ----------------------------------------------------------------
 
-    def sumsq(self, grad: Any, clipvalue: Optional[float] = None) -> float:
+    def sumsq(
+        self, grad: Any, clipvalue: Optional[float] = None, acc: Any = None
+    ) -> float:
         dtype = np.dtype(grad.dtype)
         lo, hi, _, _ = transform_scalars(dtype, clipvalue, None, None)
+        if acc is not None:  # the norm of the mean (g + acc) / steps (#13)
+            return self._sumsq_accum(grad, dtype, lo, hi, acc)
         return self._sumsq(self._flat(self._wrap(grad)), dtype, lo, hi)
+
+    def _sumsq_accum(self, grad: Any, dtype: np.dtype, lo, hi, acc: Any) -> float:
+        flat = self._flat(self._wrap(grad))
+        a, steps = acc
+        n = int(flat.shape[0])
+        blocks, tpb = self._dims(n)
+        partials = cuda.device_array(blocks, np.float64)
+        shared = self._shared(tpb)
+        kern = self._kernel(self._k.sum_squares_accum_cuda, dtype)
+        c = compute_dtype(dtype).type
+        self._configure(kern, blocks, tpb, shared)(
+            flat, self._flat(self._wrap(a)), c(steps), lo, hi, partials
+        )
+        out = cuda.device_array(1, np.float64)
+        kern = self._kernel(self._k.sum_partials_cuda)
+        self._configure(kern, 1, tpb, shared)(partials, out)
+        return float(out.copy_to_host()[0])
+
+    def accumulate(self, acc: Any, grad: Any, first: bool) -> None:
+        """``acc = 0 + grad`` (``first``) or ``acc += grad`` (gradient
+        accumulation); ``grad`` is a work item's 1-D gradient."""
+        n = int(grad.shape[0])
+        if n == 0:
+            return
+        kern = self._kernel(self._k.accumulate_cuda, np.dtype(grad.dtype))
+        self._launch(kern, n, self._flat(self._wrap(acc)), grad, bool(first))
+
+    def device_copy(self, host: np.ndarray) -> Any:
+        """A device copy of a host array (the mean slices of an applying call)."""
+        return cuda.to_device(np.ascontiguousarray(host))
 
     def _sumsq(self, flat: Any, dtype: np.dtype, lo, hi) -> float:
         """``sum(clip(flat, lo, hi)**2)`` in float64: fixed block partials, then
@@ -472,6 +506,7 @@ class CUDABackend:
         coef: AdamCoefficients,
         tr: Transform,
         wd: Decay = None,
+        acc: Any = None,
     ) -> None:
         n = int(work.flat.shape[0])
         if n == 0:
@@ -481,6 +516,19 @@ class CUDABackend:
         mf, vf = self._flat(m), self._flat(v)
         slot = () if vhat is None else (self._flat(vhat),)
         dec = _typed_decay(wd, dtype)
+        if acc is not None:  # the applying call of gradient accumulation
+            a, steps = acc
+            kern = self._kernel(
+                self._k.adam_dense_accum_cuda, dtype, vhat is not None, wd is not None
+            )
+            c = compute_dtype(dtype).type
+            af = self._flat(self._wrap(a))
+            self._launch(
+                kern, n, work.flat, mf, vf, slot, work.grad, af, c(steps), *coef,
+                *tr, dec,
+            )  # fmt: skip
+            self._writeback(work)
+            return
         kern = self._kernel(
             self._k.adam_dense_cuda, dtype, vhat is not None, wd is not None
         )

@@ -34,12 +34,21 @@ def amsgrad(optimizer: Any) -> bool:
     return bool(getattr(optimizer, "amsgrad", False))
 
 
+def accumulating(optimizer: Any) -> bool:
+    # Keras 3's accumulators are the counter of calls' partners: the file's
+    # ``iteration`` is that counter (numbadam's weights[0])
+    return getattr(optimizer, "_accum_steps", None) is not None
+
+
 # In Keras 3's creation order (BaseOptimizer.build, then Adam.build), after
 # ``iteration`` and ``learning_rate``. A row with ``slots=None`` is state
 # numbadam does not hold yet: files with it are refused.
 ROWS: Tuple[Row, ...] = (
     Row(("average",), None, "use_ema=True", _never),
-    Row(("gradient_accumulator",), None, "gradient_accumulation_steps", _never),
+    Row(
+        ("gradient_accumulator",), ("accumulator",), "gradient_accumulation_steps",
+        accumulating,
+    ),
     Row(("momentum", "velocity"), ("m", "v"), "", _always),
     Row(("velocity_hat",), ("vhat",), "amsgrad=True", amsgrad),
 )

@@ -7,6 +7,7 @@ from typing import Any, Dict
 import numpy as np
 
 from . import _backend
+from ._accum import ACCUMULATOR
 from ._coefficients import CoefficientCache
 from ._slots import memory_key
 from ._types import AdamCoefficients
@@ -68,7 +69,10 @@ class Adam(OptimizerV2):
         by their joint norm; not with ``clipnorm``), ``clipvalue``, ``lr``
         (deprecated alias of
         ``learning_rate``, with a ``UserWarning``), ``decay`` (``lr / (1 + decay
-        * iterations)``).
+        * iterations)``), ``gradient_accumulation_steps`` (Keras 3's: an int
+        ``N >= 2`` makes every ``N`` calls one update with the mean of their
+        gradients; ``iterations`` then counts updates and ``weights[0]``
+        calls; see ``docs/semantics.md``).
 
     Raises
     ------
@@ -297,7 +301,11 @@ class Adam(OptimizerV2):
     # -- the step ---------------------------------------------------------------
 
     def _create_slots(self, var_list) -> None:
-        # Separate loops: TF's order of slot variables (all m, all v, all vhat).
+        # Separate loops: TF's order of slot variables (all m, all v, all vhat);
+        # gradient accumulators first, where Keras 3 creates them.
+        if self._accum_steps is not None:
+            for var in var_list:
+                self.add_slot(var, ACCUMULATOR)
         for var in var_list:
             self.add_slot(var, "m")
         for var in var_list:
@@ -307,7 +315,8 @@ class Adam(OptimizerV2):
                 self.add_slot(var, "vhat")
 
     def _required_slots(self):
-        return ("m", "v", "vhat") if self.amsgrad else ("m", "v")
+        names = ("m", "v", "vhat") if self.amsgrad else ("m", "v")
+        return names if self._accum_steps is None else (ACCUMULATOR,) + names
 
     def _prepare_step(self, step: int, dtypes: set) -> Dict[Any, AdamCoefficients]:
         """Per-step scalars by storage dtype, as TF's ``_prepare_local``."""
@@ -316,7 +325,7 @@ class Adam(OptimizerV2):
         # np.float32, or np.float64 for a NumPy float64 value (cast to the
         # compute dtype once, in the coefficients)
         if type(lr) is not np.float32 and type(lr) is not np.float64:
-            lr = self._hyper_value("learning_rate", step)
+            lr = self._hyper_value("learning_rate", self._schedule_step(step))
         if type(b1) is not np.float32 and type(b1) is not np.float64:
             b1 = self._hyper_value("beta_1", step)
         if type(b2) is not np.float32 and type(b2) is not np.float64:
@@ -361,6 +370,12 @@ class Adam(OptimizerV2):
     def _resource_apply_dense(self, work, backend, slots, coef, transform) -> None:
         vhat = slots["vhat"] if self.amsgrad else None
         wd = self._decay_of(work) if self._step_decay else None
+        if self._acc_apply:  # the mean of the accumulated gradients (#13)
+            acc = (slots[ACCUMULATOR], self._accum_steps)
+            backend.dense_step(
+                work, slots["m"], slots["v"], vhat, coef, transform, wd, acc=acc
+            )
+            return
         backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform, wd)
 
     def _amsgrad_slots(self) -> bool:
@@ -432,6 +447,7 @@ class Adam(OptimizerV2):
         num_vars = (len(params) - 1) // 2
         if (
             not self.amsgrad
+            and self._accum_steps is None
             and num_vars >= 1
             and len(params) == 2 * num_vars + 1
             and len(weights) == 3 * num_vars + 1

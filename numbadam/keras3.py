@@ -10,9 +10,11 @@ over the trainable variables ``x_0 ... x_{n-1}`` that order is
   under Keras' JAX and torch backends, int64 under TensorFlow);
 - ``learning_rate`` (float32), only for a constant learning rate (none for a
   schedule or a callable);
-- with ``use_ema=True``, the ``average`` of every variable, then with
-  ``gradient_accumulation_steps``, its ``gradient_accumulator``: not supported
-  yet;
+- with ``use_ema=True``, the ``average`` of every variable (not supported
+  yet), then with ``gradient_accumulation_steps``, its
+  ``gradient_accumulator``: slot ``accumulator`` (``iteration`` is then the
+  counter of calls, ``weights[0]``, and ``iterations`` that divided by the
+  steps);
 - ``momentum`` and ``velocity`` of ``x_0``, of ``x_1``, ...: slots ``m`` and
   ``v``;
 - with ``amsgrad=True``, the ``velocity_hat`` of every variable: slot
@@ -24,7 +26,8 @@ numbadam's (and tf-keras') :meth:`~numbadam.OptimizerV2.get_weights` is
 names, so ``var_list`` must be the model's trainable variables in Keras' order
 (``model.trainable_variables``). The mapping is one table, ``ROWS`` in
 ``numbadam/_keras3_layout.py``: EMA averages and gradient accumulators become
-one row each once numbadam holds them. Until then a file holding them is refused.
+one row each (the accumulators' row is in). A file holding EMA averages is
+refused.
 
 h5py is the optional extra ``numbadam[keras]`` (``pip install "numbadam[keras]"``
 or ``pip install h5py``), imported only when a file is read or written.
@@ -186,7 +189,7 @@ def _unknown_state(optimizer: OptimizerV2, roles: Dict, rows: List[Row]) -> str:
         )
     weights = optimizer.weights
     for k, w in enumerate(weights):
-        if w is optimizer.iterations:
+        if w is optimizer._counter():
             continue
         if id(w) not in roles:
             return (
@@ -405,7 +408,7 @@ def load_keras_optimizer(
     by_role = {role_of(e): v for e, v in zip(entries, values)}
     weights = []
     for w in optimizer.weights:
-        role = ITERATION if w is optimizer.iterations else roles.get(id(w))
+        role = ITERATION if w is optimizer._counter() else roles.get(id(w))
         if role not in by_role:
             raise RuntimeError(f"optimizer weight ({_describe(w)}) not mapped")
         weights.append(by_role[role])
@@ -502,7 +505,7 @@ def _state(
         raise ValueError(f"cannot save this optimizer's state: {problem}")
     by_role = {}
     for w, h in zip(optimizer.weights, optimizer.get_weights()):
-        by_role[ITERATION if w is optimizer.iterations else roles[id(w)]] = h
+        by_role[ITERATION if w is optimizer._counter() else roles[id(w)]] = h
     by_role[ITERATION] = np.asarray(by_role[ITERATION], np.int64)
     with_lr = constant_lr(optimizer)
     if with_lr:  # (Keras 3's learning_rate variable is float32)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 
 from . import _config, _dispatch, schedules
+from ._accum import AccumulationMixin
 from ._backend import global_norm_scalars, identity_transform, transform_scalars
 from ._flat import GradsAndVars, ParameterBuffer
 from ._hypers import HyperparameterMixin, is_float64, is_number
@@ -34,7 +35,10 @@ __all__ = ["OptimizerV2"]
 
 logger = logging.getLogger("numbadam")
 
-_ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay", "global_clipnorm")
+_ALLOWED_KWARGS = (
+    "clipnorm", "clipvalue", "lr", "decay", "global_clipnorm",
+    "gradient_accumulation_steps",
+)  # fmt: skip
 
 Hyper = Union[float, Callable[[], float], "schedules.LearningRateSchedule"]
 
@@ -96,7 +100,7 @@ class Step:
         self.coefficients: Any = None
 
 
-class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
+class OptimizerV2(AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin):
     """Base class of numbadam optimizers (the Keras OptimizerV2 contract).
 
     :meth:`apply_gradients` is one pipeline of hooks, in this order (Keras'
@@ -122,14 +126,18 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         ``clipvalue`` (float >= 0): clip each gradient element to
         ``[-clipvalue, clipvalue]`` (applied before ``clipnorm``); ``lr``
         (deprecated alias of ``learning_rate``); ``decay`` (float >= 0): the
-        learning rate at step ``t`` is ``lr / (1 + decay * t)``.
+        learning rate at step ``t`` is ``lr / (1 + decay * t)``;
+        ``gradient_accumulation_steps`` (int >= 2 or None): Keras 3's
+        gradient accumulation, the mean gradient of every ``N`` calls applied
+        on the ``N``-th (see ``docs/semantics.md``).
 
     Raises
     ------
     TypeError
         For an unknown keyword argument.
     ValueError
-        For both ``clipnorm`` and ``global_clipnorm``; for a negative
+        For a ``gradient_accumulation_steps`` that is not None or an integer
+        >= 2; for both ``clipnorm`` and ``global_clipnorm``; for a negative
         ``clipnorm``, ``global_clipnorm``, ``clipvalue``, ``lr`` or ``decay``, or a
         NaN or infinite one.
 
@@ -171,6 +179,7 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
     _multi_tensor = True
 
     def __init__(self, name: str, **kwargs: Any) -> None:
+        accumulation = kwargs.pop("gradient_accumulation_steps", None)
         for k, val in kwargs.items():
             if k not in _ALLOWED_KWARGS:
                 raise TypeError(
@@ -206,6 +215,7 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         self.clipnorm = kwargs.pop("clipnorm", None)
         self.global_clipnorm = kwargs.pop("global_clipnorm", None)
         self.clipvalue = kwargs.pop("clipvalue", None)
+        self._init_accumulation(accumulation)
 
     # ------------------------------------------------------------------
     # simple attributes
@@ -342,8 +352,10 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         Returns
         -------
         numpy.ndarray or None
-            :attr:`iterations` after the step; ``None`` for an empty list, which
-            is a no-op.
+            :attr:`iterations` after the step (with
+            ``gradient_accumulation_steps``: the counter of calls,
+            ``weights[0]``, as Keras 3); ``None`` for an empty list, which is a
+            no-op.
 
         Raises
         ------
@@ -373,9 +385,13 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         if step is None:
             return None
         self._aggregate_gradients(step)
+        n = self._accum_steps  # (gradient accumulation: numbadam._accum)
+        if n is not None and self._accumulate(step):
+            return self._iterations  # (an accumulating call: Keras 3's counter)
         self._transform_gradients(step)
         step.coefficients = self._prepare_step(
-            step.iteration, {item[1].flat.dtype for item in step.items}
+            step.iteration if n is None else step.iteration // n,
+            {item[1].flat.dtype for item in step.items},
         )
         if step.skipped:
             logger.warning(
@@ -403,6 +419,8 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
                     work, backend, slots, coefs[work.flat.dtype], tr
                 )
         self._finish(step)
+        if self._acc_apply:
+            self._end_cycle()
         return self._iterations
 
     # -- the hooks, in pipeline order ---------------------------------------------
@@ -537,18 +555,23 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
             ]
             return
         out = []
-        for sparse, work, backend, _, _ in step.items:
+        for it in step.items:
+            sparse, work, backend = it[0], it[1], it[2]
             sumsq = None
             if cn is not None:
-                sumsq = backend.sumsq(work.values if sparse else work.grad, cv)
+                if self._acc_apply:  # the norm of the mean gradient
+                    sumsq = self._acc_sumsq(it, cv)
+                else:
+                    sumsq = backend.sumsq(work.values if sparse else work.grad, cv)
             out.append(transform_scalars(work.flat.dtype, cv, cn, sumsq))
         step.transforms = out
 
-    @staticmethod
-    def _sumsq_item(item: Any, clipvalue: Optional[float]) -> float:
+    def _sumsq_item(self, item: Any, clipvalue: Optional[float]) -> float:
         # The sum of squares of one item's (value-clipped) gradient; a
         # ParameterBuffer's one pass adds its variables' sums in order, as a
         # list of its pairs would, so both take the same global norm.
+        if self._acc_apply:
+            return self._acc_sumsq(item, clipvalue)
         sparse, work, backend, var, holder = item
         if sparse:
             return backend.sumsq(work.values, clipvalue)
@@ -643,6 +666,8 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
             config["global_clipnorm"] = self._global_clipnorm
         if self._clipvalue is not None:
             config["clipvalue"] = self._clipvalue
+        if self._accum_steps is not None:
+            config["gradient_accumulation_steps"] = self._accum_steps
         return config
 
     @classmethod

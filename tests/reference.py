@@ -21,6 +21,12 @@ TensorFlow's conventions reproduced here:
 * Row-wise Adam (:func:`adam_rowwise_step`, FBGEMM's partial row-wise Adam) keeps
   ``m`` per element of an ``(R, D)`` table and ``v`` (``vhat``) per row, moved by
   the row's mean squared gradient ``s = mean_j(g_j**2)``.
+* Gradient accumulation (Keras 3's ``gradient_accumulation_steps = N``,
+  :func:`run_accumulation_reference`): calls ``1 .. N-1`` of a cycle change no
+  variable; call ``N`` takes one step with the mean of the cycle's gradients
+  (sparse ones zero-filled; the lazy rule steps the rows listed in any call),
+  clipped as one gradient, with ``t = updates + 1`` and learning-rate
+  callables read at the call count ``updates * N + N - 1``.
 * The lazy sparse rule (TF Addons' LazyAdam, ``sparse_mode="lazy"``): the same
   summed gradient, but only the rows listed in ``indices`` change; the others
   keep their values and slots. The bias correction is that of the global ``t``.
@@ -44,6 +50,7 @@ __all__ = [
     "clip_global_ref",
     "decayed_lr",
     "hyper32",
+    "run_accumulation_reference",
     "run_reference",
     "sparse_to_dense",
 ]
@@ -385,5 +392,66 @@ def run_reference(
         else:
             gd = clip_ref(g, clipvalue, clipnorm)
             var, m, v, vhat = adam_dense_ref(var, gd, m, v, it + 1, vhat=vhat, **hp)
+        out.append((var, m, v, None if vhat is None else vhat.copy()))
+    return out
+
+
+def run_accumulation_reference(
+    var0: Any,
+    grads: Sequence[Any],
+    n: int,
+    *,
+    lr: Hyper = 0.001,
+    beta_1: Hyper = 0.9,
+    beta_2: Hyper = 0.999,
+    epsilon: Hyper = 1e-7,
+    amsgrad: bool = False,
+    clipvalue: float | None = None,
+    clipnorm: float | None = None,
+    decay: float = 0.0,
+    weight_decay: float = 0.0,
+    sparse_mode: str = "dense",
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Adam with gradient accumulation over ``n`` calls; the state after every call.
+
+    ``grads`` holds one gradient per call (dense arrays or sparse objects with
+    ``indices`` and ``values``; one kind per cycle). Callables are evaluated at
+    the call count of the applying call (``updates * n + n - 1``); ``decay``
+    and the bias correction use the update count.
+    """
+    var = _f64(var0)
+    m = np.zeros_like(var)
+    v = np.zeros_like(var)
+    vhat = np.zeros_like(var) if amsgrad else None
+    out = []
+    cycle: list = []
+    for call, g in enumerate(grads):
+        cycle.append(g)
+        if len(cycle) < n:
+            out.append((var, m, v, None if vhat is None else vhat.copy()))
+            continue
+        update = call // n
+        hp = {
+            "lr": _value(lr, call),
+            "beta_1": _value(beta_1, call),
+            "beta_2": _value(beta_2, call),
+            "epsilon": _value(epsilon, call),
+            "decay": decay,
+            "weight_decay": weight_decay,
+        }
+        t = update + 1
+        if hasattr(g, "indices"):
+            dense = sum(sparse_to_dense(var.shape, c.indices, c.values) for c in cycle)
+            rows = np.unique(
+                np.concatenate([np.asarray(c.indices).reshape(-1) for c in cycle])
+            ).astype(np.int64)
+            vals = clip_ref(dense[rows] / n, clipvalue, clipnorm)
+            rule = adam_sparse_lazy_ref if sparse_mode == "lazy" else adam_sparse_ref
+            var, m, v, vhat = rule(var, rows, vals, m, v, t, vhat=vhat, **hp)
+        else:
+            mean = sum(_f64(c) for c in cycle) / n
+            gd = clip_ref(mean, clipvalue, clipnorm)
+            var, m, v, vhat = adam_dense_ref(var, gd, m, v, t, vhat=vhat, **hp)
+        cycle = []
         out.append((var, m, v, None if vhat is None else vhat.copy()))
     return out

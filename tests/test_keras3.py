@@ -706,7 +706,7 @@ def test_keras_reads_a_new_numbadam_file(tmp_path, keras, keras_cases):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"use_ema": True}, {"gradient_accumulation_steps": 2}]
+    "kwargs", [{"use_ema": True}]
 )
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_keras_state_numbadam_cannot_hold_is_refused(

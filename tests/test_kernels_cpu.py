@@ -688,6 +688,12 @@ def _all_paths(dtype, variant):
                                     sparse_mode=mode, weight_decay=wd)  # fmt: skip
                 opt.apply_gradients([(g, w)])
                 opt.apply_gradients([(IndexedSlices(vals, idx, (20, 3)), w)])
+                # gradient accumulation: accumulate_cpu, adam_dense_accum_cpu
+                # (and sum_squares_accum_cpu with clipnorm)
+                acc = numbadam.Adam(0.1, amsgrad=ams, clipnorm=clipnorm,
+                                    weight_decay=wd, gradient_accumulation_steps=2)  # fmt: skip
+                acc.apply_gradients([(g, w)])
+                acc.apply_gradients([(g, w)])
             if variant:
                 wv = np.zeros((20, 6), dtype)[:, ::2]
                 opt.apply_gradients(

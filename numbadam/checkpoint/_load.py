@@ -230,7 +230,7 @@ def load_checkpoint(
                 pass
     new_weights = []
     for w in optimizer.weights:
-        role = "iterations" if w is optimizer.iterations else owner.get(id(w))
+        role = "iterations" if w is optimizer._counter() else owner.get(id(w))
         if role not in saved_by_role:
             raise CheckpointError(
                 path, f"the optimizer needs a weight the file lacks ({role})"

@@ -61,7 +61,7 @@ def _weight_roles(optimizer: OptimizerV2, named: List[tuple], path: Any) -> List
             except (KeyError, ValueError):
                 continue
             owner[id(slot)] = (i, slot_name)
-    iterations = optimizer.iterations
+    iterations = optimizer._counter()  # (weights[0]: calls, with accumulation)
     roles: List[Any] = []
     for j, w in enumerate(optimizer.weights):
         if w is iterations:
@@ -193,7 +193,7 @@ def save_checkpoint(
             "module": type(optimizer).__module__,
             "config": optimizer.get_config(),
         },
-        "step": int(optimizer.iterations),
+        "step": int(optimizer._counter()),
         "variables": var_info,
         "weights": weight_info,
         "metadata": {} if metadata is None else metadata,

@@ -192,6 +192,7 @@ class DistributedAdam(Adam):
     """
 
     _multi_tensor = False  # (the aggregate hook needs every pair's work)
+    _accumulation_supported = False  # (gradient_accumulation_steps: not yet)
 
     def __init__(
         self,

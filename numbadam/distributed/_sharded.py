@@ -129,6 +129,7 @@ class ShardedAdam(ShardedStateMixin, Adam):
     """
 
     _multi_tensor = False  # (the aggregate hook needs every pair's work)
+    _accumulation_supported = False  # (gradient_accumulation_steps: not yet)
 
     def __init__(
         self,

@@ -53,6 +53,14 @@ from numba import types
 
 # The kernels and their helpers live in private siblings, by family; every name
 # is re-exported here, the module the backends (and new kernels) import.
+from ._cpu_accum import (  # noqa: F401
+    _accumulate_run,
+    _dense_accum_run,
+    _mean,
+    accumulate_cpu,
+    adam_dense_accum_cpu,
+    sum_squares_accum_cpu,
+)
 from ._cpu_common import (  # noqa: F401
     _PARALLEL,
     _SERIAL,
@@ -114,6 +122,9 @@ __all__ = [
     "sum_duplicate_rows_cpu",
     "sum_squares_cpu",
     "index_range_cpu",
+    "accumulate_cpu",
+    "adam_dense_accum_cpu",
+    "sum_squares_accum_cpu",
     "half_bits_to_float",
     "float_to_half_bits",
     "SIGNATURES",
@@ -196,6 +207,30 @@ VHAT_ARG = {"adam_dense_cpu": 3, "adam_sparse_cpu": 3, "adam_sparse_lazy_cpu": 3
 
 #: Position of the weight-decay argument (None, or ``(weight_decay, lr_t)``).
 DECAY_ARG = {"adam_dense_cpu": 13, "adam_sparse_cpu": 10, "adam_sparse_lazy_cpu": 14}
+
+
+
+def _accum_signatures(storage):
+    # gradient accumulation (#13, _cpu_accum): acc is an array of the storage
+    # dtype; steps (the divisor N) a scalar of the compute type
+    s, c = STORAGE_DTYPES[np.dtype(storage)]
+    W, R = _arr(s), _arr(s, readonly=True)
+    i64 = types.int64
+    return {
+        "accumulate_cpu": [(W, R, types.boolean, i64, i64)],
+        "adam_dense_accum_cpu": [
+            (W, W, W, h, R, R) + (c,) * 9 + (d, i64, i64)
+            for h in (types.none, W)
+            for d in (types.none, types.UniTuple(c, 2))
+        ],
+        "sum_squares_accum_cpu": [(R, R, c, c, c, i64)],
+    }
+
+
+for _name in _accum_signatures(np.float64):
+    SIGNATURES[_name] = {dt: _accum_signatures(dt)[_name] for dt in STORAGE_DTYPES}
+VHAT_ARG["adam_dense_accum_cpu"] = 3
+DECAY_ARG["adam_dense_accum_cpu"] = 15
 
 _compiled: set = set()
 _lock = threading.Lock()

@@ -83,6 +83,11 @@ from numba import types
 
 # The kernels and their helpers live in private siblings, by family; every name
 # is re-exported here, the module the backend (and new kernels) import.
+from ._cuda_accum import (  # noqa: F401
+    accumulate_cuda,
+    adam_dense_accum_cuda,
+    sum_squares_accum_cuda,
+)
 from ._cuda_common import (  # noqa: F401
     _adam_update,
     _block_sum,
@@ -146,6 +151,9 @@ __all__ = [
     "gather_cuda",
     "scatter_cuda",
     "index_cast_cuda",
+    "accumulate_cuda",
+    "adam_dense_accum_cuda",
+    "sum_squares_accum_cuda",
     "MAX_THREADS_PER_BLOCK",
     "SHARED_BYTES_PER_THREAD",
     "SIGNATURES",
@@ -262,6 +270,29 @@ VHAT_ARG = {"adam_dense_cuda": 3, "adam_sparse_cuda": 3, "adam_sparse_lazy_cuda"
 
 #: Position of the weight-decay argument (``()`` or ``(weight_decay, lr_t)``).
 DECAY_ARG = {"adam_dense_cuda": 13, "adam_sparse_cuda": 16, "adam_sparse_lazy_cuda": 16}
+
+
+
+def _accum_signatures(storage):
+    # gradient accumulation (#13, _cuda_accum): acc of the storage dtype,
+    # steps (the divisor N) a scalar of the compute type
+    s, c = STORAGE_DTYPES[np.dtype(storage)]
+    A = _arr(s)
+    return {
+        "accumulate_cuda": [(A, A, types.boolean)],
+        "adam_dense_accum_cuda": [
+            (A, A, A, h, A, A) + (c,) * 9 + (d,)
+            for h in (types.Tuple(()), types.UniTuple(A, 1))
+            for d in (types.Tuple(()), types.UniTuple(c, 2))
+        ],
+        "sum_squares_accum_cuda": [(A, A, c, c, c, _arr(types.float64))],
+    }
+
+
+for _name in _accum_signatures(np.float64):
+    SIGNATURES[_name] = {dt: _accum_signatures(dt)[_name] for dt in STORAGE_DTYPES}
+VHAT_ARG["adam_dense_accum_cuda"] = 3
+DECAY_ARG["adam_dense_accum_cuda"] = 15
 
 _compiled: set = set()
 _lock = threading.Lock()

@@ -56,3 +56,17 @@ def copy(src, dst, block):
         sb, db = src[s:e], dst[s:e]
         for j in range(e - s):
             db[j] = sb[j]
+
+
+@njit(**_JIT)
+def triad_2r1w(a, g, block):
+    """Read ``a, g``; write ``a`` (12 bytes/element in float32: the pattern of
+    an accumulating call of gradient accumulation)."""
+    n = a.shape[0]
+    nblocks = (n + block - 1) // block
+    for b in prange(nblocks):
+        s = b * block
+        e = min(s + block, n)
+        ab, gb = a[s:e], g[s:e]
+        for j in range(e - s):
+            ab[j] = ab[j] + gb[j]

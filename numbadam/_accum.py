@@ -1,0 +1,415 @@
+"""Gradient accumulation (Keras 3's ``gradient_accumulation_steps``, #13).
+
+A mixin of :class:`numbadam.OptimizerV2`. With ``N = gradient_accumulation_steps``
+the gradients of ``N`` consecutive :meth:`~numbadam.OptimizerV2.apply_gradients`
+calls form one *cycle*: calls ``1 .. N-1`` only accumulate them, call ``N``
+steps with their mean (Keras 3's ``(g + acc) / N``, then clipping, weight
+decay and the Adam update). The counter of calls (``weights[0]``, Keras 3's
+``_iterations``, the ``iteration`` of a ``.weights.h5`` file) decides where a
+call stands: its *phase* is ``calls % N``, its *cycle* ``calls // N``; the
+public ``iterations`` is the number of updates, ``calls // N``.
+
+State is never ambiguous:
+
+- Dense gradients add into the slot ``"accumulator"`` (the variable's shape and
+  dtype). The first call of a cycle writes ``acc = 0 + g`` instead of adding,
+  so what a finished cycle left there is overwritten and no pass ever zeroes
+  it; an accumulator is *live* only when the phase is not 0 and its variable
+  is in the current cycle (``_acc_marks``), and :meth:`get_weights` and the
+  checkpoints report a non-live one as zeros, as Keras (which zeroes them)
+  would hold it.
+- IndexedSlices gradients are kept as owned host copies of their indices and
+  values (``_pending``), concatenated in call order; the applying call sums
+  the rows of each index in that order, starting from zero (the order of
+  :func:`numbadam.kernels.cpu.sum_duplicate_rows_cpu`), divides by ``N`` and
+  takes one sparse step with the unique rows. A table is never densified.
+  While slices are pending, :meth:`get_weights` and the checkpoints refuse
+  (finish the cycle first).
+- Every call of a cycle must bring gradients for the same variables as its
+  first call, each of the same kind (dense or IndexedSlices); otherwise
+  ``ValueError`` and nothing changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ._state import StateMixin
+from ._types import IndexedSlices
+
+__all__ = ["AccumulationMixin", "ACCUMULATOR", "check_accumulation_steps"]
+
+#: The slot of a variable's accumulated dense gradients.
+ACCUMULATOR = "accumulator"
+
+
+def check_accumulation_steps(value: Any) -> Optional[int]:
+    """``value`` as an int >= 2, or ``None``; ``ValueError`` for anything else.
+
+    Examples
+    --------
+    >>> check_accumulation_steps(4), check_accumulation_steps(None)
+    (4, None)
+    """
+    if value is None:
+        return None
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Integral)
+        or value < 2
+    ):
+        raise ValueError(
+            "gradient_accumulation_steps must be None or an integer >= 2, "
+            f"got {value!r}"
+        )
+    return int(value)
+
+
+def mean_rows(indices: List[np.ndarray], values: List[np.ndarray], steps: int):
+    """``(unique indices, mean rows)`` of slices given in call order.
+
+    Rows of one index are added in order starting from zero, in the compute
+    dtype (float32 for float16), divided by ``steps`` there and rounded once
+    to the storage dtype.
+    """
+    idx = np.concatenate([np.asarray(i, np.int64) for i in indices])
+    vals = np.concatenate(values)
+    cdt = np.float32 if vals.dtype == np.float16 else vals.dtype
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    sums = np.zeros((uniq.shape[0],) + vals.shape[1:], cdt)
+    np.add.at(sums, inverse.reshape(-1), vals.astype(cdt, copy=False))
+    with np.errstate(all="ignore"):
+        mean = sums / np.dtype(cdt).type(steps)
+    return uniq, mean.astype(vals.dtype, copy=False)
+
+
+class AccumulationMixin:
+    """``gradient_accumulation_steps``: the cycle state and its checks."""
+
+    _accum_steps: Optional[int] = None
+    #: True while an applying call runs (read by the step hooks).
+    _acc_apply = False
+
+    def _init_accumulation(self, steps: Any) -> None:
+        self._accum_steps = check_accumulation_steps(steps)
+        if self._accum_steps is None:
+            return
+        if not getattr(self, "_accumulation_supported", True):
+            raise ValueError(
+                f"{type(self).__name__} does not support "
+                "gradient_accumulation_steps yet"
+            )
+        self._multi_tensor = False  # (the general path: one accumulator per pair)
+        self._reset_cycle()
+
+    def _reset_cycle(self, restored: bool = False) -> None:
+        # member key -> "dense" / "sparse" of the current cycle; None: not known
+        # (after set_weights mid-cycle, the next call decides)
+        self._modes: Optional[Dict[Any, str]] = None
+        self._pending: Dict[Any, list] = {}  # member key -> [(indices, values)]
+        # id(accumulator array) -> the cycle whose sum it holds
+        self._acc_marks: Dict[int, int] = {}
+        if restored:
+            cycle = int(self._counter()) // self._accum_steps
+            for name, entry in self._table.order:
+                if name == ACCUMULATOR:
+                    self._acc_marks[id(entry.slots[name])] = cycle
+
+    # -- the counter and ``iterations`` ----------------------------------------
+
+    def _counter(self) -> np.ndarray:
+        """The live 0-d int64 counter of calls (``weights[0]``; with no
+        accumulation it is ``iterations``): the seam checkpoints and
+        numbadam.keras3 identify the counter by."""
+        return StateMixin.iterations.fget(self)
+
+    @property
+    def iterations(self) -> np.ndarray:
+        """The number of updates: a 0-d int64 array.
+
+        Without accumulation it is the live counter (``weights[0]``), updated
+        in place. With ``gradient_accumulation_steps = N`` it is Keras 3's
+        ``iterations``, ``calls // N``, a new array at each access, while
+        ``weights[0]`` (and :meth:`apply_gradients`' return value) counts
+        calls. Setting it to ``k`` sets the counter to ``k * N``: the start of
+        a cycle, whose partial sums are dropped.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbadam
+        >>> opt = numbadam.Adam(0.1, gradient_accumulation_steps=2)
+        >>> w = np.zeros(2, np.float32)
+        >>> calls = [int(opt.apply_gradients([(np.ones(2, np.float32), w)]))
+        ...          for _ in range(3)]
+        >>> calls, int(opt.iterations), w.astype(float).round(4).tolist()
+        ([1, 2, 3], 1, [-0.1, -0.1])
+        >>> opt.get_weights()[1].tolist()  # the accumulator of the new cycle
+        [1.0, 1.0]
+        """
+        counter = self._counter()
+        n = self._accum_steps
+        if n is None:
+            return counter
+        return np.array(int(counter) // n, np.int64)
+
+    @iterations.setter
+    def iterations(self, value: Any) -> None:
+        n = self._accum_steps
+        StateMixin.iterations.fset(self, value)  # (validated there)
+        if n is None:
+            return
+        calls = int(value) * n
+        if calls >= 2**63:
+            raise ValueError(
+                f"iterations {value!r} times gradient_accumulation_steps {n} "
+                "does not fit the int64 counter of calls"
+            )
+        self._counter()[...] = calls
+        self._reset_cycle()
+
+    def _schedule_step(self, step: int) -> int:
+        # Keras 3 evaluates a schedule at the counter of calls: on the
+        # applying call of update ``step`` that is step * N + N - 1
+        n = self._accum_steps
+        return step if n is None else step * n + n - 1
+
+    # -- one call ----------------------------------------------------------------
+
+    def _member_key(self, item: Any) -> Any:
+        var, holder = item[3], item[4]
+        if var is None:  # a ParameterBuffer's one-pass item
+            return ("buffer", id(holder))
+        return self._var_key(var)
+
+    def _accumulate(self, step: Any) -> bool:
+        """Accumulate this call's gradients, or prepare the applying call.
+
+        True: the call was an accumulating one and is complete. False: the
+        applying call, whose sparse items now hold the mean slices; the
+        pipeline goes on (``_acc_apply`` is True until it ends).
+        """
+        self._acc_apply = False
+        n = self._accum_steps
+        calls = step.iteration
+        phase, cycle = calls % n, calls // n
+        keys = [self._member_key(it) for it in step.items]
+        kinds = ["sparse" if it[0] else "dense" for it in step.items]
+        modes = self._modes
+        if phase == 0:
+            modes = None
+        elif modes is None:  # set_weights mid-cycle: dense partial sums only
+            for it, kind in zip(step.items, kinds):
+                if kind == "sparse":
+                    raise ValueError(
+                        f"{it[1].label} has an IndexedSlices gradient in an "
+                        "accumulation cycle restored mid-way (set_weights with "
+                        f"call {phase} of {n}); restored partial sums are dense: "
+                        "restore at the start of a cycle"
+                    )
+        else:
+            if set(keys) != set(modes):
+                new = sum(k not in modes for k in keys)
+                gone = sum(k not in set(keys) for k in modes)
+                raise ValueError(
+                    f"gradient accumulation: call {phase + 1} of {n} of this "
+                    f"cycle has gradients for {new} variables its first call "
+                    f"had none for, and none for {gone} of that call's; pass "
+                    "gradients for the same variables in every call of a cycle"
+                )
+            for it, key, kind in zip(step.items, keys, kinds):
+                if modes[key] != kind:
+                    raise ValueError(
+                        f"{it[1].label} had {modes[key]} gradients earlier in "
+                        f"this accumulation cycle and now a {kind} one; one "
+                        "variable takes one kind of gradient per cycle"
+                    )
+        # --- validated: from here on nothing fails on user input -----------
+        fresh = modes is None
+        if fresh:
+            self._modes = dict(zip(keys, kinds))
+            self._pending = {}
+            if phase == 0:
+                self._acc_marks = {}
+        if step.need_weights:
+            self._create_step_weights(step)
+        if phase == n - 1:
+            self._acc_apply = True
+            self._mean_items(step, keys)
+            return False
+        first = phase == 0
+        marks = self._acc_marks
+        keep = {}
+        for it, key in zip(step.items, keys):
+            sparse, work, backend = it[0], it[1], it[2]
+            if sparse:
+                self._pending.setdefault(key, []).append(
+                    (backend.to_host(work.indices), backend.to_host(work.values))
+                )
+                continue
+            acc = self._acc_slot(it)
+            backend.accumulate(acc, work.grad, first)
+            keep[id(acc)] = cycle
+        if fresh and phase:  # restored: the accumulators of this call's variables
+            marks = {k: c for k, c in marks.items() if k in keep}
+        marks.update(keep)
+        self._acc_marks = marks
+        if step.skipped:
+            self._log_skipped(step)
+        self._accumulated(step)
+        self._finish(step)
+        return True
+
+    @staticmethod
+    def _log_skipped(step: Any) -> None:
+        logging.getLogger("numbadam").warning(
+            "Gradients do not exist for variables %s when minimizing the loss; "
+            "they were skipped.",
+            [str(x) for x in step.skipped],
+        )
+
+    def _accumulated(self, step: Any) -> None:
+        """After an accumulating call's gradients are added, before ``_finish``.
+
+        Keras 3 updates the EMA of the variables on every call, accumulating
+        ones too: an EMA (``use_ema``) updates its averages here, as the
+        applying call does after its update.
+        """
+
+    def _acc_slot(self, item: Any) -> Any:
+        holder = item[4]
+        if holder is None:
+            holder = self._entry(item[3])
+        return holder.slots[ACCUMULATOR]
+
+    def _mean_items(self, step: Any, keys: List[Any]) -> None:
+        # the applying call's sparse items: the cycle's slices, concatenated
+        # in call order, summed per index and divided by N, as one new work
+        items = step.items
+        for i, (it, key) in enumerate(zip(items, keys)):
+            sparse, work, backend, var, holder = it
+            if not sparse:
+                continue
+            pend = self._pending.get(key, [])
+            idx = [p[0] for p in pend] + [backend.to_host(work.indices)]
+            vals = [p[1] for p in pend] + [backend.to_host(work.values)]
+            uniq, mean = mean_rows(idx, vals, self._accum_steps)
+            mean = mean.reshape((mean.shape[0],) + tuple(var.shape[1:]))
+            if backend.name != "cpu":
+                mean = backend.device_copy(mean)
+            slices = IndexedSlices(mean, uniq, tuple(var.shape))
+            items[i] = (True, backend.prepare_sparse(var, slices, work.label),
+                        backend, var, holder)  # fmt: skip
+
+    def _end_cycle(self) -> None:
+        """After the applying call: drop the cycle's pending slices."""
+        self._acc_apply = False
+        self._pending = {}
+        self._modes = None
+
+    def _acc_of(self, item: Any) -> Any:
+        """The ``acc`` argument of a dense item of the applying call."""
+        return (self._acc_slot(item), self._accum_steps)
+
+    def _acc_sumsq(self, item: Any, clipvalue: Optional[float]) -> float:
+        # the sum of squares of an applying call's mean gradient
+        sparse, work, backend, var, holder = item
+        if sparse:
+            return backend.sumsq(work.values, clipvalue)
+        n = self._accum_steps
+        if var is None:  # a ParameterBuffer: its variables' sums in order
+            buf = holder.buffer
+            views = buf.slot_views(holder.slots[ACCUMULATOR])
+            total = 0.0
+            for g, a in zip(buf.grads, views):
+                if g.size:
+                    total += backend.sumsq(g, clipvalue, acc=(a, n))
+            return total
+        return backend.sumsq(work.grad, clipvalue, acc=(self._acc_slot(item), n))
+
+    # -- state ----------------------------------------------------------------
+
+    def _live(self, w: Any) -> bool:
+        # whether accumulator ``w`` holds the current cycle's sum
+        calls = int(self._counter())
+        n = self._accum_steps
+        if calls % n == 0:
+            return False
+        cycle = calls // n
+        marks = self._acc_marks
+        if marks.get(id(w)) == cycle:
+            return True
+        base = getattr(w, "base", None)
+        return base is not None and marks.get(id(base)) == cycle
+
+    def _accumulators(self) -> Dict[int, Any]:
+        return {
+            id(e.slots[name]): e.slots[name]
+            for name, e in self._table.order
+            if name == ACCUMULATOR
+        }
+
+    def _check_no_pending(self, what: str) -> None:
+        if self._pending and int(self._counter()) % self._accum_steps:
+            raise ValueError(
+                f"{what}: {len(self._pending)} variables have IndexedSlices "
+                "gradients pending in an unfinished accumulation cycle (call "
+                f"{int(self._counter()) % self._accum_steps} of "
+                f"{self._accum_steps}); finish the cycle first"
+            )
+
+    def get_weights(self) -> List[np.ndarray]:
+        """Host (NumPy) copies of :attr:`weights`, Keras checkpoint compatible.
+
+        With gradient accumulation, an accumulator not holding the current
+        cycle's partial sum is reported as zeros, and a cycle with pending
+        IndexedSlices gradients raises ``ValueError``.
+        """
+        out = StateMixin.get_weights(self)
+        if self._accum_steps is None:
+            return out
+        self._check_no_pending("get_weights")
+        accs = self._accumulators()
+        for j, w in enumerate(self._weights):
+            if id(w) in accs and not self._live(w):
+                out[j] = np.zeros_like(out[j])
+        return out
+
+    def _checkpoint_weights(self) -> List[Any]:
+        """The state a checkpoint saves, in :attr:`weights` order."""
+        if self._accum_steps is None:
+            return list(self._weights)
+        self._check_no_pending("cannot save")
+        return self.get_weights()
+
+    def _set_weights(self, weights: List[Any]) -> None:
+        n = self._accum_steps
+        if n is None or len(weights) != len(self._weights):
+            StateMixin._set_weights(self, weights)
+            return
+        counter = self._counter()
+        accs = self._accumulators()
+        pos = [j for j, p in enumerate(self._weights) if p is counter]
+        calls = np.asarray(weights[pos[0]]) if pos else None
+        if (
+            calls is not None
+            and calls.shape == ()
+            and calls.dtype.kind in "iuf"
+            and np.isfinite(calls)
+            and calls >= 0
+            and int(calls) % n == 0
+        ):
+            for j, p in enumerate(self._weights):
+                w = np.asarray(weights[j])
+                if id(p) in accs and w.dtype.kind in "iuf" and np.any(w != 0):
+                    raise ValueError(
+                        f"Optimizer weight {j} is a gradient accumulator and is "
+                        f"not zero, but the counter of calls ({int(calls)}) is "
+                        f"at the start of a cycle of {n}: the weights disagree"
+                    )
+        StateMixin._set_weights(self, weights)
+        self._reset_cycle(restored=int(counter) % n != 0)

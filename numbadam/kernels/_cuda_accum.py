@@ -1,0 +1,64 @@
+"""The gradient-accumulation CUDA kernels (#13), twins of ``_cpu_accum``.
+
+The same arithmetic as the CPU kernels, operation for operation (products
+through ``_mul``, so NVVM cannot contract them into an FMA): ``acc = 0 + g``
+or ``acc + g``; the applying step on ``(g + acc) / steps``; the float64 sum of
+squares of that mean.
+
+Private: :mod:`numbadam.kernels.cuda` re-exports every name; import them from
+there.
+"""
+
+from __future__ import annotations
+
+from numba import cuda, types
+
+from ._cuda_common import (
+    _adam_update,
+    _block_sum,
+    _clip,
+    _mul,
+    _transform,
+    _widen,
+    _zero,
+)
+
+
+@cuda.jit(cache=True)
+def accumulate_cuda(acc, g, first):
+    """``acc = 0 + g`` (``first``) or ``acc = acc + g``, 1-D, in place on
+    ``acc`` (float16: in float32, rounded once on store)."""
+    for i in range(cuda.grid(1), acc.shape[0], cuda.gridsize(1)):
+        gi = _widen(g[i])
+        if first:
+            acc[i] = _zero(gi) + gi
+        else:
+            acc[i] = _widen(acc[i]) + gi
+
+
+@cuda.jit(cache=True)
+def adam_dense_accum_cuda(var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, eps,
+                          lo, hi, mul, div, wd):  # fmt: skip
+    """The applying step: :func:`adam_dense_cuda` on the gradient
+    ``(g + acc) / steps`` (``acc`` read, never written)."""
+    for i in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
+        gi = _transform((_widen(g[i]) + _widen(acc[i])) / steps, lo, hi, mul, div)
+        _adam_update(var, m, v, vhat, i, gi, _widen(m[i]), _widen(v[i]), alpha, omb1,
+                     omb2, eps, wd)  # fmt: skip
+
+
+@cuda.jit(cache=True)
+def sum_squares_accum_cuda(g, acc, steps, lo, hi, partials):
+    """Per-block sums of ``clip((g + acc) / steps, lo, hi)**2`` in float64, as
+    :func:`sum_squares_cuda` (finish with :func:`sum_partials_cuda`)."""
+    sh = cuda.shared.array(0, types.float64)  # dynamic: blockDim.x entries
+    t = cuda.threadIdx.x
+    total = types.float64(0)
+    for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
+        x = types.float64(_clip((_widen(g[i]) + _widen(acc[i])) / steps, lo, hi))
+        total = total + _mul(x, x)
+    sh[t] = total
+    cuda.syncthreads()
+    _block_sum(sh, t, cuda.blockDim.x)
+    if t == 0:
+        partials[cuda.blockIdx.x] = sh[0]
