@@ -8,6 +8,7 @@ import numpy as np
 
 from . import _backend
 from ._coefficients import CoefficientCache
+from ._ema import SLOT as EMA_SLOT
 from ._slots import memory_key
 from ._types import AdamCoefficients
 from ._weight_decay import check_weight_decay, decay_scalars
@@ -305,9 +306,11 @@ class Adam(OptimizerV2):
         if self.amsgrad:
             for var in var_list:
                 self.add_slot(var, "vhat")
+        self._create_ema_slots(var_list)  # (after them: weights order)
 
     def _required_slots(self):
-        return ("m", "v", "vhat") if self.amsgrad else ("m", "v")
+        names = ("m", "v", "vhat") if self.amsgrad else ("m", "v")
+        return names + (EMA_SLOT,) if self._use_ema else names
 
     def _prepare_step(self, step: int, dtypes: set) -> Dict[Any, AdamCoefficients]:
         """Per-step scalars by storage dtype, as TF's ``_prepare_local``."""
@@ -332,6 +335,8 @@ class Adam(OptimizerV2):
             self._step_decay = self._decays(step, dtypes, lr, decay)
         elif self._step_decay:
             self._step_decay = {}
+        if self._use_ema or self._step_ema:
+            self._ema_step_scalars(step, dtypes)
         if len(dtypes) == 1:
             for dtype in dtypes:
                 cdt = _backend.compute_dtype(dtype)
@@ -361,21 +366,26 @@ class Adam(OptimizerV2):
     def _resource_apply_dense(self, work, backend, slots, coef, transform) -> None:
         vhat = slots["vhat"] if self.amsgrad else None
         wd = self._decay_of(work) if self._step_decay else None
-        backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform, wd)
+        ema = self._ema_arg(work, slots) if self._step_ema else None
+        backend.dense_step(
+            work, slots["m"], slots["v"], vhat, coef, transform, wd, ema
+        )
 
     def _amsgrad_slots(self) -> bool:
         return self.amsgrad
 
     def _resource_apply_dense_multi(self, work, backend, coef, transform) -> None:
         wd = self._step_decay.get(work.flat.dtype) if self._step_decay else None
-        backend.dense_multi_step(work, coef, transform, wd)
+        ema = self._step_ema.get(work.flat.dtype) if self._step_ema else None
+        backend.dense_multi_step(work, coef, transform, wd, ema)
 
     def _resource_apply_sparse(self, work, backend, slots, coef, transform) -> None:
         vhat = slots["vhat"] if self.amsgrad else None
         wd = self._decay_of(work) if self._step_decay else None
+        ema = self._ema_arg(work, slots) if self._step_ema else None
         backend.sparse_step(
             work, slots["m"], slots["v"], vhat, coef, transform,
-            lazy=self.sparse_mode == "lazy", wd=wd,
+            lazy=self.sparse_mode == "lazy", wd=wd, ema=ema,
         )  # fmt: skip
 
     def get_config(self) -> Dict[str, Any]:
@@ -432,6 +442,7 @@ class Adam(OptimizerV2):
         num_vars = (len(params) - 1) // 2
         if (
             not self.amsgrad
+            and not self._use_ema
             and num_vars >= 1
             and len(params) == 2 * num_vars + 1
             and len(weights) == 3 * num_vars + 1

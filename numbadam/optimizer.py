@@ -23,6 +23,8 @@ import numpy as np
 
 from . import _config, _dispatch, schedules
 from ._backend import global_norm_scalars, identity_transform, transform_scalars
+from ._ema import SLOT as _EMA_SLOT
+from ._ema import EmaMixin
 from ._flat import GradsAndVars, ParameterBuffer
 from ._hypers import HyperparameterMixin, is_float64, is_number
 from ._loss_api import LossMixin
@@ -35,6 +37,8 @@ __all__ = ["OptimizerV2"]
 logger = logging.getLogger("numbadam")
 
 _ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay", "global_clipnorm")
+#: Keras 3's EMA arguments (numbadam._ema), validated there.
+_EMA_KWARGS = ("use_ema", "ema_momentum", "ema_overwrite_frequency")
 
 Hyper = Union[float, Callable[[], float], "schedules.LearningRateSchedule"]
 
@@ -96,7 +100,7 @@ class Step:
         self.coefficients: Any = None
 
 
-class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
+class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin, EmaMixin):
     """Base class of numbadam optimizers (the Keras OptimizerV2 contract).
 
     :meth:`apply_gradients` is one pipeline of hooks, in this order (Keras'
@@ -122,7 +126,14 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         ``clipvalue`` (float >= 0): clip each gradient element to
         ``[-clipvalue, clipvalue]`` (applied before ``clipnorm``); ``lr``
         (deprecated alias of ``learning_rate``); ``decay`` (float >= 0): the
-        learning rate at step ``t`` is ``lr / (1 + decay * t)``.
+        learning rate at step ``t`` is ``lr / (1 + decay * t)``; Keras 3's
+        ``use_ema`` (bool, default False), ``ema_momentum`` (in ``[0, 1]``,
+        default 0.99) and ``ema_overwrite_frequency`` (int >= 1 or None): an
+        exponential moving average of every variable, ``average =
+        (momentum * average) + ((1 - momentum) * var)`` after each step
+        (``momentum`` 0 on the first), fused into the step's pass; every
+        ``ema_overwrite_frequency``-th step the variables take their averages,
+        as :meth:`finalize_variable_values` does (see ``docs/semantics.md``).
 
     Raises
     ------
@@ -131,7 +142,8 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
     ValueError
         For both ``clipnorm`` and ``global_clipnorm``; for a negative
         ``clipnorm``, ``global_clipnorm``, ``clipvalue``, ``lr`` or ``decay``, or a
-        NaN or infinite one.
+        NaN or infinite one; an ``ema_momentum`` outside ``[0, 1]`` or NaN; an
+        ``ema_overwrite_frequency`` that is not an integer >= 1 (or None).
 
     Examples
     --------
@@ -171,11 +183,13 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
     _multi_tensor = True
 
     def __init__(self, name: str, **kwargs: Any) -> None:
+        kwargs = dict(kwargs)
+        self._init_ema(kwargs)  # (pops and checks the EMA arguments first)
         for k, val in kwargs.items():
             if k not in _ALLOWED_KWARGS:
                 raise TypeError(
                     f"Unexpected keyword argument passed to optimizer: {k!r} "
-                    f"(allowed: {', '.join(_ALLOWED_KWARGS)})"
+                    f"(allowed: {', '.join(_ALLOWED_KWARGS + _EMA_KWARGS)})"
                 )
             if val is not None and _is_number(val) and val < 0:
                 raise ValueError(f"Expected {k} >= 0, received: {val}")
@@ -448,6 +462,7 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
             and self._clipnorm is None
             and self._global_clipnorm is None
             and multi[1].amsgrad == bool(self._amsgrad_slots())
+            and (getattr(multi[1], "ep", None) is not None) == self._use_ema
         ):
             backend, work = multi
             if backend.prepare_multi(work, grads_and_vars):
@@ -613,6 +628,10 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
             variables, [self._entry(v).slots for v in variables],
             self._amsgrad_slots(),
         )  # fmt: skip
+        if work is not None and self._use_ema:
+            backend.set_multi_averages(
+                work, [self._entry(v).slots[_EMA_SLOT] for v in variables]
+            )
         self._multi = None if work is None else (backend, work)
         self._multi_ids = ids
 
@@ -643,6 +662,8 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
             config["global_clipnorm"] = self._global_clipnorm
         if self._clipvalue is not None:
             config["clipvalue"] = self._clipvalue
+        if self._use_ema:  # (Keras 3's keys; absent at the defaults, as in tf-keras)
+            config.update(self._ema_config())
         return config
 
     @classmethod
