@@ -278,11 +278,11 @@ class EmaMixin:
         >>> w = np.zeros(2, np.float32)
         >>> for _ in range(2):
         ...     _ = opt.apply_gradients([(np.ones(2, np.float32), w)])
-        >>> w.tolist(), opt.get_slot(w, "average").tolist()
+        >>> w.round(4).tolist(), opt.get_slot(w, "average").round(4).tolist()
         ([-1.0, -1.0], [-0.75, -0.75])
         >>> opt.finalize_variable_values([w])
-        >>> w.tolist()
-        [-0.75, -0.75]
+        >>> bool((w == opt.get_slot(w, "average")).all())
+        True
         """
         if self._use_ema:
             with self._lock:

@@ -69,7 +69,15 @@ class Adam(OptimizerV2):
         by their joint norm; not with ``clipnorm``), ``clipvalue``, ``lr``
         (deprecated alias of
         ``learning_rate``, with a ``UserWarning``), ``decay`` (``lr / (1 + decay
-        * iterations)``).
+        * iterations)``); Keras 3's ``use_ema`` (default False),
+        ``ema_momentum`` (default 0.99) and ``ema_overwrite_frequency``
+        (default None): an EMA of every variable, ``average = (momentum *
+        average) + ((1 - momentum) * var)`` after each step (momentum 0 on the
+        first), in the same pass, the variables overwritten by their averages
+        every ``ema_overwrite_frequency`` steps and by
+        :meth:`finalize_variable_values`; slot ``"average"`` (sparse: every
+        row under ``sparse_mode="dense"``, the rows with a gradient under
+        ``"lazy"``, whose averages start as a copy of the variable).
 
     Raises
     ------
@@ -78,7 +86,8 @@ class Adam(OptimizerV2):
     ValueError
         For a negative ``clipnorm``, ``clipvalue``, ``lr``, ``decay`` or
         ``weight_decay``; a NaN
-        or infinite hyperparameter; ``beta_1`` or ``beta_2`` outside
+        or infinite hyperparameter; an ``ema_momentum`` outside ``[0, 1]``; an
+        ``ema_overwrite_frequency`` that is not an integer >= 1 or None; ``beta_1`` or ``beta_2`` outside
         ``[0, 1)``; a negative or NaN ``epsilon`` (callables and schedules: at
         the step, before anything changes).
 

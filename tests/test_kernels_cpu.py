@@ -683,9 +683,11 @@ def _all_paths(dtype, variant):
             (1.0, "lazy", 1),
         ]:
             _config.CPU_SERIAL_MAX = serial_max  # serial and blocked dense kernels
-            for wd in (None, 0.01):  # the kernels without and with weight decay
+            # the kernels without and with weight decay, without and with EMA
+            for wd, ema in ((None, False), (0.01, False), (None, True), (0.01, True)):
                 opt = numbadam.Adam(0.1, amsgrad=ams, clipnorm=clipnorm,
-                                    sparse_mode=mode, weight_decay=wd)  # fmt: skip
+                                    sparse_mode=mode, weight_decay=wd,
+                                    use_ema=ema)  # fmt: skip
                 opt.apply_gradients([(g, w)])
                 opt.apply_gradients([(IndexedSlices(vals, idx, (20, 3)), w)])
             if variant:
