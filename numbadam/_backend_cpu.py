@@ -420,7 +420,9 @@ class CPUBackend:
             uvals = np.empty((k, work.width), compute_dtype(dtype))
             dedup = self._kernel(self._k.sum_duplicate_rows_cpu, dtype)
             u = dedup(work.indices, vals, *tr, maxkey, uidx, uvals, nt)
-            kern = self._kernel(self._k.adam_sparse_cpu, dtype, ams, dec, ea is not None)
+            kern = self._kernel(
+                self._k.adam_sparse_cpu, dtype, ams, dec, ea is not None
+            )
             kern(x, mf, vf, hf, uidx[:u], uvals[:u], *coef, wd, ea,
                  _config.CPU_SPARSE_BLOCK_ROWS)  # fmt: skip
         if work.staged:

@@ -41,7 +41,8 @@ def _check_momentum(value: Any) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:  # (NaN too)
         raise ValueError(
-            f"`ema_momentum` must be in the range [0, 1]. Received: ema_momentum={value}"
+            "`ema_momentum` must be in the range [0, 1]. "
+            f"Received: ema_momentum={value}"
         )
     return value
 
@@ -85,8 +86,10 @@ def check_ema(
         isinstance(use_ema, (int, np.integer)) and use_ema in (0, 1)
     ):
         raise TypeError(f"use_ema must be a bool, got {use_ema!r}")
-    return bool(use_ema), _check_momentum(ema_momentum), _check_frequency(
-        ema_overwrite_frequency
+    return (
+        bool(use_ema),
+        _check_momentum(ema_momentum),
+        _check_frequency(ema_overwrite_frequency),
     )
 
 
@@ -146,7 +149,11 @@ class EmaMixin:
             kwargs.pop("ema_momentum", 0.99),
             kwargs.pop("ema_overwrite_frequency", None),
         )
-        self._use_ema, self._ema_momentum, self._ema_overwrite_frequency = use, mom, freq
+        self._use_ema, self._ema_momentum, self._ema_overwrite_frequency = (
+            use,
+            mom,
+            freq,
+        )
         self._step_ema = {}
 
     @property

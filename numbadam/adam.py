@@ -86,10 +86,11 @@ class Adam(OptimizerV2):
     ValueError
         For a negative ``clipnorm``, ``clipvalue``, ``lr``, ``decay`` or
         ``weight_decay``; a NaN
-        or infinite hyperparameter; an ``ema_momentum`` outside ``[0, 1]``; an
-        ``ema_overwrite_frequency`` that is not an integer >= 1 or None; ``beta_1`` or ``beta_2`` outside
-        ``[0, 1)``; a negative or NaN ``epsilon`` (callables and schedules: at
-        the step, before anything changes).
+        or infinite hyperparameter; ``beta_1`` or ``beta_2`` outside
+        ``[0, 1)``; an ``ema_momentum`` outside ``[0, 1]``; an
+        ``ema_overwrite_frequency`` that is not an integer >= 1 or None; a
+        negative or NaN ``epsilon`` (callables and schedules: at the step,
+        before anything changes).
 
     Notes
     -----
@@ -376,9 +377,7 @@ class Adam(OptimizerV2):
         vhat = slots["vhat"] if self.amsgrad else None
         wd = self._decay_of(work) if self._step_decay else None
         ema = self._ema_arg(work, slots) if self._step_ema else None
-        backend.dense_step(
-            work, slots["m"], slots["v"], vhat, coef, transform, wd, ema
-        )
+        backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform, wd, ema)
 
     def _amsgrad_slots(self) -> bool:
         return self.amsgrad

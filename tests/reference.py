@@ -335,7 +335,8 @@ def ema_ref(
     average, var = _f64(average), _f64(var)
     mom = 0.0 if iterations == 0 else float(momentum)
     new = mom * average + (1.0 - mom) * var
-    overwrite = bool(overwrite_frequency) and (iterations + 1) % overwrite_frequency == 0
+    freq = overwrite_frequency
+    overwrite = bool(freq) and (iterations + 1) % freq == 0
     if rows is None:
         return new, (new.copy() if overwrite else var)
     rows = np.unique(np.asarray(rows).astype(np.int64).reshape(-1))

@@ -170,7 +170,9 @@ def test_multi_tensor_and_buffer_paths_bitwise(dtype):
     rng = np.random.default_rng(3)
     shapes = [(4,), (3, 2), (5,), (2, 2), (1,), (6,), (3,), (2, 3), (4,)]
     x0 = [np.array(rng.standard_normal(s), dtype) for s in shapes]
-    grads = [[np.array(rng.standard_normal(s), dtype) for s in shapes] for _ in range(5)]
+    grads = [
+        [np.array(rng.standard_normal(s), dtype) for s in shapes] for _ in range(5)
+    ]
     kw = dict(use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=4)
     runs = {}
     for path in ("single", "multi", "buffer"):
@@ -196,6 +198,31 @@ def test_multi_tensor_and_buffer_paths_bitwise(dtype):
         for i in range(len(shapes)):
             assert_bitwise(runs[path][0][i], runs["single"][0][i], f"{path} var {i}")
             assert_bitwise(runs[path][1][i], runs["single"][1][i], f"{path} avg {i}")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dtype=st.sampled_from(DTYPES),
+    momentum=st.floats(0.0, 1.0),
+    freq=st.one_of(st.none(), st.integers(1, 4)),
+    steps=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_average_is_the_twin_for_any_momentum(dtype, momentum, freq, steps, seed):
+    rng = np.random.default_rng(seed)
+    x0 = np.array(rng.standard_normal(11), dtype)
+    x, y = x0.copy(), x0.copy()
+    ema, plain = _side_by_side(momentum, freq)
+    avg = np.zeros_like(x0)
+    for it in range(steps):
+        g = np.array(rng.standard_normal(11), dtype)
+        ema.apply_gradients([(g, x)])
+        plain.apply_gradients([(g, y)])
+        avg = twin_average(avg, y, dtype, momentum, it)
+        assert_bitwise(ema.get_slot(x, "average"), avg, f"average, step {it + 1}")
+        if freq and (it + 1) % freq == 0:
+            y[...] = avg
+        assert_bitwise(x, y, f"var, step {it + 1}")
 
 
 @settings(max_examples=30, deadline=None)
@@ -344,3 +371,21 @@ def test_cuda_equals_cpu(cuda_backend, dtype, kind):
         assert_bitwise(
             to_host(dev_opt.get_slot(xd, "average")), cpu_opt.get_slot(xc, "average")
         )
+
+
+def test_distributed_replicated_ema_and_sharded_refusal():
+    from numbadam.distributed import DistributedAdam, ShardedAdam
+
+    rng = np.random.default_rng(13)
+    x0 = np.array(rng.standard_normal(6), np.float32)
+    x, y = x0.copy(), x0.copy()
+    kw = dict(use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=2)
+    dist, local = DistributedAdam(0.05, comm="self", **kw), numbadam.Adam(0.05, **kw)
+    for _ in range(3):
+        g = np.array(rng.standard_normal(6), np.float32)
+        dist.apply_gradients([(g, x)])
+        local.apply_gradients([(g, y)])
+    assert_bitwise(x, y)
+    assert_bitwise(dist.get_slot(x, "average"), local.get_slot(y, "average"))
+    with pytest.raises(ValueError, match="ShardedAdam does not support use_ema"):
+        ShardedAdam(comm="self", use_ema=True)

@@ -83,7 +83,9 @@ def test_load_keras_ema_state_and_its_next_average():
     # Keras' float32 scalars (momentum = f32(0.9), 1 - momentum in float32)
     mom = f32(cfg["ema_momentum"])
     for i, x in enumerate(vars_):
-        want = (mom * opt.get_slot(x, "average")) + ((f32(1) - mom) * npz[f"next_var_{i}"])
+        want = (mom * opt.get_slot(x, "average")) + (
+            (f32(1) - mom) * npz[f"next_var_{i}"]
+        )
         assert_bitwise(npz[f"next_opt_{_keras_index(n, i, 'average')}"], want)
 
 

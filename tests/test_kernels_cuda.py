@@ -218,7 +218,9 @@ def test_dense_kernel_matches_twin_and_oracle(cuda, kc, dtype, amsgrad, kind):
     coef = coefficients(dtype)
     tr = transforms(dtype, kind, g)
     dev = to_dev(cuda, state)
-    launch(kc.adam_dense_cuda, N, *state_args(dev), cuda.to_device(g), *coef, *tr, (), ())
+    launch(
+        kc.adam_dense_cuda, N, *state_args(dev), cuda.to_device(g), *coef, *tr, (), ()
+    )
     got = to_hst(dev)
     want = twin_dense(state, g, coef, tr)
     for name, a, e in zip(("var", "m", "v", "vhat"), got, want):
@@ -290,7 +292,9 @@ def test_dense_kernel_special_values(cuda, kc, dtype):
     coef = coefficients(dtype)
     tr = transform_scalars(dtype, None, None, None)
     dev = to_dev(cuda, [x, m, v, vhat])
-    launch(kc.adam_dense_cuda, n, *state_args(dev), cuda.to_device(g), *coef, *tr, (), ())
+    launch(
+        kc.adam_dense_cuda, n, *state_args(dev), cuda.to_device(g), *coef, *tr, (), ()
+    )
     with np.errstate(all="ignore"):
         want = twin_dense([x, m, v, vhat], g, coef, tr)
     for name, a, e in zip(("var", "m", "v", "vhat"), to_hst(dev), want):

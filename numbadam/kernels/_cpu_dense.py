@@ -13,10 +13,10 @@ from ._cpu_common import (
     _PARALLEL,
     _SERIAL,
     _adam_elem,
-    ema_span,
     _clip,
     _is_identity,
     _transform,
+    ema_span,
     load,
     span,
 )
@@ -33,9 +33,7 @@ def _dense_run(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div, wd,
     # so its division is skipped: in-cache steps are bound by the divisions.
     if _is_identity(lo, hi, mul, div):
         for j in range(var.shape[0]):
-            _adam_elem(
-                var, m, v, vhat, j, load(g, j), alpha, omb1, omb2, eps, wd, ema
-            )
+            _adam_elem(var, m, v, vhat, j, load(g, j), alpha, omb1, omb2, eps, wd, ema)
     else:
         for j in range(var.shape[0]):
             gj = _transform(load(g, j), lo, hi, mul, div)

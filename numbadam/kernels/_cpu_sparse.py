@@ -16,11 +16,11 @@ from ._cpu_common import (
     _PARALLEL,
     _SERIAL,
     _adam_elem,
-    ema_span,
     _is_identity,
     _prefetch_span,
     _transform,
     bits,
+    ema_span,
     load,
     span,
     zero_of,
@@ -298,7 +298,8 @@ def adam_sparse_lazy_cpu(
     arithmetic, in one parallel pass over the unique rows; other rows are not
     read. With weight decay (``wd = (weight_decay, lr_t)``, else None) only
     those rows are decayed; with an EMA (``ema``, see :func:`adam_dense_cpu`)
-    only those rows' averages move (and are copied back on ``overwrite``). Cost O(k W), independent of R. The unique rows are dealt round-robin
+    only those rows' averages move (and are copied back on ``overwrite``).
+    Cost O(k W), independent of R. The unique rows are dealt round-robin
     to ``nt`` workers (pass Numba's thread count); results do not depend on
     ``nt``.
     """

@@ -130,7 +130,8 @@ def adam_sparse_lazy_cuda(
     Arguments as :func:`adam_sparse_cuda`. One thread per element of
     ``values``: the first of each run of equal keys sums the run (in order of
     appearance) and updates that element of its row with the dense arithmetic;
-    other rows are not read (nor decayed, nor their averages moved). Cost O(k W), independent of the table's size.
+    other rows are not read (nor decayed, nor their averages moved). Cost
+    O(k W), independent of the table's size.
     """
     width = values.shape[1]
     zero = _zero(alpha)

@@ -57,7 +57,10 @@ def _ema_at_impl(ema, i, proto, n):
     if isinstance(ema, types.NoneType):
         return lambda ema, i, proto, n: None
     return lambda ema, i, proto, n: (
-        carray(_pointer(ema[0][i], proto), (n,)), ema[1], ema[2], ema[3]
+        carray(_pointer(ema[0][i], proto), (n,)),
+        ema[1],
+        ema[2],
+        ema[3],
     )
 
 
@@ -71,7 +74,7 @@ def address_of(a):
 def adam_dense_multi_cpu(
     xp, mp, vp, hp, gp, sizes, proto, alpha, omb1, omb2, eps, lo, hi, mul, div, wd,
     ema,
-):
+):  # fmt: skip
     """Dense Adam (``hp=None``) or AMSGrad steps of many variables, in place.
 
     ``xp``, ``mp``, ``vp``, ``hp`` and ``gp`` hold the addresses of each
