@@ -44,6 +44,7 @@ __all__ = [
     "global_norm_scalars",
     "Transform",
     "Decay",
+    "Average",
     "check_slices_shapes",
     "check_index_dtype",
     "check_index_range",
@@ -161,6 +162,13 @@ Transform = Tuple[Any, Any, Any, Any]
 #: as scalars of the compute dtype (NumPy scalars or Python floats holding
 #: values of it); ``var -= (var * weight_decay) * lr_t`` before the Adam step.
 Decay = Optional[Tuple[Any, Any]]
+
+#: The EMA of the weights in a step: ``None`` (none), or ``(average, momentum,
+#: one_minus_momentum, overwrite)``: the average slot (the variable's shape and
+#: dtype, on its device), two scalars of the compute dtype and a bool. After
+#: the Adam step ``average = (momentum * average) + (one_minus_momentum *
+#: var)``; with ``overwrite`` the variable then takes the average's value.
+Average = Optional[Tuple[Any, Any, Any, bool]]
 
 _IDENTITY: Dict[Any, Transform] = {}
 
@@ -320,10 +328,11 @@ class Backend(Protocol):
         coef: AdamCoefficients,
         transform: Transform,
         wd: Decay = None,
+        ema: Average = None,
     ) -> None:
         """One fused Adam pass over a dense pair, its gradient transformed by
         ``transform`` (see :data:`Transform`), decayed first by ``wd`` (see
-        :data:`Decay`)."""
+        :data:`Decay`), its average moved by ``ema`` (:data:`Average`)."""
 
     def sparse_step(
         self,
@@ -335,8 +344,10 @@ class Backend(Protocol):
         transform: Transform,
         lazy: bool = False,
         wd: Decay = None,
+        ema: Average = None,
     ) -> None:
         """One fused Adam pass over an IndexedSlices pair (``lazy``: only the
         rows with a gradient change), its values transformed by ``transform``
         before duplicates are summed; ``wd`` (:data:`Decay`) decays every row
-        first (``lazy``: the rows with a gradient)."""
+        first (``lazy``: the rows with a gradient); ``ema`` (:data:`Average`)
+        moves every row's average (``lazy``: the rows with a gradient)."""

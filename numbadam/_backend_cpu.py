@@ -24,6 +24,7 @@ from ._backend import (
     check_index_dtype,
     check_index_range,
     check_slices_shapes,
+    Average,
     Decay,
     Transform,
     compute_dtype,
@@ -60,6 +61,12 @@ def _unaliased(g: np.ndarray, var: np.ndarray) -> np.ndarray:
     return g
 
 
+def _ema_view(ema: Any) -> Any:
+    # the kernels' EMA argument: the average as a flat kernel view
+    avg, mom, omm, overwrite = ema
+    return (_kernel_view(avg.reshape(-1)), mom, omm, bool(overwrite))
+
+
 class MultiWork:
     """The same list of small dense variables, stepped by one launch.
 
@@ -73,7 +80,7 @@ class MultiWork:
 
     __slots__ = (
         "vars", "shapes", "slots", "flat", "proto", "xp", "mp", "vp", "hp", "gp",
-        "sizes", "starts", "ends", "amsgrad", "label",
+        "sizes", "starts", "ends", "amsgrad", "label", "ep",
     )  # fmt: skip
 
 
@@ -95,13 +102,14 @@ class CPUBackend:
         dtype: np.dtype,
         amsgrad: Optional[bool] = None,
         decay: Optional[bool] = None,
+        ema: Optional[bool] = None,
     ):
         """``kernel`` (a dispatcher of ``kernels.cpu``) compiled for ``dtype``
         (and the Adam or AMSGrad variant, with or without weight decay), once."""
-        key = (kernel, dtype.char, amsgrad, decay)
+        key = (kernel, dtype.char, amsgrad, decay, ema)
         ready = self._ready.get(key)
         if ready is None:
-            self._k.ensure_compiled(kernel, dtype, amsgrad, decay)
+            self._k.ensure_compiled(kernel, dtype, amsgrad, decay, ema)
             ready = self._ready[key] = kernel
         return ready
 
@@ -254,6 +262,7 @@ class CPUBackend:
         if n > 1 and (w.ends[:-1] > w.starts[1:]).any():
             return None  # variables sharing memory take the general path
         w.amsgrad = amsgrad
+        w.ep = None  # (the averages' addresses: set_multi_averages)
         w.label = f"{n} variables of {dtype}"
         return w
 
@@ -294,15 +303,34 @@ class CPUBackend:
         k = int(np.searchsorted(w.starts, a + nbytes, side="left"))
         return k > 0 and w.ends[k - 1] > a
 
+    def set_multi_averages(self, w: MultiWork, averages: Any) -> None:
+        """Give ``w`` the EMA averages of its variables (in order), or None."""
+        if averages is None:
+            w.ep = None
+            return
+        addr = self._kernel(self._k_multi.address_of, w.flat.dtype)
+        kv = _kernel_view
+        w.slots = [s[:3] + [a] for s, a in zip(w.slots, averages)]
+        w.ep = np.array([addr(kv(a.reshape(-1))) for a in averages], np.int64)
+
     def dense_multi_step(
-        self, w: MultiWork, coef: AdamCoefficients, tr: Transform, wd: Decay = None
+        self,
+        w: MultiWork,
+        coef: AdamCoefficients,
+        tr: Transform,
+        wd: Decay = None,
+        ema: Any = None,
     ):
-        """One launch over every variable of ``w`` (after :meth:`prepare_multi`)."""
+        """One launch over every variable of ``w`` (after :meth:`prepare_multi`);
+        ``ema`` is None or ``(momentum, one_minus_momentum, overwrite)`` for
+        the averages of :meth:`set_multi_averages`."""
         dtype = w.flat.dtype
+        ea = None if ema is None else (w.ep,) + tuple(ema)
         k = self._kernel(
-            self._k_multi.adam_dense_multi_cpu, dtype, w.amsgrad, wd is not None
-        )
-        k(w.xp, w.mp, w.vp, w.hp, w.gp, w.sizes, w.proto, *coef, *tr, wd)
+            self._k_multi.adam_dense_multi_cpu, dtype, w.amsgrad, wd is not None,
+            ea is not None,
+        )  # fmt: skip
+        k(w.xp, w.mp, w.vp, w.hp, w.gp, w.sizes, w.proto, *coef, *tr, wd, ea)
 
     # -- state --------------------------------------------------------------
 
@@ -353,6 +381,7 @@ class CPUBackend:
         tr: Transform,
         wd: Decay = None,
         acc: Any = None,
+        ema: Average = None,
     ) -> None:
         x, g = work.flat, work.grad
         n = x.shape[0]
@@ -364,13 +393,16 @@ class CPUBackend:
         if dtype.char == "e":
             x, g, mf, vf = (a.view(np.uint16) for a in (x, g, mf, vf))
         hf = None if vhat is None else _kernel_view(vhat.reshape(-1))
+        ea = None if ema is None else _ema_view(ema)
         if acc is None:
             k = self._kernel(
-                self._k.adam_dense_cpu, dtype, hf is not None, wd is not None
-            )
-            k(x, mf, vf, hf, g, *coef, *tr, wd, _config.CPU_BLOCK,
+                self._k.adam_dense_cpu, dtype, hf is not None, wd is not None,
+                ea is not None,
+            )  # fmt: skip
+            k(x, mf, vf, hf, g, *coef, *tr, wd, ea, _config.CPU_BLOCK,
               _config.CPU_SERIAL_MAX)  # fmt: skip
         else:  # the applying call of gradient accumulation: (g + acc) / steps
+            # (use_ema with accumulation is refused by the optimizer)
             a, steps = acc
             k = self._kernel(
                 self._k.adam_dense_accum_cpu, dtype, hf is not None, wd is not None
@@ -391,6 +423,7 @@ class CPUBackend:
         tr: Transform,
         lazy: bool = False,
         wd: Decay = None,
+        ema: Average = None,
     ) -> None:
         if work.flat.size == 0:
             return
@@ -405,16 +438,21 @@ class CPUBackend:
         hf = None if vhat is None else _kernel_view(vhat.reshape(-1))
         nt = _config.get_num_threads()  # (the workers unique rows are dealt to)
         ams, dec = hf is not None, wd is not None
+        ea = None if ema is None else _ema_view(ema)
         if lazy:  # one fused pass over the unique rows: no summed-rows buffer
-            kern = self._kernel(self._k.adam_sparse_lazy_cpu, dtype, ams, dec)
-            kern(x, mf, vf, hf, work.indices, vals, *coef, *tr, wd, maxkey, nt)
+            kern = self._kernel(
+                self._k.adam_sparse_lazy_cpu, dtype, ams, dec, ea is not None
+            )
+            kern(x, mf, vf, hf, work.indices, vals, *coef, *tr, wd, ea, maxkey, nt)
         else:  # sum duplicates, then one pass over the whole table
             uidx = np.empty(k, np.int64)
             uvals = np.empty((k, work.width), compute_dtype(dtype))
             dedup = self._kernel(self._k.sum_duplicate_rows_cpu, dtype)
             u = dedup(work.indices, vals, *tr, maxkey, uidx, uvals, nt)
-            kern = self._kernel(self._k.adam_sparse_cpu, dtype, ams, dec)
-            kern(x, mf, vf, hf, uidx[:u], uvals[:u], *coef, wd,
+            kern = self._kernel(
+                self._k.adam_sparse_cpu, dtype, ams, dec, ea is not None
+            )
+            kern(x, mf, vf, hf, uidx[:u], uvals[:u], *coef, wd, ea,
                  _config.CPU_SPARSE_BLOCK_ROWS)  # fmt: skip
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)

@@ -54,6 +54,7 @@ from ._backend import (
     INDEX_DTYPES,
     DenseWork,
     SparseWork,
+    Average,
     Decay,
     Transform,
     cast_gradient_dtype,
@@ -125,6 +126,15 @@ def _typed_decay(wd: Any, dtype: np.dtype) -> tuple:
     return (c(wd[0]), c(wd[1]))
 
 
+def _typed_ema(ema: Any, dtype: np.dtype, flat: Any) -> tuple:
+    # the kernels' EMA argument: () or (average, momentum, 1 - momentum,
+    # overwrite), the average flat and the scalars typed
+    if ema is None:
+        return ()
+    c = compute_dtype(dtype).type
+    return (flat(ema[0]), c(ema[1]), c(ema[2]), bool(ema[3]))
+
+
 class CUDABackend:
     """Backend for CUDA arrays: the ``@cuda.jit`` kernels of ``kernels.cuda``."""
 
@@ -139,14 +149,19 @@ class CUDABackend:
     # -- launches -------------------------------------------------------------
 
     def _kernel(
-        self, kernel: Any, dtype: Optional[np.dtype] = None, amsgrad=None, decay=None
+        self,
+        kernel: Any,
+        dtype: Optional[np.dtype] = None,
+        amsgrad=None,
+        decay=None,
+        ema=None,
     ) -> Any:
         """``kernel`` (of ``kernels.cuda``) compiled for ``dtype`` (and the Adam
         or AMSGrad variant, with or without weight decay), once."""
-        key = (kernel, None if dtype is None else dtype.char, amsgrad, decay)
+        key = (kernel, None if dtype is None else dtype.char, amsgrad, decay, ema)
         ready = self._ready.get(key)
         if ready is None:
-            self._k.ensure_compiled(kernel, dtype, amsgrad, decay)
+            self._k.ensure_compiled(kernel, dtype, amsgrad, decay, ema)
             ready = self._ready[key] = kernel
         return ready
 
@@ -507,6 +522,7 @@ class CUDABackend:
         tr: Transform,
         wd: Decay = None,
         acc: Any = None,
+        ema: Average = None,
     ) -> None:
         n = int(work.flat.shape[0])
         if n == 0:
@@ -530,9 +546,11 @@ class CUDABackend:
             self._writeback(work)
             return
         kern = self._kernel(
-            self._k.adam_dense_cuda, dtype, vhat is not None, wd is not None
-        )
-        self._launch(kern, n, work.flat, mf, vf, slot, work.grad, *coef, *tr, dec)
+            self._k.adam_dense_cuda, dtype, vhat is not None, wd is not None,
+            ema is not None,
+        )  # fmt: skip
+        avg = _typed_ema(ema, dtype, self._flat)
+        self._launch(kern, n, work.flat, mf, vf, slot, work.grad, *coef, *tr, dec, avg)
         self._writeback(work)
 
     def sparse_step(
@@ -545,6 +563,7 @@ class CUDABackend:
         tr: Transform,
         lazy: bool = False,
         wd: Decay = None,
+        ema: Average = None,
     ) -> None:
         n = int(work.flat.shape[0])
         if n == 0:
@@ -561,10 +580,12 @@ class CUDABackend:
         mf, vf = self._flat(m), self._flat(v)
         slot = () if vhat is None else (self._flat(vhat),)
         kern = self._k.adam_sparse_lazy_cuda if lazy else self._k.adam_sparse_cuda
-        kern = self._kernel(kern, dtype, vhat is not None, wd is not None)
+        kern = self._kernel(
+            kern, dtype, vhat is not None, wd is not None, ema is not None
+        )
         items = k * work.width if lazy else n
         self._launch(
             kern, items, work.flat, mf, vf, slot, keys, pos, k, values, *coef, *tr,
-            _typed_decay(wd, dtype),
+            _typed_decay(wd, dtype), _typed_ema(ema, dtype, self._flat),
         )  # fmt: skip
         self._writeback(work)

@@ -40,11 +40,15 @@ def accumulating(optimizer: Any) -> bool:
     return getattr(optimizer, "_accum_steps", None) is not None
 
 
+def use_ema(optimizer: Any) -> bool:
+    return bool(getattr(optimizer, "use_ema", False))
+
+
 # In Keras 3's creation order (BaseOptimizer.build, then Adam.build), after
 # ``iteration`` and ``learning_rate``. A row with ``slots=None`` is state
 # numbadam does not hold yet: files with it are refused.
 ROWS: Tuple[Row, ...] = (
-    Row(("average",), None, "use_ema=True", _never),
+    Row(("average",), ("average",), "use_ema=True", use_ema),
     Row(
         ("gradient_accumulator",), ("accumulator",), "gradient_accumulation_steps",
         accumulating,
@@ -127,8 +131,9 @@ def count_problem(count: int, n: int, optimizer: Any) -> str:
     unsupported = [r.keras_option for r in ROWS if r.slots is None]
     return (
         f"'{GROUP}' holds {count} entries, but this optimizer "
-        f"(amsgrad={amsgrad(optimizer)}) over {n} variables needs {wanted[0]} "
+        f"(amsgrad={amsgrad(optimizer)}, use_ema={use_ema(optimizer)}) over {n} "
+        f"variables needs {wanted[0]} "
         f"(a constant learning rate) or {wanted[1]} (a schedule){hint}. "
-        f"Not supported yet: {', '.join(unsupported)}; otherwise check amsgrad "
-        "and that var_list is the model's trainable variables in Keras' order"
+        f"Not supported yet: {', '.join(unsupported)}; otherwise check amsgrad, "
+        "use_ema and that var_list is the model's trainable variables in Keras' order"
     )

@@ -9,6 +9,7 @@ import numpy as np
 from . import _backend
 from ._accum import ACCUMULATOR
 from ._coefficients import CoefficientCache
+from ._ema import SLOT as EMA_SLOT
 from ._slots import memory_key
 from ._types import AdamCoefficients
 from ._weight_decay import check_weight_decay, decay_scalars
@@ -72,7 +73,15 @@ class Adam(OptimizerV2):
         * iterations)``), ``gradient_accumulation_steps`` (Keras 3's: an int
         ``N >= 2`` makes every ``N`` calls one update with the mean of their
         gradients; ``iterations`` then counts updates and ``weights[0]``
-        calls; see ``docs/semantics.md``).
+        calls; see ``docs/semantics.md``); Keras 3's ``use_ema`` (default False),
+        ``ema_momentum`` (default 0.99) and ``ema_overwrite_frequency``
+        (default None): an EMA of every variable, ``average = (momentum *
+        average) + ((1 - momentum) * var)`` after each step (momentum 0 on the
+        first), in the same pass, the variables overwritten by their averages
+        every ``ema_overwrite_frequency`` steps and by
+        :meth:`finalize_variable_values`; slot ``"average"`` (sparse: every
+        row under ``sparse_mode="dense"``, the rows with a gradient under
+        ``"lazy"``, whose averages start as a copy of the variable).
 
     Raises
     ------
@@ -82,8 +91,10 @@ class Adam(OptimizerV2):
         For a negative ``clipnorm``, ``clipvalue``, ``lr``, ``decay`` or
         ``weight_decay``; a NaN
         or infinite hyperparameter; ``beta_1`` or ``beta_2`` outside
-        ``[0, 1)``; a negative or NaN ``epsilon`` (callables and schedules: at
-        the step, before anything changes).
+        ``[0, 1)``; an ``ema_momentum`` outside ``[0, 1]``; an
+        ``ema_overwrite_frequency`` that is not an integer >= 1 or None; a
+        negative or NaN ``epsilon`` (callables and schedules: at the step,
+        before anything changes).
 
     Notes
     -----
@@ -313,9 +324,11 @@ class Adam(OptimizerV2):
         if self.amsgrad:
             for var in var_list:
                 self.add_slot(var, "vhat")
+        self._create_ema_slots(var_list)  # (after them: weights order)
 
     def _required_slots(self):
         names = ("m", "v", "vhat") if self.amsgrad else ("m", "v")
+        names = names + (EMA_SLOT,) if self._use_ema else names
         return names if self._accum_steps is None else (ACCUMULATOR,) + names
 
     def _prepare_step(self, step: int, dtypes: set) -> Dict[Any, AdamCoefficients]:
@@ -341,6 +354,8 @@ class Adam(OptimizerV2):
             self._step_decay = self._decays(step, dtypes, lr, decay)
         elif self._step_decay:
             self._step_decay = {}
+        if self._use_ema or self._step_ema:
+            self._ema_step_scalars(step, dtypes)
         if len(dtypes) == 1:
             for dtype in dtypes:
                 cdt = _backend.compute_dtype(dtype)
@@ -376,21 +391,24 @@ class Adam(OptimizerV2):
                 work, slots["m"], slots["v"], vhat, coef, transform, wd, acc=acc
             )
             return
-        backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform, wd)
+        ema = self._ema_arg(work, slots) if self._step_ema else None
+        backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform, wd, ema=ema)
 
     def _amsgrad_slots(self) -> bool:
         return self.amsgrad
 
     def _resource_apply_dense_multi(self, work, backend, coef, transform) -> None:
         wd = self._step_decay.get(work.flat.dtype) if self._step_decay else None
-        backend.dense_multi_step(work, coef, transform, wd)
+        ema = self._step_ema.get(work.flat.dtype) if self._step_ema else None
+        backend.dense_multi_step(work, coef, transform, wd, ema)
 
     def _resource_apply_sparse(self, work, backend, slots, coef, transform) -> None:
         vhat = slots["vhat"] if self.amsgrad else None
         wd = self._decay_of(work) if self._step_decay else None
+        ema = self._ema_arg(work, slots) if self._step_ema else None
         backend.sparse_step(
             work, slots["m"], slots["v"], vhat, coef, transform,
-            lazy=self.sparse_mode == "lazy", wd=wd,
+            lazy=self.sparse_mode == "lazy", wd=wd, ema=ema,
         )  # fmt: skip
 
     def get_config(self) -> Dict[str, Any]:
@@ -448,6 +466,7 @@ class Adam(OptimizerV2):
         if (
             not self.amsgrad
             and self._accum_steps is None
+            and not self._use_ema
             and num_vars >= 1
             and len(params) == 2 * num_vars + 1
             and len(weights) == 3 * num_vars + 1

@@ -10,8 +10,8 @@ over the trainable variables ``x_0 ... x_{n-1}`` that order is
   under Keras' JAX and torch backends, int64 under TensorFlow);
 - ``learning_rate`` (float32), only for a constant learning rate (none for a
   schedule or a callable);
-- with ``use_ema=True``, the ``average`` of every variable (not supported
-  yet), then with ``gradient_accumulation_steps``, its
+- with ``use_ema=True``, the ``average`` of every variable: slot
+  ``average``; then with ``gradient_accumulation_steps``, its
   ``gradient_accumulator``: slot ``accumulator`` (``iteration`` is then the
   counter of calls, ``weights[0]``, and ``iterations`` that divided by the
   steps);
@@ -25,9 +25,8 @@ numbadam's (and tf-keras') :meth:`~numbadam.OptimizerV2.get_weights` is
 ``[iterations, m_0, m_1, ..., v_0, v_1, ...]``. The datasets carry no variable
 names, so ``var_list`` must be the model's trainable variables in Keras' order
 (``model.trainable_variables``). The mapping is one table, ``ROWS`` in
-``numbadam/_keras3_layout.py``: EMA averages and gradient accumulators become
-one row each (the accumulators' row is in). A file holding EMA averages is
-refused.
+``numbadam/_keras3_layout.py``: the EMA averages and the gradient
+accumulators are one row each.
 
 h5py is the optional extra ``numbadam[keras]`` (``pip install "numbadam[keras]"``
 or ``pip install h5py``), imported only when a file is read or written.
@@ -269,7 +268,7 @@ def _read_entry(
             path, f"'{where}' should be {what} ({vshape}, {vdtype}) but has shape "
             f"{shape} and dtype {dtype}: the file does not match var_list (the "
             "model's trainable variables in Keras' order) and this optimizer "
-            "(check amsgrad; Keras' use_ema and gradient accumulation are not "
+            "(check amsgrad and use_ema; Keras' gradient accumulation is not "
             "supported)"
         )  # fmt: skip
     value = np.asarray(ds[()])
@@ -351,7 +350,7 @@ def load_keras_optimizer(
         If the file is not a regular HDF5 file, has no ``optimizer/vars``
         group, holds a number of entries or a shape or dtype that does not fit
         ``var_list`` and the optimizer, state numbadam cannot hold (Keras'
-        ``use_ema``, gradient accumulation), or a constant learning rate for an
+        gradient accumulation), or a constant learning rate for an
         optimizer with a schedule (pass ``restore_learning_rate=False``). The
         message names the file and the dataset.
     ValueError

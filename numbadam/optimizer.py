@@ -24,6 +24,8 @@ import numpy as np
 from . import _config, _dispatch, schedules
 from ._accum import AccumulationMixin
 from ._backend import global_norm_scalars, identity_transform, transform_scalars
+from ._ema import SLOT as _EMA_SLOT
+from ._ema import EmaMixin
 from ._flat import GradsAndVars, ParameterBuffer
 from ._hypers import HyperparameterMixin, is_float64, is_number
 from ._loss_api import LossMixin
@@ -39,6 +41,8 @@ _ALLOWED_KWARGS = (
     "clipnorm", "clipvalue", "lr", "decay", "global_clipnorm",
     "gradient_accumulation_steps",
 )  # fmt: skip
+#: Keras 3's EMA arguments (numbadam._ema), validated there.
+_EMA_KWARGS = ("use_ema", "ema_momentum", "ema_overwrite_frequency")
 
 Hyper = Union[float, Callable[[], float], "schedules.LearningRateSchedule"]
 
@@ -100,7 +104,9 @@ class Step:
         self.coefficients: Any = None
 
 
-class OptimizerV2(AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin):
+class OptimizerV2(
+    AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin, EmaMixin
+):
     """Base class of numbadam optimizers (the Keras OptimizerV2 contract).
 
     :meth:`apply_gradients` is one pipeline of hooks, in this order (Keras'
@@ -129,7 +135,14 @@ class OptimizerV2(AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin)
         learning rate at step ``t`` is ``lr / (1 + decay * t)``;
         ``gradient_accumulation_steps`` (int >= 2 or None): Keras 3's
         gradient accumulation, the mean gradient of every ``N`` calls applied
-        on the ``N``-th (see ``docs/semantics.md``).
+        on the ``N``-th (see ``docs/semantics.md``); Keras 3's
+        ``use_ema`` (bool, default False), ``ema_momentum`` (in ``[0, 1]``,
+        default 0.99) and ``ema_overwrite_frequency`` (int >= 1 or None): an
+        exponential moving average of every variable, ``average =
+        (momentum * average) + ((1 - momentum) * var)`` after each step
+        (``momentum`` 0 on the first), fused into the step's pass; every
+        ``ema_overwrite_frequency``-th step the variables take their averages,
+        as :meth:`finalize_variable_values` does (see ``docs/semantics.md``).
 
     Raises
     ------
@@ -139,7 +152,8 @@ class OptimizerV2(AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin)
         For a ``gradient_accumulation_steps`` that is not None or an integer
         >= 2; for both ``clipnorm`` and ``global_clipnorm``; for a negative
         ``clipnorm``, ``global_clipnorm``, ``clipvalue``, ``lr`` or ``decay``, or a
-        NaN or infinite one.
+        NaN or infinite one; an ``ema_momentum`` outside ``[0, 1]`` or NaN; an
+        ``ema_overwrite_frequency`` that is not an integer >= 1 (or None).
 
     Examples
     --------
@@ -180,11 +194,13 @@ class OptimizerV2(AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin)
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         accumulation = kwargs.pop("gradient_accumulation_steps", None)
+        kwargs = dict(kwargs)
+        self._init_ema(kwargs)  # (pops and checks the EMA arguments first)
         for k, val in kwargs.items():
             if k not in _ALLOWED_KWARGS:
                 raise TypeError(
                     f"Unexpected keyword argument passed to optimizer: {k!r} "
-                    f"(allowed: {', '.join(_ALLOWED_KWARGS)})"
+                    f"(allowed: {', '.join(_ALLOWED_KWARGS + _EMA_KWARGS)})"
                 )
             if val is not None and _is_number(val) and val < 0:
                 raise ValueError(f"Expected {k} >= 0, received: {val}")
@@ -216,6 +232,14 @@ class OptimizerV2(AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin)
         self.global_clipnorm = kwargs.pop("global_clipnorm", None)
         self.clipvalue = kwargs.pop("clipvalue", None)
         self._init_accumulation(accumulation)
+        if self._use_ema and self._accum_steps is not None:
+            # Keras 3 moves the averages on every call, accumulating ones too;
+            # numbadam fuses them into the update's pass, which those calls
+            # do not run
+            raise ValueError(
+                "use_ema=True with gradient_accumulation_steps is not supported "
+                "yet; use one or the other"
+            )
 
     # ------------------------------------------------------------------
     # simple attributes
@@ -466,6 +490,7 @@ class OptimizerV2(AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin)
             and self._clipnorm is None
             and self._global_clipnorm is None
             and multi[1].amsgrad == bool(self._amsgrad_slots())
+            and (getattr(multi[1], "ep", None) is not None) == self._use_ema
         ):
             backend, work = multi
             if backend.prepare_multi(work, grads_and_vars):
@@ -636,6 +661,10 @@ class OptimizerV2(AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin)
             variables, [self._entry(v).slots for v in variables],
             self._amsgrad_slots(),
         )  # fmt: skip
+        if work is not None and self._use_ema:
+            backend.set_multi_averages(
+                work, [self._entry(v).slots[_EMA_SLOT] for v in variables]
+            )
         self._multi = None if work is None else (backend, work)
         self._multi_ids = ids
 
@@ -668,6 +697,8 @@ class OptimizerV2(AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin)
             config["clipvalue"] = self._clipvalue
         if self._accum_steps is not None:
             config["gradient_accumulation_steps"] = self._accum_steps
+        if self._use_ema:  # (Keras 3's keys; absent at the defaults, as in tf-keras)
+            config.update(self._ema_config())
         return config
 
     @classmethod

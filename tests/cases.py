@@ -39,6 +39,7 @@ from reference import (
     adam_sparse_lazy_ref,
     adam_sparse_ref,
     clip_ref,
+    ema_ref,
 )
 
 import numbadam
@@ -98,6 +99,10 @@ class Case:
     @property
     def lazy(self) -> bool:
         return self.kwargs.get("sparse_mode", "dense") == "lazy"
+
+    @property
+    def ema(self) -> bool:
+        return bool(self.kwargs.get("use_ema", False))
 
 
 SPARSE_LAYOUTS = ("sparse", "mixed")  # layouts with IndexedSlices gradients
@@ -204,6 +209,43 @@ CASES: dict[str, Case] = {
             },
             layouts=SPARSE_LAYOUTS,
             cuda=(("mixed", MIXED),),
+        ),
+        Case(
+            # 4 steps: the first (momentum 0), two more, the overwrite at the
+            # third, one after it
+            "ema",
+            {
+                "learning_rate": 0.05,
+                "use_ema": True,
+                "ema_momentum": 0.9,
+                "ema_overwrite_frequency": 3,
+            },
+            cuda=_EACH_DTYPE + (("strided", "float32"),),
+        ),
+        Case(
+            "ema_amsgrad_clipnorm",
+            {
+                "learning_rate": 0.05,
+                "amsgrad": True,
+                "beta_2": 0.95,
+                "clipnorm": 1.5,
+                "use_ema": True,
+                "ema_momentum": 0.7,
+            },
+            cuda=(("dense_nd", "float16"),),
+        ),
+        Case(
+            "ema_lazy",
+            {
+                "learning_rate": 0.05,
+                "sparse_mode": "lazy",
+                "use_ema": True,
+                "ema_momentum": 0.8,
+                # (step 3 of the sparse layouts lists no row: overwrite at 4)
+                "ema_overwrite_frequency": 4,
+            },
+            layouts=SPARSE_LAYOUTS,
+            cuda=(("sparse", "float32"), ("mixed", MIXED)),
         ),
     ]
 }
@@ -324,22 +366,30 @@ class Run:
     steps: list[StepResult]
 
 
-def _state(opt, problem: Problem, i: int, amsgrad: bool) -> dict[str, np.ndarray]:
-    """Host copies of variable ``i`` and its slots (zeros before they exist)."""
+def _state(opt, problem: Problem, i: int, case: Case) -> dict[str, np.ndarray]:
+    """Host copies of variable ``i`` and its slots (zeros before they exist;
+    the EMA average under the lazy rule: the variable, as numbadam starts it)."""
     x = problem.read(i)
     out = {"var": x}
-    for name in ("m", "v") + (("vhat",) if amsgrad else ()):
+    names = ("m", "v") + (("vhat",) if case.amsgrad else ())
+    for name in names + (("average",) if case.ema else ()):
         try:
             out[name] = to_host(opt.get_slot(problem.variables[i], name))
         except KeyError:
-            out[name] = np.zeros(x.shape, x.dtype)
+            lazy_avg = name == "average" and case.lazy
+            out[name] = x.copy() if lazy_avg else np.zeros(x.shape, x.dtype)
     return out
 
 
 def oracle_step(
-    case: Case, before: dict[str, np.ndarray], grad: Any, iterations: int
+    case: Case,
+    before: dict[str, np.ndarray],
+    grad: Any,
+    iterations: int,
+    dtype: Any = np.float64,
 ) -> dict[str, Any]:
-    """The oracle's state after one step from the float64 ``before``."""
+    """The oracle's state after one step from the float64 ``before`` (``dtype``:
+    the variable's, which holds ``ema_momentum``)."""
     hp = oracle_hypers(case, iterations)
     cv, cn = case.kwargs.get("clipvalue"), case.kwargs.get("clipnorm")
     state = (before["var"], before["m"], before["v"])
@@ -356,16 +406,26 @@ def oracle_step(
         x, m, v, h = adam_dense_ref(
             state[0], g, *state[1:], iterations + 1, vhat=vhat, **hp
         )
-    return {"var": x, "m": m, "v": v, "vhat": h, "g": g}
+    out = {"var": x, "m": m, "v": v, "vhat": h, "g": g}
+    if case.ema:
+        mom = float(np.dtype(dtype).type(case.kwargs.get("ema_momentum", 0.99)))
+        rows = grad.indices if isinstance(grad, IndexedSlices) and case.lazy else None
+        out["average"], out["var"] = ema_ref(
+            before["average"], x, iterations, mom,
+            case.kwargs.get("ema_overwrite_frequency"), rows,
+        )  # fmt: skip
+    return out
 
 
-def _frozen_rows(var0, raw_before, actual, grad, listed, lazy):
+def _frozen_rows(var0, raw_before, actual, grad, listed, lazy, ema=False):
     """Bitwise checks of the rows a sparse step must leave alone."""
     checks = []
     never = np.ones(var0.shape[0], bool)
     never[listed] = False
     for key, arr in actual.items():
-        start = var0 if key == "var" else np.zeros_like(var0)
+        if ema and not lazy and key in ("var", "average"):
+            continue  # (TF's rule moves every row's average, and overwrites)
+        start = var0 if key in ("var", "average") else np.zeros_like(var0)
         checks.append((f"{key} of never-listed rows", arr[never], start[never]))
     if lazy:
         now = np.ones(var0.shape[0], bool)
@@ -397,20 +457,23 @@ def run_case(case: Case, layout: Layout, dtype: str, backend: str) -> Run:
     listed = [np.zeros(0, np.int64) for _ in range(n)]
     steps = []
     for it, grads in enumerate(problem.grads):
-        raw = [_state(opt, problem, i, case.amsgrad) for i in range(n)]
+        raw = [_state(opt, problem, i, case) for i in range(n)]
         before = [{k: a.astype(np.float64) for k, a in r.items()} for r in raw]
-        expected = [oracle_step(case, before[i], grads[i], it) for i in range(n)]
+        expected = [
+            oracle_step(case, before[i], grads[i], it, problem.dtypes[i])
+            for i in range(n)
+        ]
         clock[0] = it
         returned = opt.apply_gradients(problem.pairs(grads))
         results = []
         for i in range(n):
-            actual = _state(opt, problem, i, case.amsgrad)
+            actual = _state(opt, problem, i, case)
             bitwise = []
             if isinstance(grads[i], IndexedSlices):
                 idx = np.asarray(grads[i].indices).astype(np.int64)
                 listed[i] = np.union1d(listed[i], idx)
                 bitwise = _frozen_rows(
-                    var0[i], raw[i], actual, grads[i], listed[i], case.lazy
+                    var0[i], raw[i], actual, grads[i], listed[i], case.lazy, case.ema
                 )
             results.append(
                 VarStep(

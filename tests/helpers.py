@@ -271,7 +271,8 @@ def assert_state_arrays(
     dtype: Any,
     what: str = "",
 ) -> None:
-    """``actual["var"]``, ``["m"]``, ``["v"]`` (and ``["vhat"]``) match ``expected``.
+    """``actual["var"]``, ``["m"]``, ``["v"]`` (and ``["vhat"]``, the EMA's
+    ``["average"]``) match ``expected``.
 
     ``before`` and ``expected`` are float64 states (:func:`oracle_state`,
     :func:`oracle_step`). Each array is compared on its own scale (largest entry
@@ -280,9 +281,9 @@ def assert_state_arrays(
     """
     g = expected.get("g")
     g2 = None if g is None else np.asarray(g) ** 2
-    extra = {"var": None, "m": g, "v": g2, "vhat": g2}
-    for key in ("var", "m", "v", "vhat"):
-        if key == "vhat" and expected.get("vhat") is None:
+    extra = {"var": None, "m": g, "v": g2, "vhat": g2, "average": None}
+    for key in ("var", "m", "v", "vhat", "average"):
+        if key in ("vhat", "average") and expected.get(key) is None:
             continue
         assert_close(
             actual[key],

@@ -30,6 +30,12 @@ TensorFlow's conventions reproduced here:
 * The lazy sparse rule (TF Addons' LazyAdam, ``sparse_mode="lazy"``): the same
   summed gradient, but only the rows listed in ``indices`` change; the others
   keep their values and slots. The bias correction is that of the global ``t``.
+* The EMA of the weights (Keras 3's ``use_ema``, :func:`ema_ref`): after the
+  step ``average = momentum * average + (1 - momentum) * var``, with
+  ``momentum = 0`` when ``iterations == 0`` (before the increment) and else
+  ``ema_momentum`` cast to the variable's dtype; when ``ema_overwrite_frequency``
+  divides ``iterations + 1`` the variable then takes the average. The average
+  starts at zero.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ __all__ = [
     "clip_ref",
     "clip_global_ref",
     "decayed_lr",
+    "ema_ref",
     "hyper32",
     "run_accumulation_reference",
     "run_reference",
@@ -315,6 +322,35 @@ def adam_sparse_lazy_ref(
         if old is not None:
             old[rows] = upd
     return var, m, v, vhat
+
+
+def ema_ref(
+    average: Any,
+    var: Any,
+    iterations: int,
+    momentum: float,
+    overwrite_frequency: int | None = None,
+    rows: Any = None,
+):
+    """Keras 3's EMA after a step: ``(average, var)`` in float64.
+
+    ``var`` is the variable after the step, ``iterations`` the count before
+    its increment, ``momentum`` the ``ema_momentum`` as the variable's dtype
+    holds it. ``rows`` (lazy rule): only these rows of the leading axis move
+    their average (and are overwritten); ``None``: every element.
+    """
+    average, var = _f64(average), _f64(var)
+    mom = 0.0 if iterations == 0 else float(momentum)
+    new = mom * average + (1.0 - mom) * var
+    freq = overwrite_frequency
+    overwrite = bool(freq) and (iterations + 1) % freq == 0
+    if rows is None:
+        return new, (new.copy() if overwrite else var)
+    rows = np.unique(np.asarray(rows).astype(np.int64).reshape(-1))
+    average[rows] = new[rows]
+    if overwrite:
+        var[rows] = new[rows]
+    return average, var
 
 
 class SparseGrad:

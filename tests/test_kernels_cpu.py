@@ -35,9 +35,9 @@ def kview(a):
     return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
-def kernel(name, dtype):
+def kernel(name, dtype, ema=False):
     k = getattr(cpu, name)
-    cpu.ensure_compiled(k, dtype)
+    cpu.ensure_compiled(k, dtype, ema=ema)
     return k
 
 
@@ -216,7 +216,7 @@ def test_dense_kernel_vs_oracle(dtype, ams, clip, serial):
     tr = _transform(dtype, g, *clip)
     serial_max, block = (n, 128) if serial else (0, 128)
     kernel("adam_dense_cpu", dtype)(
-        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, None, block,
+        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, None, None, block,
         serial_max,
     )  # fmt: skip
     gc = clip_ref(g, *clip)
@@ -242,7 +242,7 @@ def _sparse_inputs(rng, nrows, width, dtype, indices, ams):
 
 def _run_sparse(dtype, ams, x, m, v, h, idx, vals, coef, block_rows):
     kernel("adam_sparse_cpu", dtype)(
-        kview(x), kview(m), kview(v), kh(h), idx, vals, *coef, None, block_rows
+        kview(x), kview(m), kview(v), kh(h), idx, vals, *coef, None, None, block_rows
     )
 
 
@@ -252,7 +252,7 @@ def _run_dense(dtype, ams, x, g, m, v, h, coef, block):
     tr = (c(-np.inf), c(np.inf), c(1), c(1))
     serial_max = x.shape[0] if block is None else 0
     kernel("adam_dense_cpu", dtype)(
-        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, None,
+        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, None, None,
         block or 1, serial_max,
     )  # fmt: skip
 
@@ -339,7 +339,7 @@ def test_dense_kernel_property(
     tr = _transform(dtype, g, clipvalue, clipnorm)
     name = f"dense {'amsgrad' if ams else 'adam'}, {'serial' if serial else 'blocked'}"
     kernel("adam_dense_cpu", dtype)(
-        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, None, block,
+        kview(x), kview(m), kview(v), kh(h), kview(g), *coef, *tr, None, None, block,
         n if serial else 0,
     )  # fmt: skip
     gc = clip_ref(g, clipvalue, clipnorm)
@@ -629,7 +629,7 @@ def test_lazy_kernel_bitwise_any_worker_count(
         flat = [kview(a).reshape(-1) for a in got] + [None] * (h is None)
         maxkey = int(idx.max()) if k else 0
         kernel("adam_sparse_lazy_cpu", dtype)(
-            *flat, idx, kview(vals), *coef, *tr, None, maxkey, nt
+            *flat, idx, kview(vals), *coef, *tr, None, None, maxkey, nt
         )
         for what, g, w in zip(("var", "m", "v", "vhat"), got, want):
             assert_bitwise(g, w, f"{what}, {nt} workers")
@@ -683,9 +683,11 @@ def _all_paths(dtype, variant):
             (1.0, "lazy", 1),
         ]:
             _config.CPU_SERIAL_MAX = serial_max  # serial and blocked dense kernels
-            for wd in (None, 0.01):  # the kernels without and with weight decay
+            # the kernels without and with weight decay, without and with EMA
+            for wd, ema in ((None, False), (0.01, False), (None, True), (0.01, True)):
                 opt = numbadam.Adam(0.1, amsgrad=ams, clipnorm=clipnorm,
-                                    sparse_mode=mode, weight_decay=wd)  # fmt: skip
+                                    sparse_mode=mode, weight_decay=wd,
+                                    use_ema=ema)  # fmt: skip
                 opt.apply_gradients([(g, w)])
                 opt.apply_gradients([(IndexedSlices(vals, idx, (20, 3)), w)])
                 # gradient accumulation: accumulate_cpu, adam_dense_accum_cpu

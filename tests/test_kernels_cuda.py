@@ -218,7 +218,9 @@ def test_dense_kernel_matches_twin_and_oracle(cuda, kc, dtype, amsgrad, kind):
     coef = coefficients(dtype)
     tr = transforms(dtype, kind, g)
     dev = to_dev(cuda, state)
-    launch(kc.adam_dense_cuda, N, *state_args(dev), cuda.to_device(g), *coef, *tr, ())
+    launch(
+        kc.adam_dense_cuda, N, *state_args(dev), cuda.to_device(g), *coef, *tr, (), ()
+    )
     got = to_hst(dev)
     want = twin_dense(state, g, coef, tr)
     for name, a, e in zip(("var", "m", "v", "vhat"), got, want):
@@ -256,6 +258,7 @@ def test_dense_kernel_matches_reference_module(cuda, kc):
         *coef,
         *transform_scalars(np.float64, None, None, None),
         (),
+        (),
     )
     xr, mr, vr, _ = adam_dense_ref(
         x, g, m, v, 1, lr=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7
@@ -289,7 +292,9 @@ def test_dense_kernel_special_values(cuda, kc, dtype):
     coef = coefficients(dtype)
     tr = transform_scalars(dtype, None, None, None)
     dev = to_dev(cuda, [x, m, v, vhat])
-    launch(kc.adam_dense_cuda, n, *state_args(dev), cuda.to_device(g), *coef, *tr, ())
+    launch(
+        kc.adam_dense_cuda, n, *state_args(dev), cuda.to_device(g), *coef, *tr, (), ()
+    )
     with np.errstate(all="ignore"):
         want = twin_dense([x, m, v, vhat], g, coef, tr)
     for name, a, e in zip(("var", "m", "v", "vhat"), to_hst(dev), want):
@@ -306,7 +311,7 @@ def test_dense_kernel_odd_launch_shapes(cuda, kc):
         tr = transforms(np.float32, "clipvalue", g)
         dev = to_dev(cuda, state[:3])
         kc.adam_dense_cuda[blocks, tpb](
-            *state_args(dev), cuda.to_device(g), *coef, *tr, ()
+            *state_args(dev), cuda.to_device(g), *coef, *tr, (), ()
         )
         want = twin_dense(state, g, coef, tr)
         for a, e in zip(to_hst(dev), want):
@@ -348,6 +353,7 @@ def test_sparse_kernel_matches_twin(cuda, kc, be, dtype, amsgrad, lazy):
         cuda.to_device(vals),
         *coef,
         *tr,
+        (),
         (),
     )
     got = [None if a is None else a.reshape(rows, width) for a in to_hst(dev)]
@@ -401,6 +407,7 @@ def test_sparse_unique_equals_dense_with_zero_rows(cuda, kc, be, dtype):
         *coef,
         *tr,
         (),
+        (),
     )
     dense_g = np.zeros((rows, width), dtype)
     dense_g[idx] = vals
@@ -412,6 +419,7 @@ def test_sparse_unique_equals_dense_with_zero_rows(cuda, kc, be, dtype):
         cuda.to_device(dense_g.reshape(-1)),
         *coef,
         *tr,
+        (),
         (),
     )
     for a, b in zip(to_hst(sp), to_hst(de)):

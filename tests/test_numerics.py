@@ -81,6 +81,13 @@ def _assert_row_exercised(run: Run) -> None:
     if cn is not None:  # the norm of the value-clipped gradient
         norms = [np.sqrt(np.sum(clip_ref(g, cv) ** 2)) for g in grads]
         assert max(norms) > cn, "clipnorm idle"
+    if run.case.ema:  # the average is neither zero nor the variable
+        assert any(
+            np.any(vs.actual["average"] != vs.actual["var"])
+            and np.any(vs.actual["average"] != 0)
+            for step in run.steps
+            for vs in step.variables
+        ), "the EMA average did not move on its own"
     if run.case.amsgrad:
         last = run.steps[-1].variables
         assert any(np.any(vs.actual["vhat"] > vs.actual["v"]) for vs in last), (

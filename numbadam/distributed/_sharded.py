@@ -143,6 +143,11 @@ class ShardedAdam(ShardedStateMixin, Adam):
         timeout: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("use_ema"):  # (its slices of the averages: not yet)
+            raise ValueError(
+                "ShardedAdam does not support use_ema=True yet; use Adam or "
+                "DistributedAdam (replicated state) for an EMA of the weights"
+            )
         super().__init__(
             learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
         )

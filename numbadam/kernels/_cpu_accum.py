@@ -74,11 +74,11 @@ def _dense_accum_run(var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, eps, lo,
     if _is_identity(lo, hi, mul, div):
         for j in range(var.shape[0]):
             gj = _mean(g, acc, j, steps)
-            _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd)
+            _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd, None)
     else:
         for j in range(var.shape[0]):
             gj = _transform(_mean(g, acc, j, steps), lo, hi, mul, div)
-            _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd)
+            _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd, None)
 
 
 @njit(**_PARALLEL)

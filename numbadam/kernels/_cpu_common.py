@@ -217,10 +217,60 @@ def _span_impl(a, start, stop):
 # the same pass and on the value loaded (float16: in float32, rounded once).
 
 
+# The EMA of the weights (Keras 3's ``use_ema``) is an argument after ``wd``:
+# None (pruned) or ``(average, momentum, one_minus_momentum, overwrite)``, the
+# average a flat array like var's, the scalars of the compute type and
+# ``overwrite`` a bool. After the step ``average = (momentum * average) +
+# (one_minus_momentum * var)`` with var as stored; with ``overwrite`` var then
+# takes the average's value. float16 is computed in float32 (from the var as
+# stored) and rounded once, as the Adam step.
+
+
+def ema_span(ema, start, stop):
+    """``ema`` with its average cut to ``[start, stop)``, or None."""
+    return None if ema is None else (ema[0][start:stop],) + tuple(ema[1:])
+
+
+@overload(ema_span)
+def _ema_span_impl(ema, start, stop):
+    if isinstance(ema, types.NoneType):
+        return lambda ema, start, stop: None
+    return lambda ema, start, stop: (ema[0][start:stop], ema[1], ema[2], ema[3])
+
+
+def as_stored(a, x):
+    """``x`` rounded as storing it into ``a`` would (float16), as a value."""
+    return x
+
+
+@overload(as_stored)
+def _as_stored_impl(a, x):
+    if a.dtype == types.uint16:
+        return lambda a, x: half_bits_to_float(float_to_half_bits(x))
+    return lambda a, x: x
+
+
 @njit(**_SERIAL)
-def _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd):
+def _store_var(var, j, xj, ema):
+    # var[j] = xj, then the EMA of element j (ema not None)
+    if ema is None:
+        store(var, j, xj)
+        return
+    avg = ema[0]
+    xs = as_stored(var, xj)
+    aj = (ema[1] * load(avg, j)) + (ema[2] * xs)
+    store(avg, j, aj)
+    if ema[3]:
+        store(var, j, aj)
+    else:
+        store(var, j, xj)
+
+
+@njit(**_SERIAL)
+def _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd, ema):
     # One element of the Adam (vhat None) or AMSGrad step, stored in the order
-    # m, v, vhat, var; with weight decay (wd not None) var is decayed first.
+    # m, v, vhat, var; with weight decay (wd not None) var is decayed first;
+    # with an EMA (ema not None) its average follows var.
     mj, vj = _moments(gj, load(m, j), load(v, j), omb1, omb2)
     store(m, j, mj)
     store(v, j, vj)
@@ -234,4 +284,4 @@ def _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd):
     xj = load(var, j)
     if wd is not None:
         xj = xj - (xj * wd[0]) * wd[1]
-    store(var, j, _step(xj, mj, dj, alpha, eps))
+    _store_var(var, j, _step(xj, mj, dj, alpha, eps), ema)

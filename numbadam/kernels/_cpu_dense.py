@@ -16,6 +16,7 @@ from ._cpu_common import (
     _clip,
     _is_identity,
     _transform,
+    ema_span,
     load,
     span,
 )
@@ -26,22 +27,23 @@ from ._cpu_common import (
 
 
 @njit(**_SERIAL)
-def _dense_run(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div, wd):
+def _dense_run(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div, wd,
+               ema):  # fmt: skip
     # Without clipping the transform is the identity bit for bit ((g * 1) / 1),
     # so its division is skipped: in-cache steps are bound by the divisions.
     if _is_identity(lo, hi, mul, div):
         for j in range(var.shape[0]):
-            _adam_elem(var, m, v, vhat, j, load(g, j), alpha, omb1, omb2, eps, wd)
+            _adam_elem(var, m, v, vhat, j, load(g, j), alpha, omb1, omb2, eps, wd, ema)
     else:
         for j in range(var.shape[0]):
             gj = _transform(load(g, j), lo, hi, mul, div)
-            _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd)
+            _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd, ema)
 
 
 @njit(**_PARALLEL)
 def adam_dense_cpu(
-    var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div, wd, block,
-    serial_max,
+    var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div, wd, ema,
+    block, serial_max,
 ):  # fmt: skip
     """Dense Adam (``vhat=None``) or AMSGrad step over 1-D arrays, in place.
 
@@ -49,14 +51,19 @@ def adam_dense_cpu(
     ``v += (g'*g' - v) * omb2``; with AMSGrad ``vhat = max(vhat, v)``;
     ``var -= (m * alpha) / (sqrt(vhat or v) + eps)``. With weight decay
     (``wd = (weight_decay, lr_t)``, else None) ``var -= (var * weight_decay)
-    * lr_t`` first, in the same pass. Written: ``var``, ``m``,
-    ``v`` (and ``vhat``). Up to ``serial_max`` elements in the calling thread
+    * lr_t`` first, in the same pass. With an EMA (``ema = (average,
+    momentum, 1 - momentum, overwrite)``, else None) ``average = (momentum *
+    average) + ((1 - momentum) * var)`` after the step, and ``var = average``
+    when ``overwrite``. Written: ``var``, ``m``, ``v`` (and ``vhat``,
+    ``average``). Up to ``serial_max`` elements in the calling thread
     (a parallel launch costs more than it saves), else in parallel over fixed
     blocks of ``block`` elements: the same arithmetic, whatever the threads.
     """
     n = var.shape[0]
     if n <= serial_max:
-        _dense_run(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div, wd)
+        _dense_run(
+            var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div, wd, ema
+        )
         return
     nblocks = (n + block - 1) // block
     for b in prange(nblocks):
@@ -66,6 +73,7 @@ def adam_dense_cpu(
         _dense_run(
             var[start:stop], m[start:stop], v[start:stop], span(vhat, start, stop),
             g[start:stop], alpha, omb1, omb2, eps, lo, hi, mul, div, wd,
+            ema_span(ema, start, stop),
         )  # fmt: skip
 
 

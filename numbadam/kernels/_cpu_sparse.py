@@ -20,6 +20,7 @@ from ._cpu_common import (
     _prefetch_span,
     _transform,
     bits,
+    ema_span,
     load,
     span,
     zero_of,
@@ -66,18 +67,18 @@ def _all_zero_bits(a):
 
 
 @njit(**_SERIAL)
-def _decay_span(xs, ms, vs, hs, alpha, omb1, omb2, eps, wd):
+def _decay_span(xs, ms, vs, hs, alpha, omb1, omb2, eps, wd, es):
     # Rows without a gradient: exactly the dense arithmetic with g = 0.
     zero = zero_of(alpha)
     for j in range(xs.shape[0]):
-        _adam_elem(xs, ms, vs, hs, j, zero, alpha, omb1, omb2, eps, wd)
+        _adam_elem(xs, ms, vs, hs, j, zero, alpha, omb1, omb2, eps, wd, es)
 
 
 @njit(**_SERIAL)
-def _decay_run(xs, ms, vs, hs, alpha, omb1, omb2, eps, wd, skip):
+def _decay_run(xs, ms, vs, hs, alpha, omb1, omb2, eps, wd, es, skip):
     n = xs.shape[0]
     if not skip:
-        _decay_span(xs, ms, vs, hs, alpha, omb1, omb2, eps, wd)
+        _decay_span(xs, ms, vs, hs, alpha, omb1, omb2, eps, wd, es)
         return
     for c0 in range(0, n, _SKIP_CHUNK):
         c1 = min(c0 + _SKIP_CHUNK, n)
@@ -89,19 +90,19 @@ def _decay_run(xs, ms, vs, hs, alpha, omb1, omb2, eps, wd, skip):
             continue
         _decay_span(
             xs[c0:c1], ms[c0:c1], vs[c0:c1], span(hs, c0, c1), alpha, omb1, omb2, eps,
-            wd,
+            wd, ema_span(es, c0, c1),
         )  # fmt: skip
 
 
 @njit(**_SERIAL)
-def _grad_row(xs, ms, vs, hs, gs, alpha, omb1, omb2, eps, wd):
+def _grad_row(xs, ms, vs, hs, gs, alpha, omb1, omb2, eps, wd, es):
     for j in range(xs.shape[0]):
-        _adam_elem(xs, ms, vs, hs, j, gs[j], alpha, omb1, omb2, eps, wd)
+        _adam_elem(xs, ms, vs, hs, j, gs[j], alpha, omb1, omb2, eps, wd, es)
 
 
 @njit(**_PARALLEL)
 def adam_sparse_cpu(
-    var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, wd, block_rows
+    var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, wd, ema, block_rows
 ):
     """Sparse Adam or AMSGrad step (TF's rule) over a whole table, in place.
 
@@ -113,14 +114,15 @@ def adam_sparse_cpu(
     processed as one flat stretch, whose parts with ``m = v (= vhat) = +0.0``
     are only read (they would not change). With weight decay (``wd =
     (weight_decay, lr_t)``, else None) every row is decayed first, as in the
-    dense step, and none is skipped.
+    dense step, and none is skipped. With an EMA (``ema``, see
+    :func:`adam_dense_cpu`) every row's average moves, and none is skipped.
     """
     width = values.shape[1]
     nrows = var.shape[0] // width if width > 0 else 0
     k = indices.shape[0]
-    if wd is None:
+    if wd is None and ema is None:
         skip = _zero_rows_stay(alpha, omb1, omb2, eps)
-    else:  # (a decayed row changes even with m = v = +0.0)
+    else:  # (a decayed row, an average, change even with m = v = +0.0)
         skip = False
     nblocks = (nrows + block_rows - 1) // block_rows
     for b in prange(nblocks):
@@ -135,13 +137,13 @@ def adam_sparse_cpu(
                 a = r * width
                 e = stop * width
                 _decay_run(var[a:e], m[a:e], v[a:e], span(vhat, a, e), alpha, omb1,
-                           omb2, eps, wd, skip)  # fmt: skip
+                           omb2, eps, wd, ema_span(ema, a, e), skip)  # fmt: skip
                 r = stop
             if r < r1 and p < k and indices[p] == r:
                 a = r * width
                 e = a + width
                 _grad_row(var[a:e], m[a:e], v[a:e], span(vhat, a, e), values[p],
-                          alpha, omb1, omb2, eps, wd)  # fmt: skip
+                          alpha, omb1, omb2, eps, wd, ema_span(ema, a, e))  # fmt: skip
                 p += 1
                 r += 1
 
@@ -203,7 +205,7 @@ def _group_grad(acc, values, order, s0, s1, lo, hi, mul, div):
 
 @njit(**_SERIAL)
 def _lazy_group(xs, ms, vs, hs, values, order, s0, s1, acc, alpha, omb1, omb2, eps,
-                lo, hi, mul, div, wd):  # fmt: skip
+                lo, hi, mul, div, wd, es):  # fmt: skip
     # One unique row of a lazy step: its summed gradient, then the dense step.
     if s1 - s0 == 1:  # the common case: one row, no scratch
         row = values[order[s0]]
@@ -211,14 +213,14 @@ def _lazy_group(xs, ms, vs, hs, values, order, s0, s1, acc, alpha, omb1, omb2, e
         if _is_identity(lo, hi, mul, div):
             for j in range(xs.shape[0]):
                 gj = zero + load(row, j)
-                _adam_elem(xs, ms, vs, hs, j, gj, alpha, omb1, omb2, eps, wd)
+                _adam_elem(xs, ms, vs, hs, j, gj, alpha, omb1, omb2, eps, wd, es)
         else:
             for j in range(xs.shape[0]):
                 gj = zero + _transform(load(row, j), lo, hi, mul, div)
-                _adam_elem(xs, ms, vs, hs, j, gj, alpha, omb1, omb2, eps, wd)
+                _adam_elem(xs, ms, vs, hs, j, gj, alpha, omb1, omb2, eps, wd, es)
     else:  # duplicates: summed into the group's row of the step's scratch
         _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
-        _grad_row(xs, ms, vs, hs, acc, alpha, omb1, omb2, eps, wd)
+        _grad_row(xs, ms, vs, hs, acc, alpha, omb1, omb2, eps, wd, es)
 
 
 @njit(**_SERIAL)
@@ -284,7 +286,7 @@ def _prefetch_group(var, m, v, vhat, values, indices, order, start, width):
 @njit(**_PARALLEL)
 def adam_sparse_lazy_cpu(
     var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, lo, hi, mul, div,
-    wd, maxkey, nt,
+    wd, ema, maxkey, nt,
 ):  # fmt: skip
     """Lazy sparse Adam or AMSGrad step: only rows ``indices`` change.
 
@@ -295,7 +297,9 @@ def adam_sparse_lazy_cpu(
     / div`` first) in order of appearance and each row then takes the dense
     arithmetic, in one parallel pass over the unique rows; other rows are not
     read. With weight decay (``wd = (weight_decay, lr_t)``, else None) only
-    those rows are decayed. Cost O(k W), independent of R. The unique rows are dealt round-robin
+    those rows are decayed; with an EMA (``ema``, see :func:`adam_dense_cpu`)
+    only those rows' averages move (and are copied back on ``overwrite``).
+    Cost O(k W), independent of R. The unique rows are dealt round-robin
     to ``nt`` workers (pass Numba's thread count); results do not depend on
     ``nt``.
     """
@@ -315,7 +319,7 @@ def adam_sparse_lazy_cpu(
             acc = scratch[o : o + width]
             _lazy_group(var[a:e], m[a:e], v[a:e], span(vhat, a, e), values, order,
                         starts[q], starts[q + 1], acc, alpha, omb1, omb2, eps, lo,
-                        hi, mul, div, wd)  # fmt: skip
+                        hi, mul, div, wd, ema_span(ema, a, e))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------

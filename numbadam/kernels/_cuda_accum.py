@@ -44,7 +44,7 @@ def adam_dense_accum_cuda(var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, eps
     for i in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         gi = _transform((_widen(g[i]) + _widen(acc[i])) / steps, lo, hi, mul, div)
         _adam_update(var, m, v, vhat, i, gi, _widen(m[i]), _widen(v[i]), alpha, omb1,
-                     omb2, eps, wd)  # fmt: skip
+                     omb2, eps, wd, ())  # fmt: skip
 
 
 @cuda.jit(cache=True)

@@ -246,13 +246,82 @@ def _has_decay_cuda(wd):
     return lambda wd: n > 0
 
 
+# The EMA of the weights likewise: ``ema`` is ``()`` or ``(average, momentum,
+# one_minus_momentum, overwrite)``, and only ``store_var`` and ``has_ema``
+# read it (the CPU kernels' arithmetic: float16 in float32, rounded once).
+
+
+def as_stored(a, x):
+    """``x`` rounded as storing it into ``a`` would (float16), as a value."""
+    return type(x)(a.dtype.type(x))
+
+
+@overload(as_stored, target="cuda")
+def _as_stored_cuda(a, x):
+    if not isinstance(a, types.Array):
+        return None
+    if a.dtype == types.float16:
+        return lambda a, x: types.float32(types.float16(x))
+    return lambda a, x: x
+
+
+def store_var(var, i, x, ema):
+    """``var[i] = x``, then element ``i``'s average (``ema`` not ``()``)."""
+    if not len(ema):
+        var[i] = x
+        return
+    avg = ema[0]
+    xs = as_stored(var, x)
+    a = _mul(ema[1], _widen(avg[i])) + _mul(ema[2], xs)
+    avg[i] = a
+    var[i] = a if ema[3] else x
+
+
+@overload(store_var, target="cuda")
+def _store_var_cuda(var, i, x, ema):
+    if not isinstance(ema, types.BaseTuple):
+        return None
+    if len(ema) == 0:
+
+        def plain(var, i, x, ema):
+            var[i] = x
+
+        return plain
+
+    def impl(var, i, x, ema):
+        avg = ema[0]
+        xs = as_stored(var, x)
+        a = _mul(ema[1], _widen(avg[i])) + _mul(ema[2], xs)
+        avg[i] = a
+        if ema[3]:
+            var[i] = a
+        else:
+            var[i] = x
+
+    return impl
+
+
+def has_ema(ema):
+    """Whether ``ema`` carries an average."""
+    return len(ema) > 0
+
+
+@overload(has_ema, target="cuda")
+def _has_ema_cuda(ema):
+    if not isinstance(ema, types.BaseTuple):
+        return None
+    n = len(ema)
+    return lambda ema: n > 0
+
+
 @cuda.jit(device=True)
-def _adam_update(var, m, v, vhat, i, g, m0, v0, alpha, omb1, omb2, eps, wd):
+def _adam_update(var, m, v, vhat, i, g, m0, v0, alpha, omb1, omb2, eps, wd, ema):
     # element i of every kernel, from its gradient g and moments m0, v0; vhat
-    # is () (Adam) or (vhat,), wd () or (weight_decay, lr_t). Stored in the CPU
-    # kernels' order: m, v, vhat, var (decayed first, then stepped).
+    # is () (Adam) or (vhat,), wd () or (weight_decay, lr_t), ema () or the
+    # average and its scalars. Stored in the CPU kernels' order: m, v, vhat,
+    # var (decayed first, then stepped), the average.
     mi, vi = _moments(g, m0, v0, omb1, omb2)
     m[i] = mi
     v[i] = vi
     x = decayed(wd, _widen(var[i]))
-    var[i] = _step(x, mi, slot_max(vhat, i, vi), alpha, eps)
+    store_var(var, i, _step(x, mi, slot_max(vhat, i, vi), alpha, eps), ema)

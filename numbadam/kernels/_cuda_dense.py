@@ -18,19 +18,22 @@ from ._cuda_common import _adam_update, _block_sum, _clip, _mul, _transform, _wi
 
 @cuda.jit(cache=True)
 def adam_dense_cuda(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div,
-                    wd):  # fmt: skip
+                    wd, ema):  # fmt: skip
     """Dense Adam (``vhat=()``) or AMSGrad (``vhat=(vhat,)``) step, in place on
     ``var``, ``m``, ``v`` (and ``vhat``), 1-D arrays of one length.
 
     ``g' = (clip(g, lo, hi) * mul) / div``; ``m += (g' - m) * omb1``;
     ``v += (g'*g' - v) * omb2``; with AMSGrad ``vhat = max(vhat, v)``;
     ``var -= (m * alpha) / (sqrt(vhat or v) + eps)``, after ``var -= (var *
-    weight_decay) * lr_t`` for ``wd = (weight_decay, lr_t)`` (``()``: none).
+    weight_decay) * lr_t`` for ``wd = (weight_decay, lr_t)`` (``()``: none);
+    then ``average = (momentum * average) + ((1 - momentum) * var)`` (and
+    ``var = average`` when ``overwrite``) for ``ema = (average, momentum,
+    1 - momentum, overwrite)`` (``()``: none).
     """
     for i in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         gi = _transform(_widen(g[i]), lo, hi, mul, div)
         _adam_update(var, m, v, vhat, i, gi, _widen(m[i]), _widen(v[i]), alpha, omb1,
-                     omb2, eps, wd)  # fmt: skip
+                     omb2, eps, wd, ema)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from ._cuda_common import (
     _widen,
     _zero,
     has_decay,
+    has_ema,
     slot_is_pos_zero,
 )
 
@@ -81,7 +82,7 @@ def _is_pos_zero(x):
 @cuda.jit(cache=True)
 def adam_sparse_cuda(
     var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
-    div, wd,
+    div, wd, ema,
 ):  # fmt: skip
     """Sparse Adam or AMSGrad step (TF's rule) over a whole table, in place.
 
@@ -95,11 +96,16 @@ def adam_sparse_cuda(
     with none; then every element takes the dense arithmetic (elements without
     gradient whose moments are +0.0 are read, not written: they would not
     change). With weight decay (``wd = (weight_decay, lr_t)``, else ``()``)
-    every element is decayed first and none is skipped.
+    every element is decayed first and none is skipped; with an EMA (``ema``,
+    see :func:`adam_dense_cuda`) every element's average moves, none skipped.
     """
     width = values.shape[1]
     zero = _zero(alpha)
-    skip = _zero_rows_stay(alpha, omb1, omb2, eps) and not has_decay(wd)
+    skip = (
+        _zero_rows_stay(alpha, omb1, omb2, eps)
+        and not has_decay(wd)
+        and not has_ema(ema)
+    )
     for e in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         g = _row_gradient(e, width, keys, pos, nkeys, values, lo, hi, mul, div, zero)
         m0, v0 = _widen(m[e]), _widen(v[e])
@@ -111,20 +117,21 @@ def adam_sparse_cuda(
             and slot_is_pos_zero(vhat, e)
         ):
             continue  # stays bit for bit: read the moments only
-        _adam_update(var, m, v, vhat, e, g, m0, v0, alpha, omb1, omb2, eps, wd)
+        _adam_update(var, m, v, vhat, e, g, m0, v0, alpha, omb1, omb2, eps, wd, ema)
 
 
 @cuda.jit(cache=True)
 def adam_sparse_lazy_cuda(
     var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
-    div, wd,
+    div, wd, ema,
 ):  # fmt: skip
     """Lazy sparse Adam or AMSGrad step: only the rows in ``keys`` change.
 
     Arguments as :func:`adam_sparse_cuda`. One thread per element of
     ``values``: the first of each run of equal keys sums the run (in order of
     appearance) and updates that element of its row with the dense arithmetic;
-    other rows are not read (nor decayed). Cost O(k W), independent of the table's size.
+    other rows are not read (nor decayed, nor their averages moved). Cost
+    O(k W), independent of the table's size.
     """
     width = values.shape[1]
     zero = _zero(alpha)
@@ -137,7 +144,7 @@ def adam_sparse_lazy_cuda(
             )
             e = keys[s] * width + w
             _adam_update(var, m, v, vhat, e, g, _widen(m[e]), _widen(v[e]), alpha,
-                         omb1, omb2, eps, wd)  # fmt: skip
+                         omb1, omb2, eps, wd, ema)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------

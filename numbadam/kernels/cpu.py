@@ -65,8 +65,10 @@ from ._cpu_common import (  # noqa: F401
     _PARALLEL,
     _SERIAL,
     _adam_elem,
+    _as_stored_impl,
     _bits_impl,
     _clip,
+    _ema_span_impl,
     _is_identity,
     _load_impl,
     _moments,
@@ -75,9 +77,12 @@ from ._cpu_common import (  # noqa: F401
     _span_impl,
     _step,
     _store_impl,
+    _store_var,
     _transform,
     _zero_of_impl,
+    as_stored,
     bits,
+    ema_span,
     float_to_half_bits,
     half_bits_to_float,
     load,
@@ -130,6 +135,7 @@ __all__ = [
     "SIGNATURES",
     "VHAT_ARG",
     "DECAY_ARG",
+    "EMA_ARG",
     "ensure_compiled",
     "STORAGE_DTYPES",
 ]
@@ -151,6 +157,11 @@ def _arr(dt, ndim=1, readonly=False):
     return types.Array(dt, ndim, "C", readonly=readonly)
 
 
+def ema_type(s, c):
+    """The Numba type of the EMA argument of storage type ``s``, compute ``c``."""
+    return types.Tuple((_arr(s), c, c, types.boolean))
+
+
 def _signatures(storage):
     s, c = STORAGE_DTYPES[np.dtype(storage)]
     W, R = _arr(s), _arr(s, readonly=True)
@@ -167,24 +178,30 @@ def _signatures(storage):
     # AMSGrad; the weight-decay argument, position DECAY_ARG: None, or the
     # pair (weight_decay, lr_t) of the compute type)
     decays = (none, types.UniTuple(c, 2))
+    # (the EMA argument, position EMA_ARG: None, or (average, momentum,
+    # 1 - momentum, overwrite))
+    emas = (none, ema_type(s, c))
     return {
         "adam_dense_cpu": [
-            (W, W, W, h, R) + (c,) * 8 + (d, i64, i64)
+            (W, W, W, h, R) + (c,) * 8 + (d, a, i64, i64)
             for h in (none, W)
             for d in decays
+            for a in emas
         ],
         "adam_sparse_cpu": [
-            (W, W, W, h, idx64, vals2) + (c,) * 4 + (d, i64)
+            (W, W, W, h, idx64, vals2) + (c,) * 4 + (d, a, i64)
             for h in (none, W)
             for d in decays
+            for a in emas
         ],
         "adam_sparse_lazy_cpu": [
             (W, W, W, h, _arr(it, readonly=True), _arr(s, 2, readonly=True))
             + (c,) * 8
-            + (d, i64, i64)
+            + (d, a, i64, i64)
             for h in (none, W)
             for it in (types.int32, types.int64)
             for d in decays
+            for a in emas
         ],
         "sum_duplicate_rows_cpu": dedup,
         "sum_squares_cpu": [(R, c, c, i64)],
@@ -208,6 +225,9 @@ VHAT_ARG = {"adam_dense_cpu": 3, "adam_sparse_cpu": 3, "adam_sparse_lazy_cpu": 3
 #: Position of the weight-decay argument (None, or ``(weight_decay, lr_t)``).
 DECAY_ARG = {"adam_dense_cpu": 13, "adam_sparse_cpu": 10, "adam_sparse_lazy_cpu": 14}
 
+#: Position of the EMA argument (None, or ``(average, momentum, 1 - momentum,
+#: overwrite)``), right after the weight decay's.
+EMA_ARG = {"adam_dense_cpu": 14, "adam_sparse_cpu": 11, "adam_sparse_lazy_cpu": 15}
 
 
 def _accum_signatures(storage):
@@ -236,18 +256,19 @@ _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype, amsgrad=None, decay=None) -> None:
+def ensure_compiled(kernel, dtype, amsgrad=None, decay=None, ema=None) -> None:
     """Compile ``kernel``'s explicit signatures for storage ``dtype`` (once).
 
     For a kernel with a ``vhat`` argument (:data:`VHAT_ARG`), ``amsgrad``
     selects the AMSGrad (True) or Adam (False) signatures; None compiles both.
-    Likewise ``decay`` for the weight-decay argument (:data:`DECAY_ARG`).
+    Likewise ``decay`` for the weight-decay argument (:data:`DECAY_ARG`) and
+    ``ema`` for the EMA argument (:data:`EMA_ARG`).
     Loads from the on-disk cache when possible. Afterwards the kernel's
     dispatcher accepts arrays matching its compiled signatures (writable arrays
     where read-only ones are declared, too) and compiles nothing new.
     """
     name = kernel.py_func.__name__
-    key = (name, np.dtype(dtype), amsgrad, decay)
+    key = (name, np.dtype(dtype), amsgrad, decay, ema)
     if key in _compiled:
         return
     with _lock:
@@ -260,6 +281,9 @@ def ensure_compiled(kernel, dtype, amsgrad=None, decay=None) -> None:
         at = DECAY_ARG.get(name)
         if at is not None and decay is not None:
             sigs = [sig for sig in sigs if (sig[at] != types.none) == decay]
+        at = EMA_ARG.get(name)
+        if at is not None and ema is not None:
+            sigs = [sig for sig in sigs if (sig[at] != types.none) == ema]
         kernel.disable_compile(False)
         try:
             for sig in sigs:

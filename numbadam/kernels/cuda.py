@@ -107,8 +107,11 @@ from ._cuda_common import (  # noqa: F401
     _widen_cuda,
     _zero,
     _zero_cuda,
+    as_stored,
+    has_ema,
     slot_is_pos_zero,
     slot_max,
+    store_var,
 )
 from ._cuda_dense import (  # noqa: F401
     _unravel4,
@@ -216,15 +219,27 @@ def _signatures(storage):
     slots = (types.Tuple(()), types.UniTuple(A, 1))
     # the weight-decay argument (DECAY_ARG): () or (weight_decay, lr_t)
     decays = (types.Tuple(()), types.UniTuple(c, 2))
+    # the EMA argument (EMA_ARG): () or (average, momentum, 1 - momentum,
+    # overwrite)
+    emas = (types.Tuple(()), types.Tuple((A, c, c, types.boolean)))
     return {
         "adam_dense_cuda": [
-            (A, A, A, h, A) + coef + tr + (d,) for h in slots for d in decays
+            (A, A, A, h, A) + coef + tr + (d, a)
+            for h in slots
+            for d in decays
+            for a in emas
         ],
         "adam_sparse_cuda": [
-            (A, A, A, h) + sparse_tail + (d,) for h in slots for d in decays
+            (A, A, A, h) + sparse_tail + (d, a)
+            for h in slots
+            for d in decays
+            for a in emas
         ],
         "adam_sparse_lazy_cuda": [
-            (A, A, A, h) + sparse_tail + (d,) for h in slots for d in decays
+            (A, A, A, h) + sparse_tail + (d, a)
+            for h in slots
+            for d in decays
+            for a in emas
         ],
         "sum_squares_cuda": [(A, c, c, _arr(f64))],
         "fill_cuda": [(A, f64)],
@@ -271,6 +286,9 @@ VHAT_ARG = {"adam_dense_cuda": 3, "adam_sparse_cuda": 3, "adam_sparse_lazy_cuda"
 #: Position of the weight-decay argument (``()`` or ``(weight_decay, lr_t)``).
 DECAY_ARG = {"adam_dense_cuda": 13, "adam_sparse_cuda": 16, "adam_sparse_lazy_cuda": 16}
 
+#: Position of the EMA argument (``()`` or ``(average, momentum, 1 - momentum,
+#: overwrite)``).
+EMA_ARG = {"adam_dense_cuda": 14, "adam_sparse_cuda": 17, "adam_sparse_lazy_cuda": 17}
 
 
 def _accum_signatures(storage):
@@ -298,21 +316,22 @@ _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype=None, amsgrad=None, decay=None) -> None:
+def ensure_compiled(kernel, dtype=None, amsgrad=None, decay=None, ema=None) -> None:
     """Compile ``kernel``'s explicit signatures for ``dtype`` (once).
 
     ``dtype`` is the storage (or index) dtype keying :data:`SIGNATURES`, or
     ``None`` for the kernels of :data:`SHARED_SIGNATURES`; for the step kernels
     (:data:`VHAT_ARG`) ``amsgrad`` selects the AMSGrad (True) or Adam (False)
     signatures, None both; ``decay`` likewise selects those with or without
-    weight decay (:data:`DECAY_ARG`). Loads from the on-disk cache when possible;
+    weight decay (:data:`DECAY_ARG`), ``ema`` with or without an EMA
+    (:data:`EMA_ARG`). Loads from the on-disk cache when possible;
     afterwards the kernel compiles nothing new at call time. A no-op under the
     simulator.
     """
     if SIMULATOR:
         return
     name = kernel.py_func.__name__
-    key = (name, None if dtype is None else np.dtype(dtype), amsgrad, decay)
+    key = (name, None if dtype is None else np.dtype(dtype), amsgrad, decay, ema)
     if key in _compiled:
         return
     with _lock:
@@ -325,6 +344,9 @@ def ensure_compiled(kernel, dtype=None, amsgrad=None, decay=None) -> None:
         at = DECAY_ARG.get(name)
         if at is not None and decay is not None:
             sigs = [sig for sig in sigs if (len(sig[at]) == 2) == decay]
+        at = EMA_ARG.get(name)
+        if at is not None and ema is not None:
+            sigs = [sig for sig in sigs if (len(sig[at]) == 4) == ema]
         kernel.disable_compile(False)
         try:
             for sig in sigs:

@@ -48,6 +48,22 @@ def _slot_at_impl(ptrs, i, proto, n):
     return lambda ptrs, i, proto, n: carray(_pointer(ptrs[i], proto), (n,))
 
 
+def _ema_at(ema, i, proto, n):
+    """The EMA argument of variable ``i`` (its average as a ``carray``), or None."""
+
+
+@overload(_ema_at)
+def _ema_at_impl(ema, i, proto, n):
+    if isinstance(ema, types.NoneType):
+        return lambda ema, i, proto, n: None
+    return lambda ema, i, proto, n: (
+        carray(_pointer(ema[0][i], proto), (n,)),
+        ema[1],
+        ema[2],
+        ema[3],
+    )
+
+
 @njit(**_SERIAL)
 def address_of(a):
     """The address of ``a``'s first element (an int)."""
@@ -56,8 +72,9 @@ def address_of(a):
 
 @njit(**_PARALLEL)
 def adam_dense_multi_cpu(
-    xp, mp, vp, hp, gp, sizes, proto, alpha, omb1, omb2, eps, lo, hi, mul, div, wd
-):
+    xp, mp, vp, hp, gp, sizes, proto, alpha, omb1, omb2, eps, lo, hi, mul, div, wd,
+    ema,
+):  # fmt: skip
     """Dense Adam (``hp=None``) or AMSGrad steps of many variables, in place.
 
     ``xp``, ``mp``, ``vp``, ``hp`` and ``gp`` hold the addresses of each
@@ -65,7 +82,9 @@ def adam_dense_multi_cpu(
     element counts; ``proto`` is an empty array of the storage dtype. Each
     variable takes :func:`numbadam.kernels.cpu.adam_dense_cpu`'s arithmetic
     (written: every variable and its slots), with ``wd`` (None, or
-    ``(weight_decay, lr_t)`` for all of them) its weight decay.
+    ``(weight_decay, lr_t)`` for all of them) its weight decay, ``ema`` (None,
+    or ``(addresses of the averages, momentum, 1 - momentum, overwrite)``) its
+    EMA.
     """
     for i in prange(xp.shape[0]):
         n = sizes[i]
@@ -74,7 +93,8 @@ def adam_dense_multi_cpu(
         v = carray(_pointer(vp[i], proto), (n,))
         g = carray(_pointer(gp[i], proto), (n,))
         h = _slot_at(hp, i, proto, n)
-        _dense_run(x, m, v, h, g, alpha, omb1, omb2, eps, lo, hi, mul, div, wd)
+        a = _ema_at(ema, i, proto, n)
+        _dense_run(x, m, v, h, g, alpha, omb1, omb2, eps, lo, hi, mul, div, wd, a)
 
 
 def _signatures():
@@ -83,9 +103,10 @@ def _signatures():
     for dt, (s, c) in cpu.STORAGE_DTYPES.items():
         proto = types.Array(s, 1, "C")
         out[dt] = [
-            (ptrs, ptrs, ptrs, h, ptrs, ptrs, proto) + (c,) * 8 + (d,)
+            (ptrs, ptrs, ptrs, h, ptrs, ptrs, proto) + (c,) * 8 + (d, a)
             for h in (types.none, ptrs)
             for d in (types.none, types.UniTuple(c, 2))
+            for a in (types.none, types.Tuple((ptrs, c, c, types.boolean)))
         ]
     return out
 
@@ -97,4 +118,5 @@ cpu.SIGNATURES["address_of"] = {
 }
 cpu.VHAT_ARG["adam_dense_multi_cpu"] = 3
 cpu.DECAY_ARG["adam_dense_multi_cpu"] = 15
+cpu.EMA_ARG["adam_dense_multi_cpu"] = 16
 _ = np  # (numpy is what the callers pass; kept for the type checker)

@@ -28,7 +28,13 @@ then takes one more Keras step with a fixed gradient and records in
 Cases: ``adam`` (two Dense layers, constant learning rate) and ``amsgrad``
 (a model holding three raw variables, a scalar among them, with
 ``amsgrad=True``, other betas and epsilon, and an ``ExponentialDecay``
-schedule, so the file has no ``learning_rate`` entry).
+schedule, so the file has no ``learning_rate`` entry), and ``ema`` (the
+``adam`` model with ``use_ema=True``, ``ema_momentum=0.9`` and
+``ema_overwrite_frequency=3``: the file holds an ``average`` of every
+variable, and the fourth step overwrote nothing but the third did).
+
+Case names on the command line write only those cases (``ema`` draws its
+gradient from its own seed, so writing it alone gives the same file).
 
 The imports are inside ``main`` so that collecting this file (pytest's
 ``--doctest-modules``) does not need Keras.
@@ -90,6 +96,17 @@ def cases(keras):
             ),
             ["vars/0", "vars/1", "vars/2"],
         ),
+        "ema": (
+            dense_model,
+            lambda: keras.optimizers.Adam(
+                learning_rate=0.01,
+                use_ema=True,
+                ema_momentum=0.9,
+                ema_overwrite_frequency=3,
+            ),
+            ["layers/dense/vars/0", "layers/dense/vars/1"]
+            + ["layers/dense_1/vars/0", "layers/dense_1/vars/1"],
+        ),
     }
 
 
@@ -102,7 +119,14 @@ def main() -> None:
     rng = np.random.default_rng(20240613)
     x = rng.standard_normal((8, 3)).astype(np.float32)
     y = rng.standard_normal((8, 2)).astype(np.float32)
+    wanted = sys.argv[1:]
     for case, (make_model, make_opt, paths) in cases(keras).items():
+        if case in ("adam", "amsgrad"):
+            grng = rng  # (the first two cases share one generator)
+        else:
+            grng = np.random.default_rng([20240613, len(case), ord(case[0])])
+        if wanted and case not in wanted:
+            continue
         keras.utils.set_random_seed(0)
         model = make_model()
         model.compile(optimizer=make_opt(), loss="mse")
@@ -121,7 +145,7 @@ def main() -> None:
         }
         grads = []
         for i, v in enumerate(vars_):
-            g = rng.standard_normal(tuple(v.shape)).astype(np.float32)
+            g = grng.standard_normal(tuple(v.shape)).astype(np.float32)
             out[f"grad_{i}"] = g
             grads.append(g)
         model.optimizer.apply_gradients(zip(grads, vars_))
