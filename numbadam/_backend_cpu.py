@@ -95,13 +95,15 @@ class CPUBackend:
         dtype: np.dtype,
         amsgrad: Optional[bool] = None,
         decay: Optional[bool] = None,
+        dirty: bool = False,
     ):
         """``kernel`` (a dispatcher of ``kernels.cpu``) compiled for ``dtype``
-        (and the Adam or AMSGrad variant, with or without weight decay), once."""
-        key = (kernel, dtype.char, amsgrad, decay)
+        (and the Adam or AMSGrad variant, with or without weight decay and a
+        dirty-row mask), once."""
+        key = (kernel, dtype.char, amsgrad, decay, dirty)
         ready = self._ready.get(key)
         if ready is None:
-            self._k.ensure_compiled(kernel, dtype, amsgrad, decay)
+            self._k.ensure_compiled(kernel, dtype, amsgrad, decay, dirty)
             ready = self._ready[key] = kernel
         return ready
 
@@ -360,7 +362,10 @@ class CPUBackend:
         tr: Transform,
         lazy: bool = False,
         wd: Decay = None,
+        dirty: Optional[np.ndarray] = None,
     ) -> None:
+        # dirty: a uint8 mask of the table's rows that the lazy kernel sets
+        # where it steps a row (incremental checkpoints; lazy steps only)
         if work.flat.size == 0:
             return
         dtype = work.flat.dtype
@@ -375,8 +380,10 @@ class CPUBackend:
         nt = _config.get_num_threads()  # (the workers unique rows are dealt to)
         ams, dec = hf is not None, wd is not None
         if lazy:  # one fused pass over the unique rows: no summed-rows buffer
-            kern = self._kernel(self._k.adam_sparse_lazy_cpu, dtype, ams, dec)
-            kern(x, mf, vf, hf, work.indices, vals, *coef, *tr, wd, maxkey, nt)
+            kern = self._kernel(
+                self._k.adam_sparse_lazy_cpu, dtype, ams, dec, dirty is not None
+            )
+            kern(x, mf, vf, hf, work.indices, vals, *coef, *tr, wd, maxkey, nt, dirty)
         else:  # sum duplicates, then one pass over the whole table
             uidx = np.empty(k, np.int64)
             uvals = np.empty((k, work.width), compute_dtype(dtype))

@@ -362,6 +362,8 @@ class Adam(OptimizerV2):
         vhat = slots["vhat"] if self.amsgrad else None
         wd = self._decay_of(work) if self._step_decay else None
         backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform, wd)
+        if self._dirty is not None:  # (incremental state-dir saves: all rows)
+            self._dirty.touch(slots["m"])
 
     def _amsgrad_slots(self) -> bool:
         return self.amsgrad
@@ -369,13 +371,27 @@ class Adam(OptimizerV2):
     def _resource_apply_dense_multi(self, work, backend, coef, transform) -> None:
         wd = self._step_decay.get(work.flat.dtype) if self._step_decay else None
         backend.dense_multi_step(work, coef, transform, wd)
+        if self._dirty is not None:
+            for slots in getattr(work, "slots", ()):
+                self._dirty.touch(slots[0])
 
     def _resource_apply_sparse(self, work, backend, slots, coef, transform) -> None:
         vhat = slots["vhat"] if self.amsgrad else None
         wd = self._decay_of(work) if self._step_decay else None
+        lazy = self.sparse_mode == "lazy"
+        if lazy and self._prefetch is not None:
+            self._prefetch.rows(work, slots)  # (memory-mapped state: pages ahead)
+        if self._dirty is not None:  # (incremental state-dir saves)
+            m = slots["m"]
+            if lazy and backend.name == "cpu" and work.var.ndim:
+                backend.sparse_step(
+                    work, m, slots["v"], vhat, coef, transform, lazy=True, wd=wd,
+                    dirty=self._dirty.mask(m, work.var.shape[0]),
+                )  # fmt: skip
+                return
+            self._dirty.touch(m)
         backend.sparse_step(
-            work, slots["m"], slots["v"], vhat, coef, transform,
-            lazy=self.sparse_mode == "lazy", wd=wd,
+            work, slots["m"], slots["v"], vhat, coef, transform, lazy=lazy, wd=wd,
         )  # fmt: skip
 
     def get_config(self) -> Dict[str, Any]:

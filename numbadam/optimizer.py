@@ -34,7 +34,9 @@ __all__ = ["OptimizerV2"]
 
 logger = logging.getLogger("numbadam")
 
-_ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay", "global_clipnorm")
+_ALLOWED_KWARGS = (
+    "clipnorm", "clipvalue", "lr", "decay", "global_clipnorm", "slot_dir",
+)  # fmt: skip
 
 Hyper = Union[float, Callable[[], float], "schedules.LearningRateSchedule"]
 
@@ -177,7 +179,7 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
                     f"Unexpected keyword argument passed to optimizer: {k!r} "
                     f"(allowed: {', '.join(_ALLOWED_KWARGS)})"
                 )
-            if val is not None and _is_number(val) and val < 0:
+            if k != "slot_dir" and val is not None and _is_number(val) and val < 0:
                 raise ValueError(f"Expected {k} >= 0, received: {val}")
             if k == "lr":
                 warnings.warn(
@@ -206,6 +208,17 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         self.clipnorm = kwargs.pop("clipnorm", None)
         self.global_clipnorm = kwargs.pop("global_clipnorm", None)
         self.clipvalue = kwargs.pop("clipvalue", None)
+        # slots on disk (numbadam._slotdir), checked now, claimed at the first slot
+        slot_dir = kwargs.pop("slot_dir", None)
+        self._slot_dir = self._prefetch = None
+        if slot_dir is not None:
+            from ._prefetch import Prefetcher
+            from ._slotdir import SlotDir
+
+            self._slot_dir = SlotDir(slot_dir, f"{type(self).__name__} {self._name!r}")
+            self._prefetch = Prefetcher()
+        # row masks of the incremental state-dir saves (numbadam._dirty)
+        self._dirty: Any = None
 
     # ------------------------------------------------------------------
     # simple attributes

@@ -629,7 +629,7 @@ def test_lazy_kernel_bitwise_any_worker_count(
         flat = [kview(a).reshape(-1) for a in got] + [None] * (h is None)
         maxkey = int(idx.max()) if k else 0
         kernel("adam_sparse_lazy_cpu", dtype)(
-            *flat, idx, kview(vals), *coef, *tr, None, maxkey, nt
+            *flat, idx, kview(vals), *coef, *tr, None, maxkey, nt, None
         )
         for what, g, w in zip(("var", "m", "v", "vhat"), got, want):
             assert_bitwise(g, w, f"{what}, {nt} workers")

@@ -119,6 +119,7 @@ __all__ = [
     "SIGNATURES",
     "VHAT_ARG",
     "DECAY_ARG",
+    "DIRTY_ARG",
     "ensure_compiled",
     "STORAGE_DTYPES",
 ]
@@ -170,10 +171,11 @@ def _signatures(storage):
         "adam_sparse_lazy_cpu": [
             (W, W, W, h, _arr(it, readonly=True), _arr(s, 2, readonly=True))
             + (c,) * 8
-            + (d, i64, i64)
+            + (d, i64, i64, dm)
             for h in (none, W)
             for it in (types.int32, types.int64)
             for d in decays
+            for dm in (none, _arr(types.uint8))
         ],
         "sum_duplicate_rows_cpu": dedup,
         "sum_squares_cpu": [(R, c, c, i64)],
@@ -197,22 +199,27 @@ VHAT_ARG = {"adam_dense_cpu": 3, "adam_sparse_cpu": 3, "adam_sparse_lazy_cpu": 3
 #: Position of the weight-decay argument (None, or ``(weight_decay, lr_t)``).
 DECAY_ARG = {"adam_dense_cpu": 13, "adam_sparse_cpu": 10, "adam_sparse_lazy_cpu": 14}
 
+#: Position of the ``dirty`` row mask (None, or a ``uint8`` array of ``R`` rows).
+DIRTY_ARG = {"adam_sparse_lazy_cpu": 17}
+
 _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype, amsgrad=None, decay=None) -> None:
+def ensure_compiled(kernel, dtype, amsgrad=None, decay=None, dirty=False) -> None:
     """Compile ``kernel``'s explicit signatures for storage ``dtype`` (once).
 
     For a kernel with a ``vhat`` argument (:data:`VHAT_ARG`), ``amsgrad``
     selects the AMSGrad (True) or Adam (False) signatures; None compiles both.
-    Likewise ``decay`` for the weight-decay argument (:data:`DECAY_ARG`).
+    Likewise ``decay`` for the weight-decay argument (:data:`DECAY_ARG`), and
+    ``dirty`` for the row mask (:data:`DIRTY_ARG`), whose default ``False``
+    compiles only the signatures without one.
     Loads from the on-disk cache when possible. Afterwards the kernel's
     dispatcher accepts arrays matching its compiled signatures (writable arrays
     where read-only ones are declared, too) and compiles nothing new.
     """
     name = kernel.py_func.__name__
-    key = (name, np.dtype(dtype), amsgrad, decay)
+    key = (name, np.dtype(dtype), amsgrad, decay, dirty)
     if key in _compiled:
         return
     with _lock:
@@ -225,6 +232,9 @@ def ensure_compiled(kernel, dtype, amsgrad=None, decay=None) -> None:
         at = DECAY_ARG.get(name)
         if at is not None and decay is not None:
             sigs = [sig for sig in sigs if (sig[at] != types.none) == decay]
+        at = DIRTY_ARG.get(name)
+        if at is not None and dirty is not None:
+            sigs = [sig for sig in sigs if (sig[at] != types.none) == dirty]
         kernel.disable_compile(False)
         try:
             for sig in sigs:
