@@ -68,7 +68,8 @@ class Adam(OptimizerV2):
         by their joint norm; not with ``clipnorm``), ``clipvalue``, ``lr``
         (deprecated alias of
         ``learning_rate``, with a ``UserWarning``), ``decay`` (``lr / (1 + decay
-        * iterations)``).
+        * iterations)``), ``slot_dir`` (a folder: the slots of NumPy
+        variables as ``.npy`` memory maps there; ``docs/state-on-disk.md``).
 
     Raises
     ------

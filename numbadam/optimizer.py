@@ -124,7 +124,11 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
         ``clipvalue`` (float >= 0): clip each gradient element to
         ``[-clipvalue, clipvalue]`` (applied before ``clipnorm``); ``lr``
         (deprecated alias of ``learning_rate``); ``decay`` (float >= 0): the
-        learning rate at step ``t`` is ``lr / (1 + decay * t)``.
+        learning rate at step ``t`` is ``lr / (1 + decay * t)``;
+        ``slot_dir`` (str or os.PathLike): an existing, writable folder in
+        which the slots of NumPy variables are ``.npy`` memory maps, one file
+        per slot (see ``docs/state-on-disk.md``; not part of
+        :meth:`get_config`).
 
     Raises
     ------
@@ -133,7 +137,9 @@ class OptimizerV2(HyperparameterMixin, StateMixin, LossMixin):
     ValueError
         For both ``clipnorm`` and ``global_clipnorm``; for a negative
         ``clipnorm``, ``global_clipnorm``, ``clipvalue``, ``lr`` or ``decay``, or a
-        NaN or infinite one.
+        NaN or infinite one; a ``slot_dir`` holding another optimizer's slots.
+    FileNotFoundError, NotADirectoryError, PermissionError
+        For a ``slot_dir`` that is missing, not a folder or not writable.
 
     Examples
     --------
