@@ -131,7 +131,7 @@ class SlotDir:
         folder = _folder(path)
         if not os.path.exists(folder):
             raise FileNotFoundError(
-                errno.ENOENT, "slot_dir does not exist (create the folder first)", folder
+                errno.ENOENT, "slot_dir does not exist (create it first)", folder
             )
         if not os.path.isdir(folder):
             raise NotADirectoryError(errno.ENOTDIR, "slot_dir is not a folder", folder)

@@ -42,7 +42,9 @@ def _named(variables: Any) -> List[Tuple[str, Any]]:
         items = list(variables.items())
         for name, _ in items:
             if not isinstance(name, str) or not name or "/" in name:
-                raise ValueError(f"variable names must be strings without '/', got {name!r}")
+                raise ValueError(
+                    f"variable names must be strings without '/', got {name!r}"
+                )
     elif isinstance(variables, (str, bytes)) or not hasattr(variables, "__iter__"):
         raise TypeError(
             "variables must be a dict of name -> array or a list of arrays, got "
@@ -185,7 +187,10 @@ def save_state_dir(
             saved_slots[name] = got
             if not delta:
                 continue
-            rows = ALL if m is None and got else (None if m is None else tracker.rows(m))
+            if m is None:
+                rows = ALL if got else None
+            else:
+                rows = tracker.rows(m)
             if rows is not None and not own:
                 rows = ALL  # (a CUDA variable: its host copy is new)
             for key in [f"variable/{name}"] + [f"slot/{name}/{s}" for s in got]:
@@ -292,7 +297,9 @@ def load_state_dir(
         )
     names = [n for n, _ in named]
     if names != meta.get("variables"):
-        raise ValueError(f"variables {names} differ from the saved {meta.get('variables')}")
+        raise ValueError(
+            f"variables {names} differ from the saved {meta.get('variables')}"
+        )
     it = arrays.get("iterations")
     if it is None or it.shape != () or it.dtype.kind not in "iu" or int(it) < 0:
         raise CheckpointError(mpath, "has no valid iterations array")

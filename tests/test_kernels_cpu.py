@@ -22,6 +22,7 @@ from reference import adam_dense_ref, clip_ref, hyper32
 
 import numbadam
 from numbadam import IndexedSlices, _config
+from numbadam._dirty import DirtyRows
 from numbadam.kernels import cpu
 
 KERNELS = tuple(cpu.SIGNATURES)
@@ -688,6 +689,9 @@ def _all_paths(dtype, variant):
                                     sparse_mode=mode, weight_decay=wd)  # fmt: skip
                 opt.apply_gradients([(g, w)])
                 opt.apply_gradients([(IndexedSlices(vals, idx, (20, 3)), w)])
+                if mode == "lazy":  # with the dirty-row mask (incremental saves)
+                    opt._dirty = DirtyRows("", None)
+                    opt.apply_gradients([(IndexedSlices(vals, idx, (20, 3)), w)])
             if variant:
                 wv = np.zeros((20, 6), dtype)[:, ::2]
                 opt.apply_gradients(
