@@ -27,6 +27,8 @@ __all__ = ["Prefetcher", "mapping_of", "willneed_rows"]
 _PAGE = mmap.PAGESIZE
 _WILLNEED = getattr(mmap, "MADV_WILLNEED", None)
 _HAS_MADVISE = _WILLNEED is not None and hasattr(mmap.mmap, "madvise")
+#: Ranges of pages at most this many pages apart are asked for as one.
+GAP_PAGES = 4
 
 
 def mapping_of(a: Any) -> Optional[Tuple[mmap.mmap, int]]:
@@ -63,8 +65,8 @@ def mapping_of(a: Any) -> Optional[Tuple[mmap.mmap, int]]:
 def willneed_rows(a: np.ndarray, rows: np.ndarray, where: Any = None) -> int:
     """Ask for the pages of ``a[rows]`` (``rows`` sorted, unique); calls made.
 
-    ``where`` is :func:`mapping_of` ``(a)`` if already known. Rows within one
-    page of each other are one range.
+    ``where`` is :func:`mapping_of` ``(a)`` if already known. Ranges less
+    than :data:`GAP_PAGES` pages apart are one call.
     """
     if where is None:
         where = mapping_of(a)
@@ -76,8 +78,9 @@ def willneed_rows(a: np.ndarray, rows: np.ndarray, where: Any = None) -> int:
     lo = off + rows.astype(np.int64) * rb
     first = lo // _PAGE
     last = (lo + max(rowlen, 1) - 1) // _PAGE
-    # merge ranges that touch or overlap (rows sorted: so are their pages)
-    brk = np.flatnonzero(first[1:] > last[:-1] + 1) + 1
+    # merge ranges closer than GAP_PAGES (rows sorted: so are their pages):
+    # fewer calls, for a few pages read that no row needs
+    brk = np.flatnonzero(first[1:] > last[:-1] + GAP_PAGES) + 1
     starts = first[np.concatenate(([0], brk))]
     ends = last[np.concatenate((brk - 1, [len(rows) - 1]))] + 1
     size = len(mm)
