@@ -13,6 +13,10 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +27,7 @@ from numbadam.checkpoint import CheckpointError
 
 from helpers import assert_bitwise, to_device, to_host
 
+ROOT = Path(__file__).resolve().parent.parent
 ROWS, WIDTH = 200, 4
 
 
@@ -351,3 +356,115 @@ def test_multi_tensor_and_buffer_steps_are_saved(tmp_path):
         for s in ("m", "v"):
             assert_bitwise(twin.get_slot(back[k], s), opt.get_slot(v, s), f"{k}/{s}")
     assert info.kind == "delta", info.kind
+
+
+KILL_DRIVER = textwrap.dedent(
+    """
+    import os, shutil, signal, sys
+    import numpy as np
+    import numbadam
+    from numbadam import _statedir_io
+
+    root = sys.argv[1]
+    rng = np.random.default_rng(0)
+    table = np.array(rng.standard_normal((300, 4)), np.float32)
+    w = np.array(rng.standard_normal(5), np.float32)
+    opt = numbadam.Adam(0.01, sparse_mode="lazy")
+    model = {"table": table, "w": w}
+
+    def train(start, n):
+        for s in range(start, start + n):
+            r = np.random.default_rng(s)
+            g = numbadam.IndexedSlices(
+                np.array(r.standard_normal((6, 4)), np.float32),
+                r.integers(0, 300, 6), table.shape)
+            opt.apply_gradients([(g, table), (np.ones(5, np.float32), w)])
+
+    def state(name):
+        out = {k: v.copy() for k, v in model.items()}
+        for k, v in model.items():
+            for s in ("m", "v"):
+                out[k + "." + s] = np.array(opt.get_slot(v, s))
+        out["iterations"] = np.array(opt.iterations)
+        np.savez(os.path.join(root, name), **out)
+
+    template = os.path.join(root, "template")
+    train(0, 2)
+    numbadam.save_state_dir(template, opt, model)
+    state("old.npz")
+    train(2, 3)
+    state("new.npz")
+    _statedir_io._CHUNK = 64  # many writes per file: kills inside files too
+    n = 0
+    while True:
+        target = os.path.join(root, f"kill-{n:04d}")
+        shutil.copytree(template, target)
+        # (the optimizer's marks are relative to the folder it saved into)
+        opt._dirty.folder = os.path.realpath(target)
+        pid = os.fork()
+        if pid == 0:
+            seen = [0]
+
+            def fault(what, name):
+                if seen[0] == n:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                seen[0] += 1
+
+            _statedir_io._fault = fault
+            try:
+                info = numbadam.save_state_dir(target, opt, model)
+                assert info.kind == "delta", info.kind
+            except BaseException:
+                os._exit(3)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            break
+        if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+            sys.exit(f"point {n}: the child ended with status {status}")
+        n += 1
+    print(n)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_sigkill_at_every_step_of_a_delta_save(tmp_path):
+    (tmp_path / "driver.py").write_text(KILL_DRIVER)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "driver.py"), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    points = int(run.stdout.split()[-1])
+    assert points > 20
+    want = {}
+    for name in ("old", "new"):
+        with np.load(tmp_path / f"{name}.npz") as z:
+            want[name] = {k: z[k] for k in z.files}
+    outcomes = []
+    for n in range(points + 1):
+        folder = tmp_path / f"kill-{n:04d}"
+        opt = numbadam.Adam(0.01, sparse_mode="lazy")
+        model = {"table": np.zeros((300, 4), np.float32)}
+        model["w"] = np.zeros(5, np.float32)
+        meta = numbadam.load_state_dir(folder, opt, model)
+        got = {k: v for k, v in model.items()}
+        for k, v in model.items():
+            for s in ("m", "v"):
+                got[f"{k}.{s}"] = opt.get_slot(v, s)
+        got["iterations"] = np.array(opt.iterations)
+        outcome = "old" if meta["step"] == 2 else "new"
+        outcomes.append(outcome)
+        for k, v in want[outcome].items():
+            assert_bitwise(got[k], v, f"point {n}: {k}")
+        # the next save leaves the folder holding only what its manifest lists
+        numbadam.save_state_dir(folder, opt, model)
+        doc = _manifest(folder)
+        assert set(os.listdir(folder)) == {"manifest.json"} | {
+            f["name"] for f in _statedir_io.files_of(doc)
+        }
+    switch = outcomes.index("new")
+    assert outcomes == ["old"] * switch + ["new"] * (points + 1 - switch)
+    assert 0 < switch < points
