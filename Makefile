@@ -46,7 +46,7 @@ test-cpu: $(VENV)/.installed-test
 		--ignore=numbadam/_backend_cuda.py --ignore-glob='numbadam/kernels/*cuda*.py' \
 		--ignore=tests/mpi_scripts \
 		--doctest-glob="*.md" tests numbadam docs/index.md docs/migrating.md \
-		docs/semantics.md docs/guide.md
+		docs/semantics.md docs/guide.md docs/state-on-disk.md
 
 # The simulator flag must be set before numba is imported: a separate process.
 test-cuda-sim: $(VENV)/.installed-test

@@ -18,6 +18,8 @@ Examples
 from . import schedules
 from ._config import get_num_threads, reset_num_threads, set_num_threads
 from ._flat import ParameterBuffer
+from ._slotdir import release_slot_dir
+from ._statedir_opt import load_state_dir, save_state_dir
 from ._types import IndexedSlices
 from .adam import Adam
 from .adamw import AdamW
@@ -39,3 +41,4 @@ __all__ = [
     "__version__",
 ]
 __all__ += ["Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ += ["load_state_dir", "release_slot_dir", "save_state_dir"]

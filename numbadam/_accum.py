@@ -253,6 +253,9 @@ class AccumulationMixin:
                 continue
             acc = self._acc_slot(it)
             backend.accumulate(acc, work.grad, first)
+            if getattr(self, "_dirty", None) is not None:  # (state-dir deltas)
+                holder = it[4] if it[4] is not None else self._entry(it[3])
+                self._dirty.touch(holder.slots["m"])
             keep[id(acc)] = cycle
         if fresh and phase:  # restored: the accumulators of this call's variables
             marks = {k: c for k, c in marks.items() if k in keep}

@@ -103,13 +103,15 @@ class CPUBackend:
         amsgrad: Optional[bool] = None,
         decay: Optional[bool] = None,
         ema: Optional[bool] = None,
+        dirty: bool = False,
     ):
         """``kernel`` (a dispatcher of ``kernels.cpu``) compiled for ``dtype``
-        (and the Adam or AMSGrad variant, with or without weight decay), once."""
-        key = (kernel, dtype.char, amsgrad, decay, ema)
+        (and the Adam or AMSGrad variant, with or without weight decay, an EMA
+        and a dirty-row mask), once."""
+        key = (kernel, dtype.char, amsgrad, decay, ema, dirty)
         ready = self._ready.get(key)
         if ready is None:
-            self._k.ensure_compiled(kernel, dtype, amsgrad, decay, ema)
+            self._k.ensure_compiled(kernel, dtype, amsgrad, decay, ema, dirty)
             ready = self._ready[key] = kernel
         return ready
 
@@ -424,7 +426,10 @@ class CPUBackend:
         lazy: bool = False,
         wd: Decay = None,
         ema: Average = None,
+        dirty: Optional[np.ndarray] = None,
     ) -> None:
+        # dirty: a uint8 mask of the table's rows that the lazy kernel sets
+        # where it steps a row (incremental checkpoints; lazy steps only)
         if work.flat.size == 0:
             return
         dtype = work.flat.dtype
@@ -441,9 +446,11 @@ class CPUBackend:
         ea = None if ema is None else _ema_view(ema)
         if lazy:  # one fused pass over the unique rows: no summed-rows buffer
             kern = self._kernel(
-                self._k.adam_sparse_lazy_cpu, dtype, ams, dec, ea is not None
-            )
-            kern(x, mf, vf, hf, work.indices, vals, *coef, *tr, wd, ea, maxkey, nt)
+                self._k.adam_sparse_lazy_cpu, dtype, ams, dec, ea is not None,
+                dirty is not None,
+            )  # fmt: skip
+            kern(x, mf, vf, hf, work.indices, vals, *coef, *tr, wd, ea, maxkey, nt,
+                 dirty)  # fmt: skip
         else:  # sum duplicates, then one pass over the whole table
             uidx = np.empty(k, np.int64)
             uvals = np.empty((k, work.width), compute_dtype(dtype))

@@ -200,6 +200,11 @@ class SlotTable:
                 self._flat_owner[id(p)] = (state, i)
         return state
 
+    def in_buffer(self, var: Any) -> bool:
+        """Whether ``var`` is a variable of a ParameterBuffer in the table."""
+        owner = self._flat_owner.get(id(var))
+        return owner is not None and owner[0].buffer.params[owner[1]] is var
+
     def flat_slot(self, var: Any, name: str) -> Any:
         """For a variable of a ParameterBuffer in the table: the view of its slot
         ``name`` in the buffer's flat slot (created as zeros). Else ``None``."""

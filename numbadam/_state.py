@@ -37,6 +37,7 @@ class StateMixin:
     _weights: List[Any]
     _iterations: Optional[np.ndarray]
     _table: SlotTable
+    _slot_dir: Any
 
     # ------------------------------------------------------------------
     # state: iterations, slots, weights
@@ -123,9 +124,16 @@ class StateMixin:
         init = None
         if not (isinstance(initializer, str) and initializer == "zeros"):
             init = self._initial_value(initializer, tuple(var.shape), var.dtype)
+        slot_dir = self._slot_dir
+        if slot_dir is not None and isinstance(var, np.ndarray):
+            if not self._table.in_buffer(var):
+                slot_dir.check([(var, (slot_name,))])
         slot = self._table.flat_slot(var, slot_name)
         if slot is None:
-            slot = backend.zeros_like(var)
+            if slot_dir is not None and isinstance(var, np.ndarray):
+                slot = slot_dir.zeros(var, slot_name)  # (numbadam._slotdir)
+            else:
+                slot = backend.zeros_like(var)
         if init is not None:
             backend.assign(slot, init)
         if entry is None:
@@ -223,12 +231,28 @@ class StateMixin:
             self._create_all_weights(var_list)
 
     def _create_all_weights(self, var_list: List[Any]) -> None:
+        if self._slot_dir is not None:  # every file and the room first
+            self._check_slot_dir(var_list)
         _ = self.iterations
         self._create_hypers()
         self._create_slots(var_list)
 
     def _create_slots(self, var_list: List[Any]) -> None:
         pass
+
+    def _check_slot_dir(self, var_list: List[Any]) -> None:
+        needs = []
+        required = self._required_slots()
+        for var in var_list:
+            if not isinstance(var, np.ndarray) or self._table.in_buffer(var):
+                continue
+            entry = self._entry(var)
+            names = tuple(
+                n for n in required if entry is None or n not in entry.slots
+            )
+            if names:
+                needs.append((var, names))
+        self._slot_dir.check(needs)
 
     def get_weights(self) -> List[np.ndarray]:
         """Host (NumPy) copies of :attr:`weights`, Keras checkpoint compatible."""

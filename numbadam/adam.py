@@ -81,7 +81,8 @@ class Adam(OptimizerV2):
         every ``ema_overwrite_frequency`` steps and by
         :meth:`finalize_variable_values`; slot ``"average"`` (sparse: every
         row under ``sparse_mode="dense"``, the rows with a gradient under
-        ``"lazy"``, whose averages start as a copy of the variable).
+        ``"lazy"``, whose averages start as a copy of the variable); ``slot_dir`` (a folder: the slots of NumPy
+        variables as ``.npy`` memory maps there; ``docs/state-on-disk.md``).
 
     Raises
     ------
@@ -390,9 +391,13 @@ class Adam(OptimizerV2):
             backend.dense_step(
                 work, slots["m"], slots["v"], vhat, coef, transform, wd, acc=acc
             )
-            return
-        ema = self._ema_arg(work, slots) if self._step_ema else None
-        backend.dense_step(work, slots["m"], slots["v"], vhat, coef, transform, wd, ema=ema)
+        else:
+            ema = self._ema_arg(work, slots) if self._step_ema else None
+            backend.dense_step(
+                work, slots["m"], slots["v"], vhat, coef, transform, wd, ema=ema
+            )
+        if self._dirty is not None:  # (incremental state-dir saves: all rows)
+            self._dirty.touch(slots["m"])
 
     def _amsgrad_slots(self) -> bool:
         return self.amsgrad
@@ -401,14 +406,29 @@ class Adam(OptimizerV2):
         wd = self._step_decay.get(work.flat.dtype) if self._step_decay else None
         ema = self._step_ema.get(work.flat.dtype) if self._step_ema else None
         backend.dense_multi_step(work, coef, transform, wd, ema)
+        if self._dirty is not None:
+            for slots in getattr(work, "slots", ()):
+                self._dirty.touch(slots[0])
 
     def _resource_apply_sparse(self, work, backend, slots, coef, transform) -> None:
         vhat = slots["vhat"] if self.amsgrad else None
         wd = self._decay_of(work) if self._step_decay else None
         ema = self._ema_arg(work, slots) if self._step_ema else None
+        lazy = self.sparse_mode == "lazy"
+        if lazy and self._prefetch is not None:
+            self._prefetch.rows(work, slots)  # (memory-mapped state: pages ahead)
+        if self._dirty is not None:  # (incremental state-dir saves)
+            m = slots["m"]
+            if lazy and backend.name == "cpu" and work.var.ndim:
+                backend.sparse_step(
+                    work, m, slots["v"], vhat, coef, transform, lazy=True, wd=wd,
+                    ema=ema, dirty=self._dirty.mask(m, work.var.shape[0]),
+                )  # fmt: skip
+                return
+            self._dirty.touch(m)
         backend.sparse_step(
-            work, slots["m"], slots["v"], vhat, coef, transform,
-            lazy=self.sparse_mode == "lazy", wd=wd, ema=ema,
+            work, slots["m"], slots["v"], vhat, coef, transform, lazy=lazy, wd=wd,
+            ema=ema,
         )  # fmt: skip
 
     def get_config(self) -> Dict[str, Any]:

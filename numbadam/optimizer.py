@@ -39,7 +39,7 @@ logger = logging.getLogger("numbadam")
 
 _ALLOWED_KWARGS = (
     "clipnorm", "clipvalue", "lr", "decay", "global_clipnorm",
-    "gradient_accumulation_steps",
+    "gradient_accumulation_steps", "slot_dir",
 )  # fmt: skip
 #: Keras 3's EMA arguments (numbadam._ema), validated there.
 _EMA_KWARGS = ("use_ema", "ema_momentum", "ema_overwrite_frequency")
@@ -142,7 +142,11 @@ class OptimizerV2(
         (momentum * average) + ((1 - momentum) * var)`` after each step
         (``momentum`` 0 on the first), fused into the step's pass; every
         ``ema_overwrite_frequency``-th step the variables take their averages,
-        as :meth:`finalize_variable_values` does (see ``docs/semantics.md``).
+        as :meth:`finalize_variable_values` does (see ``docs/semantics.md``);
+        ``slot_dir`` (str or os.PathLike): an existing, writable folder in
+        which the slots of NumPy variables are ``.npy`` memory maps, one file
+        per slot (see ``docs/state-on-disk.md``; not part of
+        :meth:`get_config`).
 
     Raises
     ------
@@ -153,7 +157,10 @@ class OptimizerV2(
         >= 2; for both ``clipnorm`` and ``global_clipnorm``; for a negative
         ``clipnorm``, ``global_clipnorm``, ``clipvalue``, ``lr`` or ``decay``, or a
         NaN or infinite one; an ``ema_momentum`` outside ``[0, 1]`` or NaN; an
-        ``ema_overwrite_frequency`` that is not an integer >= 1 (or None).
+        ``ema_overwrite_frequency`` that is not an integer >= 1 (or None); a
+        ``slot_dir`` holding another optimizer's slots.
+    FileNotFoundError, NotADirectoryError, PermissionError
+        For a ``slot_dir`` that is missing, not a folder or not writable.
 
     Examples
     --------
@@ -202,7 +209,7 @@ class OptimizerV2(
                     f"Unexpected keyword argument passed to optimizer: {k!r} "
                     f"(allowed: {', '.join(_ALLOWED_KWARGS + _EMA_KWARGS)})"
                 )
-            if val is not None and _is_number(val) and val < 0:
+            if k != "slot_dir" and val is not None and _is_number(val) and val < 0:
                 raise ValueError(f"Expected {k} >= 0, received: {val}")
             if k == "lr":
                 warnings.warn(
@@ -240,6 +247,17 @@ class OptimizerV2(
                 "use_ema=True with gradient_accumulation_steps is not supported "
                 "yet; use one or the other"
             )
+        # slots on disk (numbadam._slotdir), checked now, claimed at the first slot
+        slot_dir = kwargs.pop("slot_dir", None)
+        self._slot_dir = self._prefetch = None
+        if slot_dir is not None:
+            from ._prefetch import Prefetcher
+            from ._slotdir import SlotDir
+
+            self._slot_dir = SlotDir(slot_dir, f"{type(self).__name__} {self._name!r}")
+            self._prefetch = Prefetcher()
+        # row masks of the incremental state-dir saves (numbadam._dirty)
+        self._dirty: Any = None
 
     # ------------------------------------------------------------------
     # simple attributes

@@ -22,6 +22,7 @@ from reference import adam_dense_ref, clip_ref, hyper32
 
 import numbadam
 from numbadam import IndexedSlices, _config
+from numbadam._dirty import DirtyRows
 from numbadam.kernels import cpu
 
 KERNELS = tuple(cpu.SIGNATURES)
@@ -629,7 +630,7 @@ def test_lazy_kernel_bitwise_any_worker_count(
         flat = [kview(a).reshape(-1) for a in got] + [None] * (h is None)
         maxkey = int(idx.max()) if k else 0
         kernel("adam_sparse_lazy_cpu", dtype)(
-            *flat, idx, kview(vals), *coef, *tr, None, None, maxkey, nt
+            *flat, idx, kview(vals), *coef, *tr, None, None, maxkey, nt, None
         )
         for what, g, w in zip(("var", "m", "v", "vhat"), got, want):
             assert_bitwise(g, w, f"{what}, {nt} workers")
@@ -696,6 +697,9 @@ def _all_paths(dtype, variant):
                                     weight_decay=wd, gradient_accumulation_steps=2)  # fmt: skip
                 acc.apply_gradients([(g, w)])
                 acc.apply_gradients([(g, w)])
+                if mode == "lazy":  # with the dirty-row mask (incremental saves)
+                    opt._dirty = DirtyRows("", None)
+                    opt.apply_gradients([(IndexedSlices(vals, idx, (20, 3)), w)])
             if variant:
                 wv = np.zeros((20, 6), dtype)[:, ::2]
                 opt.apply_gradients(

@@ -286,7 +286,7 @@ def _prefetch_group(var, m, v, vhat, values, indices, order, start, width):
 @njit(**_PARALLEL)
 def adam_sparse_lazy_cpu(
     var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, lo, hi, mul, div,
-    wd, ema, maxkey, nt,
+    wd, ema, maxkey, nt, dirty,
 ):  # fmt: skip
     """Lazy sparse Adam or AMSGrad step: only rows ``indices`` change.
 
@@ -301,7 +301,8 @@ def adam_sparse_lazy_cpu(
     only those rows' averages move (and are copied back on ``overwrite``).
     Cost O(k W), independent of R. The unique rows are dealt round-robin
     to ``nt`` workers (pass Numba's thread count); results do not depend on
-    ``nt``.
+    ``nt``. ``dirty`` (a ``uint8`` array of ``R``, or None) gets
+    ``dirty[row] = 1`` for each row stepped (incremental checkpoints).
     """
     width = values.shape[1]
     order, starts, u = _groups(indices, maxkey)
@@ -313,7 +314,10 @@ def adam_sparse_lazy_cpu(
             if ahead < u:
                 _prefetch_group(var, m, v, vhat, values, indices, order,
                                 starts[ahead], width)  # fmt: skip
-            a = indices[order[starts[q]]] * width
+            row = indices[order[starts[q]]]
+            if dirty is not None:
+                dirty[row] = 1
+            a = row * width
             e = a + width
             o = max(at[q], 0)  # (-1: a single row, which needs no scratch)
             acc = scratch[o : o + width]

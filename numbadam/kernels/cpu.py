@@ -136,6 +136,7 @@ __all__ = [
     "VHAT_ARG",
     "DECAY_ARG",
     "EMA_ARG",
+    "DIRTY_ARG",
     "ensure_compiled",
     "STORAGE_DTYPES",
 ]
@@ -197,11 +198,12 @@ def _signatures(storage):
         "adam_sparse_lazy_cpu": [
             (W, W, W, h, _arr(it, readonly=True), _arr(s, 2, readonly=True))
             + (c,) * 8
-            + (d, a, i64, i64)
+            + (d, a, i64, i64, dm)
             for h in (none, W)
             for it in (types.int32, types.int64)
             for d in decays
             for a in emas
+            for dm in (none, _arr(types.uint8))
         ],
         "sum_duplicate_rows_cpu": dedup,
         "sum_squares_cpu": [(R, c, c, i64)],
@@ -251,24 +253,30 @@ for _name in _accum_signatures(np.float64):
     SIGNATURES[_name] = {dt: _accum_signatures(dt)[_name] for dt in STORAGE_DTYPES}
 VHAT_ARG["adam_dense_accum_cpu"] = 3
 DECAY_ARG["adam_dense_accum_cpu"] = 15
+#: Position of the ``dirty`` row mask (None, or a ``uint8`` array of ``R`` rows).
+DIRTY_ARG = {"adam_sparse_lazy_cpu": 18}
 
 _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype, amsgrad=None, decay=None, ema=None) -> None:
+def ensure_compiled(
+    kernel, dtype, amsgrad=None, decay=None, ema=None, dirty=False
+) -> None:
     """Compile ``kernel``'s explicit signatures for storage ``dtype`` (once).
 
     For a kernel with a ``vhat`` argument (:data:`VHAT_ARG`), ``amsgrad``
     selects the AMSGrad (True) or Adam (False) signatures; None compiles both.
-    Likewise ``decay`` for the weight-decay argument (:data:`DECAY_ARG`) and
-    ``ema`` for the EMA argument (:data:`EMA_ARG`).
+    Likewise ``decay`` for the weight-decay argument (:data:`DECAY_ARG`),
+    ``ema`` for the EMA argument (:data:`EMA_ARG`), and ``dirty`` for the row
+    mask (:data:`DIRTY_ARG`), whose default ``False`` compiles only the
+    signatures without one.
     Loads from the on-disk cache when possible. Afterwards the kernel's
     dispatcher accepts arrays matching its compiled signatures (writable arrays
     where read-only ones are declared, too) and compiles nothing new.
     """
     name = kernel.py_func.__name__
-    key = (name, np.dtype(dtype), amsgrad, decay, ema)
+    key = (name, np.dtype(dtype), amsgrad, decay, ema, dirty)
     if key in _compiled:
         return
     with _lock:
@@ -284,6 +292,9 @@ def ensure_compiled(kernel, dtype, amsgrad=None, decay=None, ema=None) -> None:
         at = EMA_ARG.get(name)
         if at is not None and ema is not None:
             sigs = [sig for sig in sigs if (sig[at] != types.none) == ema]
+        at = DIRTY_ARG.get(name)
+        if at is not None and dirty is not None:
+            sigs = [sig for sig in sigs if (sig[at] != types.none) == dirty]
         kernel.disable_compile(False)
         try:
             for sig in sigs:

@@ -1,0 +1,93 @@
+"""Which rows of the optimizer's state changed since the last state-dir save.
+
+The incremental saves of :func:`numbadam.save_state_dir` write only the rows
+that changed. After the first successful save an optimizer holds a
+:class:`DirtyRows` (its ``_dirty`` attribute: the seam between the
+optimizer's step hooks, which mark, and :mod:`numbadam._statedir_opt`, which
+reads and clears):
+
+- a lazy sparse step of a NumPy variable passes a ``uint8`` mask of the
+  variable's rows to the kernel, which sets ``mask[row] = 1`` for each row it
+  steps (no extra pass);
+- every other step of a variable (dense, TensorFlow's sparse rule, CUDA,
+  a ParameterBuffer or multi-tensor launch) changes every row: one flag.
+
+Variables are keyed by their ``m`` slot (every Adam variable has one; a
+ParameterBuffer's variables by the flat ``m`` their own slots view).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Set, Tuple, Union
+
+import numpy as np
+
+__all__ = ["DirtyRows", "ALL"]
+
+#: :meth:`DirtyRows.rows` of a variable whose every row may have changed.
+ALL = "all"
+
+
+class DirtyRows:
+    """Row masks and whole-variable flags since the last save.
+
+    ``folder`` and ``generation`` name the checkpoint the marks are relative
+    to (a save into another folder, or a folder another writer changed, must
+    be full).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbadam._dirty import DirtyRows
+    >>> d = DirtyRows("ckpt", 0)
+    >>> m = np.zeros((5, 2))
+    >>> d.mask(m, 5)[3] = 1  # (what the lazy kernel does)
+    >>> d.rows(m).tolist()
+    [0, 0, 0, 1, 0]
+    >>> d.touch(m)
+    >>> d.rows(m)
+    'all'
+    >>> d.clear("ckpt", 1)
+    >>> d.rows(m) is None
+    True
+    """
+
+    def __init__(self, folder: str, generation: int) -> None:
+        self.folder = folder
+        self.generation = generation
+        self._masks: Dict[int, Tuple[Any, np.ndarray]] = {}
+        self._whole: Set[int] = set()
+        self._any_mask = False
+
+    def mask(self, m: Any, nrows: int) -> np.ndarray:
+        """The row mask of the variable whose ``m`` slot is ``m`` (created zero)."""
+        hit = self._masks.get(id(m))
+        if hit is None or hit[0] is not m or hit[1].shape[0] != nrows:
+            hit = self._masks[id(m)] = (m, np.zeros(nrows, np.uint8))
+        self._any_mask = True
+        return hit[1]
+
+    def touch(self, m: Any) -> None:
+        """Every row of the variable of ``m`` changed."""
+        self._whole.add(id(m))
+
+    def rows(self, m: Any) -> Union[None, str, np.ndarray]:
+        """``None`` (unchanged), :data:`ALL`, or the variable's row mask."""
+        whole = self._whole
+        if id(m) in whole:
+            return ALL
+        base = getattr(m, "base", None)
+        if base is not None and id(base) in whole:
+            return ALL  # (a ParameterBuffer variable: its view of the flat m)
+        hit = self._masks.get(id(m))
+        if hit is not None and hit[0] is m and self._any_mask:
+            return hit[1]
+        return None
+
+    def clear(self, folder: Optional[str], generation: Optional[int]) -> None:
+        """After a successful save: nothing is dirty relative to it."""
+        for _, mask in self._masks.values():
+            mask[:] = 0
+        self._whole.clear()
+        self._any_mask = False
+        self.folder, self.generation = folder, generation
