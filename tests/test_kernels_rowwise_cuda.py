@@ -126,7 +126,7 @@ def test_dense_kernel_is_the_cpu_kernel(cuda, rc, dtype, ams, kind):
     cf, tr = rw_coef(dtype), rw_transform(dtype, g, *KINDS[kind])
     dev, args = device_state(cuda, state)
     launch(
-        rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)), *cf, *tr
+        rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)), *cf, *tr, ()
     )
     assert_state(host_state(dev, state), rw_dense(dtype, state, g, cf, tr), "dense")
 
@@ -161,7 +161,7 @@ def test_dense_kernel_special_values(cuda, rc, dtype):
     cf, tr = rw_coef(dtype), rw_transform(dtype, g, None, None)
     dev, args = device_state(cuda, state)
     launch(
-        rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)), *cf, *tr
+        rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)), *cf, *tr, ()
     )
     with np.errstate(all="ignore"):
         want = rw_dense(dtype, state, g, cf, tr)
@@ -192,6 +192,7 @@ def test_sparse_kernel_is_the_cpu_kernel(cuda, rc, dtype, ams, kind):
         cuda.to_device(vals),
         *cf,
         *tr,
+        (),
     )
     want = rw_sparse(dtype, state, idx, vals, cf, tr)
     assert_state(host_state(dev, state), want, "sparse")
@@ -222,6 +223,7 @@ def test_lazy_kernel_is_the_cpu_kernel(cuda, rc, dtype, ams, kind, marks):
         cuda.to_device(vals),
         *cf,
         *tr,
+        (),
         (ddev,) if marks else (),
     )
     cpu_dirty = np.zeros(rows, np.uint8) if marks else None
@@ -253,6 +255,7 @@ def test_empty_inputs(cuda, rc):
         *cf,
         *tr,
         (),
+        (),
     )
     assert_state(host_state(dev, state), state, "k=0")
     flat = rw_state(rng, 6, 0, dtype, True)
@@ -264,6 +267,7 @@ def test_empty_inputs(cuda, rc):
         cuda.to_device(np.zeros(0, dtype)),
         *cf,
         *tr,
+        (),
     )
     assert_state(host_state(dev, flat), flat, "D=0")
 
@@ -275,7 +279,7 @@ def test_signatures_do_not_grow(cuda, rc):
         pytest.skip("the simulator compiles nothing")
     for dtype in FLOAT_DTYPES:
         for ams in (False, True):
-            rc.ensure_compiled(rc.adam_rowwise_lazy_cuda, dtype, ams, True)
+            rc.ensure_compiled(rc.adam_rowwise_lazy_cuda, dtype, ams, True, False)
     assert len(rc.adam_rowwise_lazy_cuda.signatures) == 2 * len(FLOAT_DTYPES)
     for name in rc.SIGNATURES:
         for dtype in FLOAT_DTYPES:

@@ -190,6 +190,11 @@ class ShardedAdam(Adam):
         timeout: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("second_moment", "element") != "element":
+            raise ValueError(
+                "ShardedAdam keeps flat slices of the state: "
+                "second_moment='row' is not supported (use Adam or DistributedAdam)"
+            )
         super().__init__(
             learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
         )

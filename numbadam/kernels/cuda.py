@@ -102,6 +102,8 @@ from ._cuda_common import (  # noqa: F401
     _widen_cuda,
     _zero,
     _zero_cuda,
+    decayed,
+    has_decay,
     slot_is_pos_zero,
     slot_max,
 )
