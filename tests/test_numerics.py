@@ -81,6 +81,11 @@ def _assert_row_exercised(run: Run) -> None:
     if cn is not None:  # the norm of the value-clipped gradient
         norms = [np.sqrt(np.sum(clip_ref(g, cv) ** 2)) for g in grads]
         assert max(norms) > cn, "clipnorm idle"
+    if run.case.row:  # 2-D+ variables keep one v per row, others per element
+        for vs in run.steps[-1].variables:
+            x = vs.actual["var"]
+            want = x.shape[:1] if x.ndim >= 2 else x.shape
+            assert vs.actual["v"].shape == want, f"{vs.what}: v {vs.actual['v'].shape}"
     if run.case.amsgrad:
         last = run.steps[-1].variables
         assert any(np.any(vs.actual["vhat"] > vs.actual["v"]) for vs in last), (
