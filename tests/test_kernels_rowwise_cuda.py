@@ -287,3 +287,39 @@ def test_signatures_do_not_grow(cuda, rc):
     for name in rc.SIGNATURES:
         declared = sum(len(s) for s in rc.SIGNATURES[name].values())
         assert len(getattr(rc, name).signatures) == declared, name
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "lazy"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_weight_decay_is_the_cpu_kernel(cuda, rc, dtype, mode):
+    """``wd = (weight_decay, lr_t)``: every row decayed first (TF's rule: none
+    skipped, the +0.0 rows too), the lazy kernel only the listed rows."""
+    rng = np.random.default_rng([5, FLOAT_DTYPES.index(dtype), len(mode)])
+    rows, width, k = 150, 3, 90
+    state = rw_state(rng, rows, width, dtype, True, zero_rows=40)
+    c = np.dtype(np.float32 if dtype == np.float16 else dtype).type
+    wd = (c(0.25), c(0.125))
+    cf = rw_coef(dtype)
+    dev, args = device_state(cuda, state)
+    if mode == "dense":
+        g = np.array(rng.standard_normal((rows, width)) * 2, dtype)
+        tr = rw_transform(dtype, g, *KINDS["both"])
+        launch(rc.adam_rowwise_dense_cuda, rows, *args,
+               cuda.to_device(g.reshape(-1)), *cf, *tr, wd)  # fmt: skip
+        want = rw_dense(dtype, state, g, cf, tr, wd=wd)
+    else:
+        idx, vals = _slices(rng, rows, width, k, dtype, hot=60)
+        tr = rw_transform(dtype, vals, *KINDS["both"])
+        keys, pos = sorted_keys(cuda, idx)
+        common = (*args, keys, pos, k, cuda.to_device(vals), *cf, *tr, wd)
+        if mode == "sparse":
+            launch(rc.adam_rowwise_sparse_cuda, rows, *common)
+            want = rw_sparse(dtype, state, idx, vals, cf, tr, wd=wd)
+        else:
+            launch(rc.adam_rowwise_lazy_cuda, k, *common, ())
+            want = rw_lazy(dtype, state, idx, vals, cf, tr, wd=wd)
+            untouched = np.setdiff1d(np.arange(rows), idx)
+            assert_same_bits(want[0][untouched], state[0][untouched], "unlisted")
+    if mode == "sparse":  # the +0.0 rows were decayed, not skipped
+        assert not np.array_equal(want[0][rows - 1], state[0][rows - 1])
+    assert_state(host_state(dev, state), want, f"{mode} with weight decay")
