@@ -11,6 +11,7 @@ with gradient ``g`` (``D`` values, transformed as in the element kernels:
     m_j += (g_j - m_j) * omb1
     v   += (s - v) * omb2
     vhat = max(vhat, v)                                      # AMSGrad
+    var_j -= (var_j * weight_decay) * lr_t                   # wd given
     var_j -= (m_j * alpha) / (sqrt(vhat or v) + eps)
 
 The sum of squares is sequential, in the compute type, so it is the same on the
