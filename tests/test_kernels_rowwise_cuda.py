@@ -125,9 +125,8 @@ def test_dense_kernel_is_the_cpu_kernel(cuda, rc, dtype, ams, kind):
     g = np.array(rng.standard_normal((rows, width)) * 2, dtype)
     cf, tr = rw_coef(dtype), rw_transform(dtype, g, *KINDS[kind])
     dev, args = device_state(cuda, state)
-    launch(
-        rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)), *cf, *tr, ()
-    )
+    gd = cuda.to_device(g.reshape(-1))
+    launch(rc.adam_rowwise_dense_cuda, rows, *args, gd, *cf, *tr, ())
     assert_state(host_state(dev, state), rw_dense(dtype, state, g, cf, tr), "dense")
 
 
@@ -160,9 +159,8 @@ def test_dense_kernel_special_values(cuda, rc, dtype):
     state = [x, m, v, v[::-1].copy()]
     cf, tr = rw_coef(dtype), rw_transform(dtype, g, None, None)
     dev, args = device_state(cuda, state)
-    launch(
-        rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)), *cf, *tr, ()
-    )
+    gd = cuda.to_device(g.reshape(-1))
+    launch(rc.adam_rowwise_dense_cuda, rows, *args, gd, *cf, *tr, ())
     with np.errstate(all="ignore"):
         want = rw_dense(dtype, state, g, cf, tr)
     assert_state(host_state(dev, state), want, "specials")

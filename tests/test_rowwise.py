@@ -132,8 +132,10 @@ def test_weight_decay_against_oracle(backend, mode):
         else:
             sl = _slices(rng, rows // 2, width, 7, np.float64)
             sl = IndexedSlices(sl.values, sl.indices, (rows, width))
-            dev = IndexedSlices(to_device(sl.values, backend),
-                                to_device(sl.indices, backend), (rows, width))  # fmt: skip
+            dev = IndexedSlices(
+                to_device(sl.values, backend), to_device(sl.indices, backend),
+                (rows, width),
+            )  # fmt: skip
             opt.apply_gradients([(dev, var)])
             want = adam_rowwise_step(
                 x, (sl.indices, sl.values), m, v, t, lr, 0.9, 0.999, 1e-7,

@@ -339,8 +339,8 @@ def ensure_compiled(kernel, dtype, amsgrad=None, dirty=None, decay=None) -> None
     ``amsgrad`` and (for :data:`DIRTY_ARG`'s kernels) ``dirty`` select the
     signatures with a 1-tuple (True) or an empty tuple (False) there, and
     ``decay`` those with the pair (True) or ``()`` (False) at
-    :data:`DECAY_ARG`; None compiles both. Afterwards the kernel compiles nothing new at call time. A
-    no-op under the simulator.
+    :data:`DECAY_ARG`; None compiles both. Afterwards the kernel compiles
+    nothing new at call time. A no-op under the simulator.
     """
     if SIMULATOR:
         return
