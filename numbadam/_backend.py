@@ -307,6 +307,9 @@ class Backend(Protocol):
     def zeros_like(self, var: Any) -> Any:
         """A new zero slot with ``var``'s shape and dtype, on ``var``'s device."""
 
+    def zeros(self, shape: Tuple[int, ...], like: Any) -> Any:
+        """A new zero slot of ``shape`` with ``like``'s dtype, on its device."""
+
     def to_host(self, arr: Any) -> np.ndarray:
         """A host (NumPy) copy of ``arr``."""
 
@@ -332,7 +335,9 @@ class Backend(Protocol):
     ) -> None:
         """One fused Adam pass over a dense pair, its gradient transformed by
         ``transform`` (see :data:`Transform`), decayed first by ``wd`` (see
-        :data:`Decay`), its average moved by ``ema`` (:data:`Average`)."""
+        :data:`Decay`), its average moved by ``ema`` (:data:`Average`). A ``v``
+        (and ``vhat``) of another shape than ``m`` holds one value per row of
+        the variable (``second_moment="row"``): the row-wise step."""
 
     def sparse_step(
         self,

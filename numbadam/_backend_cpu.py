@@ -95,6 +95,7 @@ class CPUBackend:
         self._k = cpu
         self._k_multi = multi_cpu
         self._ready: dict = {}  # (kernel, dtype char, amsgrad) -> compiled kernel
+        self._rows: Any = None  # the row-wise launches, on first use
 
     def _kernel(
         self,
@@ -339,6 +340,9 @@ class CPUBackend:
     def zeros_like(self, var: np.ndarray) -> np.ndarray:
         return np.zeros(var.shape, var.dtype)
 
+    def zeros(self, shape: Any, like: np.ndarray) -> np.ndarray:
+        return np.zeros(shape, like.dtype)
+
     def to_host(self, arr: Any) -> np.ndarray:
         return np.array(arr, copy=True)
 
@@ -385,6 +389,8 @@ class CPUBackend:
         acc: Any = None,
         ema: Average = None,
     ) -> None:
+        if v.shape != m.shape:  # one second moment per row
+            return self._rowwise().dense_step(work, m, v, vhat, coef, tr, wd)
         x, g = work.flat, work.grad
         n = x.shape[0]
         if n == 0:
@@ -430,6 +436,10 @@ class CPUBackend:
     ) -> None:
         # dirty: a uint8 mask of the table's rows that the lazy kernel sets
         # where it steps a row (incremental checkpoints; lazy steps only)
+        if v.shape != m.shape:  # one second moment per row
+            self._rowwise().sparse_step(self, work, m, v, vhat, coef, tr, lazy, wd,
+                                        dirty)
+            return
         if work.flat.size == 0:
             return
         dtype = work.flat.dtype
@@ -463,3 +473,11 @@ class CPUBackend:
                  _config.CPU_SPARSE_BLOCK_ROWS)  # fmt: skip
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)
+
+    def _rowwise(self) -> Any:
+        # the row-wise second moment's launches (``v`` of one value per row)
+        if self._rows is None:
+            from ._backend_cpu_rowwise import RowwiseCPU
+
+            self._rows = RowwiseCPU()
+        return self._rows

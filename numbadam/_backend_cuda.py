@@ -145,6 +145,7 @@ class CUDABackend:
 
         self._k = kernels
         self._ready: dict = {}  # (kernel, dtype char or None, amsgrad) -> kernel
+        self._rows: Any = None  # the row-wise launches, on first use
 
     # -- launches -------------------------------------------------------------
 
@@ -411,10 +412,12 @@ class CUDABackend:
     # -- state ----------------------------------------------------------------
 
     def zeros_like(self, var: Any):
-        d = self._wrap(var)
-        dtype = np.dtype(d.dtype)
-        out = cuda.device_array(tuple(d.shape), dtype)
-        n = int(np.prod(d.shape, dtype=np.int64))
+        return self.zeros(tuple(self._wrap(var).shape), var)
+
+    def zeros(self, shape: Any, like: Any):
+        dtype = np.dtype(self._wrap(like).dtype)
+        out = cuda.device_array(tuple(shape), dtype)
+        n = int(np.prod(shape, dtype=np.int64))
         if n:
             self._launch(self._kernel(self._k.fill_cuda, dtype), n, self._flat(out), 0.0)
         return out
@@ -529,6 +532,10 @@ class CUDABackend:
             return
         dtype = np.dtype(work.flat.dtype)
         coef = _typed(coef, dtype)
+        dec = _typed_decay(wd, dtype)
+        if tuple(v.shape) != tuple(m.shape):  # one second moment per row
+            self._rowwise().dense_step(self, work, m, v, vhat, coef, tr, dec)
+            return
         mf, vf = self._flat(m), self._flat(v)
         slot = () if vhat is None else (self._flat(vhat),)
         dec = _typed_decay(wd, dtype)
@@ -571,6 +578,10 @@ class CUDABackend:
         dtype = np.dtype(work.flat.dtype)
         k = int(work.indices.shape[0])
         coef = _typed(coef, dtype)
+        if tuple(v.shape) != tuple(m.shape):  # one second moment per row
+            dec = _typed_decay(wd, dtype)
+            self._rowwise().sparse_step(self, work, m, v, vhat, coef, tr, lazy, dec)
+            return
         keys, pos = self._sorted(work.indices)
         values = work.values
         if k == 0:
@@ -589,3 +600,11 @@ class CUDABackend:
             _typed_decay(wd, dtype), _typed_ema(ema, dtype, self._flat),
         )  # fmt: skip
         self._writeback(work)
+
+    def _rowwise(self) -> Any:
+        # the row-wise second moment's launches (``v`` of one value per row)
+        if self._rows is None:
+            from ._backend_cuda_rowwise import RowwiseCUDA
+
+            self._rows = RowwiseCUDA()
+        return self._rows

@@ -31,7 +31,9 @@ import numpy as np
 
 from ._overlap import SlotIndex, first_overlap, internal_overlap, memory
 
-__all__ = ["Entry", "FlatState", "SlotTable", "memory_key", "check_slots"]
+__all__ = [
+    "Entry", "FlatState", "SlotTable", "memory_key", "check_slots", "slot_shape"
+]  # fmt: skip
 
 _ndarray = np.ndarray  # (a global lookup, not an attribute, on the fast path)
 
@@ -91,10 +93,39 @@ def memory_key(var: Any) -> Any:
     return ("obj", id(var))
 
 
-def check_slots(slots: Dict[str, Any], var: Any, label: Any) -> None:
-    """Raise ValueError unless every slot can take this step's in-place write."""
+def slot_shape(var: Any, name: str, rows: Tuple[str, ...] = ()) -> Tuple[int, ...]:
+    """The shape of slot ``name`` of ``var``: the variable's, or ``(R,)`` (one
+    value per row) for a slot named in ``rows`` of a variable of ``R`` rows
+    and two or more dimensions (``Adam(second_moment="row")``'s ``v`` and
+    ``vhat``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbadam._slots import slot_shape
+    >>> rows = ("v", "vhat")
+    >>> slot_shape(np.zeros((4, 3)), "v", rows), slot_shape(np.zeros((4, 3)), "m", rows)
+    ((4,), (4, 3))
+    >>> slot_shape(np.zeros(5), "v", rows)  # 1-D: element-wise
+    (5,)
+    """
+    shape = tuple(var.shape)
+    if rows and len(shape) >= 2 and name in rows:
+        return shape[:1]
+    return shape
+
+
+def check_slots(
+    slots: Dict[str, Any], var: Any, label: Any, rows: Tuple[str, ...] = ()
+) -> None:
+    """Raise ValueError unless every slot can take this step's in-place write.
+
+    ``rows``: the names of slots kept per row (:func:`slot_shape`).
+    """
     shape, dtype = var.shape, var.dtype
     for name, slot in slots.items():
+        if rows:
+            shape = slot_shape(var, name, rows)
         # (flags.carray: writeable, aligned and C-contiguous in one attribute)
         if type(slot) is np.ndarray and slot.flags.carray and slot.shape == shape:
             if slot.dtype is dtype or slot.dtype == dtype:

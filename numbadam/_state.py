@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _dispatch
 from ._hypers import is_number
-from ._slots import SlotTable, memory_key
+from ._slots import SlotTable, memory_key, slot_shape
 
 __all__ = ["StateMixin"]
 
@@ -38,6 +38,9 @@ class StateMixin:
     _iterations: Optional[np.ndarray]
     _table: SlotTable
     _slot_dir: Any
+    #: Names of the slots kept per row (one value per row) for variables of
+    #: two or more dimensions; see :func:`numbadam._slots.slot_shape`.
+    _row_slots: Tuple[str, ...] = ()
 
     # ------------------------------------------------------------------
     # state: iterations, slots, weights
@@ -92,8 +95,9 @@ class StateMixin:
         Parameters
         ----------
         var : ndarray or CUDA array
-            The variable the slot belongs to; the slot has its shape, dtype and
-            device.
+            The variable the slot belongs to; the slot has its shape (one value
+            per row for ``v`` and ``vhat`` under ``Adam(second_moment="row")``),
+            dtype and device.
         slot_name : str
             Name of the slot, e.g. ``"m"``.
         initializer : "zeros", "ones", float, array_like or callable, optional
@@ -121,18 +125,21 @@ class StateMixin:
             return slot
         # everything that can fail on user input first: no phantom name or entry
         backend.check_variable(var, f"add_slot({slot_name!r}) variable")
+        shape = slot_shape(var, slot_name, self._row_slots)
         init = None
         if not (isinstance(initializer, str) and initializer == "zeros"):
-            init = self._initial_value(initializer, tuple(var.shape), var.dtype)
+            init = self._initial_value(initializer, shape, var.dtype)
         slot_dir = self._slot_dir
         if slot_dir is not None and isinstance(var, np.ndarray):
             if not self._table.in_buffer(var):
                 slot_dir.check([(var, (slot_name,))])
-        slot = self._table.flat_slot(var, slot_name)
-        if slot is None:
-            if slot_dir is not None and isinstance(var, np.ndarray):
+        if shape != tuple(var.shape):  # one value per row (kept in memory)
+            slot = backend.zeros(shape, var)
+        else:
+            slot = self._table.flat_slot(var, slot_name)
+            if slot is None and slot_dir is not None and isinstance(var, np.ndarray):
                 slot = slot_dir.zeros(var, slot_name)  # (numbadam._slotdir)
-            else:
+            if slot is None:
                 slot = backend.zeros_like(var)
         if init is not None:
             backend.assign(slot, init)

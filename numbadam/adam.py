@@ -19,6 +19,7 @@ __all__ = ["Adam"]
 
 
 _SPARSE_MODES = ("dense", "lazy")
+_SECOND_MOMENTS = ("element", "row")
 
 
 def _check_epsilon(eps: Any) -> float:
@@ -65,6 +66,18 @@ class Adam(OptimizerV2):
         rows with a gradient under ``"lazy"``. ``None`` or ``0``: no decay (the
         results of plain Adam, bit for bit). See
         :meth:`exclude_from_weight_decay` and :class:`~numbadam.AdamW`.
+    second_moment : {"element", "row"}, default "element"
+        ``"row"``: variables of two or more dimensions keep one second moment
+        per row (the first axis; the rest is flattened to ``D`` values), as
+        FBGEMM's partial row-wise Adam: ``v`` (and ``vhat``) have shape
+        ``(R,)`` and follow the mean of the row's squared gradient, so the
+        state is ``R * (D + 1)`` values instead of ``2 * R * D``. Dense and
+        sparse gradients (either ``sparse_mode``) take the same row rule;
+        0-d and 1-D variables stay element-wise, and the variables of a
+        :class:`~numbadam.ParameterBuffer` are stepped one by one. Not part
+        of Keras' Adam: serialised by :meth:`get_config` only when ``"row"``;
+        :func:`numbadam.keras3.save_keras_optimizer` refuses such state.
+        See ``docs/semantics.md``.
     **kwargs
         ``clipnorm``, ``global_clipnorm`` (all gradients of a call clipped
         by their joint norm; not with ``clipnorm``), ``clipvalue``, ``lr``
@@ -153,9 +166,22 @@ class Adam(OptimizerV2):
         name: str = "Adam",
         sparse_mode: str = "dense",
         weight_decay: Any = None,
+        second_moment: str = "element",
         **kwargs: Any,
     ) -> None:
         weight_decay = check_weight_decay(weight_decay)
+        if not isinstance(second_moment, str) or second_moment not in _SECOND_MOMENTS:
+            raise ValueError(
+                f"second_moment must be one of {_SECOND_MOMENTS}, got "
+                f"{second_moment!r}"
+            )
+        if second_moment == "row" and (
+            kwargs.get("use_ema") or kwargs.get("gradient_accumulation_steps")
+        ):  # (the row-wise kernels fuse neither yet)
+            raise ValueError(
+                "second_moment='row' does not support use_ema or "
+                "gradient_accumulation_steps yet"
+            )
         super().__init__(name, **kwargs)
         self._weight_decay = weight_decay
         self._wd_excluded: set = set()  # memory keys of excluded variables
@@ -165,6 +191,9 @@ class Adam(OptimizerV2):
                 f"sparse_mode must be one of {_SPARSE_MODES}, got {sparse_mode!r}"
             )
         self.sparse_mode = sparse_mode
+        self._second_moment = second_moment
+        if second_moment == "row":  # (see _slots.slot_shape)
+            self._row_slots = ("v", "vhat")
         self._coefficients = CoefficientCache()
         self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
         self._set_hyper("decay", self._initial_decay)
@@ -288,6 +317,11 @@ class Adam(OptimizerV2):
         for var in var_list or ():
             self._wd_excluded.add(memory_key(var))
 
+    @property
+    def second_moment(self) -> str:
+        """``"element"`` or ``"row"`` (one second moment per row of 2-D+ variables)."""
+        return self._second_moment
+
     def _decay_of(self, work) -> Any:
         # the Decay argument of one work item (None: excluded, or no decay)
         if self._wd_excluded and memory_key(work.var) in self._wd_excluded:
@@ -295,6 +329,9 @@ class Adam(OptimizerV2):
         return self._step_decay.get(work.flat.dtype)
 
     def _prepare_buffer(self, buf):
+        # Row-wise slots are per variable: the buffer's pairs one by one.
+        if self._row_slots:
+            return NotImplemented
         # A one-pass step decays all of the buffer or none of it: with only
         # some of its variables excluded, the per-variable pairs instead.
         if self._weight_decay and self._wd_excluded:
@@ -306,9 +343,15 @@ class Adam(OptimizerV2):
         return super()._prepare_buffer(buf)
 
     def _remember_list(self, step) -> None:
-        # one multi-tensor launch decays every variable alike
-        if not self._wd_excluded:
-            super()._remember_list(step)
+        # one multi-tensor launch decays every variable alike, and keeps
+        # element-wise slots only
+        if self._wd_excluded:
+            return
+        if self._row_slots and any(
+            len(getattr(it[3], "shape", ())) >= 2 for it in step.items
+        ):
+            return
+        super()._remember_list(step)
 
     # -- the step ---------------------------------------------------------------
 
@@ -459,6 +502,8 @@ class Adam(OptimizerV2):
         )
         if self.sparse_mode != "dense":
             config["sparse_mode"] = self.sparse_mode
+        if self._second_moment != "element":
+            config["second_moment"] = self._second_moment
         if self._weight_decay is not None:
             config["weight_decay"] = self._weight_decay
         return config

@@ -126,11 +126,21 @@ def keras_layout(optimizer: OptimizerV2, var_list: Sequence[Any]) -> List[str]:
 # ---------------------------------------------------------------------------
 
 
-def _check_optimizer(optimizer: Any) -> None:
+def _check_optimizer(optimizer: Any, var_list: Any = ()) -> None:
     if not isinstance(optimizer, OptimizerV2):
         raise TypeError(
             f"optimizer must be a numbadam optimizer, got {type(optimizer).__name__}"
         )
+    if getattr(optimizer, "second_moment", "element") != "element":
+        for i, v in enumerate(var_list):
+            if len(getattr(v, "shape", ())) >= 2:
+                raise ValueError(
+                    f"{type(optimizer).__name__}(second_moment="
+                    f"{optimizer.second_moment!r}) keeps one second moment per row "
+                    f"of variable {i} ({_describe(v)}); Keras 3's Adam has no such "
+                    "state, so it cannot be read from or written to a .weights.h5 "
+                    "file (use numbadam.checkpoint)"
+                )
 
 
 def _var_list(var_list: Any) -> List[Any]:
@@ -387,6 +397,7 @@ def load_keras_optimizer(
     _check_optimizer(optimizer)
     path = _fs_path(path)
     var_list = _var_list(var_list)
+    _check_optimizer(optimizer, var_list)
     rows = rows_of(optimizer)
     entries, values = _read_state(h5py, path, optimizer, var_list)
     has_lr = entries[1].keras == "learning_rate"
@@ -709,6 +720,7 @@ def save_keras_optimizer(
     _check_optimizer(optimizer)
     path = _fs_path(path)
     var_list = _var_list(var_list)
+    _check_optimizer(optimizer, var_list)
     entries, values = _state(optimizer, var_list)
     arrays = _model_arrays(variables)
     replace(

@@ -546,7 +546,7 @@ class OptimizerV2(
                     )
                 seen[key] = i
             if entry is not None and g is not None:
-                check_slots(entry.slots, v, label)
+                check_slots(entry.slots, v, label, self._row_slots)
             if g is None:
                 skipped.append(label)
             elif isinstance(g, IndexedSlices):

@@ -26,6 +26,7 @@ If the oracle needs a new formula, it goes in ``reference.py`` and
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from helpers import to_host
 from layouts import DTYPES, LAYOUTS, MIXED, Layout, Problem
 from reference import (
     adam_dense_ref,
+    adam_rowwise_step,
     adam_sparse_lazy_ref,
     adam_sparse_ref,
     clip_ref,
@@ -103,6 +105,11 @@ class Case:
     @property
     def ema(self) -> bool:
         return bool(self.kwargs.get("use_ema", False))
+
+    @property
+    def row(self) -> bool:
+        """One second moment per row of 2-D+ variables (``second_moment="row"``)."""
+        return self.kwargs.get("second_moment", "element") == "row"
 
 
 SPARSE_LAYOUTS = ("sparse", "mixed")  # layouts with IndexedSlices gradients
@@ -247,6 +254,38 @@ CASES: dict[str, Case] = {
             layouts=SPARSE_LAYOUTS,
             cuda=(("sparse", "float32"), ("mixed", MIXED)),
         ),
+        Case(
+            # every layout: 2-D+ variables row-wise (dense and sparse, staged
+            # views, a ParameterBuffer's pairs), 0-d and 1-D ones element-wise
+            "row",
+            {"learning_rate": 0.05, "second_moment": "row"},
+            cuda=(("sparse", "float32"), ("dense_nd", "float16")),
+        ),
+        Case(
+            "row_lazy_amsgrad_clipnorm",
+            {
+                "learning_rate": 0.05,
+                "second_moment": "row",
+                "sparse_mode": "lazy",
+                "amsgrad": True,
+                "clipnorm": 1.0,
+                "beta_2": 0.95,
+            },
+            layouts=SPARSE_LAYOUTS,
+            cuda=(("mixed", MIXED),),
+        ),
+        Case(
+            "row_amsgrad_clipvalue",
+            {
+                "learning_rate": 0.05,
+                "second_moment": "row",
+                "amsgrad": True,
+                "clipvalue": 0.5,
+                "beta_2": 0.95,
+            },
+            layouts=("dense_nd", "strided", "sparse"),
+            cuda=(("sparse", "float64"),),
+        ),
     ]
 }
 
@@ -368,7 +407,8 @@ class Run:
 
 def _state(opt, problem: Problem, i: int, case: Case) -> dict[str, np.ndarray]:
     """Host copies of variable ``i`` and its slots (zeros before they exist;
-    the EMA average under the lazy rule: the variable, as numbadam starts it)."""
+    the EMA average under the lazy rule: the variable, as numbadam starts it;
+    ``case.row``: ``v`` and ``vhat`` of a 2-D+ variable have one value per row)."""
     x = problem.read(i)
     out = {"var": x}
     names = ("m", "v") + (("vhat",) if case.amsgrad else ())
@@ -377,8 +417,30 @@ def _state(opt, problem: Problem, i: int, case: Case) -> dict[str, np.ndarray]:
             out[name] = to_host(opt.get_slot(problem.variables[i], name))
         except KeyError:
             lazy_avg = name == "average" and case.lazy
-            out[name] = x.copy() if lazy_avg else np.zeros(x.shape, x.dtype)
+            per_row = case.row and name in ("v", "vhat") and x.ndim >= 2
+            if lazy_avg:
+                out[name] = x.copy()
+            else:
+                out[name] = np.zeros(x.shape[:1] if per_row else x.shape, x.dtype)
     return out
+
+
+def _rowwise_oracle(hp, state, vhat, grad, iterations, lazy):
+    """:func:`reference.adam_rowwise_step` of an N-D variable seen as ``(R, D)``
+    (``grad``: the clipped dense gradient or ``(indices, clipped values)``)."""
+    shape = state[0].shape
+    as2d = (shape[0], math.prod(shape[1:]))
+    if isinstance(grad, tuple):
+        idx, vals = grad
+        g = (idx, np.asarray(vals).reshape(len(idx), math.prod(shape[1:])))
+        mode = "lazy" if lazy else "sparse"
+    else:
+        g, mode = np.asarray(grad).reshape(as2d), "dense"
+    x, m, v, h = adam_rowwise_step(
+        state[0].reshape(as2d), g, state[1].reshape(as2d), state[2], iterations + 1,
+        vhat=vhat, mode=mode, **hp,
+    )  # fmt: skip
+    return x.reshape(shape), m.reshape(shape), v, h
 
 
 def oracle_step(
@@ -394,7 +456,15 @@ def oracle_step(
     cv, cn = case.kwargs.get("clipvalue"), case.kwargs.get("clipnorm")
     state = (before["var"], before["m"], before["v"])
     vhat = before.get("vhat")
-    if isinstance(grad, IndexedSlices):
+    if case.row and state[0].ndim >= 2:
+        if isinstance(grad, IndexedSlices):
+            g = None
+            sl = (np.asarray(grad.indices), clip_ref(grad.values, cv, cn))
+            x, m, v, h = _rowwise_oracle(hp, state, vhat, sl, iterations, case.lazy)
+        else:
+            g = clip_ref(grad, cv, cn)
+            x, m, v, h = _rowwise_oracle(hp, state, vhat, g, iterations, False)
+    elif isinstance(grad, IndexedSlices):
         values = clip_ref(grad.values, cv, cn)
         rule = adam_sparse_lazy_ref if case.lazy else adam_sparse_ref
         x, m, v, h = rule(
@@ -425,7 +495,7 @@ def _frozen_rows(var0, raw_before, actual, grad, listed, lazy, ema=False):
     for key, arr in actual.items():
         if ema and not lazy and key in ("var", "average"):
             continue  # (TF's rule moves every row's average, and overwrites)
-        start = var0 if key in ("var", "average") else np.zeros_like(var0)
+        start = var0 if key in ("var", "average") else np.zeros(arr.shape, var0.dtype)
         checks.append((f"{key} of never-listed rows", arr[never], start[never]))
     if lazy:
         now = np.ones(var0.shape[0], bool)

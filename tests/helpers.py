@@ -426,13 +426,14 @@ def rw_copy(state):
     return [None if a is None else a.copy() for a in state]
 
 
-def rw_lazy(dtype, state, idx, vals, cf, tr, nt=2, dirty=None):
+def rw_lazy(dtype, state, idx, vals, cf, tr, nt=2, dirty=None, wd=None):
     """``adam_rowwise_lazy_cpu`` on a copy of ``state``: the new state."""
     out = rw_copy(state)
     maxkey = int(idx.max()) if idx.size else 0
     rw_kernel("adam_rowwise_lazy_cpu", dtype)(
-        *(rw_flat(a) for a in out), idx, rw_kview(vals), *cf, *tr, maxkey, nt, dirty
-    )
+        *(rw_flat(a) for a in out), idx, rw_kview(vals), *cf, *tr, wd, maxkey, nt,
+        dirty,
+    )  # fmt: skip
     return out
 
 
@@ -450,21 +451,21 @@ def rw_summed_rows(dtype, idx, vals, tr, nt=2):
     return ui[:u], uv[:u]
 
 
-def rw_sparse(dtype, state, idx, vals, cf, tr, block_rows=4):
+def rw_sparse(dtype, state, idx, vals, cf, tr, block_rows=4, wd=None):
     """``adam_rowwise_sparse_cpu`` (after ``sum_duplicate_rows_cpu``) on a copy
     of ``state``: the new state."""
     out = rw_copy(state)
     ui, uv = rw_summed_rows(dtype, idx, vals, tr)
     rw_kernel("adam_rowwise_sparse_cpu", dtype)(
-        *(rw_flat(a) for a in out), ui, uv, *cf, block_rows
+        *(rw_flat(a) for a in out), ui, uv, *cf, wd, block_rows
     )
     return out
 
 
-def rw_dense(dtype, state, g, cf, tr, serial_max=0):
+def rw_dense(dtype, state, g, cf, tr, serial_max=0, wd=None):
     """``adam_rowwise_dense_cpu`` on a copy of ``state``: the new state."""
     out = rw_copy(state)
     rw_kernel("adam_rowwise_dense_cpu", dtype)(
-        *(rw_flat(a) for a in out), rw_flat(g), *cf, *tr, serial_max
+        *(rw_flat(a) for a in out), rw_flat(g), *cf, *tr, wd, serial_max
     )
     return out

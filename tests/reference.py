@@ -216,6 +216,7 @@ def adam_rowwise_step(
     vhat: Any = None,
     decay: Any = 0.0,
     mode: str = "dense",
+    weight_decay: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """One row-wise Adam (or AMSGrad) step of an ``(R, D)`` table, in float64.
 
@@ -223,7 +224,9 @@ def adam_rowwise_step(
     row with gradient ``g`` (``D`` values, already clipped): ``s = mean(g**2)``,
     ``m += (g - m) * (1 - beta_1)``, ``v += (s - v) * (1 - beta_2)``, with
     AMSGrad ``vhat = max(vhat, v)``, and ``var -= m * alpha / (sqrt(vhat or v)
-    + epsilon)``, ``alpha`` as in :func:`adam_dense_ref`.
+    + epsilon)``, ``alpha`` as in :func:`adam_dense_ref`. With
+    ``weight_decay`` (Keras 3's decoupled decay) each stepped row is first
+    ``var = var - var * weight_decay * lr_t``.
 
     Parameters
     ----------
@@ -262,6 +265,9 @@ def adam_rowwise_step(
     tt = float(t)
     alpha = (lr_t * math.sqrt(1.0 - b2**tt)) / (1.0 - b1**tt)
     s = np.mean(g * g, axis=1)
+    x = var
+    if weight_decay:
+        x = var - var * float(weight_decay) * lr_t
     m_new = m + (g - m) * (1.0 - b1)
     v_new = v + (s - v) * (1.0 - b2)
     denom = v_new
@@ -269,7 +275,7 @@ def adam_rowwise_step(
         vhat_new = np.maximum(vhat, v_new)
         denom = vhat_new
         vhat = np.where(steps, vhat_new, vhat)
-    var_new = var - (m_new * alpha) / (np.sqrt(denom) + eps)[:, None]
+    var_new = x - (m_new * alpha) / (np.sqrt(denom) + eps)[:, None]
     rows = steps[:, None]
     return (
         np.where(rows, var_new, var),

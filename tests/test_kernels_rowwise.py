@@ -474,8 +474,9 @@ def test_signatures_do_not_grow():
 
 
 def test_ensure_compiled_selects_variants(tmp_path):
-    """``amsgrad`` and ``dirty`` compile only the matching signatures, and every
-    kernel lands in the on-disk cache (fresh ``NUMBA_CACHE_DIR``, float32)."""
+    """``amsgrad``, ``dirty`` and ``decay`` compile only the matching signatures,
+    and every kernel lands in the on-disk cache (fresh ``NUMBA_CACHE_DIR``,
+    float32)."""
     script = textwrap.dedent(
         """
         import warnings
@@ -485,13 +486,14 @@ def test_ensure_compiled_selects_variants(tmp_path):
 
         warnings.simplefilter("error", NumbaWarning)
         lazy = rk.adam_rowwise_lazy_cpu
-        rk.ensure_compiled(lazy, np.float32, amsgrad=False, dirty=True)
+        rk.ensure_compiled(lazy, np.float32, amsgrad=False, dirty=True, decay=False)
         assert len(lazy.signatures) == 2, lazy.signatures  # int32 and int64
         for sig in lazy.signatures:
-            assert str(sig[3]) == "none" and str(sig[16]) != "none", sig
+            assert str(sig[3]) == "none" and str(sig[17]) != "none", sig
+            assert str(sig[14]) == "none", sig
         for name in rk.SIGNATURES:
             rk.ensure_compiled(getattr(rk, name), np.float32)
-        assert len(lazy.signatures) == 8
+        assert len(lazy.signatures) == 16
         print("ok")
         """
     )

@@ -125,9 +125,8 @@ def test_dense_kernel_is_the_cpu_kernel(cuda, rc, dtype, ams, kind):
     g = np.array(rng.standard_normal((rows, width)) * 2, dtype)
     cf, tr = rw_coef(dtype), rw_transform(dtype, g, *KINDS[kind])
     dev, args = device_state(cuda, state)
-    launch(
-        rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)), *cf, *tr
-    )
+    gd = cuda.to_device(g.reshape(-1))
+    launch(rc.adam_rowwise_dense_cuda, rows, *args, gd, *cf, *tr, ())
     assert_state(host_state(dev, state), rw_dense(dtype, state, g, cf, tr), "dense")
 
 
@@ -160,9 +159,8 @@ def test_dense_kernel_special_values(cuda, rc, dtype):
     state = [x, m, v, v[::-1].copy()]
     cf, tr = rw_coef(dtype), rw_transform(dtype, g, None, None)
     dev, args = device_state(cuda, state)
-    launch(
-        rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)), *cf, *tr
-    )
+    gd = cuda.to_device(g.reshape(-1))
+    launch(rc.adam_rowwise_dense_cuda, rows, *args, gd, *cf, *tr, ())
     with np.errstate(all="ignore"):
         want = rw_dense(dtype, state, g, cf, tr)
     assert_state(host_state(dev, state), want, "specials")
@@ -192,6 +190,7 @@ def test_sparse_kernel_is_the_cpu_kernel(cuda, rc, dtype, ams, kind):
         cuda.to_device(vals),
         *cf,
         *tr,
+        (),
     )
     want = rw_sparse(dtype, state, idx, vals, cf, tr)
     assert_state(host_state(dev, state), want, "sparse")
@@ -222,6 +221,7 @@ def test_lazy_kernel_is_the_cpu_kernel(cuda, rc, dtype, ams, kind, marks):
         cuda.to_device(vals),
         *cf,
         *tr,
+        (),
         (ddev,) if marks else (),
     )
     cpu_dirty = np.zeros(rows, np.uint8) if marks else None
@@ -253,6 +253,7 @@ def test_empty_inputs(cuda, rc):
         *cf,
         *tr,
         (),
+        (),
     )
     assert_state(host_state(dev, state), state, "k=0")
     flat = rw_state(rng, 6, 0, dtype, True)
@@ -264,6 +265,7 @@ def test_empty_inputs(cuda, rc):
         cuda.to_device(np.zeros(0, dtype)),
         *cf,
         *tr,
+        (),
     )
     assert_state(host_state(dev, flat), flat, "D=0")
 
@@ -275,7 +277,7 @@ def test_signatures_do_not_grow(cuda, rc):
         pytest.skip("the simulator compiles nothing")
     for dtype in FLOAT_DTYPES:
         for ams in (False, True):
-            rc.ensure_compiled(rc.adam_rowwise_lazy_cuda, dtype, ams, True)
+            rc.ensure_compiled(rc.adam_rowwise_lazy_cuda, dtype, ams, True, False)
     assert len(rc.adam_rowwise_lazy_cuda.signatures) == 2 * len(FLOAT_DTYPES)
     for name in rc.SIGNATURES:
         for dtype in FLOAT_DTYPES:
@@ -283,3 +285,39 @@ def test_signatures_do_not_grow(cuda, rc):
     for name in rc.SIGNATURES:
         declared = sum(len(s) for s in rc.SIGNATURES[name].values())
         assert len(getattr(rc, name).signatures) == declared, name
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "lazy"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_weight_decay_is_the_cpu_kernel(cuda, rc, dtype, mode):
+    """``wd = (weight_decay, lr_t)``: every row decayed first (TF's rule: none
+    skipped, the +0.0 rows too), the lazy kernel only the listed rows."""
+    rng = np.random.default_rng([5, FLOAT_DTYPES.index(dtype), len(mode)])
+    rows, width, k = 150, 3, 90
+    state = rw_state(rng, rows, width, dtype, True, zero_rows=40)
+    c = np.dtype(np.float32 if dtype == np.float16 else dtype).type
+    wd = (c(0.25), c(0.125))
+    cf = rw_coef(dtype)
+    dev, args = device_state(cuda, state)
+    if mode == "dense":
+        g = np.array(rng.standard_normal((rows, width)) * 2, dtype)
+        tr = rw_transform(dtype, g, *KINDS["both"])
+        launch(rc.adam_rowwise_dense_cuda, rows, *args,
+               cuda.to_device(g.reshape(-1)), *cf, *tr, wd)  # fmt: skip
+        want = rw_dense(dtype, state, g, cf, tr, wd=wd)
+    else:
+        idx, vals = _slices(rng, rows, width, k, dtype, hot=60)
+        tr = rw_transform(dtype, vals, *KINDS["both"])
+        keys, pos = sorted_keys(cuda, idx)
+        common = (*args, keys, pos, k, cuda.to_device(vals), *cf, *tr, wd)
+        if mode == "sparse":
+            launch(rc.adam_rowwise_sparse_cuda, rows, *common)
+            want = rw_sparse(dtype, state, idx, vals, cf, tr, wd=wd)
+        else:
+            launch(rc.adam_rowwise_lazy_cuda, k, *common, ())
+            want = rw_lazy(dtype, state, idx, vals, cf, tr, wd=wd)
+            untouched = np.setdiff1d(np.arange(rows), idx)
+            assert_same_bits(want[0][untouched], state[0][untouched], "unlisted")
+    if mode == "sparse":  # the +0.0 rows were decayed, not skipped
+        assert not np.array_equal(want[0][rows - 1], state[0][rows - 1])
+    assert_state(host_state(dev, state), want, f"{mode} with weight decay")

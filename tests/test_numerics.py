@@ -88,6 +88,11 @@ def _assert_row_exercised(run: Run) -> None:
             for step in run.steps
             for vs in step.variables
         ), "the EMA average did not move on its own"
+    if run.case.row:  # 2-D+ variables keep one v per row, others per element
+        for vs in run.steps[-1].variables:
+            x = vs.actual["var"]
+            want = x.shape[:1] if x.ndim >= 2 else x.shape
+            assert vs.actual["v"].shape == want, f"{vs.what}: v {vs.actual['v'].shape}"
     if run.case.amsgrad:
         last = run.steps[-1].variables
         assert any(np.any(vs.actual["vhat"] > vs.actual["v"]) for vs in last), (

@@ -282,10 +282,11 @@ def _sparse_state(x: np.ndarray, warm: bool):
 
 
 def _numbadam_sparse(
-    rows: int, width: int, batches, vals, mode: str, warm: bool = False
-):
+    rows: int, width: int, batches, vals, mode: str, warm: bool = False,
+    second_moment: str = "element",
+):  # fmt: skip
     x = _table(rows, width)
-    opt = numbadam.Adam(1e-3, sparse_mode=mode)
+    opt = numbadam.Adam(1e-3, sparse_mode=mode, second_moment=second_moment)
     opt.build([x])
     m0, v0 = _state_values(warm)
     opt.get_slot(x, "m").fill(m0)  # in place, which also pages the slots in
@@ -451,6 +452,31 @@ def _lazy_case(
     return out
 
 
+def _row_lazy_case(rows: int, width: int, k: int, quick: bool, torch) -> _Case:
+    """The lazy step with one second moment per row (``second_moment="row"``)
+    against the element-wise lazy step and torch's SparseAdam, same batch."""
+    rng = np.random.default_rng(1)
+    vals = rng.standard_normal((k, width), dtype=F32)
+    batches = _zipf_batches(rows, k, 1)
+    nuniq = np.unique(batches[0]).size
+    case = _Case(
+        f"row-wise lazy table ({rows:.0e}, {width}), {k} Zipf rows, one batch",
+        "lazy-row",
+        (20 * width + 8) * nuniq,
+        f"~{nuniq} unique rows move; v one float32 per row",
+    )
+    fns = {
+        "numbadam-row-lazy": _numbadam_sparse(
+            rows, width, batches, vals, "lazy", second_moment="row"
+        ),
+        "numbadam-lazy": _numbadam_sparse(rows, width, batches, vals, "lazy"),
+    }
+    if torch is not None:
+        fns["torch-SparseAdam"] = _torch_sparse_adam(torch, rows, width, batches, vals)
+    case.add_interleaved(fns, _repeat_for(1e6, quick))
+    return case
+
+
 def _threads_case(n: int, quick: bool) -> _Case:
     case = _Case(f"dense float32 n={n:.0e} by threads", "threads", 28 * n, "numbadam")
     r = _repeat_for(case.nbytes, quick)
@@ -495,8 +521,8 @@ def _compile_case() -> _Case:
 
 #: Families of cases, in the order ``run`` measures them.
 FAMILIES = (
-    "dense", "fixed", "many", "sparse-tf", "lazy", "lazy-rotating", "threads",
-    "compile",
+    "dense", "fixed", "many", "sparse-tf", "lazy", "lazy-rotating", "lazy-row",
+    "threads", "compile",
 )  # fmt: skip
 
 
@@ -529,6 +555,7 @@ def _plan(quick: bool, torch, jo) -> List[Tuple[str, Callable[[], Any]]]:
             lambda: _lazy_case([lazy_rows[-2]], 64, 4096, quick, torch, rotate=True),
         )
     )
+    plan.append(("lazy-row", lambda: _row_lazy_case(10**6, 64, 4096, quick, torch)))
     plan.append(("threads", lambda: _threads_case(10**7, quick)))
     plan.append(("compile", _compile_case))
     return plan
@@ -665,6 +692,7 @@ def format_report(result: Dict[str, Any]) -> str:
             c["median_s"].get("numbadam")
             or c["median_s"].get("numbadam-buffer")
             or c["median_s"].get("numbadam-lazy")
+            or c["median_s"].get("numbadam-row-lazy")
         )
         for impl, t in c["median_s"].items():
             if c["bytes"] == 0:

@@ -148,6 +148,11 @@ class ShardedAdam(ShardedStateMixin, Adam):
                 "ShardedAdam does not support use_ema=True yet; use Adam or "
                 "DistributedAdam (replicated state) for an EMA of the weights"
             )
+        if kwargs.get("second_moment", "element") != "element":
+            raise ValueError(
+                "ShardedAdam keeps flat slices of the state: "
+                "second_moment='row' is not supported (use Adam or DistributedAdam)"
+            )
         super().__init__(
             learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
         )

@@ -109,6 +109,8 @@ from ._cuda_common import (  # noqa: F401
     _zero_cuda,
     as_stored,
     has_ema,
+    decayed,
+    has_decay,
     slot_is_pos_zero,
     slot_max,
     store_var,

@@ -11,6 +11,7 @@ with gradient ``g`` (``D`` values, transformed as in the element kernels:
     m_j += (g_j - m_j) * omb1
     v   += (s - v) * omb2
     vhat = max(vhat, v)                                      # AMSGrad
+    var_j -= (var_j * weight_decay) * lr_t                   # wd given
     var_j -= (m_j * alpha) / (sqrt(vhat or v) + eps)
 
 The sum of squares is sequential, in the compute type, so it is the same on the
@@ -47,13 +48,14 @@ Examples
 --------
 >>> import numpy as np
 >>> from numbadam.kernels import rowwise_cpu as rk
->>> rk.ensure_compiled(rk.adam_rowwise_lazy_cpu, np.float64, False, True)
+>>> rk.ensure_compiled(rk.adam_rowwise_lazy_cpu, np.float64, False, True, False)
 >>> var = np.ones((3, 2)); m = np.zeros((3, 2)); v = np.zeros(3)
 >>> dirty = np.zeros(3, np.uint8)
 >>> idx = np.array([2, 0, 2]); vals = np.array([[1.0, -1.0], [3.0, 4.0], [1.0, 1.0]])
 >>> inf = np.inf
 >>> rk.adam_rowwise_lazy_cpu(var.reshape(-1), m.reshape(-1), v, None, idx, vals,
-...                          0.1, 0.1, 0.001, 1e-7, -inf, inf, 1.0, 1.0, 2, 1, dirty)
+...                          0.1, 0.1, 0.001, 1e-7, -inf, inf, 1.0, 1.0, None, 2, 1,
+...                          dirty)
 >>> m  # row 2's gradient is the sum of its two rows: [2, 0]
 array([[0.3, 0.4],
        [0. , 0. ],
@@ -98,6 +100,7 @@ __all__ = [
     "adam_rowwise_dense_cpu",
     "SIGNATURES",
     "VHAT_ARG",
+    "DECAY_ARG",
     "DIRTY_ARG",
     "ensure_compiled",
 ]
@@ -160,14 +163,19 @@ def _row_moment(v, vhat, r, s, omb2):
 
 
 @njit(**_SERIAL)
-def _elem(xs, ms, j, gj, alpha, omb1, den):
+def _elem(xs, ms, j, gj, alpha, omb1, den, wd):
+    # with weight decay (wd = (weight_decay, lr_t), else None) the value
+    # loaded is decayed first, as in _adam_elem
     mj = _ema(load(ms, j), gj, omb1)
     store(ms, j, mj)
-    store(xs, j, _step_by(load(xs, j), mj, alpha, den))
+    xj = load(xs, j)
+    if wd is not None:
+        xj = xj - (xj * wd[0]) * wd[1]
+    store(xs, j, _step_by(xj, mj, alpha, den))
 
 
 @njit(**_SERIAL)
-def _row(xs, ms, v, vhat, r, gs, lo, hi, mul, div, alpha, omb1, omb2, eps):
+def _row(xs, ms, v, vhat, r, gs, lo, hi, mul, div, alpha, omb1, omb2, eps, wd):
     # Row r (xs, ms: its elements) with gradient (clip(gs, lo, hi) * mul) / div:
     # the mean square first (gs read twice; var and m once each).
     width = xs.shape[0]
@@ -185,15 +193,15 @@ def _row(xs, ms, v, vhat, r, gs, lo, hi, mul, div, alpha, omb1, omb2, eps):
     den = _denominator(d, eps)
     if plain:
         for j in range(width):
-            _elem(xs, ms, j, load(gs, j), alpha, omb1, den)
+            _elem(xs, ms, j, load(gs, j), alpha, omb1, den, wd)
     else:
         for j in range(width):
             gj = _transform(load(gs, j), lo, hi, mul, div)
-            _elem(xs, ms, j, gj, alpha, omb1, den)
+            _elem(xs, ms, j, gj, alpha, omb1, den, wd)
 
 
 @njit(**_SERIAL)
-def _decay_row(xs, ms, v, vhat, r, alpha, omb1, omb2, eps, skip):
+def _decay_row(xs, ms, v, vhat, r, alpha, omb1, omb2, eps, wd, skip):
     # A row without gradient: _row's arithmetic with g = 0 (so s = +0). With
     # skip, a row whose m, v (and vhat) are all +0.0 is only read: it would
     # keep every bit (see kernels.cpu).
@@ -207,7 +215,7 @@ def _decay_row(xs, ms, v, vhat, r, alpha, omb1, omb2, eps, skip):
     zero = zero_of(alpha)
     den = _denominator(_row_moment(v, vhat, r, zero, omb2), eps)
     for j in range(xs.shape[0]):
-        _elem(xs, ms, j, zero, alpha, omb1, den)
+        _elem(xs, ms, j, zero, alpha, omb1, den, wd)
 
 
 # ---------------------------------------------------------------------------
@@ -231,7 +239,7 @@ def _prefetch_row(var, m, v, vhat, values, indices, order, start, width):
 
 @njit(**_PARALLEL)
 def adam_rowwise_lazy_cpu(
-    var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, lo, hi, mul, div,
+    var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, lo, hi, mul, div, wd,
     maxkey, nt, dirty,
 ):  # fmt: skip
     """Lazy row-wise Adam or AMSGrad step: only rows ``indices`` change.
@@ -244,7 +252,9 @@ def adam_rowwise_lazy_cpu(
     order of appearance; ``s = sum_j g_j*g_j / W`` (sequential);
     ``m_j += (g_j - m_j) * omb1``; ``v += (s - v) * omb2``; with AMSGrad
     ``vhat = max(vhat, v)``; ``var_j -= (m_j * alpha) / (sqrt(vhat or v) +
-    eps)``. Written: those rows of ``var``, ``m``, ``v`` (and ``vhat``), and
+    eps)``, the value first decayed with weight decay (``wd = (weight_decay,
+    lr_t)``, else None: ``var_j -= (var_j * weight_decay) * lr_t``, only on
+    these rows). Written: those rows of ``var``, ``m``, ``v`` (and ``vhat``), and
     ``dirty[row] = 1`` (a ``uint8`` array of ``R``, or None) for each. One pass
     per unique row, dealt round-robin to ``nt`` workers (pass Numba's thread
     count): the results do not depend on ``nt``. Cost O(k W).
@@ -269,12 +279,12 @@ def adam_rowwise_lazy_cpu(
             e = a + width
             if s1 - s0 == 1:  # one gradient row: transformed as it is read
                 _row(var[a:e], m[a:e], v, vhat, r, values[order[s0]], lo, hi, mul,
-                     div, alpha, omb1, omb2, eps)  # fmt: skip
+                     div, alpha, omb1, omb2, eps, wd)  # fmt: skip
             else:  # duplicates: summed (transformed) into the group's scratch
                 acc = scratch[at[q] : at[q] + width]
                 _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
                 _row(var[a:e], m[a:e], v, vhat, r, acc, ilo, ihi, imul, idiv,
-                     alpha, omb1, omb2, eps)  # fmt: skip
+                     alpha, omb1, omb2, eps, wd)  # fmt: skip
             if dirty is not None:
                 dirty[r] = 1
 
@@ -286,7 +296,7 @@ def adam_rowwise_lazy_cpu(
 
 @njit(**_PARALLEL)
 def adam_rowwise_sparse_cpu(
-    var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, block_rows
+    var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, wd, block_rows
 ):
     """Sparse row-wise Adam or AMSGrad step (TF's rule) over a whole table.
 
@@ -297,15 +307,19 @@ def adam_rowwise_sparse_cpu(
     gradient of row ``indices[i]``. Every row takes the arithmetic of
     :func:`adam_rowwise_lazy_cpu`, with a zero gradient where it has none (a
     row without gradient whose ``m``, ``v`` (and ``vhat``) are all +0.0 is only
-    read: it would not change). Written: ``var``, ``m``, ``v`` (and ``vhat``),
-    in parallel over fixed blocks of ``block_rows`` rows.
+    read: it would not change). With weight decay (``wd``, else None) every
+    row is decayed first and none is skipped. Written: ``var``, ``m``, ``v``
+    (and ``vhat``), in parallel over fixed blocks of ``block_rows`` rows.
     """
     width = values.shape[1]
     nrows = v.shape[0]
     if width == 0:
         return
     k = indices.shape[0]
-    skip = _zero_rows_stay(alpha, omb1, omb2, eps)
+    if wd is None:
+        skip = _zero_rows_stay(alpha, omb1, omb2, eps)
+    else:  # (a decayed row changes even with m = v = +0.0)
+        skip = False
     ilo, ihi, imul, idiv = _identity_like(alpha)
     nblocks = (nrows + block_rows - 1) // block_rows
     for b in prange(nblocks):
@@ -317,11 +331,11 @@ def adam_rowwise_sparse_cpu(
             e = a + width
             if p < k and indices[p] == r:
                 _row(var[a:e], m[a:e], v, vhat, r, values[p], ilo, ihi, imul, idiv,
-                     alpha, omb1, omb2, eps)  # fmt: skip
+                     alpha, omb1, omb2, eps, wd)  # fmt: skip
                 p += 1
             else:
                 _decay_row(var[a:e], m[a:e], v, vhat, r, alpha, omb1, omb2, eps,
-                           skip)  # fmt: skip
+                           wd, skip)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -331,14 +345,15 @@ def adam_rowwise_sparse_cpu(
 
 @njit(**_PARALLEL)
 def adam_rowwise_dense_cpu(
-    var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div, serial_max
+    var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div, wd, serial_max
 ):
     """Dense row-wise Adam or AMSGrad step over an ``(R, W)`` table, in place.
 
     ``var``, ``m`` and ``g`` are flat views of the table (``W = var.size //
     R``), ``v`` (and ``vhat``, or None) of length ``R``. Each row takes the
     arithmetic of :func:`adam_rowwise_lazy_cpu` with ``g' = (clip(g, lo, hi) *
-    mul) / div``. Written: ``var``, ``m``, ``v`` (and ``vhat``); up to
+    mul) / div``, each value decayed first with weight decay (``wd``, else
+    None). Written: ``var``, ``m``, ``v`` (and ``vhat``); up to
     ``serial_max`` elements in the calling thread, else in parallel over rows
     (the same arithmetic, whatever the threads).
     """
@@ -351,12 +366,12 @@ def adam_rowwise_dense_cpu(
         for r in range(nrows):
             a = r * width
             _row(var[a : a + width], m[a : a + width], v, vhat, r, g[a : a + width],
-                 lo, hi, mul, div, alpha, omb1, omb2, eps)  # fmt: skip
+                 lo, hi, mul, div, alpha, omb1, omb2, eps, wd)  # fmt: skip
         return
     for r in prange(nrows):
         a = r * width
         _row(var[a : a + width], m[a : a + width], v, vhat, r, g[a : a + width], lo,
-             hi, mul, div, alpha, omb1, omb2, eps)  # fmt: skip
+             hi, mul, div, alpha, omb1, omb2, eps, wd)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -372,24 +387,30 @@ def _signatures(storage):
     s, c = STORAGE_DTYPES[np.dtype(storage)]
     W, R = _arr(s), _arr(s, readonly=True)
     i64, none = types.int64, types.none
-    # vhat (VHAT_ARG) and dirty (DIRTY_ARG): None, or an array
+    # vhat (VHAT_ARG) and dirty (DIRTY_ARG): None, or an array; the weight
+    # decay (DECAY_ARG): None, or the pair (weight_decay, lr_t)
+    decays = (none, types.UniTuple(c, 2))
     return {
         "adam_rowwise_lazy_cpu": [
             (W, W, W, h, _arr(it, readonly=True), _arr(s, 2, readonly=True))
             + (c,) * 8
-            + (i64, i64, d)
+            + (wd, i64, i64, d)
             for h in (none, W)
             for it in (types.int32, types.int64)
+            for wd in decays
             for d in (none, _arr(types.uint8))
         ],
         "adam_rowwise_sparse_cpu": [
             (W, W, W, h, _arr(i64, readonly=True), _arr(c, 2, readonly=True))
             + (c,) * 4
-            + (i64,)
+            + (wd, i64)
             for h in (none, W)
+            for wd in decays
         ],
         "adam_rowwise_dense_cpu": [
-            (W, W, W, h, R) + (c,) * 8 + (i64,) for h in (none, W)
+            (W, W, W, h, R) + (c,) * 8 + (wd, i64)
+            for h in (none, W)
+            for wd in decays
         ],
     }
 
@@ -407,31 +428,43 @@ VHAT_ARG = {
     "adam_rowwise_dense_cpu": 3,
 }
 
+#: Position of the weight-decay argument (None, or ``(weight_decay, lr_t)``).
+DECAY_ARG = {
+    "adam_rowwise_lazy_cpu": 14,
+    "adam_rowwise_sparse_cpu": 10,
+    "adam_rowwise_dense_cpu": 13,
+}
+
 #: Position of the ``dirty`` argument (None, or a ``uint8`` array of ``R``).
-DIRTY_ARG = {"adam_rowwise_lazy_cpu": 16}
+DIRTY_ARG = {"adam_rowwise_lazy_cpu": 17}
 
 _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype, amsgrad=None, dirty=None) -> None:
+def ensure_compiled(kernel, dtype, amsgrad=None, dirty=None, decay=None) -> None:
     """Compile ``kernel``'s explicit signatures for storage ``dtype`` (once).
 
-    ``amsgrad`` selects the AMSGrad (True) or Adam (False) signatures, and for
+    ``amsgrad`` selects the AMSGrad (True) or Adam (False) signatures, for
     the kernels of :data:`DIRTY_ARG` ``dirty`` those with (True) or without
-    (False) a ``dirty`` array; None compiles both. As
+    (False) a ``dirty`` array, and ``decay`` those with (True) or without
+    (False) weight decay (:data:`DECAY_ARG`); None compiles both. As
     :func:`numbadam.kernels.cpu.ensure_compiled`: loads from the on-disk cache
     when possible, and afterwards the kernel compiles nothing new at call time.
     """
     name = kernel.py_func.__name__
-    key = (name, np.dtype(dtype), amsgrad, dirty)
+    key = (name, np.dtype(dtype), amsgrad, dirty, decay)
     if key in _compiled:
         return
     with _lock:
         if key in _compiled:
             return
         sigs = SIGNATURES[name][key[1]]
-        for at, want in ((VHAT_ARG.get(name), amsgrad), (DIRTY_ARG.get(name), dirty)):
+        for at, want in (
+            (VHAT_ARG.get(name), amsgrad),
+            (DIRTY_ARG.get(name), dirty),
+            (DECAY_ARG.get(name), decay),
+        ):
             if at is not None and want is not None:
                 sigs = [sig for sig in sigs if (sig[at] != types.none) == want]
         kernel.disable_compile(False)

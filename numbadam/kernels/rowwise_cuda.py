@@ -55,6 +55,8 @@ from .cuda import (
     _widen,
     _zero,
     _zero_rows_stay,
+    decayed,
+    has_decay,
     slot_is_pos_zero,
     slot_max,
 )
@@ -66,6 +68,7 @@ __all__ = [
     "mark_row",
     "SIGNATURES",
     "VHAT_ARG",
+    "DECAY_ARG",
     "DIRTY_ARG",
     "ensure_compiled",
 ]
@@ -140,15 +143,16 @@ def _row_moment(v, vhat, r, s, omb2):
 
 
 @cuda.jit(device=True)
-def _elem(var, m, e, g, alpha, omb1, den):
+def _elem(var, m, e, g, alpha, omb1, den, wd):
+    # the value decayed first with weight decay (wd: () or the pair)
     mi = _ema(_widen(m[e]), g, omb1)
     m[e] = mi
-    var[e] = _step_by(_widen(var[e]), mi, alpha, den)
+    var[e] = _step_by(decayed(wd, _widen(var[e])), mi, alpha, den)
 
 
 @cuda.jit(device=True)
 def _sorted_row(var, m, v, vhat, r, s, width, keys, pos, nkeys, values, alpha,
-                omb1, omb2, eps, lo, hi, mul, div):  # fmt: skip
+                omb1, omb2, eps, lo, hi, mul, div, wd):  # fmt: skip
     # row r, whose duplicates start at sorted position s (summed twice: for
     # the mean square, then for m)
     zero = _zero(alpha)
@@ -160,7 +164,7 @@ def _sorted_row(var, m, v, vhat, r, s, width, keys, pos, nkeys, values, alpha,
     den = _denominator(_row_moment(v, vhat, r, acc / like(alpha, width), omb2), eps)
     for j in range(width):
         gj = _segment_gradient(s, j, keys, pos, nkeys, values, lo, hi, mul, div, zero)
-        _elem(var, m, a + j, gj, alpha, omb1, den)
+        _elem(var, m, a + j, gj, alpha, omb1, den, wd)
 
 
 @cuda.jit(device=True)
@@ -179,7 +183,7 @@ def _row_is_pos_zero(m, a, width):
 @cuda.jit(cache=True)
 def adam_rowwise_lazy_cuda(
     var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
-    div, dirty,
+    div, wd, dirty,
 ):  # fmt: skip
     """Lazy row-wise Adam or AMSGrad step: only the rows in ``keys`` change.
 
@@ -187,7 +191,8 @@ def adam_rowwise_lazy_cuda(
     and the AMSGrad slot (``()`` or ``(vhat,)``) are updated in place, with the
     arithmetic of :func:`numbadam.kernels.rowwise_cpu.adam_rowwise_lazy_cpu`;
     ``dirty`` (``()`` or ``(dirty,)``) gets ``dirty[row] = 1`` for each row
-    written. ``keys[:nkeys]`` are the indices stable-sorted, ``pos`` their
+    written; ``wd`` (``()`` or ``(weight_decay, lr_t)``) decays those rows
+    first. ``keys[:nkeys]`` are the indices stable-sorted, ``pos`` their
     positions in ``values`` (``(k, W)``, storage dtype, not yet transformed).
     """
     width = values.shape[1]
@@ -197,32 +202,33 @@ def adam_rowwise_lazy_cuda(
         if s == 0 or keys[s] != keys[s - 1]:
             r = keys[s]
             _sorted_row(var, m, v, vhat, r, s, width, keys, pos, nkeys, values,
-                        alpha, omb1, omb2, eps, lo, hi, mul, div)  # fmt: skip
+                        alpha, omb1, omb2, eps, lo, hi, mul, div, wd)  # fmt: skip
             mark_row(dirty, r)
 
 
 @cuda.jit(cache=True)
 def adam_rowwise_sparse_cuda(
     var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
-    div,
+    div, wd,
 ):  # fmt: skip
     """Sparse row-wise Adam or AMSGrad step (TF's rule) over a whole table.
 
     Arguments as :func:`adam_rowwise_lazy_cuda` (without ``dirty``). Every row
     steps, with a zero gradient where it has none; a row without gradient
     whose ``m``, ``v`` (and ``vhat``) are all +0.0 is only read (it would not
-    change).
+    change); with weight decay (``wd``) every row is decayed first and none
+    is skipped.
     """
     width = values.shape[1]
     if width == 0:
         return
     zero = _zero(alpha)
-    skip = _zero_rows_stay(alpha, omb1, omb2, eps)
+    skip = _zero_rows_stay(alpha, omb1, omb2, eps) and not has_decay(wd)
     for r in range(cuda.grid(1), v.shape[0], cuda.gridsize(1)):
         s = _lower_bound(keys, 0, nkeys, r)
         if s < nkeys and keys[s] == r:
             _sorted_row(var, m, v, vhat, r, s, width, keys, pos, nkeys, values,
-                        alpha, omb1, omb2, eps, lo, hi, mul, div)  # fmt: skip
+                        alpha, omb1, omb2, eps, lo, hi, mul, div, wd)  # fmt: skip
             continue
         a = r * width
         if (
@@ -234,16 +240,17 @@ def adam_rowwise_sparse_cuda(
             continue  # stays bit for bit: read only
         den = _denominator(_row_moment(v, vhat, r, zero, omb2), eps)
         for j in range(width):
-            _elem(var, m, a + j, zero, alpha, omb1, den)
+            _elem(var, m, a + j, zero, alpha, omb1, den, wd)
 
 
 @cuda.jit(cache=True)
 def adam_rowwise_dense_cuda(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul,
-                            div):  # fmt: skip
+                            div, wd):  # fmt: skip
     """Dense row-wise Adam or AMSGrad step over an ``(R, W)`` table, in place.
 
     ``var``, ``m`` and ``g`` are flat (``W = var.size // R``), ``v`` of ``R``
-    values, ``vhat`` ``()`` or ``(vhat,)``; the arithmetic of
+    values, ``vhat`` ``()`` or ``(vhat,)``, ``wd`` ``()`` or ``(weight_decay,
+    lr_t)``; the arithmetic of
     :func:`numbadam.kernels.rowwise_cpu.adam_rowwise_dense_cpu`.
     """
     nrows = v.shape[0]
@@ -262,7 +269,7 @@ def adam_rowwise_dense_cuda(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, 
         den = _denominator(d, eps)
         for j in range(width):
             gj = _transform(_widen(g[a + j]), lo, hi, mul, div)
-            _elem(var, m, a + j, gj, alpha, omb1, den)
+            _elem(var, m, a + j, gj, alpha, omb1, den, wd)
 
 
 # ---------------------------------------------------------------------------
@@ -283,11 +290,19 @@ def _signatures(storage):
     # vhat (VHAT_ARG) and dirty (DIRTY_ARG): () or a 1-tuple of an array
     slots = (types.Tuple(()), types.UniTuple(A, 1))
     marks = (types.Tuple(()), types.UniTuple(_arr(types.uint8), 1))
-    sparse = [(A, A, A, h, K, K, i64, _arr(s, 2)) + scalars for h in slots]
+    # the weight decay (DECAY_ARG): () or (weight_decay, lr_t)
+    decays = (types.Tuple(()), types.UniTuple(c, 2))
+    sparse = [
+        (A, A, A, h, K, K, i64, _arr(s, 2)) + scalars + (wd,)
+        for h in slots
+        for wd in decays
+    ]
     return {
         "adam_rowwise_lazy_cuda": [sig + (d,) for sig in sparse for d in marks],
         "adam_rowwise_sparse_cuda": sparse,
-        "adam_rowwise_dense_cuda": [(A, A, A, h, A) + scalars for h in slots],
+        "adam_rowwise_dense_cuda": [
+            (A, A, A, h, A) + scalars + (wd,) for h in slots for wd in decays
+        ],
     }
 
 
@@ -304,25 +319,33 @@ VHAT_ARG = {
     "adam_rowwise_dense_cuda": 3,
 }
 
+#: Position of the weight-decay argument (``()`` or ``(weight_decay, lr_t)``).
+DECAY_ARG = {
+    "adam_rowwise_lazy_cuda": 16,
+    "adam_rowwise_sparse_cuda": 16,
+    "adam_rowwise_dense_cuda": 13,
+}
+
 #: Position of the ``dirty`` argument (``()`` or ``(dirty,)``).
-DIRTY_ARG = {"adam_rowwise_lazy_cuda": 16}
+DIRTY_ARG = {"adam_rowwise_lazy_cuda": 17}
 
 _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype, amsgrad=None, dirty=None) -> None:
+def ensure_compiled(kernel, dtype, amsgrad=None, dirty=None, decay=None) -> None:
     """Compile ``kernel``'s explicit signatures for storage ``dtype`` (once).
 
     ``amsgrad`` and (for :data:`DIRTY_ARG`'s kernels) ``dirty`` select the
-    signatures with a 1-tuple (True) or an empty tuple (False) there; None
-    compiles both. Afterwards the kernel compiles nothing new at call time. A
-    no-op under the simulator.
+    signatures with a 1-tuple (True) or an empty tuple (False) there, and
+    ``decay`` those with the pair (True) or ``()`` (False) at
+    :data:`DECAY_ARG`; None compiles both. Afterwards the kernel compiles
+    nothing new at call time. A no-op under the simulator.
     """
     if SIMULATOR:
         return
     name = kernel.py_func.__name__
-    key = (name, np.dtype(dtype), amsgrad, dirty)
+    key = (name, np.dtype(dtype), amsgrad, dirty, decay)
     if key in _compiled:
         return
     with _lock:
@@ -332,6 +355,9 @@ def ensure_compiled(kernel, dtype, amsgrad=None, dirty=None) -> None:
         for at, want in ((VHAT_ARG.get(name), amsgrad), (DIRTY_ARG.get(name), dirty)):
             if at is not None and want is not None:
                 sigs = [sig for sig in sigs if (len(sig[at]) == 1) == want]
+        at = DECAY_ARG.get(name)
+        if decay is not None:
+            sigs = [sig for sig in sigs if (len(sig[at]) == 2) == decay]
         kernel.disable_compile(False)
         try:
             for sig in sigs:

@@ -1,0 +1,76 @@
+"""Row-wise second-moment steps of the CUDA backend (``second_moment="row"``).
+
+The twin of :mod:`numbadam._backend_cpu_rowwise`:
+:class:`numbadam._backend_cuda.CUDABackend` hands a step here when its ``v``
+slot has not the shape of ``m``; the kernels of
+:mod:`numbadam.kernels.rowwise_cuda` (one thread per row; the lazy kernel one
+per sorted gradient row), imported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RowwiseCUDA"]
+
+
+class RowwiseCUDA:
+    """The row-wise launches of one CUDA backend (its kernels compiled once)."""
+
+    def __init__(self) -> None:
+        from .kernels import rowwise_cuda  # (imports numba.cuda)
+
+        self._k = rowwise_cuda
+        self._ready: set = set()
+
+    def _kernel(self, kernel: Any, dtype: np.dtype, amsgrad: bool, decay: bool):
+        key = (kernel, dtype.char, amsgrad, decay)
+        if key not in self._ready:
+            dirty = False if kernel is self._k.adam_rowwise_lazy_cuda else None
+            self._k.ensure_compiled(kernel, dtype, amsgrad, dirty, decay)
+            self._ready.add(key)
+        return kernel
+
+    def dense_step(self, be, work, m, v, vhat, coef, tr, dec) -> None:
+        """``be``: the CUDA backend (launches, flat views); ``coef`` and
+        ``dec`` already typed."""
+        rows = int(v.shape[0])
+        if int(work.flat.shape[0]) == 0 or rows == 0:
+            return
+        dtype = np.dtype(work.flat.dtype)
+        slot = () if vhat is None else (be._flat(vhat),)
+        kern = self._kernel(
+            self._k.adam_rowwise_dense_cuda, dtype, vhat is not None, len(dec) > 0
+        )
+        be._launch(kern, rows, work.flat, be._flat(m), be._flat(v), slot, work.grad,
+                   *coef, *tr, dec)  # fmt: skip
+        be._writeback(work)
+
+    def sparse_step(self, be, work, m, v, vhat, coef, tr, lazy, dec) -> None:
+        rows = int(v.shape[0])
+        if int(work.flat.shape[0]) == 0 or rows == 0:
+            return
+        dtype = np.dtype(work.flat.dtype)
+        k = int(work.indices.shape[0])
+        if k == 0 and lazy:
+            return
+        keys, pos = be._sorted(work.indices)
+        values = work.values
+        if k == 0:
+            from numba import cuda
+
+            values = cuda.device_array((1, work.width), dtype)  # never read
+        slot = () if vhat is None else (be._flat(vhat),)
+        ams, has = vhat is not None, len(dec) > 0
+        mf, vf = be._flat(m), be._flat(v)
+        if lazy:
+            kern = self._kernel(self._k.adam_rowwise_lazy_cuda, dtype, ams, has)
+            be._launch(kern, k, work.flat, mf, vf, slot, keys, pos, k, values, *coef,
+                       *tr, dec, ())  # fmt: skip
+        else:
+            kern = self._kernel(self._k.adam_rowwise_sparse_cuda, dtype, ams, has)
+            be._launch(kern, rows, work.flat, mf, vf, slot, keys, pos, k, values,
+                       *coef, *tr, dec)  # fmt: skip
+        be._writeback(work)
