@@ -32,6 +32,14 @@ examples:
   numbadam demo --quick --json
   numbadam demo --plot demo-output/demo.png --checkpoint-dir demo-output/ckpt
   numbadam demo --checkpoint-dir demo-output/ckpt --resume
+  numbadam demo --large /mnt/big/numbadam-large     # table + state > RAM
+  numbadam demo --large /tmp/large --quick          # the same in seconds
+
+With --large DIR it trains instead one embedding table larger than this
+machine's memory (table and Adam state in memory-mapped files in DIR, lazy
+row-wise steps, a folder checkpoint with delta saves every few hundred steps);
+see docs/large.md. It first checks that DIR has room for the files and one full
+checkpoint, and refuses otherwise.
 """
 
 
@@ -66,6 +74,27 @@ def configure(p: argparse.ArgumentParser) -> None:
         "ZeRO-sharded (default sharded), with the same learning curve at any "
         "number of ranks; launch as 'mpiexec -n 2 python -m mpi4py -m numbadam "
         "demo --distributed' (one process without mpiexec)",
+    )
+    g = p.add_argument_group("large (out-of-core) embedding table")
+    g.add_argument(
+        "--large",
+        metavar="DIR",
+        help="train one table larger than RAM, its files in DIR (new or empty)",
+    )
+    g.add_argument(
+        "--rows",
+        type=int_at_least(2),
+        help="rows of the large table (default: 10%% more than fits in RAM; "
+        "200000 with --quick)",
+    )
+    g.add_argument(
+        "--steps", type=int_at_least(1), help="steps of the large demo (2000 / 120)"
+    )
+    g.add_argument(
+        "--second-moment",
+        choices=("row", "element"),
+        help="the large table's Adam second moment: per row (default) or per "
+        "element",
     )
     g = p.add_argument_group("output")
     g.add_argument(
@@ -143,6 +172,56 @@ def _run_distributed(
     return 0
 
 
+def _run_large(args: argparse.Namespace, reporter: Any, prog: str) -> int:
+    import numbadam
+
+    from . import DemoError
+    from .large import LargeSettings, plan_large, train_large
+
+    other = [
+        flag
+        for flag, used in (
+            ("--only", args.only),
+            ("--distributed", args.distributed),
+            ("--checkpoint-dir", args.checkpoint_dir),
+            ("--resume", args.resume),
+            ("--plot", args.plot),
+        )
+        if used
+    ]
+    if other:
+        print(
+            f"{prog}: error: --large runs on its own: drop {', '.join(other)}",
+            file=sys.stderr,
+        )
+        return 2
+    overrides = {
+        k: v
+        for k, v in {"rows": args.rows, "steps": args.steps, "seed": args.seed,
+                     "second_moment": args.second_moment}.items()
+        if v is not None
+    }  # fmt: skip
+    settings = (LargeSettings.quick if args.quick else LargeSettings)(**overrides)
+    try:
+        plan = plan_large(args.large, settings)
+    except (DemoError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    threads = numbadam.get_num_threads()
+    try:
+        if args.threads is not None:
+            numbadam.set_num_threads(args.threads)
+        out = train_large(plan, reporter)
+    except (DemoError, numbadam.CheckpointError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        numbadam.set_num_threads(threads)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     # Numba's OpenMP threads spin while waiting for work by default; on a busy
     # machine each parallel step then waits for descheduled spinners. Measured on
@@ -183,6 +262,13 @@ def run(args: argparse.Namespace) -> int:
         mlp = None
     progress = not (args.json or args.no_progress) and sys.stderr.isatty()
     reporter = Reporter(mode="json" if args.json else "text", progress=progress)
+    if args.large:
+        return _run_large(args, reporter, prog)
+    stray = [f for f, v in (("--rows", args.rows), ("--steps", args.steps),
+                            ("--second-moment", args.second_moment)) if v is not None]
+    if stray:  # fmt: skip
+        print(f"{prog}: error: {', '.join(stray)} need --large DIR", file=sys.stderr)
+        return 2
     if args.distributed:
         unsupported = [
             flag
