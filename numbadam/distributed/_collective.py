@@ -137,4 +137,7 @@ class Deadline:
             "times, with the same variables) or has died. Aborting the job.\n"
         )
         sys.stderr.flush()
+        # Give the launcher a moment to forward the message: an abort kills
+        # every process at once, and mpiexec may drop output still in transit.
+        time.sleep(0.5)
         self.comm.abort(1)
