@@ -7,7 +7,9 @@ imports numbadam.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -469,3 +471,22 @@ def rw_dense(dtype, state, g, cf, tr, serial_max=0, wd=None):
         *(rw_flat(a) for a in out), rw_flat(g), *cf, *tr, wd, serial_max
     )
     return out
+
+
+def keras3_or_skip() -> Any:
+    """Keras 3, imported with the first installed backend (jax, tensorflow,
+    torch) unless ``KERAS_BACKEND`` says which; skips the test without it."""
+    import pytest
+
+    if "KERAS_BACKEND" not in os.environ:
+        for name in ("jax", "tensorflow", "torch"):
+            if importlib.util.find_spec(name) is not None:
+                os.environ["KERAS_BACKEND"] = name
+                break
+    try:
+        import keras
+    except Exception as exc:  # (missing, or its backend is)
+        pytest.skip(f"keras cannot be imported: {exc}")
+    if int(keras.__version__.split(".")[0]) < 3:
+        pytest.skip("needs Keras 3")
+    return keras

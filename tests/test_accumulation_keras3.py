@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import keras3_or_skip
 
 import numbadam
 from numbadam import keras3
@@ -140,18 +141,7 @@ def test_round_trip_mid_cycle_bitwise(tmp_path):
 
 @pytest.fixture(scope="module")
 def keras():
-    if "KERAS_BACKEND" not in os.environ:
-        for name in ("jax", "tensorflow", "torch"):
-            if importlib.util.find_spec(name) is not None:
-                os.environ["KERAS_BACKEND"] = name
-                break
-    try:
-        import keras
-    except Exception as exc:  # (missing, or its backend is)
-        pytest.skip(f"keras cannot be imported: {exc}")
-    if int(keras.__version__.split(".")[0]) < 3:
-        pytest.skip("needs Keras 3")
-    return keras
+    return keras3_or_skip()
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ The fixture ``tests/data/keras3_ema.*`` was written by Keras 3 (JAX) with
 ``tests/data/make_keras3_fixture.py ema``: the ``adam`` model trained 4 steps
 with ``use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=3``, then one
 more step recorded. Tests that read files need h5py; those that run Keras
-import it or skip (``pytest.importorskip``).
+import it or skip (``helpers.keras3_or_skip``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import assert_bitwise
+from helpers import assert_bitwise, keras3_or_skip
 
 import numbadam
 from numbadam import keras3
@@ -123,15 +123,7 @@ def test_save_load_round_trip_bitwise(tmp_path):
 
 @pytest.fixture(scope="module")
 def keras():
-    if "KERAS_BACKEND" not in os.environ:
-        for name in ("jax", "tensorflow", "torch"):
-            if importlib.util.find_spec(name) is not None:
-                os.environ["KERAS_BACKEND"] = name
-                break
-    keras = pytest.importorskip("keras")
-    if int(keras.__version__.split(".")[0]) < 3:
-        pytest.skip("needs Keras 3")
-    return keras
+    return keras3_or_skip()
 
 
 @pytest.mark.parametrize("freq", [None, 3])

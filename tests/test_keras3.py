@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import assert_bitwise, assert_unchanged, snapshot
+from helpers import assert_bitwise, assert_unchanged, keras3_or_skip, snapshot
 
 import numbadam
 from numbadam import CheckpointError, keras3
@@ -627,18 +627,7 @@ def test_save_into_an_empty_file_keeps_its_mode(tmp_path):
 def keras():
     if not HAVE_H5PY:
         pytest.skip("h5py is not installed")
-    if "KERAS_BACKEND" not in os.environ:
-        for name in ("jax", "tensorflow", "torch"):
-            if importlib.util.find_spec(name) is not None:
-                os.environ["KERAS_BACKEND"] = name
-                break
-    try:
-        import keras
-    except Exception as exc:  # (missing, or its backend is)
-        pytest.skip(f"keras cannot be imported: {exc}")
-    if int(keras.__version__.split(".")[0]) < 3:
-        pytest.skip("needs Keras 3")
-    return keras
+    return keras3_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -11,36 +11,23 @@ Keras 3 writes the same update as the legacy TF Adam (``m += (g - m) *
 (sqrt(v) + epsilon)``), but its backends may contract or reorder the float32
 arithmetic (XLA fuses into FMAs), so the comparison allows a few ulps per step
 rather than asking for equal bits (the legacy TF rule rounds ``1 - beta_1``
-from float32 ``beta_1``, Keras 3 from the Python float). What must agree exactly is the structure:
-which variables move, weight decay before the update, the clipping rule, the
+from float32 ``beta_1``, Keras 3 from the Python float). What must agree
+exactly is the structure: which variables move, weight decay before the update, the clipping rule, the
 AMSGrad maximum.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
+from helpers import keras3_or_skip
 
 import numbadam
 
 
 @pytest.fixture(scope="module")
 def keras():
-    if "KERAS_BACKEND" not in os.environ:
-        for name in ("jax", "tensorflow", "torch"):
-            if importlib.util.find_spec(name) is not None:
-                os.environ["KERAS_BACKEND"] = name
-                break
-    try:
-        import keras
-    except Exception as exc:  # (missing, or its backend is)
-        pytest.skip(f"keras cannot be imported: {exc}")
-    if int(keras.__version__.split(".")[0]) < 3:
-        pytest.skip("needs Keras 3")
-    return keras
+    return keras3_or_skip()
 
 
 def gradients(seed: int, shapes, steps: int):
