@@ -540,3 +540,27 @@ def test_single_file_checkpoint_loads_on_two_ranks(two_ranks, name, kind):
         _same([rec[f"{name}_var{k}"] for k in range(len(ref_vars))], ref_vars)
         weights = ref_opt.get_weights()
         _same([rec[f"{name}_weight{k}"] for k in range(len(weights))], weights)
+
+
+def test_row_wise_distributed_adam_refuses_the_sharded_format(tmp_path):
+    # The sharded format holds slots shaped like their variables; a row-wise
+    # v (one value per row) would be written with the wrong extent.
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    opt = DistributedAdam(learning_rate=0.01, comm="self", second_moment="row")
+    opt.apply_gradients([(rng.standard_normal((6, 4)).astype(np.float32), w)])
+    before = [np.copy(x) for x in opt.get_weights()]
+    path = tmp_path / "sharded"
+    with pytest.raises(ValueError, match=r"save_sharded.*second_moment='row'"):
+        opt.save_sharded(str(path))
+    assert not path.exists()
+    with pytest.raises(ValueError, match=r"load_sharded.*second_moment='row'"):
+        opt.load_sharded(str(path), [w])
+    for a, b in zip(opt.get_weights(), before):
+        assert _bits(a) == _bits(b)
+    # The single-file checkpoint holds the row-wise state and resumes it.
+    save_checkpoint(tmp_path / "c.npz", opt, [w])
+    ckpt = load_checkpoint(tmp_path / "c.npz")
+    assert ckpt.optimizer.second_moment == "row"
+    for a, b in zip(ckpt.optimizer.get_weights(), before):
+        assert _bits(a) == _bits(b)

@@ -306,13 +306,29 @@ class DistributedAdam(Adam):
         it = self.iterations
         return [owner[id(w)] for w in self.weights if w is not it]
 
+    def _refuse_rowwise(self, what: str) -> None:
+        if self.second_moment != "element":
+            raise ValueError(
+                f"{type(self).__name__}.{what}: the sharded-checkpoint format "
+                f"holds slots shaped like their variables, and this optimizer "
+                f"has second_moment={self.second_moment!r} (one v per row); use "
+                f"save()/load() or save_state_dir()/load_state_dir()"
+            )
+
     def save_sharded(self, path: str) -> None:
         """Save the state in the sharded-checkpoint format (collective; rank 0 writes).
 
         The state is replicated, so one shard holds all of it. Load it with
         :meth:`load_sharded`, or into a :class:`ShardedAdam` at any number of
         ranks.
+
+        Raises
+        ------
+        ValueError
+            With ``second_moment="row"``: the format holds slots shaped like
+            their variables. Use :meth:`save` or :meth:`save_state_dir`.
         """
+        self._refuse_rowwise("save_sharded")
         entries = self._entries()
         variables, weights, index = [], [], {}
         for sname, var in entries:
@@ -353,7 +369,13 @@ class DistributedAdam(Adam):
             The variables, in the order of the saved ones; when given, their
             slots are created first (:meth:`build`). Otherwise the optimizer
             must already have exactly the saved slots.
+
+        Raises
+        ------
+        ValueError
+            With ``second_moment="row"`` (see :meth:`save_sharded`).
         """
+        self._refuse_rowwise("load_sharded")
         if var_list is not None:
             self.build(var_list)
         entries = self._entries()
