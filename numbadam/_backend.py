@@ -322,6 +322,18 @@ class Backend(Protocol):
         ``values``), deterministic whatever the thread count (no clipping for
         ``None``)."""
 
+    def accumulate(self, acc: Any, grad: Any, first: bool) -> None:
+        """``acc = 0 + grad`` (``first``) or ``acc += grad`` in place: an
+        accumulating call of gradient accumulation (``grad`` a work item's 1-D
+        gradient)."""
+
+    def ema_step(self, work: Any, ema: Average, rows: Optional[np.ndarray] = None) -> None:
+        """Move the average of :data:`Average` ``ema`` towards the variable of
+        the work item ``work`` without a step (an accumulating call with
+        ``use_ema``), over every element, or over the unique host int64
+        ``rows`` of the first axis only; on an overwrite step the variable
+        takes the average."""
+
     def dense_step(
         self,
         work: DenseWork,
@@ -331,11 +343,14 @@ class Backend(Protocol):
         coef: AdamCoefficients,
         transform: Transform,
         wd: Decay = None,
+        acc: Any = None,
         ema: Average = None,
     ) -> None:
         """One fused Adam pass over a dense pair, its gradient transformed by
         ``transform`` (see :data:`Transform`), decayed first by ``wd`` (see
-        :data:`Decay`), its average moved by ``ema`` (:data:`Average`). A ``v``
+        :data:`Decay`), its average moved by ``ema`` (:data:`Average`). With
+        ``acc = (accumulator, N)`` (the applying call of gradient
+        accumulation) the gradient is ``(grad + accumulator) / N``. A ``v``
         (and ``vhat``) of another shape than ``m`` holds one value per row of
         the variable (``second_moment="row"``): the row-wise step."""
 

@@ -377,6 +377,33 @@ class CPUBackend:
         k(_kernel_view(acc.reshape(-1)), _kernel_view(grad), bool(first),
           _config.CPU_BLOCK, _config.CPU_SERIAL_MAX)  # fmt: skip
 
+    def ema_step(self, work: Any, ema: Average, rows: Optional[np.ndarray] = None) -> None:
+        """The EMA-only pass of an accumulating call (``use_ema``).
+
+        ``average = (momentum * average) + ((1 - momentum) * var)`` in place,
+        and ``var = average`` on an overwrite step: the step kernels' EMA
+        arithmetic without a step. ``work`` is the call's dense or sparse work
+        item of the variable, ``ema`` the kernels' ``(average, momentum, 1 -
+        momentum, overwrite)`` and ``rows`` the unique int64 rows (first axis)
+        to move, or None for every element.
+        """
+        flat = work.flat
+        n = flat.shape[0]
+        if n == 0:
+            return
+        avg, mom, omm, overwrite = ema
+        x, a = _kernel_view(flat), _kernel_view(avg.reshape(-1))
+        if rows is None:
+            k = self._kernel(self._k.ema_dense_cpu, flat.dtype)
+            k(x, a, mom, omm, bool(overwrite), _config.CPU_BLOCK,
+              _config.CPU_SERIAL_MAX)  # fmt: skip
+        else:
+            shape = (n // work.width, work.width)
+            k = self._kernel(self._k.ema_rows_cpu, flat.dtype)
+            k(x.reshape(shape), a.reshape(shape), rows, mom, omm, bool(overwrite))
+        if overwrite and work.staged:
+            work.var[...] = flat.reshape(work.var.shape)
+
     def dense_step(
         self,
         work: DenseWork,
@@ -410,14 +437,14 @@ class CPUBackend:
             k(x, mf, vf, hf, g, *coef, *tr, wd, ea, _config.CPU_BLOCK,
               _config.CPU_SERIAL_MAX)  # fmt: skip
         else:  # the applying call of gradient accumulation: (g + acc) / steps
-            # (use_ema with accumulation is refused by the optimizer)
             a, steps = acc
             k = self._kernel(
-                self._k.adam_dense_accum_cpu, dtype, hf is not None, wd is not None
-            )
+                self._k.adam_dense_accum_cpu, dtype, hf is not None, wd is not None,
+                ea is not None,
+            )  # fmt: skip
             k(x, mf, vf, hf, g, _kernel_view(a.reshape(-1)),
-              compute_dtype(dtype).type(steps), *coef, *tr, wd, _config.CPU_BLOCK,
-              _config.CPU_SERIAL_MAX)  # fmt: skip
+              compute_dtype(dtype).type(steps), *coef, *tr, wd, ea,
+              _config.CPU_BLOCK, _config.CPU_SERIAL_MAX)  # fmt: skip
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)
 

@@ -515,6 +515,30 @@ class CUDABackend:
                 width *= 2
         return keys, pos
 
+    def ema_step(self, work: Any, ema: Average, rows: Optional[np.ndarray] = None) -> None:
+        """The EMA-only pass of an accumulating call, as
+        :meth:`numbadam._backend_cpu.CPUBackend.ema_step` (``rows``: unique
+        int64 rows on the host, or None)."""
+        flat = work.flat
+        n = int(flat.shape[0])
+        if n == 0:
+            return
+        dtype = np.dtype(flat.dtype)
+        avg, mom, omm, overwrite = _typed_ema(ema, dtype, self._flat)
+        if rows is None:
+            kern = self._kernel(self._k.ema_dense_cuda, dtype)
+            self._launch(kern, n, flat, avg, mom, omm, overwrite)
+        elif rows.shape[0]:
+            shape = (n // work.width, work.width)
+            kern = self._kernel(self._k.ema_rows_cuda, dtype)
+            self._launch(
+                kern, int(rows.shape[0]) * work.width, flat.reshape(shape),
+                avg.reshape(shape), cuda.to_device(np.ascontiguousarray(rows, np.int64)),
+                mom, omm, overwrite,
+            )  # fmt: skip
+        if overwrite:
+            self._writeback(work)
+
     def dense_step(
         self,
         work: DenseWork,
@@ -542,13 +566,14 @@ class CUDABackend:
         if acc is not None:  # the applying call of gradient accumulation
             a, steps = acc
             kern = self._kernel(
-                self._k.adam_dense_accum_cuda, dtype, vhat is not None, wd is not None
-            )
+                self._k.adam_dense_accum_cuda, dtype, vhat is not None, wd is not None,
+                ema is not None,
+            )  # fmt: skip
             c = compute_dtype(dtype).type
             af = self._flat(self._wrap(a))
             self._launch(
                 kern, n, work.flat, mf, vf, slot, work.grad, af, c(steps), *coef,
-                *tr, dec,
+                *tr, dec, _typed_ema(ema, dtype, self._flat),
             )  # fmt: skip
             self._writeback(work)
             return

@@ -15,7 +15,7 @@ take ``(average, momentum, 1 - momentum, overwrite)``
 (:data:`numbadam._backend.Average`); this module validates the arguments and
 computes those scalars. :class:`EmaMixin` gives
 :class:`~numbadam.OptimizerV2` the arguments, ``finalize_variable_values``
-and the EMA-only pass of an accumulating call.
+and the EMA-only pass of an accumulating call (:meth:`EmaMixin._ema_pass`).
 """
 
 from __future__ import annotations
@@ -218,37 +218,32 @@ class EmaMixin:
 
     # -- outside the fused pass ------------------------------------------------
 
-    def _ema_update(self, var_list: List[Any], iteration: Optional[int] = None) -> None:
-        """Move the averages of ``var_list`` without an Adam step (and overwrite
-        the variables when this step's counter says so).
+    def _ema_pass(self, step: Any, iteration: int) -> None:
+        """Move the averages of a call that does not step: an accumulating
+        call of gradient accumulation, which Keras 3 follows with an EMA
+        update like every call (``iteration``: the ``iterations`` Keras reads
+        then, the number of updates so far).
 
-        The hook of a gradient-accumulation call that does not step: Keras 3
-        updates the EMA on every call. ``iteration`` is the ``iterations``
-        Keras would read (default: this optimizer's). Same arithmetic as the
-        fused kernels, as NumPy operations in the compute dtype (float16 in
-        float32, rounded once), on host copies for device arrays. Variables
-        without an average are skipped.
+        The variables of the call move, by the kernels' EMA arithmetic: every
+        element for a dense gradient and for IndexedSlices under the TF rule
+        (as the dense step would), the rows the call's IndexedSlices list
+        under the lazy rule. On an overwrite step they take their averages.
         """
-        if not self._use_ema:
-            return
-        it = int(self.iterations) if iteration is None else int(iteration)
-        for var in var_list:
-            entry = self._entry(var)
-            if entry is None or SLOT not in entry.slots:
-                continue
-            avg = entry.slots[SLOT]
-            backend = _dispatch.backend_for(var)
-            dt = np.dtype(var.dtype)
-            mom, omm, overwrite = ema_scalars(
-                dt, self._ema_momentum, it, self._ema_overwrite_frequency
-            )
-            c = compute_dtype(dt)
-            x = backend.to_host(var).astype(c)
-            a = backend.to_host(avg).astype(c)
-            new = ((c.type(mom) * a) + (c.type(omm) * x)).astype(dt)
-            backend.assign(avg, new)
-            if overwrite:
-                backend.assign(var, new)
+        self._ema_step_scalars(iteration, {it[1].flat.dtype for it in step.items})
+        lazy = getattr(self, "sparse_mode", "dense") == "lazy"
+        dirty = getattr(self, "_dirty", None)
+        for sparse, work, backend, var, holder in step.items:
+            slots = (holder if holder is not None else self._entry(var)).slots
+            rows = None
+            if sparse and lazy:
+                rows = np.unique(backend.to_host(work.indices).astype(np.int64))
+            backend.ema_step(work, self._ema_arg(work, slots), rows)
+            if dirty is not None:  # (incremental state-dir saves)
+                m = slots["m"]
+                if rows is not None and backend.name == "cpu" and work.var.ndim:
+                    dirty.mask(m, work.var.shape[0])[rows] = 1
+                else:
+                    dirty.touch(m)
 
     def _overwrite_with_average(self, var_list: List[Any]) -> None:
         """Keras 3's ``_overwrite_model_variables_with_average_value``."""

@@ -20,6 +20,10 @@ class Row(NamedTuple):
     slots: Optional[Tuple[str, ...]]  # numbadam's slots, same order; None: none yet
     keras_option: str  # the Keras 3 argument that creates them ("" if always)
     present: Callable[[Any], bool]  # whether a numbadam optimizer holds them
+    # rows of one group are created in one loop over the variables, so their
+    # entries interleave per variable (BaseOptimizer.build's averages and
+    # accumulators)
+    group: int = 0
 
 
 def _never(optimizer: Any) -> bool:
@@ -48,13 +52,13 @@ def use_ema(optimizer: Any) -> bool:
 # ``iteration`` and ``learning_rate``. A row with ``slots=None`` is state
 # numbadam does not hold yet: files with it are refused.
 ROWS: Tuple[Row, ...] = (
-    Row(("average",), ("average",), "use_ema=True", use_ema),
+    Row(("average",), ("average",), "use_ema=True", use_ema, group=0),
     Row(
         ("gradient_accumulator",), ("accumulator",), "gradient_accumulation_steps",
-        accumulating,
-    ),
-    Row(("momentum", "velocity"), ("m", "v"), "", _always),
-    Row(("velocity_hat",), ("vhat",), "amsgrad=True", amsgrad),
+        accumulating, group=0,
+    ),  # fmt: skip
+    Row(("momentum", "velocity"), ("m", "v"), "", _always, group=1),
+    Row(("velocity_hat",), ("vhat",), "amsgrad=True", amsgrad, group=2),
 )
 
 # slots whose values are never negative (an Adam second moment)
@@ -91,10 +95,13 @@ def layout(optimizer: Any, n: int, with_lr: bool) -> List[Entry]:
     out = [Entry("iteration")]
     if with_lr:
         out.append(Entry("learning_rate"))
-    for row in rows_of(optimizer):
+    rows = rows_of(optimizer)
+    for group in sorted({row.group for row in rows}):
+        members = [row for row in rows if row.group == group]
         for i in range(n):
-            for keras_name, slot in zip(row.keras, row.slots):
-                out.append(Entry(keras_name, i, slot))
+            for row in members:
+                for keras_name, slot in zip(row.keras, row.slots):
+                    out.append(Entry(keras_name, i, slot))
     return out
 
 

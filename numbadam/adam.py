@@ -429,18 +429,20 @@ class Adam(OptimizerV2):
     def _resource_apply_dense(self, work, backend, slots, coef, transform) -> None:
         vhat = slots["vhat"] if self.amsgrad else None
         wd = self._decay_of(work) if self._step_decay else None
-        if self._acc_apply:  # the mean of the accumulated gradients (#13)
-            acc = (slots[ACCUMULATOR], self._accum_steps)
-            backend.dense_step(
-                work, slots["m"], slots["v"], vhat, coef, transform, wd, acc=acc
-            )
-        else:
-            ema = self._ema_arg(work, slots) if self._step_ema else None
-            backend.dense_step(
-                work, slots["m"], slots["v"], vhat, coef, transform, wd, ema=ema
-            )
+        ema = self._ema_arg(work, slots) if self._step_ema else None
+        # (the applying call of gradient accumulation steps with the mean)
+        acc = (slots[ACCUMULATOR], self._accum_steps) if self._acc_apply else None
+        backend.dense_step(
+            work, slots["m"], slots["v"], vhat, coef, transform, wd, acc=acc, ema=ema
+        )
         if self._dirty is not None:  # (incremental state-dir saves: all rows)
             self._dirty.touch(slots["m"])
+
+    def _accumulated(self, step) -> None:
+        # Keras 3 moves the averages on every call, accumulating ones too, at
+        # its ``iterations`` then: the number of updates so far
+        if self._use_ema:
+            self._ema_pass(step, step.iteration // self._accum_steps)
 
     def _amsgrad_slots(self) -> bool:
         return self.amsgrad

@@ -11,10 +11,11 @@ over the trainable variables ``x_0 ... x_{n-1}`` that order is
 - ``learning_rate`` (float32), only for a constant learning rate (none for a
   schedule or a callable);
 - with ``use_ema=True``, the ``average`` of every variable: slot
-  ``average``; then with ``gradient_accumulation_steps``, its
+  ``average``; with ``gradient_accumulation_steps``, its
   ``gradient_accumulator``: slot ``accumulator`` (``iteration`` is then the
   counter of calls, ``weights[0]``, and ``iterations`` that divided by the
-  steps);
+  steps); with both, per variable ``average_0, gradient_accumulator_0,
+  average_1, ...``;
 - ``momentum`` and ``velocity`` of ``x_0``, of ``x_1``, ...: slots ``m`` and
   ``v``;
 - with ``amsgrad=True``, the ``velocity_hat`` of every variable: slot
@@ -26,7 +27,7 @@ numbadam's (and tf-keras') :meth:`~numbadam.OptimizerV2.get_weights` is
 names, so ``var_list`` must be the model's trainable variables in Keras' order
 (``model.trainable_variables``). The mapping is one table, ``ROWS`` in
 ``numbadam/_keras3_layout.py``: the EMA averages and the gradient
-accumulators are one row each.
+accumulators are one row each, of one group (interleaved per variable).
 
 h5py is the optional extra ``numbadam[keras]`` (``pip install "numbadam[keras]"``
 or ``pip install h5py``), imported only when a file is read or written.
@@ -278,8 +279,7 @@ def _read_entry(
             path, f"'{where}' should be {what} ({vshape}, {vdtype}) but has shape "
             f"{shape} and dtype {dtype}: the file does not match var_list (the "
             "model's trainable variables in Keras' order) and this optimizer "
-            "(check amsgrad and use_ema; Keras' gradient accumulation is not "
-            "supported)"
+            "(check amsgrad, use_ema and gradient_accumulation_steps)"
         )  # fmt: skip
     value = np.asarray(ds[()])
     if entry.slot in NON_NEGATIVE and bool((value < 0).any()):

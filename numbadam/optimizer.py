@@ -239,14 +239,6 @@ class OptimizerV2(
         self.global_clipnorm = kwargs.pop("global_clipnorm", None)
         self.clipvalue = kwargs.pop("clipvalue", None)
         self._init_accumulation(accumulation)
-        if self._use_ema and self._accum_steps is not None:
-            # Keras 3 moves the averages on every call, accumulating ones too;
-            # numbadam fuses them into the update's pass, which those calls
-            # do not run
-            raise ValueError(
-                "use_ema=True with gradient_accumulation_steps is not supported "
-                "yet; use one or the other"
-            )
         # slots on disk (numbadam._slotdir), checked now, claimed at the first slot
         slot_dir = kwargs.pop("slot_dir", None)
         self._slot_dir = self._prefetch = None

@@ -453,24 +453,48 @@ def run_accumulation_reference(
     decay: float = 0.0,
     weight_decay: float = 0.0,
     sparse_mode: str = "dense",
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+    ema_momentum: float | None = None,
+    ema_overwrite_frequency: int | None = None,
+) -> list[tuple[np.ndarray, ...]]:
     """Adam with gradient accumulation over ``n`` calls; the state after every call.
 
     ``grads`` holds one gradient per call (dense arrays or sparse objects with
     ``indices`` and ``values``; one kind per cycle). Callables are evaluated at
     the call count of the applying call (``updates * n + n - 1``); ``decay``
     and the bias correction use the update count.
+
+    With ``ema_momentum`` (``use_ema``; the momentum as the variable's dtype
+    holds it) every call, accumulating or applying, then moves the average by
+    :func:`ema_ref` at Keras 3's ``iterations`` (the updates before the call,
+    ``call // n``), and the tuples end with the average. Under
+    ``sparse_mode="lazy"`` the average starts as the variable and a sparse
+    call moves the rows it lists (the applying call: the rows of the whole
+    cycle); otherwise it starts at zero and every element moves.
     """
     var = _f64(var0)
     m = np.zeros_like(var)
     v = np.zeros_like(var)
     vhat = np.zeros_like(var) if amsgrad else None
-    out = []
+    ema = ema_momentum is not None
+    lazy = sparse_mode == "lazy"
+    average = (var.copy() if lazy else np.zeros_like(var)) if ema else None
+    out: list = []
+
+    def record():
+        state = (var, m, v, None if vhat is None else vhat.copy())
+        out.append(state + ((average.copy(),) if ema else ()))
+
     cycle: list = []
     for call, g in enumerate(grads):
         cycle.append(g)
         if len(cycle) < n:
-            out.append((var, m, v, None if vhat is None else vhat.copy()))
+            if ema:
+                rows = g.indices if lazy and hasattr(g, "indices") else None
+                average, var = ema_ref(
+                    average, var, call // n, ema_momentum, ema_overwrite_frequency,
+                    rows=rows,
+                )  # fmt: skip
+            record()
             continue
         update = call // n
         hp = {
@@ -482,6 +506,7 @@ def run_accumulation_reference(
             "weight_decay": weight_decay,
         }
         t = update + 1
+        moved = None
         if hasattr(g, "indices"):
             dense = sum(sparse_to_dense(var.shape, c.indices, c.values) for c in cycle)
             rows = np.unique(
@@ -490,10 +515,15 @@ def run_accumulation_reference(
             vals = clip_ref(dense[rows] / n, clipvalue, clipnorm)
             rule = adam_sparse_lazy_ref if sparse_mode == "lazy" else adam_sparse_ref
             var, m, v, vhat = rule(var, rows, vals, m, v, t, vhat=vhat, **hp)
+            moved = rows if lazy else None
         else:
             mean = sum(_f64(c) for c in cycle) / n
             gd = clip_ref(mean, clipvalue, clipnorm)
             var, m, v, vhat = adam_dense_ref(var, gd, m, v, t, vhat=vhat, **hp)
+        if ema:
+            average, var = ema_ref(
+                average, var, update, ema_momentum, ema_overwrite_frequency, rows=moved
+            )
         cycle = []
-        out.append((var, m, v, None if vhat is None else vhat.copy()))
+        record()
     return out

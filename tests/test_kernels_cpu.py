@@ -692,11 +692,16 @@ def _all_paths(dtype, variant):
                 opt.apply_gradients([(g, w)])
                 opt.apply_gradients([(IndexedSlices(vals, idx, (20, 3)), w)])
                 # gradient accumulation: accumulate_cpu, adam_dense_accum_cpu
-                # (and sum_squares_accum_cpu with clipnorm)
+                # (and sum_squares_accum_cpu with clipnorm); with EMA the
+                # accumulating calls run ema_dense_cpu / ema_rows_cpu (lazy)
                 acc = numbadam.Adam(0.1, amsgrad=ams, clipnorm=clipnorm,
-                                    weight_decay=wd, gradient_accumulation_steps=2)  # fmt: skip
+                                    weight_decay=wd, use_ema=ema,
+                                    sparse_mode=mode,
+                                    gradient_accumulation_steps=2)  # fmt: skip
                 acc.apply_gradients([(g, w)])
                 acc.apply_gradients([(g, w)])
+                acc.apply_gradients([(IndexedSlices(vals, idx, (20, 3)), w)])
+                acc.apply_gradients([(IndexedSlices(vals, idx, (20, 3)), w)])
                 if mode == "lazy":  # with the dirty-row mask (incremental saves)
                     opt._dirty = DirtyRows("", None)
                     opt.apply_gradients([(IndexedSlices(vals, idx, (20, 3)), w)])

@@ -25,6 +25,7 @@ from ._cpu_common import (
     _clip,
     _is_identity,
     _transform,
+    ema_span,
     load,
     span,
     store,
@@ -70,34 +71,35 @@ def _mean(g, acc, j, steps):
 
 @njit(**_SERIAL)
 def _dense_accum_run(var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, eps, lo, hi,
-                     mul, div, wd):  # fmt: skip
+                     mul, div, wd, ema):  # fmt: skip
     if _is_identity(lo, hi, mul, div):
         for j in range(var.shape[0]):
             gj = _mean(g, acc, j, steps)
-            _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd, None)
+            _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd, ema)
     else:
         for j in range(var.shape[0]):
             gj = _transform(_mean(g, acc, j, steps), lo, hi, mul, div)
-            _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd, None)
+            _adam_elem(var, m, v, vhat, j, gj, alpha, omb1, omb2, eps, wd, ema)
 
 
 @njit(**_PARALLEL)
 def adam_dense_accum_cpu(
     var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, eps, lo, hi, mul, div, wd,
-    block, serial_max,
+    ema, block, serial_max,
 ):  # fmt: skip
     """The applying step of gradient accumulation: dense Adam (or AMSGrad) on
-    the mean gradient, in place on ``var``, ``m``, ``v`` (and ``vhat``).
+    the mean gradient, in place on ``var``, ``m``, ``v`` (and ``vhat``, and the
+    EMA's average).
 
     ``g' = (clip((g + acc) / steps, lo, hi) * mul) / div``, then the step of
-    :func:`adam_dense_cpu` (weight decay ``wd`` included), element by element
-    with the same arithmetic. ``acc`` is read, never written. Blocks as
-    :func:`adam_dense_cpu`.
+    :func:`adam_dense_cpu` (weight decay ``wd`` and the EMA ``ema`` included),
+    element by element with the same arithmetic. ``acc`` is read, never
+    written. Blocks as :func:`adam_dense_cpu`.
     """
     n = var.shape[0]
     if n <= serial_max:
         _dense_accum_run(var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, eps, lo,
-                         hi, mul, div, wd)  # fmt: skip
+                         hi, mul, div, wd, ema)  # fmt: skip
         return
     nblocks = (n + block - 1) // block
     for b in prange(nblocks):
@@ -106,7 +108,7 @@ def adam_dense_accum_cpu(
         _dense_accum_run(
             var[start:stop], m[start:stop], v[start:stop], span(vhat, start, stop),
             g[start:stop], acc[start:stop], steps, alpha, omb1, omb2, eps, lo, hi,
-            mul, div, wd,
+            mul, div, wd, ema_span(ema, start, stop),
         )  # fmt: skip
 
 
@@ -148,3 +150,45 @@ def sum_squares_accum_cpu(g, acc, steps, lo, hi, nchunks):
     for c in range(nchunks):
         total += partial[c]
     return total
+
+
+# The EMA-only pass of an accumulating call (``use_ema`` with gradient
+# accumulation: Keras 3 moves the averages on every call): the arithmetic of
+# the fused kernels' EMA (``_cpu_common._store_var``) on the variable as stored.
+
+
+@njit(**_SERIAL)
+def _ema_run(var, avg, mom, omm, overwrite):
+    for j in range(var.shape[0]):
+        aj = (mom * load(avg, j)) + (omm * load(var, j))
+        store(avg, j, aj)
+        if overwrite:
+            store(var, j, aj)
+
+
+@njit(**_PARALLEL)
+def ema_dense_cpu(var, avg, mom, omm, overwrite, block, serial_max):
+    """``avg = (mom * avg) + (omm * var)`` element by element, 1-D, in place
+    on ``avg`` (and ``var = avg`` with ``overwrite``).
+
+    float16 (``uint16`` views): computed in float32 and rounded once. Blocks
+    as :func:`adam_dense_cpu`.
+    """
+    n = var.shape[0]
+    if n <= serial_max:
+        _ema_run(var, avg, mom, omm, overwrite)
+        return
+    nblocks = (n + block - 1) // block
+    for b in prange(nblocks):
+        start = b * block
+        stop = min(start + block, n)
+        _ema_run(var[start:stop], avg[start:stop], mom, omm, overwrite)
+
+
+@njit(**_PARALLEL)
+def ema_rows_cpu(var, avg, rows, mom, omm, overwrite):
+    """:func:`ema_dense_cpu` on the rows ``rows`` (unique) of the 2-D ``var``
+    and ``avg`` only, in place: the lazy rule's EMA of an accumulating call."""
+    for r in prange(rows.shape[0]):
+        row = rows[r]
+        _ema_run(var[row], avg[row], mom, omm, overwrite)

@@ -38,13 +38,14 @@ def accumulate_cuda(acc, g, first):
 
 @cuda.jit(cache=True)
 def adam_dense_accum_cuda(var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, eps,
-                          lo, hi, mul, div, wd):  # fmt: skip
+                          lo, hi, mul, div, wd, ema):  # fmt: skip
     """The applying step: :func:`adam_dense_cuda` on the gradient
-    ``(g + acc) / steps`` (``acc`` read, never written)."""
+    ``(g + acc) / steps`` (``acc`` read, never written; the EMA ``ema`` as
+    that kernel's)."""
     for i in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
         gi = _transform((_widen(g[i]) + _widen(acc[i])) / steps, lo, hi, mul, div)
         _adam_update(var, m, v, vhat, i, gi, _widen(m[i]), _widen(v[i]), alpha, omb1,
-                     omb2, eps, wd, ())  # fmt: skip
+                     omb2, eps, wd, ema)  # fmt: skip
 
 
 @cuda.jit(cache=True)
@@ -62,3 +63,29 @@ def sum_squares_accum_cuda(g, acc, steps, lo, hi, partials):
     _block_sum(sh, t, cuda.blockDim.x)
     if t == 0:
         partials[cuda.blockIdx.x] = sh[0]
+
+
+@cuda.jit(cache=True)
+def ema_dense_cuda(var, avg, mom, omm, overwrite):
+    """The EMA-only pass of an accumulating call, twin of ``ema_dense_cpu``:
+    ``avg = (mom * avg) + (omm * var)`` (and ``var = avg`` with
+    ``overwrite``), 1-D, in place."""
+    for i in range(cuda.grid(1), var.shape[0], cuda.gridsize(1)):
+        a = _mul(mom, _widen(avg[i])) + _mul(omm, _widen(var[i]))
+        avg[i] = a
+        if overwrite:
+            var[i] = a
+
+
+@cuda.jit(cache=True)
+def ema_rows_cuda(var, avg, rows, mom, omm, overwrite):
+    """:func:`ema_dense_cuda` on the rows ``rows`` (unique) of the 2-D ``var``
+    and ``avg``, one thread per element of those rows."""
+    width = var.shape[1]
+    for i in range(cuda.grid(1), rows.shape[0] * width, cuda.gridsize(1)):
+        r = rows[i // width]
+        j = i % width
+        a = _mul(mom, _widen(avg[r, j])) + _mul(omm, _widen(var[r, j]))
+        avg[r, j] = a
+        if overwrite:
+            var[r, j] = a

@@ -56,9 +56,12 @@ from numba import types
 from ._cpu_accum import (  # noqa: F401
     _accumulate_run,
     _dense_accum_run,
+    _ema_run,
     _mean,
     accumulate_cpu,
     adam_dense_accum_cpu,
+    ema_dense_cpu,
+    ema_rows_cpu,
     sum_squares_accum_cpu,
 )
 from ._cpu_common import (  # noqa: F401
@@ -129,6 +132,8 @@ __all__ = [
     "index_range_cpu",
     "accumulate_cpu",
     "adam_dense_accum_cpu",
+    "ema_dense_cpu",
+    "ema_rows_cpu",
     "sum_squares_accum_cpu",
     "half_bits_to_float",
     "float_to_half_bits",
@@ -241,9 +246,15 @@ def _accum_signatures(storage):
     return {
         "accumulate_cpu": [(W, R, types.boolean, i64, i64)],
         "adam_dense_accum_cpu": [
-            (W, W, W, h, R, R) + (c,) * 9 + (d, i64, i64)
+            (W, W, W, h, R, R) + (c,) * 9 + (d, a, i64, i64)
             for h in (types.none, W)
             for d in (types.none, types.UniTuple(c, 2))
+            for a in (types.none, ema_type(s, c))
+        ],
+        # the EMA-only pass of an accumulating call (use_ema)
+        "ema_dense_cpu": [(W, W, c, c, types.boolean, i64, i64)],
+        "ema_rows_cpu": [
+            (_arr(s, 2), _arr(s, 2), _arr(i64, readonly=True), c, c, types.boolean)
         ],
         "sum_squares_accum_cpu": [(R, R, c, c, c, i64)],
     }
@@ -253,6 +264,7 @@ for _name in _accum_signatures(np.float64):
     SIGNATURES[_name] = {dt: _accum_signatures(dt)[_name] for dt in STORAGE_DTYPES}
 VHAT_ARG["adam_dense_accum_cpu"] = 3
 DECAY_ARG["adam_dense_accum_cpu"] = 15
+EMA_ARG["adam_dense_accum_cpu"] = 16
 #: Position of the ``dirty`` row mask (None, or a ``uint8`` array of ``R`` rows).
 DIRTY_ARG = {"adam_sparse_lazy_cpu": 18}
 

@@ -86,6 +86,8 @@ from numba import types
 from ._cuda_accum import (  # noqa: F401
     accumulate_cuda,
     adam_dense_accum_cuda,
+    ema_dense_cuda,
+    ema_rows_cuda,
     sum_squares_accum_cuda,
 )
 from ._cuda_common import (  # noqa: F401
@@ -158,6 +160,8 @@ __all__ = [
     "index_cast_cuda",
     "accumulate_cuda",
     "adam_dense_accum_cuda",
+    "ema_dense_cuda",
+    "ema_rows_cuda",
     "sum_squares_accum_cuda",
     "MAX_THREADS_PER_BLOCK",
     "SHARED_BYTES_PER_THREAD",
@@ -301,9 +305,15 @@ def _accum_signatures(storage):
     return {
         "accumulate_cuda": [(A, A, types.boolean)],
         "adam_dense_accum_cuda": [
-            (A, A, A, h, A, A) + (c,) * 9 + (d,)
+            (A, A, A, h, A, A) + (c,) * 9 + (d, a)
             for h in (types.Tuple(()), types.UniTuple(A, 1))
             for d in (types.Tuple(()), types.UniTuple(c, 2))
+            for a in (types.Tuple(()), types.Tuple((A, c, c, types.boolean)))
+        ],
+        # the EMA-only pass of an accumulating call (use_ema)
+        "ema_dense_cuda": [(A, A, c, c, types.boolean)],
+        "ema_rows_cuda": [
+            (_arr(s, 2), _arr(s, 2), _arr(types.int64), c, c, types.boolean)
         ],
         "sum_squares_accum_cuda": [(A, A, c, c, c, _arr(types.float64))],
     }
@@ -313,6 +323,7 @@ for _name in _accum_signatures(np.float64):
     SIGNATURES[_name] = {dt: _accum_signatures(dt)[_name] for dt in STORAGE_DTYPES}
 VHAT_ARG["adam_dense_accum_cuda"] = 3
 DECAY_ARG["adam_dense_accum_cuda"] = 15
+EMA_ARG["adam_dense_accum_cuda"] = 16
 
 _compiled: set = set()
 _lock = threading.Lock()
