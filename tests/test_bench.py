@@ -228,3 +228,81 @@ def test_benchmark_machinery_smoke():
     assert numpy_goal["ratio"] == t["numpy"] / t["numbadam"]
     assert math.isfinite(numpy_goal["ratio"])
     json.dumps(result)
+
+
+def test_interleaved_runs_before_untimed_before_every_run():
+    calls, make = _recorder()
+    out = timer.interleaved_samples(
+        {"a": (make("prep"), make("a")), "b": make("b")},
+        repeat=2, warmup=1, block=2, settle_s=0,
+    )  # fmt: skip
+    assert calls == ["prep", "a", "b", "prep", "a", "prep", "a", "b", "b"]
+    assert {k: len(v) for k, v in out.items()} == {"a": 2, "b": 2}
+    calls.clear()
+    timer.interleaved_samples(
+        {"a": (make("prep"), make("a"))}, repeat=1, warmup=0, block=1, settle_s=1e-3
+    )
+    # the settling runs too: every "a" follows a "prep"
+    assert calls[0::2] == ["prep"] * (len(calls) // 2) and len(calls) >= 4
+    assert calls[1::2] == ["a"] * (len(calls) // 2)
+
+
+def test_feature_goals_from_made_up_times():
+    n = 10**7
+    cases = [
+        Measured("adamw", "adamw", 28 * n,
+                 {"numbadam": 5.0e-3, "probe": 4.9e-3, "torch-fused": 6.0e-3}),
+        Measured("ema", "ema", 36 * n,
+                 {"numbadam": 8.0e-3, "probe": 7.2e-3, "torch-fused+lerp_": 10e-3}),
+        Measured("accumulate", "accumulate", 12 * n,
+                 {"numbadam-accumulating": 2.0e-3, "probe": 1.9e-3,
+                  "numbadam-applying": 6.0e-3, "numbadam-adam": 5.6e-3,
+                  "torch-grad-add_": 2.5e-3},
+                 {"numbadam-applying": 32 * n, "numbadam-adam": 28 * n}),
+    ]  # fmt: skip
+    got = {s.goal.key: (round(s.value, 4), s.met) for s in score(cases, "cpu")}
+    assert got == {
+        "cpu-adamw-probe": (0.98, True),
+        "cpu-adamw-torch": (1.2, True),
+        "cpu-ema-probe": (0.9, False),
+        "cpu-ema-torch": (1.25, True),
+        "cpu-accumulate-probe": (0.95, True),
+        # (32 / 6.0) / (28 / 5.6) = 5.3333 / 5 = 1.0667
+        "cpu-accumulate-applying": (1.0667, True),
+        "cpu-accumulate-torch": (1.25, True),
+    }
+
+
+def test_feature_cases_run_what_they_name():
+    from numbadam.cli import _features
+
+    n = 3000
+    adamw = _features.adamw_case(n, True, None)
+    ema = _features.ema_case(n, True, None)
+    acc = _features.accumulate_case(n, True, None)
+    assert set(adamw.times) == {"numbadam", "probe", "numbadam-adam"}
+    assert set(ema.times) == {"numbadam", "probe"}
+    assert set(acc.times) == {
+        "numbadam-accumulating", "probe", "numbadam-applying", "numbadam-adam"
+    }  # fmt: skip
+    assert acc.bytes_of("numbadam-applying") == 32 * n
+    assert acc.bytes_of("numbadam-accumulating") == 12 * n
+    assert [c.family for c in (adamw, ema, acc)] == ["adamw", "ema", "accumulate"]
+    d = acc.as_dict()
+    t = d["median_s"]["numbadam-applying"]
+    assert d["GBps"]["numbadam-applying"] == pytest.approx(32 * n / t / 1e9)
+    json.dumps(d)
+
+
+def test_bench_family_option(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--family", "bogus"])
+    assert "invalid choice" in capsys.readouterr().err
+    args = parser.parse_args(["--quick", "--json", "--family", "fixed"])
+    assert bench.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [c["case"] for c in out["cases"]] == ["fixed cost, one 10-element variable"]

@@ -121,6 +121,53 @@ class ClipNormStep(_Step):
         self._step()
 
 
+class _FeatureStep(_Step):
+    """A float32 dense step with one of #13's features (``kwargs``)."""
+
+    params: ClassVar[list] = [SIZES]
+    param_names: ClassVar[list] = ["size"]
+    kwargs: ClassVar[dict] = {}
+    arrays = 5  # of the variable's size: var, g, m, v and the feature's
+
+    def setup(self, size):
+        cuda = _cuda()
+        _fits(cuda, self.arrays * size * 4)
+        var = _device_random(cuda, size, np.float32, 0)
+        grad = _device_random(cuda, size, np.float32, 1)
+        self._warm(cuda, [(grad, var)], **self.kwargs)
+
+    def time_step(self, size):
+        self._step()
+
+
+class WeightDecayStep(_FeatureStep):
+    """``weight_decay`` (AdamW): 7 accesses per element, as the plain step."""
+
+    kwargs: ClassVar[dict] = {"weight_decay": 0.004}
+    arrays = 4
+
+
+class EmaStep(_FeatureStep):
+    """``use_ema``: 9 accesses per element (the average read and written)."""
+
+    kwargs: ClassVar[dict] = {"use_ema": True}
+
+
+class AccumulationCycle(_FeatureStep):
+    """``gradient_accumulation_steps=2``: an accumulating call (3 accesses per
+    element) and an applying call (8), timed together."""
+
+    kwargs: ClassVar[dict] = {"gradient_accumulation_steps": 2}
+
+    def setup(self, size):
+        super().setup(size)
+        self._step()  # (the end of the first cycle)
+
+    def time_step(self, size):
+        self.opt.apply_gradients(self.pairs)
+        self._step()
+
+
 class _SparseBase(_Step):
     amsgrad = False
 

@@ -29,9 +29,12 @@ import numbadam
 from numbadam import _config
 from numbadam.kernels import probe
 
+from . import _features
 from ._args import PROG, int_at_least
+from ._case import Case as _Case
+from ._case import repeat_for as _repeat_for
 from ._paths import plot_path, save_figure
-from .goals import GOALS, Measured, score, worst
+from .goals import GOALS, score, worst
 from .timer import interleaved, median_time
 
 __all__ = ["FAMILIES", "add_arguments", "format_report", "goal_values", "main", "run"]
@@ -46,16 +49,6 @@ DESCRIPTION = (
 )
 
 F32 = np.float32
-
-
-def _repeat_for(nbytes: float, quick: bool) -> int:
-    # enough runs for a stable median without dragging big cases out
-    base = 7 if quick else 21
-    if nbytes < 1e6:
-        return base * 20
-    if nbytes < 1e8:
-        return base * 3
-    return base
 
 
 def _torch():
@@ -74,28 +67,6 @@ def _optax():
     except Exception:
         return None
     return jax, optax
-
-
-class _Case(Measured):
-    def __init__(self, name: str, family: str, nbytes: float, note: str) -> None:
-        # family: which goals of numbadam.cli.goals apply
-        super().__init__(name, family, nbytes, {})
-        self.note = note
-
-    def add(self, impl: str, seconds: float) -> None:
-        self.times[impl] = seconds
-
-    def add_interleaved(self, fns: Dict[str, Callable[[], Any]], repeat: int) -> None:
-        self.times.update(interleaved(fns, repeat))
-
-    def as_dict(self) -> Dict[str, Any]:
-        return {
-            "case": self.name,
-            "bytes": self.nbytes,
-            "note": self.note,
-            "median_s": dict(self.times),
-            "GBps": {k: self.nbytes / t / 1e9 for k, t in self.times.items() if t > 0},
-        }
 
 
 # ---------------------------------------------------------------------------
@@ -521,8 +492,8 @@ def _compile_case() -> _Case:
 
 #: Families of cases, in the order ``run`` measures them.
 FAMILIES = (
-    "dense", "fixed", "many", "sparse-tf", "lazy", "lazy-rotating", "lazy-row",
-    "threads", "compile",
+    "dense", "adamw", "ema", "accumulate", "fixed", "many", "sparse-tf", "lazy",
+    "lazy-rotating", "lazy-row", "threads", "compile",
 )  # fmt: skip
 
 
@@ -538,6 +509,10 @@ def _plan(quick: bool, torch, jo) -> List[Tuple[str, Callable[[], Any]]]:
     plan.append(("dense", lambda: _dense_case(10**4, quick, torch, jo)))
     if not quick:  # in the caches
         plan.append(("dense", lambda: _dense_case(10**5, quick, torch, jo)))
+    n = dense_sizes[0]
+    plan.append(("adamw", lambda: _features.adamw_case(n, quick, torch)))
+    plan.append(("ema", lambda: _features.ema_case(n, quick, torch)))
+    plan.append(("accumulate", lambda: _features.accumulate_case(n, quick, torch)))
     plan.append(("fixed", lambda: _overhead_case(quick)))
     plan.append(("many", lambda: _many_case(2000, 1000, quick, torch)))
     rows = 10**5 if quick else 10**6
@@ -741,6 +716,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int_at_least(1), metavar="N", help="Numba threads to use"
     )
+    parser.add_argument(
+        "--family", action="append", choices=FAMILIES, metavar="FAMILY",
+        help=f"run only this family of cases (repeatable): {', '.join(FAMILIES)}",
+    )  # fmt: skip
 
 
 def _say_ran(case: str) -> None:
@@ -769,7 +748,11 @@ def main(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"{prog}: error: --threads: {exc}", file=sys.stderr)
                 return 2
-        result = run(quick=args.quick, progress=None if args.json else _say_ran)
+        result = run(
+            quick=args.quick,
+            progress=None if args.json else _say_ran,
+            families=getattr(args, "family", None),
+        )
     finally:
         numbadam.set_num_threads(threads)  # main() may run inside a larger program
     if args.json:

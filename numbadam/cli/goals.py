@@ -178,6 +178,28 @@ GOALS: Tuple[Goal, ...] = (
          "numbadam", "torch-fused", 1.0, min_bytes=1e6),
     Goal("cpu-dense-numpy", "cpu", ("dense",), "speed-up vs numpy",
          "numbadam", "numpy", 1.0),
+    # The features of #13 at 1e7 float32 elements: AdamW (28 bytes per
+    # element), the EMA (36), an accumulating call (12) and the applying call
+    # (32) against a plain step (28).
+    Goal("cpu-adamw-probe", "cpu", ("adamw",), "AdamW: bandwidth vs probe >= 0.95",
+         "numbadam", "probe", 0.95),
+    Goal("cpu-adamw-torch", "cpu", ("adamw",),
+         "AdamW: speed-up vs torch AdamW fused >= 1",
+         "numbadam", "torch-fused", 1.0),
+    Goal("cpu-ema-probe", "cpu", ("ema",), "EMA: bandwidth vs probe >= 0.95",
+         "numbadam", "probe", 0.95),
+    Goal("cpu-ema-torch", "cpu", ("ema",),
+         "EMA: speed-up vs torch fused + lerp_ >= 1",
+         "numbadam", "torch-fused+lerp_", 1.0),
+    Goal("cpu-accumulate-probe", "cpu", ("accumulate",),
+         "accumulating call: bandwidth vs probe >= 0.9",
+         "numbadam-accumulating", "probe", 0.9),
+    Goal("cpu-accumulate-applying", "cpu", ("accumulate",),
+         "applying call: bandwidth vs plain step >= 1 (time <= 32/28 of it)",
+         "numbadam-applying", "numbadam-adam", 1.0, kind="bandwidth"),
+    Goal("cpu-accumulate-torch", "cpu", ("accumulate",),
+         "accumulating call: speed-up vs torch grad.add_ >= 1",
+         "numbadam-accumulating", "torch-grad-add_", 1.0),
     # The fixed cost of apply_gradients: one 10-element variable.
     Goal("cpu-fixed-cost", "cpu", ("fixed",), "fixed cost < 10 us",
          "numbadam", "", 10.0, kind="time_us"),

@@ -12,11 +12,11 @@ events. ``numbadam bench``, ``asv_bench/bandwidth.py``,
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["SETTLE_S", "interleaved", "interleaved_samples", "median_time"]
+__all__ = ["SETTLE_S", "Timed", "interleaved", "interleaved_samples", "median_time"]
 
 #: Untimed runs open each block for at least this long (see :func:`interleaved`).
 SETTLE_S = 2e-3
@@ -82,8 +82,12 @@ def _median_cuda_events(fn: Callable[[], Any], repeat: int, cuda: Any) -> float:
     return float(np.median(times))
 
 
+#: What :func:`interleaved` times: a function, or ``(before, fn)``.
+Timed = Union[Callable[[], Any], Tuple[Callable[[], Any], Callable[[], Any]]]
+
+
 def interleaved_samples(
-    fns: Mapping[str, Callable[[], Any]],
+    fns: Mapping[str, Timed],
     repeat: int,
     warmup: int = 2,
     block: Optional[int] = None,
@@ -107,8 +111,11 @@ def interleaved_samples(
 
     Parameters
     ----------
-    fns : mapping of str to callable
-        The implementations, by name; called with no arguments.
+    fns : mapping of str to callable or (callable, callable)
+        The implementations, by name; called with no arguments. A pair
+        ``(before, fn)`` times ``fn`` with ``before()`` run, untimed, right
+        before each run of ``fn`` (the calls that put an optimizer into the
+        state ``fn`` measures, say).
     repeat : int
         Timed runs of each, at least.
     warmup : int, optional
@@ -132,20 +139,28 @@ def interleaved_samples(
     >>> {name: len(t) for name, t in runs.items()}
     {'a': 3, 'b': 3}
     """
-    for fn in fns.values():
+    pairs = {name: fn if isinstance(fn, tuple) else (None, fn) for name, fn in fns.items()}
+    for before, fn in pairs.values():
         for _ in range(warmup):
+            if before is not None:
+                before()
             fn()
     if block is None:
         block = max(1, min(20, repeat // 10))
     times: Dict[str, List[float]] = {name: [] for name in fns}
     while min(len(t) for t in times.values()) < repeat:
-        for name, fn in fns.items():
+        for name, (before, fn) in pairs.items():
             if settle_s > 0:
                 settle = time.perf_counter() + settle_s
-                fn()
-                while time.perf_counter() < settle:
+                while True:
+                    if before is not None:
+                        before()
                     fn()
+                    if time.perf_counter() >= settle:
+                        break
             for _ in range(block):
+                if before is not None:
+                    before()
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
@@ -153,7 +168,7 @@ def interleaved_samples(
 
 
 def interleaved(
-    fns: Mapping[str, Callable[[], Any]],
+    fns: Mapping[str, Timed],
     repeat: int,
     warmup: int = 2,
     block: Optional[int] = None,
