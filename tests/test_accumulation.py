@@ -335,11 +335,11 @@ def test_bad_steps(bad):
         numbadam.Adam(gradient_accumulation_steps=bad)
 
 
-def test_distributed_refuses():
-    from numbadam.distributed import DistributedAdam
+def test_sharded_refuses():
+    from numbadam.distributed import ShardedAdam
 
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
-        DistributedAdam(gradient_accumulation_steps=2)
+        ShardedAdam(comm="self", gradient_accumulation_steps=2)
 
 
 def _state(opt, arrays):

@@ -564,3 +564,30 @@ def test_row_wise_distributed_adam_refuses_the_sharded_format(tmp_path):
     assert ckpt.optimizer.second_moment == "row"
     for a, b in zip(ckpt.optimizer.get_weights(), before):
         assert _bits(a) == _bits(b)
+
+
+def test_accumulating_distributed_adam_refuses_the_sharded_format(tmp_path):
+    # The sharded format has no accumulators and one counter of updates; a
+    # mid-cycle state written there would lose the cycle's partial sums.
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((5, 3)).astype(np.float32)
+    opt = DistributedAdam(learning_rate=0.01, comm="self", gradient_accumulation_steps=3)
+    for _ in range(4):  # one update, then one call of the next cycle
+        opt.apply_gradients([(rng.standard_normal((5, 3)).astype(np.float32), w)])
+    before = [np.copy(x) for x in opt.get_weights()]
+    w_before = w.copy()
+    path = tmp_path / "sharded"
+    with pytest.raises(ValueError, match=r"save_sharded.*gradient_accumulation_steps=3"):
+        opt.save_sharded(str(path))
+    assert not path.exists()
+    with pytest.raises(ValueError, match=r"load_sharded.*gradient_accumulation_steps=3"):
+        opt.load_sharded(str(path), [w])
+    assert _bits(w) == _bits(w_before)
+    for a, b in zip(opt.get_weights(), before):
+        assert _bits(a) == _bits(b)
+    # The single-file checkpoint holds the cycle and resumes it bit for bit.
+    save_checkpoint(tmp_path / "c.npz", opt, [w])
+    ckpt = load_checkpoint(tmp_path / "c.npz")
+    assert int(ckpt.optimizer.iterations) == 1 and int(ckpt.optimizer.weights[0]) == 4
+    for a, b in zip(ckpt.optimizer.get_weights(), before):
+        assert _bits(a) == _bits(b)

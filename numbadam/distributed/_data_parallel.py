@@ -146,6 +146,12 @@ class DistributedAdam(Adam):
     so after every step all ranks hold bit-identical variables and slots
     (given identical starting variables: see :func:`broadcast_variables`).
 
+    With ``gradient_accumulation_steps=N`` every call averages its gradients
+    over the ranks, as above, and accumulates the averages (the applying call
+    steps with the mean of the cycle's averages, the mean over ranks and
+    calls); the accumulators, like every slot, are the same on every rank.
+    ``use_ema`` keeps the averages of the variables as :class:`~numbadam.Adam`.
+
     Parameters
     ----------
     learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
@@ -192,7 +198,6 @@ class DistributedAdam(Adam):
     """
 
     _multi_tensor = False  # (the aggregate hook needs every pair's work)
-    _accumulation_supported = False  # (gradient_accumulation_steps: not yet)
 
     def __init__(
         self,
@@ -306,13 +311,22 @@ class DistributedAdam(Adam):
         it = self.iterations
         return [owner[id(w)] for w in self.weights if w is not it]
 
-    def _refuse_rowwise(self, what: str) -> None:
+    def _refuse_unsharded_state(self, what: str) -> None:
+        # the sharded format holds the slots ShardedAdam has, shaped like
+        # their variables, and one counter of updates
+        name = type(self).__name__
+        use = "use save()/load() or save_state_dir()/load_state_dir()"
         if self.second_moment != "element":
             raise ValueError(
-                f"{type(self).__name__}.{what}: the sharded-checkpoint format "
-                f"holds slots shaped like their variables, and this optimizer "
-                f"has second_moment={self.second_moment!r} (one v per row); use "
-                f"save()/load() or save_state_dir()/load_state_dir()"
+                f"{name}.{what}: the sharded-checkpoint format holds slots "
+                f"shaped like their variables, and this optimizer has "
+                f"second_moment={self.second_moment!r} (one v per row); {use}"
+            )
+        if self._accum_steps is not None:
+            raise ValueError(
+                f"{name}.{what}: the sharded-checkpoint format holds no "
+                f"gradient accumulators or counter of calls, and this optimizer "
+                f"has gradient_accumulation_steps={self._accum_steps}; {use}"
             )
 
     def save_sharded(self, path: str) -> None:
@@ -325,10 +339,11 @@ class DistributedAdam(Adam):
         Raises
         ------
         ValueError
-            With ``second_moment="row"``: the format holds slots shaped like
-            their variables. Use :meth:`save` or :meth:`save_state_dir`.
+            With ``second_moment="row"`` (the format holds slots shaped like
+            their variables) or ``gradient_accumulation_steps`` (it holds no
+            accumulators). Use :meth:`save` or :meth:`save_state_dir`.
         """
-        self._refuse_rowwise("save_sharded")
+        self._refuse_unsharded_state("save_sharded")
         entries = self._entries()
         variables, weights, index = [], [], {}
         for sname, var in entries:
@@ -373,9 +388,10 @@ class DistributedAdam(Adam):
         Raises
         ------
         ValueError
-            With ``second_moment="row"`` (see :meth:`save_sharded`).
+            With ``second_moment="row"`` or ``gradient_accumulation_steps``
+            (see :meth:`save_sharded`).
         """
-        self._refuse_rowwise("load_sharded")
+        self._refuse_unsharded_state("load_sharded")
         if var_list is not None:
             self.build(var_list)
         entries = self._entries()

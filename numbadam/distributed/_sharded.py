@@ -148,6 +148,11 @@ class ShardedAdam(ShardedStateMixin, Adam):
                 "ShardedAdam does not support use_ema=True yet; use Adam or "
                 "DistributedAdam (replicated state) for an EMA of the weights"
             )
+        if kwargs.get("gradient_accumulation_steps") is not None:
+            raise ValueError(  # (accumulators of its slices: not yet)
+                "ShardedAdam does not support gradient_accumulation_steps yet; "
+                "use DistributedAdam (replicated state) to accumulate gradients"
+            )
         if kwargs.get("second_moment", "element") != "element":
             raise ValueError(
                 "ShardedAdam keeps flat slices of the state: "

@@ -61,6 +61,30 @@ CASES: Dict[str, Any] = {
         True,
         {"sparse_mode": "lazy", "clipnorm": 0.5, "clipvalue": 0.4},
     ),
+    # gradient accumulation (every call averaged, then accumulated) and the
+    # EMA of the weights, on the replicated state
+    "dp_accum": (
+        "dp",
+        [0, 1, 3, 4],
+        True,
+        False,
+        {"gradient_accumulation_steps": 2, "clipnorm": 1.0},
+    ),
+    "dp_ema": ("dp", [0, 1, 4], True, False, {"use_ema": True, "ema_momentum": 0.5}),
+    "dp_ema_accum_lazy": (
+        "dp",
+        [0, 2, 3],
+        True,
+        False,
+        {
+            "use_ema": True,
+            "ema_momentum": 0.5,
+            "ema_overwrite_frequency": 2,
+            "gradient_accumulation_steps": 2,
+            "weight_decay": 0.01,
+            "sparse_mode": "lazy",
+        },
+    ),
     "emb": ("zero", [1], False, True, {}),
     "emb_amsgrad": ("zero", [], False, True, {"amsgrad": True}),
 }
@@ -73,6 +97,9 @@ SAVE_AT = 2
 EXACT_TABLES = (
     "dp_sparse",
     "dp_amsgrad",
+    "dp_accum",
+    "dp_ema",
+    "dp_ema_accum_lazy",
     "zero_sparse",
     "zero_lazy",
     "emb",
