@@ -10,11 +10,13 @@ is no decay, and the kernels fuse it into the Adam pass.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+import re
+from collections.abc import Mapping
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["check_weight_decay", "decay_scalars"]
+__all__ = ["check_weight_decay", "decay_scalars", "excluded_variables"]
 
 
 def check_weight_decay(value: Any) -> Optional[float]:
@@ -72,3 +74,88 @@ def decay_scalars(
     if decay > 0:
         lr_t = lr_t / (f32(1.0) + f32(d) * f32(step))
     return (f32(weight_decay), f32(lr_t))
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or hasattr(x, "__cuda_array_interface__")
+
+
+def excluded_variables(
+    var_list: Any, var_names: Any, variables: Optional[Mapping]
+) -> List[Any]:
+    """The variables ``exclude_from_weight_decay`` exempts, validated.
+
+    ``var_list``: arrays. ``var_names``: Keras 3's strings, joined into one
+    regular expression (``"|".join(set(var_names))``) that is searched
+    (``re.search``) in the *names* of ``variables``, a mapping from names
+    (or Keras paths) to arrays; every array whose name matches is excluded
+    with those of ``var_list``. Raises ``TypeError`` / ``ValueError`` naming
+    the problem before anything is excluded.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> w, b = np.ones(2), np.zeros(2)
+    >>> ex = excluded_variables(None, ["bias"], {"dense/kernel": w, "dense/bias": b})
+    >>> [x is b for x in ex]
+    [True]
+    """
+    out: List[Any] = []
+    for i, var in enumerate(var_list or ()):
+        if not _is_array(var):
+            raise TypeError(
+                f"exclude_from_weight_decay: var_list[{i}] is a "
+                f"{type(var).__name__}, not a NumPy or CUDA array"
+            )
+        out.append(var)
+    if isinstance(var_names, str):
+        raise TypeError(
+            "exclude_from_weight_decay: var_names must be a list of strings, "
+            f"not the string {var_names!r}"
+        )
+    names = list(var_names or ())
+    if not names:
+        if variables is not None:
+            raise TypeError(
+                "exclude_from_weight_decay: variables= names the arrays that "
+                "var_names is matched against; pass var_names too"
+            )
+        return out
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"exclude_from_weight_decay: var_names holds {name!r}, not a string"
+            )
+    if variables is None:
+        raise TypeError(
+            "exclude_from_weight_decay: var_names needs named variables, and "
+            "NumPy/CUDA arrays have no names; pass them as variables= (a "
+            "mapping from names to arrays, e.g. numbadam.keras3."
+            "load_keras_variables(path)) or the arrays themselves as var_list"
+        )
+    if not isinstance(variables, Mapping):
+        raise TypeError(
+            "exclude_from_weight_decay: variables must be a mapping from names "
+            f"to arrays, not a {type(variables).__name__}"
+        )
+    try:
+        pattern = re.compile("|".join(sorted(set(names))))
+    except re.error as exc:
+        raise ValueError(
+            f"exclude_from_weight_decay: var_names {names!r} do not make a "
+            f"regular expression: {exc}"
+        ) from None
+    for key, var in variables.items():
+        if not isinstance(key, str):
+            raise TypeError(
+                f"exclude_from_weight_decay: variables has the key {key!r}, "
+                "not a string"
+            )
+        if not _is_array(var):
+            raise TypeError(
+                f"exclude_from_weight_decay: variables[{key!r}] is a "
+                f"{type(var).__name__}, not a NumPy or CUDA array"
+            )
+        if pattern.search(key) is not None:
+            out.append(var)
+    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from ._coefficients import CoefficientCache
 from ._ema import SLOT as EMA_SLOT
 from ._slots import memory_key
 from ._types import AdamCoefficients
-from ._weight_decay import check_weight_decay, decay_scalars
+from ._weight_decay import check_weight_decay, decay_scalars, excluded_variables
 from .optimizer import OptimizerV2, _is_number
 
 __all__ = ["Adam"]
@@ -269,8 +269,17 @@ class Adam(OptimizerV2):
     def weight_decay(self, value: Any) -> None:
         self._weight_decay = check_weight_decay(value)
 
-    def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
+    def exclude_from_weight_decay(
+        self,
+        var_list: Optional[Sequence[Any]] = None,
+        var_names: Optional[Sequence[str]] = None,
+        *,
+        variables: Optional[Mapping[str, Any]] = None,
+    ) -> None:
         """Exclude variables from the weight decay (Keras 3's method).
+
+        As in Keras 3, each call replaces the exclusions of the previous one,
+        and it must come before the first step.
 
         Parameters
         ----------
@@ -279,17 +288,26 @@ class Adam(OptimizerV2):
             by their memory, shape, strides and dtype (a new view of the same
             elements is the same variable).
         var_names : list of str, optional
-            Keras matches variable names; arrays have none, so a non-empty
-            ``var_names`` raises :class:`TypeError`: pass the arrays as
-            ``var_list``.
+            Keras 3's anchor words: joined into one regular expression
+            (``"|".join(var_names)``) and searched in every name of
+            ``variables``; the arrays whose names match get no weight decay
+            (``var_names=["bias"]`` exempts every bias).
+        variables : mapping of str to array, keyword-only
+            The names of the arrays, which arrays lack: a model's parameters
+            by name, or by Keras path as
+            :func:`numbadam.keras3.load_keras_variables` returns them (Keras
+            searches the short name, ``"kernel"``; numbadam the key, e.g.
+            ``"dense/kernel"``, which contains it). Needed with ``var_names``.
 
         Raises
         ------
         ValueError
             After the first step (as Keras 3: exclusions are configured before
-            the optimizer is built).
+            the optimizer is built), or ``var_names`` that are no regular
+            expression.
         TypeError
-            For a non-empty ``var_names``.
+            ``var_names`` without ``variables`` (or the reverse); entries that
+            are not arrays or strings. Nothing changes then.
 
         Examples
         --------
@@ -302,20 +320,20 @@ class Adam(OptimizerV2):
         >>> _ = opt.apply_gradients([(zero, w), (zero, b)])
         >>> w.tolist(), b.tolist()
         ([0.75, 0.75], [1.0, 1.0])
+        >>> params = {"dense/kernel": np.ones(2), "dense/bias": np.ones(2)}
+        >>> opt = numbadam.AdamW(learning_rate=0.5, weight_decay=0.5)
+        >>> opt.exclude_from_weight_decay(var_names=["bias"], variables=params)
+        >>> _ = opt.apply_gradients([(np.zeros(2), v) for v in params.values()])
+        >>> {k: v.tolist() for k, v in params.items()}
+        {'dense/kernel': [0.75, 0.75], 'dense/bias': [1.0, 1.0]}
         """
-        if var_names:
-            raise TypeError(
-                "exclude_from_weight_decay: var_names needs named variables, and "
-                "NumPy/CUDA arrays have no names; pass the arrays themselves as "
-                "var_list"
-            )
+        excluded = excluded_variables(var_list, var_names, variables)
         if self._iterations is not None:
             raise ValueError(
                 "exclude_from_weight_decay can only be configured before the "
                 "optimizer is built (before its first step)"
             )
-        for var in var_list or ():
-            self._wd_excluded.add(memory_key(var))
+        self._wd_excluded = {memory_key(var) for var in excluded}
 
     @property
     def second_moment(self) -> str:

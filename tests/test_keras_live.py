@@ -156,3 +156,36 @@ def test_excluded_variable_does_not_decay_as_in_keras(keras):
         nopt.apply_gradients([(g.copy(), v) for g, v in zip(gs, nvars)])
     for i, (a, b) in enumerate(zip(nvars, want)):
         assert_close_to_keras(a, b, STEPS, f"excluded case, variable {i}")
+
+
+def test_var_names_exclude_as_in_keras(keras):
+    # Keras searches "|".join(var_names) in each variable's name; numbadam
+    # in the names of variables= (here Keras' paths, which contain the names)
+    rng = np.random.default_rng(9)
+    shapes = [(3, 4), (4,), (4,)]
+    names = ["kernel", "bias", "norm_gamma"]
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = gradients(10, shapes, STEPS)
+    kvars = [keras.Variable(x.copy(), name=n) for x, n in zip(init, names)]
+    kopt = keras.optimizers.AdamW(learning_rate=0.05, weight_decay=0.2)
+    kopt.exclude_from_weight_decay(var_names=["bias", "gamma"])
+    for gs in grads:
+        kopt.apply_gradients(
+            [(keras.ops.convert_to_tensor(g), v) for g, v in zip(gs, kvars)]
+        )
+    want = [np.asarray(keras.ops.convert_to_numpy(v)) for v in kvars]
+    params = {f"dense/{n}": x.copy() for n, x in zip(names, init)}
+    nopt = numbadam.AdamW(learning_rate=0.05, weight_decay=0.2)
+    nopt.exclude_from_weight_decay(var_names=["bias", "gamma"], variables=params)
+    for gs in grads:
+        nopt.apply_gradients([(g.copy(), v) for g, v in zip(gs, params.values())])
+    for i, (a, b) in enumerate(zip(params.values(), want)):
+        assert_close_to_keras(a, b, STEPS, f"var_names case, variable {i}")
+    # (and the exclusion mattered: the kernel decayed, the others did not)
+    plain = numbadam.Adam(learning_rate=0.05)
+    ref = [x.copy() for x in init]
+    for gs in grads:
+        plain.apply_gradients([(g.copy(), v) for g, v in zip(gs, ref)])
+    assert not np.allclose(ref[0], want[0], rtol=0, atol=1e-6)
+    for k in (1, 2):
+        assert_close_to_keras(ref[k], want[k], STEPS, f"plain Adam, variable {k}")

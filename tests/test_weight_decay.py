@@ -218,8 +218,66 @@ def test_exclude_from_weight_decay():
     assert_close(w, 2.0 - 2.0 * 0.5 * float(np.float32(0.1)) + 0 * w, np.float64)
     with pytest.raises(ValueError, match="before"):
         opt.exclude_from_weight_decay(var_list=[w])
-    with pytest.raises(TypeError, match="var_list"):
+    with pytest.raises(TypeError, match="variables="):
         numbadam.AdamW().exclude_from_weight_decay(var_names=["bias"])
+
+
+def _decayed(opt, params):
+    """Which of ``params`` (name -> array of 2.0) one step with zero
+    gradients decays."""
+    z = [(np.zeros_like(v), v) for v in params.values()]
+    opt.apply_gradients(z)
+    return {k: bool((v != 2.0).all()) for k, v in params.items()}
+
+
+def test_exclude_by_var_names_searches_the_names_of_variables():
+    params = {n: np.full(3, 2.0) for n in
+              ("dense/kernel", "dense/bias", "layer_norm/gamma", "embedding")}  # fmt: skip
+    opt = numbadam.AdamW(learning_rate=0.1, weight_decay=0.5)
+    # Keras 3: "|".join(var_names), re.search in each name
+    opt.exclude_from_weight_decay(var_names=["bias", "norm"], variables=params)
+    assert _decayed(opt, params) == {
+        "dense/kernel": True, "dense/bias": False,
+        "layer_norm/gamma": False, "embedding": True,
+    }  # fmt: skip
+    # regular expressions, and var_list together with var_names
+    params = {n: np.full(2, 2.0) for n in ("a/kernel", "b/kernel_1", "c/bias")}
+    extra = np.full(2, 2.0)
+    opt = numbadam.AdamW(learning_rate=0.1, weight_decay=0.5)
+    opt.exclude_from_weight_decay([extra], [r"kernel$"], variables=params)
+    got = _decayed(opt, {**params, "extra": extra})
+    assert got == {"a/kernel": False, "b/kernel_1": True, "c/bias": True,
+                   "extra": False}  # fmt: skip
+
+
+def test_each_exclusion_call_replaces_the_last_as_in_keras():
+    w, b = np.full(2, 2.0), np.full(2, 2.0)
+    opt = numbadam.AdamW(learning_rate=0.1, weight_decay=0.5)
+    opt.exclude_from_weight_decay(var_list=[w])
+    opt.exclude_from_weight_decay(var_list=[b])
+    assert _decayed(opt, {"w": w, "b": b}) == {"w": True, "b": False}
+
+
+@pytest.mark.parametrize(
+    "args, kw, err, match",
+    [
+        ((None, "bias"), {"variables": {}}, TypeError, "list of strings"),
+        ((None, [3]), {"variables": {}}, TypeError, "not a string"),
+        ((None, ["("]), {"variables": {"x": np.ones(1)}}, ValueError, "regular expression"),
+        ((None, ["b"]), {"variables": [np.ones(1)]}, TypeError, "mapping"),
+        ((None, ["b"]), {"variables": {"b": [1.0]}}, TypeError, r"variables\['b'\]"),
+        ((None, ["b"]), {"variables": {1: np.ones(1)}}, TypeError, "key 1"),
+        ((None, None), {"variables": {"b": np.ones(1)}}, TypeError, "pass var_names"),
+        (([[1.0]],), {}, TypeError, r"var_list\[0\]"),
+    ],
+)
+def test_bad_exclusions_raise_and_keep_the_previous_ones(args, kw, err, match):
+    w, b = np.full(2, 2.0), np.full(2, 2.0)
+    opt = numbadam.AdamW(learning_rate=0.1, weight_decay=0.5)
+    opt.exclude_from_weight_decay(var_list=[b])
+    with pytest.raises(err, match=match):
+        opt.exclude_from_weight_decay(*args, **kw)
+    assert _decayed(opt, {"w": w, "b": b}) == {"w": True, "b": False}
 
 
 @pytest.mark.parametrize("excluded", ["none", "some", "all"])

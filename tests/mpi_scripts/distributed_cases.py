@@ -85,6 +85,17 @@ CASES: Dict[str, Any] = {
             "sparse_mode": "lazy",
         },
     ),
+    # weight decay with variables excluded ("exclude": positions in the
+    # case's variables, passed to exclude_from_weight_decay), on slices
+    # packed into one bucket and on one of their own
+    "zero_wd_exclude": (
+        "zero",
+        [0, 1, 5],
+        True,
+        False,
+        {"weight_decay": 0.3, "exclude": (1, 2)},
+    ),
+    "dp_wd_exclude": ("dp", [0, 1], True, False, {"weight_decay": 0.3, "exclude": (0, 2)}),
     "emb": ("zero", [1], False, True, {}),
     "emb_amsgrad": ("zero", [], False, True, {"amsgrad": True}),
 }
@@ -186,9 +197,10 @@ def reference_gradients(name: str, step: int) -> List[Any]:
 
 def reference(name: str, steps: int = STEPS) -> Dict[str, Any]:
     """Single-process numbadam.Adam on the averaged gradients."""
-    kwargs = CASES[name][4]
+    kwargs, exclude = _split(CASES[name][4])
     variables = init_variables(name)
     opt = numbadam.Adam(learning_rate=LR, **kwargs)
+    opt.exclude_from_weight_decay([variables[k] for k in exclude])
     for step in range(steps):
         opt.apply_gradients(zip(reference_gradients(name, step), variables))
     return {"vars": variables, "weights": opt.get_weights()}
@@ -199,13 +211,25 @@ def make_distributed(name: str, comm):
     from numbadam.distributed import DistributedAdam, ShardedAdam, ShardedEmbedding
 
     mode, _, _, emb, kwargs = CASES[name]
+    kwargs, exclude = _split(kwargs)
     full = init_variables(name)
     if mode == "dp":
-        return DistributedAdam(learning_rate=LR, comm=comm, **kwargs), full
+        opt = DistributedAdam(learning_rate=LR, comm=comm, **kwargs)
+        opt.exclude_from_weight_decay([full[k] for k in exclude])
+        return opt, full
     variables = list(full)
     if emb:
         variables[-1] = ShardedEmbedding.from_full(full[-1], comm=comm)
-    return ShardedAdam(learning_rate=LR, comm=comm, **kwargs), variables
+    opt = ShardedAdam(learning_rate=LR, comm=comm, **kwargs)
+    opt.exclude_from_weight_decay([variables[k] for k in exclude])
+    return opt, variables
+
+
+def _split(kwargs):
+    """(Adam's keyword arguments, positions of the variables to exclude from
+    the weight decay) of a case's kwargs."""
+    kwargs = dict(kwargs)
+    return kwargs, tuple(kwargs.pop("exclude", ()))
 
 
 def gather_variables(variables) -> List[np.ndarray]:
