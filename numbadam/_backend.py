@@ -327,7 +327,9 @@ class Backend(Protocol):
         accumulating call of gradient accumulation (``grad`` a work item's 1-D
         gradient)."""
 
-    def ema_step(self, work: Any, ema: Average, rows: Optional[np.ndarray] = None) -> None:
+    def ema_step(
+        self, work: Any, ema: Average, rows: Optional[np.ndarray] = None
+    ) -> None:
         """Move the average of :data:`Average` ``ema`` towards the variable of
         the work item ``work`` without a step (an accumulating call with
         ``use_ema``), over every element, or over the unique host int64

@@ -377,7 +377,9 @@ class CPUBackend:
         k(_kernel_view(acc.reshape(-1)), _kernel_view(grad), bool(first),
           _config.CPU_BLOCK, _config.CPU_SERIAL_MAX)  # fmt: skip
 
-    def ema_step(self, work: Any, ema: Average, rows: Optional[np.ndarray] = None) -> None:
+    def ema_step(
+        self, work: Any, ema: Average, rows: Optional[np.ndarray] = None
+    ) -> None:
         """The EMA-only pass of an accumulating call (``use_ema``).
 
         ``average = (momentum * average) + ((1 - momentum) * var)`` in place,

@@ -515,7 +515,9 @@ class CUDABackend:
                 width *= 2
         return keys, pos
 
-    def ema_step(self, work: Any, ema: Average, rows: Optional[np.ndarray] = None) -> None:
+    def ema_step(
+        self, work: Any, ema: Average, rows: Optional[np.ndarray] = None
+    ) -> None:
         """The EMA-only pass of an accumulating call, as
         :meth:`numbadam._backend_cpu.CPUBackend.ema_step` (``rows``: unique
         int64 rows on the host, or None)."""
@@ -533,7 +535,8 @@ class CUDABackend:
             kern = self._kernel(self._k.ema_rows_cuda, dtype)
             self._launch(
                 kern, int(rows.shape[0]) * work.width, flat.reshape(shape),
-                avg.reshape(shape), cuda.to_device(np.ascontiguousarray(rows, np.int64)),
+                avg.reshape(shape),
+                cuda.to_device(np.ascontiguousarray(rows, np.int64)),
                 mom, omm, overwrite,
             )  # fmt: skip
         if overwrite:

@@ -271,7 +271,7 @@ class SlotTable:
         """Raise ValueError if the variables of one step share memory.
 
         ``items`` are a step's ``(sparse, work, backend, var, holder)`` tuples
-        (:class:`numbadam.optimizer.Step`; ``work.label`` names the variable).
+        (:class:`numbadam._step.Step`; ``work.label`` names the variable).
         Refused: two variables that overlap (views of one array), a variable
         whose elements alias each other (zero or too-small strides), and a
         variable that is (a view of) one of this table's slots. Nothing is

@@ -14,7 +14,6 @@ zero-argument callable returning ``(loss_value, [gradient per parameter])``.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -23,14 +22,15 @@ import numpy as np
 
 from . import _config, _dispatch, schedules
 from ._accum import AccumulationMixin
-from ._backend import global_norm_scalars, identity_transform, transform_scalars
+from ._clipping import ClippingMixin
 from ._ema import SLOT as _EMA_SLOT
 from ._ema import EmaMixin
 from ._flat import GradsAndVars, ParameterBuffer
 from ._hypers import HyperparameterMixin, is_float64, is_number
 from ._loss_api import LossMixin
-from ._slots import FlatState, SlotTable, check_slots
+from ._slots import SlotTable, check_slots
 from ._state import StateMixin, describe
+from ._step import MULTI, Label, Step
 from ._types import IndexedSlices
 
 __all__ = ["OptimizerV2"]
@@ -52,60 +52,9 @@ _is_number = is_number
 _describe = describe
 
 
-class Label:
-    """A variable's name for error messages, formatted only when needed.
-
-    ``variable {position} (shape ..., dtype)``; part of the hook seam (with
-    :class:`Step`) that subclasses in numbadam.distributed use.
-    """
-
-    __slots__ = ("var", "position")
-
-    def __init__(self, var: Any, position: int) -> None:
-        self.var = var
-        self.position = position
-
-    def __str__(self) -> str:
-        return f"variable {self.position} ({_describe(self.var)})"
-
-    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
-
-
-#: The kind of a Step item stepping many dense variables in one launch.
-MULTI = "multi"
-
-
-class Step:
-    """One :meth:`OptimizerV2.apply_gradients` call on its way through the hooks.
-
-    ``items`` are ``(sparse, work, backend, var, holder)`` tuples: the
-    validated work item of each pair with a gradient (a
-    :class:`~numbadam._backend.DenseWork` or ``SparseWork``), the backend that
-    owns it, the user's variable, and the object whose ``slots`` dict holds its
-    slots (``None`` until they are created). Hooks may replace items (an
-    aggregate hook swaps in averaged gradients) but never a variable.
-    ``transforms`` (one per item) and ``coefficients`` (storage dtype ->
-    :class:`~numbadam._types.AdamCoefficients`) are filled by their hooks.
-    """
-
-    __slots__ = (
-        "iteration", "items", "var_list", "need_weights", "transforms",
-        "coefficients", "skipped",
-    )  # fmt: skip
-
-    def __init__(self, iteration: int, items: List[Any], var_list: List[Any],
-                 need_weights: bool, skipped: List[Any]) -> None:  # fmt: skip
-        self.iteration = iteration
-        self.items = items
-        self.var_list = var_list
-        self.need_weights = need_weights
-        self.skipped = skipped
-        self.transforms: List[Any] = []
-        self.coefficients: Any = None
-
-
 class OptimizerV2(
-    AccumulationMixin, HyperparameterMixin, StateMixin, LossMixin, EmaMixin
+    AccumulationMixin, ClippingMixin, HyperparameterMixin, StateMixin, LossMixin,
+    EmaMixin,
 ):
     """Base class of numbadam optimizers (the Keras OptimizerV2 contract).
 
@@ -260,67 +209,12 @@ class OptimizerV2(
         """The optimizer's name."""
         return self._name
 
-    @staticmethod
-    def _check_real(value: Any, what: str) -> float:
-        if not _is_number(value) or isinstance(value, bool):
-            raise TypeError(f"{what} must be a real number, got {value!r}")
-        if not math.isfinite(value) or value < 0:  # (NaN < 0 is False)
-            raise ValueError(f"Expected a finite {what} >= 0, received: {value}")
-        return float(value)
-
     @classmethod
     def _check_decay(cls, value: Any) -> float:
         # A Python float (TF: float32 in tf.cast) or a np.float64, kept float64
         # as tf.cast keeps a float64 array's dtype
         decay = cls._check_real(value, "decay")
         return np.float64(decay) if is_float64(value) else decay
-
-    @property
-    def clipnorm(self) -> Optional[float]:
-        """Per-gradient L2-norm clipping threshold, or ``None``."""
-        return self._clipnorm
-
-    @clipnorm.setter
-    def clipnorm(self, value: Optional[float]) -> None:
-        if value is not None and self._global_clipnorm is not None:
-            raise ValueError(
-                "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
-                f"`clipnorm`={value}, `global_clipnorm`={self._global_clipnorm}."
-            )
-        self._clipnorm = None if value is None else self._check_real(value, "clipnorm")
-
-    @property
-    def global_clipnorm(self) -> Optional[float]:
-        """Joint L2-norm clipping threshold of all gradients of a call, or ``None``.
-
-        As tf-keras' ``global_clipnorm``: every gradient of an
-        :meth:`apply_gradients` call is scaled by ``clip / max(norm, clip)``
-        (TF's ``clip_by_global_norm``), ``norm`` being the L2 norm of all of
-        them together (after ``clipvalue``). Exclusive with ``clipnorm``.
-        """
-        return self._global_clipnorm
-
-    @global_clipnorm.setter
-    def global_clipnorm(self, value: Optional[float]) -> None:
-        if value is not None and self._clipnorm is not None:
-            raise ValueError(
-                "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
-                f"`clipnorm`={self._clipnorm}, `global_clipnorm`={value}."
-            )
-        self._global_clipnorm = (
-            None if value is None else self._check_real(value, "global_clipnorm")
-        )
-
-    @property
-    def clipvalue(self) -> Optional[float]:
-        """Per-element clipping threshold, or ``None``."""
-        return self._clipvalue
-
-    @clipvalue.setter
-    def clipvalue(self, value: Optional[float]) -> None:
-        self._clipvalue = (
-            None if value is None else self._check_real(value, "clipvalue")
-        )
 
     # ------------------------------------------------------------------
     # steps
@@ -564,58 +458,6 @@ class OptimizerV2(
         averaged (or reduce-scattered) gradients. Must not write variables or
         slots.
         """
-
-    def _transform_gradients(self, step: Step) -> None:
-        """Hook 3: the ``(lo, hi, mul, div)`` transform of each item's gradient.
-
-        TF's order: ``clip_by_value`` (``clipvalue``), then ``clip_by_norm``
-        (``clipnorm``, each gradient by its own L2 norm, taken after the value
-        clipping); the kernels apply the transform in their one pass.
-        """
-        cv, cn, gcn = self._clipvalue, self._clipnorm, self._global_clipnorm
-        if cv is None and cn is None and gcn is None:
-            items = step.items
-            if len(items) == 1:
-                step.transforms = [identity_transform(items[0][1].flat.dtype)]
-            else:
-                step.transforms = [identity_transform(it[1].flat.dtype) for it in items]
-            return
-        if gcn is not None:
-            total = 0.0  # (float64, added in pair order: the same bits every run)
-            for it in step.items:
-                total += self._sumsq_item(it, cv)
-            step.transforms = [
-                global_norm_scalars(it[1].flat.dtype, cv, gcn, total)
-                for it in step.items
-            ]
-            return
-        out = []
-        for it in step.items:
-            sparse, work, backend = it[0], it[1], it[2]
-            sumsq = None
-            if cn is not None:
-                if self._acc_apply:  # the norm of the mean gradient
-                    sumsq = self._acc_sumsq(it, cv)
-                else:
-                    sumsq = backend.sumsq(work.values if sparse else work.grad, cv)
-            out.append(transform_scalars(work.flat.dtype, cv, cn, sumsq))
-        step.transforms = out
-
-    def _sumsq_item(self, item: Any, clipvalue: Optional[float]) -> float:
-        # The sum of squares of one item's (value-clipped) gradient; a
-        # ParameterBuffer's one pass adds its variables' sums in order, as a
-        # list of its pairs would, so both take the same global norm.
-        if self._acc_apply:
-            return self._acc_sumsq(item, clipvalue)
-        sparse, work, backend, var, holder = item
-        if sparse:
-            return backend.sumsq(work.values, clipvalue)
-        if var is None and isinstance(holder, FlatState):
-            total = 0.0
-            for g in holder.buffer.grads:
-                total += backend.sumsq(g, clipvalue) if g.size else 0.0
-            return total
-        return backend.sumsq(work.grad, clipvalue)
 
     def _prepare_step(self, step: int, dtypes: set) -> Any:
         """Hook 4: the per-step coefficients by storage dtype (TF's

@@ -141,7 +141,7 @@ def test_with_ema_layout_and_round_trip_mid_cycle_bitwise(tmp_path):
     # Keras 3's BaseOptimizer.build creates, per variable, the average and
     # then the gradient accumulator; Adam.build then m and v per variable
     rng = np.random.default_rng(5)
-    vars_ = [rng.standard_normal((3, 2)).astype(f32), rng.standard_normal(2).astype(f32)]
+    vars_ = [rng.standard_normal(s).astype(f32) for s in ((3, 2), (2,))]
     kw = dict(use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=3,
               gradient_accumulation_steps=2)  # fmt: skip
     opt = numbadam.Adam(0.1, **kw)
@@ -216,7 +216,7 @@ def test_live_side_by_side(keras, make):
     weights = nopt.get_weights()
     for j, a in enumerate(accs):  # the accumulators, bit for bit
         assert np.array_equal(weights[1 + j], a)
-    if nopt.get_config().get("use_ema"):  # the averages, moved on every call as Keras moves them
+    if nopt.get_config().get("use_ema"):  # the averages, moved on every call
         avgs = [np.asarray(v) for v in kopt.variables if v.path.endswith("average")]
         assert len(avgs) == len(nvars)
         for nv, a in zip(nvars, avgs):

@@ -571,16 +571,22 @@ def test_accumulating_distributed_adam_refuses_the_sharded_format(tmp_path):
     # mid-cycle state written there would lose the cycle's partial sums.
     rng = np.random.default_rng(4)
     w = rng.standard_normal((5, 3)).astype(np.float32)
-    opt = DistributedAdam(learning_rate=0.01, comm="self", gradient_accumulation_steps=3)
+    opt = DistributedAdam(
+        learning_rate=0.01, comm="self", gradient_accumulation_steps=3
+    )
     for _ in range(4):  # one update, then one call of the next cycle
         opt.apply_gradients([(rng.standard_normal((5, 3)).astype(np.float32), w)])
     before = [np.copy(x) for x in opt.get_weights()]
     w_before = w.copy()
     path = tmp_path / "sharded"
-    with pytest.raises(ValueError, match=r"save_sharded.*gradient_accumulation_steps=3"):
+    with pytest.raises(
+        ValueError, match=r"save_sharded.*gradient_accumulation_steps=3"
+    ):
         opt.save_sharded(str(path))
     assert not path.exists()
-    with pytest.raises(ValueError, match=r"load_sharded.*gradient_accumulation_steps=3"):
+    with pytest.raises(
+        ValueError, match=r"load_sharded.*gradient_accumulation_steps=3"
+    ):
         opt.load_sharded(str(path), [w])
     assert _bits(w) == _bits(w_before)
     for a, b in zip(opt.get_weights(), before):

@@ -621,7 +621,9 @@ def test_sharded_add_slot_is_a_slice_of_the_whole_slot():
 
 
 def test_sharded_adam_refuses_accumulation_and_points_to_distributed_adam():
-    with pytest.raises(ValueError, match="gradient_accumulation_steps.*DistributedAdam"):
+    with pytest.raises(
+        ValueError, match="gradient_accumulation_steps.*DistributedAdam"
+    ):
         ShardedAdam(comm="self", gradient_accumulation_steps=2)
     # DistributedAdam accumulates: on one process, Adam's bits
     rng = np.random.default_rng(8)
@@ -631,7 +633,9 @@ def test_sharded_adam_refuses_accumulation_and_points_to_distributed_adam():
     ref = numbadam.Adam(0.1, gradient_accumulation_steps=3, use_ema=True)
     for _ in range(7):
         g = rng.standard_normal((4, 3)).astype(np.float32)
-        assert int(opt.apply_gradients([(g, w1)])) == int(ref.apply_gradients([(g.copy(), w2)]))
+        assert int(opt.apply_gradients([(g, w1)])) == int(
+            ref.apply_gradients([(g.copy(), w2)])
+        )
     assert int(opt.iterations) == 2
     np.testing.assert_array_equal(w1, w2)
     for a, b in zip(opt.get_weights(), ref.get_weights()):

@@ -19,10 +19,10 @@ import pytest
 from helpers import assert_bitwise, assert_close, to_device, to_host
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import SparseGrad, run_accumulation_reference
 
 import numbadam
 from numbadam import IndexedSlices, ParameterBuffer
-from reference import SparseGrad, run_accumulation_reference
 
 DTYPES = [np.float16, np.float32, np.float64]
 
@@ -437,9 +437,7 @@ def test_accumulating_calls_move_the_average_bitwise(dtype):
     )  # fmt: skip
     for call in range(9):
         before_x = x.copy()
-        before_avg = (
-            opt.get_slot(x, "average").copy() if call else np.zeros_like(x)
-        )
+        before_avg = opt.get_slot(x, "average").copy() if call else np.zeros_like(x)
         opt.apply_gradients([(np.array(rng.standard_normal(40), dtype), x)])
         if call % 3 == 2:
             continue  # (the applying call: the fused pass, tested elsewhere)
@@ -517,5 +515,3 @@ def test_with_accumulation_and_a_parameter_buffer():
         for p, q in zip(buf.params, sep):
             assert_bitwise(p, q)
             assert_bitwise(ob.get_slot(p, "average"), os_.get_slot(q, "average"))
-
-

@@ -35,7 +35,7 @@ from ._case import Case as _Case
 from ._case import repeat_for as _repeat_for
 from ._paths import plot_path, save_figure
 from .goals import GOALS, score, worst
-from .timer import interleaved, median_time
+from .timer import median_time
 
 __all__ = ["FAMILIES", "add_arguments", "format_report", "goal_values", "main", "run"]
 

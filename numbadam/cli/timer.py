@@ -139,7 +139,9 @@ def interleaved_samples(
     >>> {name: len(t) for name, t in runs.items()}
     {'a': 3, 'b': 3}
     """
-    pairs = {name: fn if isinstance(fn, tuple) else (None, fn) for name, fn in fns.items()}
+    pairs = {
+        name: fn if isinstance(fn, tuple) else (None, fn) for name, fn in fns.items()
+    }
     for before, fn in pairs.values():
         for _ in range(warmup):
             if before is not None:

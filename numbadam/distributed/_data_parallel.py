@@ -12,7 +12,7 @@ from .._backend import DenseWork, SparseWork
 from .._flat import GradsAndVars
 from ..adam import Adam
 from .._types import IndexedSlices
-from ..optimizer import Label, Step
+from .._step import Label, Step
 from . import _checkpoint
 from ._collective import Deadline, check_agreement, check_timeout
 from ._comm import Communicator, get_communicator

@@ -9,9 +9,9 @@ import numpy as np
 
 from .. import _config, _dispatch
 from .._backend import DenseWork, SparseWork, global_norm_scalars, transform_scalars
+from .._step import Label, Step
 from .._types import IndexedSlices
 from ..adam import Adam
-from ..optimizer import Label, Step
 from ._collective import Deadline, check_timeout
 from ._comm import Communicator, get_communicator
 from ._data_parallel import (
@@ -35,7 +35,7 @@ BUCKET_MIN_ELEMENTS = 1 << 16
 
 
 class ShardedStep(Step):
-    """A :class:`~numbadam.optimizer.Step` of ShardedAdam.
+    """A :class:`~numbadam._step.Step` of ShardedAdam.
 
     ``sources`` is set by the aggregate hook for the transform hook: the items
     as they were before the slicing (one per pair, the whole averaged

@@ -95,7 +95,13 @@ CASES: Dict[str, Any] = {
         False,
         {"weight_decay": 0.3, "exclude": (1, 2)},
     ),
-    "dp_wd_exclude": ("dp", [0, 1], True, False, {"weight_decay": 0.3, "exclude": (0, 2)}),
+    "dp_wd_exclude": (
+        "dp",
+        [0, 1],
+        True,
+        False,
+        {"weight_decay": 0.3, "exclude": (0, 2)},
+    ),
     "emb": ("zero", [1], False, True, {}),
     "emb_amsgrad": ("zero", [], False, True, {"amsgrad": True}),
 }
