@@ -255,6 +255,40 @@ CASES: dict[str, Case] = {
             cuda=(("sparse", "float32"), ("mixed", MIXED)),
         ),
         Case(
+            # decoupled weight decay (AdamW); TF rule: every row decays
+            "weight_decay",
+            {"learning_rate": 0.05, "weight_decay": 0.3},
+            cuda=_EACH_DTYPE + (("mixed", MIXED),),
+        ),
+        Case(
+            "weight_decay_amsgrad_clip_decay",
+            {
+                "learning_rate": 0.05,
+                "weight_decay": 0.2,
+                "amsgrad": True,
+                "beta_2": 0.95,
+                "clipvalue": 0.5,
+                "clipnorm": 1.5,
+                "decay": 0.3,  # (the decay uses the decayed learning rate)
+            },
+            # one element clipped to 0.5 is below the norm 1.5: nothing to test
+            layouts=tuple(name for name in LAYOUTS if name != "scalar"),
+            cuda=(("dense_nd", "float16"),),
+        ),
+        Case(
+            # lazy: only the listed rows decay
+            "weight_decay_lazy_ema",
+            {
+                "learning_rate": 0.05,
+                "weight_decay": 0.3,
+                "sparse_mode": "lazy",
+                "use_ema": True,
+                "ema_momentum": 0.8,
+            },
+            layouts=SPARSE_LAYOUTS,
+            cuda=(("sparse", "float32"),),
+        ),
+        Case(
             # every layout: 2-D+ variables row-wise (dense and sparse, staged
             # views, a ParameterBuffer's pairs), 0-d and 1-D ones element-wise
             "row",
@@ -320,6 +354,8 @@ def oracle_hypers(case: Case, iterations: int) -> dict[str, Any]:
         "beta_2": value("beta_2", 0.999),
         "epsilon": eps,
         "decay": value("decay", 0.0),
+        # Keras 3's decoupled decay (AdamW), with the step's learning rate
+        "weight_decay": value("weight_decay", None) or 0.0,
     }
 
 
@@ -487,7 +523,7 @@ def oracle_step(
     return out
 
 
-def _frozen_rows(var0, raw_before, actual, grad, listed, lazy, ema=False):
+def _frozen_rows(var0, raw_before, actual, grad, listed, lazy, ema=False, wd=False):
     """Bitwise checks of the rows a sparse step must leave alone."""
     checks = []
     never = np.ones(var0.shape[0], bool)
@@ -495,6 +531,8 @@ def _frozen_rows(var0, raw_before, actual, grad, listed, lazy, ema=False):
     for key, arr in actual.items():
         if ema and not lazy and key in ("var", "average"):
             continue  # (TF's rule moves every row's average, and overwrites)
+        if wd and not lazy and key in ("var", "average"):
+            continue  # (TF's rule decays every row)
         start = var0 if key in ("var", "average") else np.zeros(arr.shape, var0.dtype)
         checks.append((f"{key} of never-listed rows", arr[never], start[never]))
     if lazy:
@@ -543,8 +581,9 @@ def run_case(case: Case, layout: Layout, dtype: str, backend: str) -> Run:
                 idx = np.asarray(grads[i].indices).astype(np.int64)
                 listed[i] = np.union1d(listed[i], idx)
                 bitwise = _frozen_rows(
-                    var0[i], raw[i], actual, grads[i], listed[i], case.lazy, case.ema
-                )
+                    var0[i], raw[i], actual, grads[i], listed[i], case.lazy, case.ema,
+                    bool(case.kwargs.get("weight_decay")),
+                )  # fmt: skip
             results.append(
                 VarStep(
                     f"variable {i} ({problem.dtypes[i].name})",
