@@ -441,7 +441,9 @@ def test_ranks_hold_identical_variables_and_state(mpi_runs, n):
     first = run.ranks[0]
     for r, f in enumerate(run.ranks[1:], 1):
         for key, value in first.items():
-            if key.startswith("meta__") or key.endswith(("__local_nbytes", "__lookup")):
+            if key.startswith("meta__") or key.endswith(
+                ("__local_nbytes", "__lookup", "__slot_folder", "__slot_file_nbytes")
+            ):
                 continue
             np.testing.assert_array_equal(f[key], value, f"rank {r} differs: {key}")
     # the replicated modes hold the same local state on every rank, too
@@ -491,6 +493,48 @@ def test_uneven_shards_hold_one_nth_of_the_state(mpi_runs, references, n):
         assert sum(got) == full and max(got) <= -(-full // n) + nslots * 8 * len(
             variables
         )
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", SIZES)
+def test_slot_dir_holds_each_ranks_slices_in_its_own_folder(mpi_runs, n):
+    # (zero_disk's results equal Adam's: test_equals_single_process_adam)
+    run = mpi_runs[n].check()
+    for r, f in enumerate(run.ranks):
+        assert str(f["zero_disk__slot_folder"]) == f"rank-{r:05d}-of-{n:05d}"
+        assert bool(f["zero_disk__slots_mapped"])
+        # the files hold this rank's slices, nothing more
+        assert int(f["zero_disk__slot_file_nbytes"]) == int(
+            f["zero_disk__local_nbytes"]
+        )
+    total = sum(int(f["zero_disk__local_nbytes"]) for f in run.ranks)
+    variables = cases.init_variables("zero_disk")
+    assert total == 3 * sum(v.nbytes for v in variables)  # m, v, vhat
+    # DistributedAdam: a full copy of the replicated state in every rank folder
+    full = 3 * sum(v.nbytes for v in cases.init_variables("dp_disk"))
+    for r, f in enumerate(run.ranks):
+        assert str(f["dp_disk__slot_folder"]) == f"rank-{r:05d}-of-{n:05d}"
+        assert bool(f["dp_disk__slots_mapped"])
+        assert int(f["dp_disk__slot_file_nbytes"]) == full
+
+
+def test_rank_slot_dir_refusals(tmp_path):
+    parent = tmp_path / "slots"
+    with pytest.raises(FileNotFoundError):
+        ShardedAdam(comm="self", slot_dir=parent)
+    parent.mkdir()
+    (parent / "rank-00000-of-00001").symlink_to(tmp_path)
+    with pytest.raises(NotADirectoryError, match="not a folder"):
+        ShardedAdam(comm="self", slot_dir=parent)
+    assert (parent / "rank-00000-of-00001").is_symlink()  # left alone
+    (parent / "rank-00000-of-00001").unlink()
+    w = np.ones(5, np.float32)
+    first = ShardedAdam(comm="self", slot_dir=parent)
+    first.apply_gradients([(np.ones(5, np.float32), w)])
+    assert isinstance(first.get_slot(w, "m").base, np.memmap)
+    # a second optimizer on the same folder: refused by the rank folder's marker
+    with pytest.raises(ValueError, match="another optimizer"):
+        ShardedAdam(comm="self", slot_dir=parent)
 
 
 @needs_mpi

@@ -17,6 +17,7 @@ from . import _checkpoint
 from ._collective import Deadline, check_agreement, check_timeout
 from ._comm import Communicator, get_communicator
 from ._embedding import ShardedEmbedding
+from ._shards import rank_slot_dir
 
 __all__ = ["DistributedAdam", "broadcast_variables"]
 
@@ -151,6 +152,9 @@ class DistributedAdam(Adam):
     steps with the mean of the cycle's averages, the mean over ranks and
     calls); the accumulators, like every slot, are the same on every rank.
     ``use_ema`` keeps the averages of the variables as :class:`~numbadam.Adam`.
+    With ``slot_dir=path`` (the same path on every rank) each rank keeps its
+    slots as memory maps in a folder of its own inside it,
+    ``rank-RRRRR-of-NNNNN``, which it creates.
 
     Parameters
     ----------
@@ -220,6 +224,9 @@ class DistributedAdam(Adam):
         self.last_comm_seconds = 0.0
         self._tracked: Dict[int, Any] = {}  # variables with slots, first-seen order
         self._buf: Optional[np.ndarray] = None  # the Allreduce buffer
+        if self._slot_dir is not None:  # this rank's own folder inside it
+            owner = f"{type(self).__name__} {self._name!r}"
+            self._slot_dir = rank_slot_dir(self._slot_dir, self.comm, owner)
 
     # -- the step: hooks of OptimizerV2's one pipeline ------------------------------
 

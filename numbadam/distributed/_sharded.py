@@ -24,7 +24,7 @@ from ._data_parallel import (
 )
 from ._embedding import ShardedEmbedding
 from ._sharded_state import ShardedStateMixin
-from ._shards import Part, Shard
+from ._shards import Part, Shard, rank_slot_dir
 
 __all__ = ["ShardedAdam", "BUCKET_MIN_ELEMENTS"]
 
@@ -78,7 +78,10 @@ class ShardedAdam(ShardedStateMixin, Adam):
     ----------
     learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
         As :class:`numbadam.Adam` (``sparse_mode``, ``clipnorm``, ``clipvalue``,
-        ``decay``...).
+        ``decay``, ``weight_decay``...). ``slot_dir``: a folder (the same path
+        on every rank, shared or not) in which each rank keeps its slices of
+        the slots as ``.npy`` memory maps, in a folder of its own that it
+        creates, ``rank-RRRRR-of-NNNNN`` (see ``docs/state-on-disk.md``).
     comm : Communicator, mpi4py communicator, "mpi", "self" or None
         See :func:`~numbadam.distributed.get_communicator`.
     timeout : float, optional
@@ -166,6 +169,9 @@ class ShardedAdam(ShardedStateMixin, Adam):
         self._deadline = Deadline(self.comm, self.timeout, type(self).__name__)
         self.last_comm_seconds = 0.0
         self._ws: Dict[Any, np.ndarray] = {}  # communication buffers
+        if self._slot_dir is not None:  # this rank's own folder inside it
+            owner = f"{type(self).__name__} {self._name!r}"
+            self._slot_dir = rank_slot_dir(self._slot_dir, self.comm, owner)
 
     # -- variables and slots -------------------------------------------------------
 
@@ -212,10 +218,23 @@ class ShardedAdam(ShardedStateMixin, Adam):
             if self._table.entry(sh.var, sh.key) is not sh:
                 self._table.register(sh, sh.key)
         names = ["m", "v"] + (["vhat"] if self.amsgrad else [])
+        sd = self._slot_dir
+        if sd is not None:  # every file and the room first (numbadam._slotdir)
+            needs = [(sh.view, tuple(n for n in names if n not in sh.slots))
+                     for sh in shards]  # fmt: skip
+            sd.check([(view, missing) for view, missing in needs if missing])
         for name in names:
             for sh in shards:
                 if name not in sh.slots:
-                    self._table.add(sh, name, np.zeros(sh.hi - sh.lo, sh.dtype))
+                    self._table.add(sh, name, self._zero_slice(sh, name))
+
+    def _zero_slice(self, sh: Shard, name: str) -> np.ndarray:
+        # this rank's zero slice of slot ``name``: a memory map in slot_dir,
+        # or in memory (the caller checked the slot_dir first)
+        n = sh.hi - sh.lo
+        if self._slot_dir is None:
+            return np.zeros(n, sh.dtype)
+        return self._slot_dir.zeros(sh.view, name, (n,), sh.dtype)
 
     def build(self, var_list: Iterable[Any]) -> None:
         """Create ``iterations`` and this rank's slot slices for ``var_list`` now.
@@ -243,9 +262,13 @@ class ShardedAdam(ShardedStateMixin, Adam):
         if slot_name in sh.slots:
             return sh.slots[slot_name]
         init = self._initial_value(initializer, sh.shape, sh.dtype).reshape(-1)
+        if self._slot_dir is not None:
+            self._slot_dir.check([(sh.view, (slot_name,))])
         if self._table.entry(sh.var, sh.key) is not sh:
             self._table.register(sh, sh.key)
-        self._table.add(sh, slot_name, np.array(init[sh.lo : sh.hi], sh.dtype))
+        slot = self._zero_slice(sh, slot_name)
+        slot[...] = init[sh.lo : sh.hi]
+        self._table.add(sh, slot_name, slot)
         return sh.slots[slot_name]
 
     def get_slot(self, var: Any, slot_name: str) -> np.ndarray:

@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from typing import Dict
 
 import numpy as np
 
+from .._slotdir import SlotDir
 from .._slots import Entry
 from ._comm import Communicator, partition
 from ._embedding import ShardedEmbedding
 
-__all__ = ["Shard", "Part"]
+__all__ = ["Shard", "Part", "rank_slot_dir"]
+
+
+def rank_slot_dir(parent: SlotDir, comm: Communicator, owner: str) -> SlotDir:
+    """This rank's slot folder, ``rank-RRRRR-of-NNNNN`` inside ``parent``'s.
+
+    Created if missing (a folder already there is used if it is a plain
+    folder without another optimizer's marker); a link or a file of that
+    name is refused, never replaced.
+    """
+    path = os.path.join(parent.path, f"rank-{comm.rank:05d}-of-{comm.size:05d}")
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise NotADirectoryError(
+                errno.ENOTDIR,
+                "this rank's slot folder is taken by something that is not a "
+                "folder (a link or a file); it was left alone",
+                path,
+            ) from None
+    return SlotDir(path, f"{owner} rank {comm.rank} of {comm.size}")
 
 
 class Shard(Entry):

@@ -11,6 +11,8 @@ reference's (concatenation of all pieces, values divided by 4).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any, Dict, List
 
 import numpy as np
@@ -102,6 +104,17 @@ CASES: Dict[str, Any] = {
         False,
         {"weight_decay": 0.3, "exclude": (0, 2)},
     ),
+    # slots on disk ("slot_dir": a folder made for the run; each rank keeps
+    # its slices in its own rank-RRRRR-of-NNNNN folder inside), lazy, with a
+    # sharded table
+    "zero_disk": (
+        "zero",
+        [0, 5, 1],
+        True,
+        True,
+        {"slot_dir": True, "sparse_mode": "lazy", "amsgrad": True},
+    ),
+    "dp_disk": ("dp", [0, 3], True, False, {"slot_dir": True, "amsgrad": True}),
     "emb": ("zero", [1], False, True, {}),
     "emb_amsgrad": ("zero", [], False, True, {"amsgrad": True}),
 }
@@ -119,6 +132,7 @@ EXACT_TABLES = (
     "dp_ema_accum_lazy",
     "zero_sparse",
     "zero_lazy",
+    "zero_disk",
     "emb",
     "emb_amsgrad",
     "zero_ckpt",
@@ -203,7 +217,7 @@ def reference_gradients(name: str, step: int) -> List[Any]:
 
 def reference(name: str, steps: int = STEPS) -> Dict[str, Any]:
     """Single-process numbadam.Adam on the averaged gradients."""
-    kwargs, exclude = _split(CASES[name][4])
+    kwargs, exclude, _ = _split(CASES[name][4])
     variables = init_variables(name)
     opt = numbadam.Adam(learning_rate=LR, **kwargs)
     opt.exclude_from_weight_decay([variables[k] for k in exclude])
@@ -212,12 +226,18 @@ def reference(name: str, steps: int = STEPS) -> Dict[str, Any]:
     return {"vars": variables, "weights": opt.get_weights()}
 
 
-def make_distributed(name: str, comm):
-    """(optimizer, variables to pass, full-variable getter) of a case at ``comm``."""
+def make_distributed(name: str, comm, workdir=None):
+    """(optimizer, variables to pass) of a case at ``comm``; a case with slots
+    on disk gets the folder ``workdir/<name>-slots`` (a new temporary folder
+    without ``workdir``), the same path on every rank."""
     from numbadam.distributed import DistributedAdam, ShardedAdam, ShardedEmbedding
 
     mode, _, _, emb, kwargs = CASES[name]
-    kwargs, exclude = _split(kwargs)
+    kwargs, exclude, on_disk = _split(kwargs)
+    if on_disk:
+        folder = os.path.join(workdir or tempfile.mkdtemp(), f"{name}-slots")
+        os.makedirs(folder, exist_ok=True)
+        kwargs["slot_dir"] = folder
     full = init_variables(name)
     if mode == "dp":
         opt = DistributedAdam(learning_rate=LR, comm=comm, **kwargs)
@@ -233,9 +253,10 @@ def make_distributed(name: str, comm):
 
 def _split(kwargs):
     """(Adam's keyword arguments, positions of the variables to exclude from
-    the weight decay) of a case's kwargs."""
+    the weight decay, whether the slots go to a slot_dir) of a case's kwargs."""
     kwargs = dict(kwargs)
-    return kwargs, tuple(kwargs.pop("exclude", ()))
+    on_disk = bool(kwargs.pop("slot_dir", False))
+    return kwargs, tuple(kwargs.pop("exclude", ())), on_disk
 
 
 def gather_variables(variables) -> List[np.ndarray]:
@@ -245,10 +266,10 @@ def gather_variables(variables) -> List[np.ndarray]:
     return out
 
 
-def run(name: str, comm, steps=range(STEPS), opt=None, variables=None):
+def run(name: str, comm, steps=range(STEPS), opt=None, variables=None, workdir=None):
     """Run ``steps`` of a case on ``comm``; returns (opt, variables)."""
     if opt is None:
-        opt, variables = make_distributed(name, comm)
+        opt, variables = make_distributed(name, comm, workdir)
     for step in steps:
         grads = local_gradients(name, step, comm.rank, comm.size)
         opt.apply_gradients(zip(grads, variables))
@@ -264,6 +285,17 @@ def results(name: str, opt, variables) -> Dict[str, np.ndarray]:
         out[f"weight{k}"] = np.asarray(w)
     local = opt.weights
     out["local_nbytes"] = np.array(sum(np.asarray(w).nbytes for w in local[1:]))
+    folder = getattr(opt, "_slot_dir", None)
+    if folder is not None:  # the slot files of this rank: folder, data bytes
+        folder = os.fspath(folder)
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".npy"))
+        out["slot_folder"] = np.array(os.path.basename(folder))
+        out["slot_file_nbytes"] = np.array(
+            sum(np.load(os.path.join(folder, f), mmap_mode="r").nbytes for f in files)
+        )
+        out["slots_mapped"] = np.array(
+            all(isinstance(w.base, np.memmap) for w in local[1:])
+        )
     if hasattr(variables[-1], "lookup"):
         out["lookup"] = variables[-1].lookup(LOOKUP_IDS[comm_rank_slice(opt)])
     return out

@@ -37,7 +37,7 @@ for name in cases.CASES:
             np.savez(os.path.join(ck, "vars.npz"), *full)
         cases.run(name, comm, range(cases.SAVE_AT, cases.STEPS), opt, variables)
     else:
-        opt, variables = cases.run(name, comm)
+        opt, variables = cases.run(name, comm, workdir=out_dir)
     for k, v in cases.results(name, opt, variables).items():
         rec[f"{name}__{k}"] = v
 
