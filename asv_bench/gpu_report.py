@@ -177,6 +177,36 @@ def dense_cases(rep: Report, cuda, torch, timer: Timer, n: int, repeat: int) -> 
     rep.add("amsgrad", "torch fused", timer(torch_step(amsgrad=True), repeat), 36 * n)
 
 
+def feature_cases(rep: Report, cuda, torch, timer: Timer, n: int, repeat: int) -> None:
+    """#13's features on one float32 variable: AdamW (28 bytes per element),
+    the EMA (36), a cycle of gradient_accumulation_steps=2 (12 + 32), and
+    torch's fused AdamW next to AdamW."""
+
+    def step(kwargs, calls=1, seed=3):
+        var = _random(cuda, n, F32, seed)
+        grad = _random(cuda, n, F32, seed + 1)
+        opt = numbadam.Adam(1e-3, **kwargs)
+        pairs = [(grad, var)]
+
+        def run():
+            for _ in range(calls):
+                opt.apply_gradients(pairs)
+
+        return run
+
+    rep.add("adamw", "numbadam", timer(step({"weight_decay": 0.004}), repeat), 28 * n)
+    rep.add("ema", "numbadam", timer(step({"use_ema": True}), repeat), 36 * n)
+    cycle = step({"gradient_accumulation_steps": 2}, calls=2)
+    rep.add("accumulation cycle of 2", "numbadam", timer(cycle, repeat), 44 * n)
+    if torch is None:
+        return
+    g = torch.Generator(device="cuda").manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(n, device="cuda", generator=g))
+    p.grad = torch.randn(n, device="cuda", generator=g)
+    opt = torch.optim.AdamW([p], lr=1e-3, weight_decay=0.004, fused=True)
+    rep.add("adamw", "torch fused", timer(opt.step, repeat), 28 * n)
+
+
 def sparse_cases(
     rep: Report, cuda, torch, timer: Timer, rows: int, k: int, repeat: int
 ) -> None:
@@ -346,6 +376,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rep = Report()
     rep.guard("check", lambda: check_cases(rep, cuda))
     rep.guard("dense", lambda: dense_cases(rep, cuda, torch, timer, n, repeat))
+    rep.guard("features", lambda: feature_cases(rep, cuda, torch, timer, n, repeat))
     rep.guard("sparse", lambda: sparse_cases(rep, cuda, torch, timer, rows, k, repeat))
     rep.guard("launch", lambda: launch_cases(rep, cuda, torch, steps))
     goals(rep)

@@ -724,6 +724,9 @@ def test_gpu_report_smoke(cuda, tmp_path):
         ("sparse TF rule", "numbadam dense step, same table"),
         ("sparse lazy", "numbadam"),
         ("launch, 10 elements", "numbadam"),
+        ("adamw", "numbadam"),
+        ("ema", "numbadam"),
+        ("accumulation cycle of 2", "numbadam"),
     ]:
         assert case in cases, case
     check = [g for g in data["goals"] if g["goal"].startswith("GPU == CPU")]
