@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -248,6 +249,25 @@ class ShardedAdam(ShardedStateMixin, Adam):
             if all(s.key != sh.key for s in shards):
                 shards.append(sh)
         self._create_shard_slots(shards)
+
+    def exclude_from_weight_decay(
+        self,
+        var_list: Optional[Sequence[Any]] = None,
+        var_names: Optional[Sequence[str]] = None,
+        *,
+        variables: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        """As :meth:`numbadam.Adam.exclude_from_weight_decay`; the variables
+        may be :class:`~numbadam.distributed.ShardedEmbedding` tables too."""
+
+        def local(var: Any) -> Any:  # (a table's steps run on its local rows)
+            return var.local if isinstance(var, ShardedEmbedding) else var
+
+        if var_list is not None and not isinstance(var_list, (str, bytes)):
+            var_list = [local(v) for v in var_list]
+        if isinstance(variables, Mapping):
+            variables = {k: local(v) for k, v in variables.items()}
+        super().exclude_from_weight_decay(var_list, var_names, variables=variables)
 
     def add_slot(self, var: Any, slot_name: str, initializer: Any = "zeros") -> Any:
         """Create (once) and return this rank's slice of slot ``slot_name`` of ``var``.

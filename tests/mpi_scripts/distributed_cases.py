@@ -97,6 +97,14 @@ CASES: Dict[str, Any] = {
         False,
         {"weight_decay": 0.3, "exclude": (1, 2)},
     ),
+    # a ShardedEmbedding excluded (its steps run on its local rows)
+    "zero_wd_exclude_emb": (
+        "zero",
+        [0, 1],
+        True,
+        True,
+        {"weight_decay": 0.3, "sparse_mode": "lazy", "exclude": (0, 3)},
+    ),
     "dp_wd_exclude": (
         "dp",
         [0, 1],
