@@ -518,6 +518,52 @@ def test_slot_dir_holds_each_ranks_slices_in_its_own_folder(mpi_runs, n):
         assert int(f["dp_disk__slot_file_nbytes"]) == full
 
 
+@needs_mpi
+@pytest.mark.parametrize("n", SIZES)
+def test_row_wise_table_state_is_one_v_per_row_split_by_rows(mpi_runs, n):
+    # (the results equal Adam(second_moment="row")'s: test_equals_single_process_adam)
+    run = mpi_runs[n].check()
+    variables = cases.init_variables("emb_row")
+    table = variables[-1]
+    rows, width = table.shape
+    item = table.dtype.itemsize
+    per_rank = []
+    for r in range(n):
+        b = partition(rows, n)
+        local = int(b[r + 1] - b[r])
+        dense = sum(
+            3 * int(partition(v.size, n)[r + 1] - partition(v.size, n)[r]) * item
+            for v in variables[:-1]
+        )
+        per_rank.append(dense + local * width * item + 2 * local * item)  # m, v, vhat
+    assert [int(f["emb_row__local_nbytes"]) for f in run.ranks] == per_rank
+
+
+def test_sharded_row_mode_refuses_replicated_tables_and_sharded_files(tmp_path):
+    w = np.ones((3, 2), np.float32)
+    opt = ShardedAdam(comm="self", second_moment="row")
+    with pytest.raises(ValueError, match="replicated 2-D variable"):
+        opt.apply_gradients([(np.ones((3, 2), np.float32), w)])
+    assert opt.weights == [opt.iterations] and int(opt.iterations) == 0
+    assert (w == 1).all()
+    emb = ShardedEmbedding.from_full(np.ones((4, 2), np.float32), comm="self")
+    g = IndexedSlices(np.ones((1, 2), np.float32), np.array([2]), (4, 2))
+    opt.apply_gradients([(g, emb)])
+    assert opt.get_slot(emb, "v").shape == (4,)
+    with pytest.raises(ValueError, match="save_sharded.*second_moment='row'"):
+        opt.save_sharded(str(tmp_path / "ck"))
+    assert not (tmp_path / "ck").exists()
+    with pytest.raises(ValueError, match="load_sharded.*second_moment='row'"):
+        opt.load_sharded(str(tmp_path / "ck"))
+    # get_weights / set_weights round trip, Adam's list
+    twin = ShardedAdam(comm="self", second_moment="row")
+    emb2 = ShardedEmbedding.from_full(emb.gather(), comm="self")
+    twin.build([emb2])
+    twin.set_weights(opt.get_weights())
+    for a, b in zip(twin.get_weights(), opt.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_rank_slot_dir_refusals(tmp_path):
     parent = tmp_path / "slots"
     with pytest.raises(FileNotFoundError):

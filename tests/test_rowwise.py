@@ -277,10 +277,13 @@ def test_keras3_file_refuses_row_state(tmp_path):
     assert not (tmp_path / "m.weights.h5").exists()
 
 
-def test_sharded_adam_refuses_row_mode():
+def test_sharded_adam_row_mode_is_for_sharded_tables():
+    # (tests/test_distributed.py steps ShardedEmbedding tables row-wise)
     dist = pytest.importorskip("numbadam.distributed")
-    with pytest.raises(ValueError, match="second_moment='row' is not supported"):
-        dist.ShardedAdam(second_moment="row")
+    opt = dist.ShardedAdam(second_moment="row", comm="self")
+    w = np.ones((2, 2), np.float32)
+    with pytest.raises(ValueError, match="replicated 2-D variable"):
+        opt.apply_gradients([(np.ones((2, 2), np.float32), w)])
 
 
 @pytest.mark.parametrize(

@@ -157,11 +157,6 @@ class ShardedAdam(ShardedStateMixin, Adam):
                 "ShardedAdam does not support gradient_accumulation_steps yet; "
                 "use DistributedAdam (replicated state) to accumulate gradients"
             )
-        if kwargs.get("second_moment", "element") != "element":
-            raise ValueError(
-                "ShardedAdam keeps flat slices of the state: "
-                "second_moment='row' is not supported (use Adam or DistributedAdam)"
-            )
         super().__init__(
             learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
         )
@@ -210,6 +205,14 @@ class ShardedAdam(ShardedStateMixin, Adam):
                     f"{label} is not C-contiguous; ShardedAdam updates contiguous "
                     "slices of each variable and all-gathers them in place"
                 )
+            if self._row_slots and var.ndim >= 2:
+                raise ValueError(
+                    f"{label} is a replicated {var.ndim}-D variable, and "
+                    "ShardedAdam(second_moment='row') keeps one second moment per "
+                    "row only for ShardedEmbedding tables (a replicated variable's "
+                    "flat slices split its rows); make it a ShardedEmbedding, or "
+                    "use DistributedAdam or second_moment='element'"
+                )
         return Shard(key, var, self.comm, label)
 
     def _create_shard_slots(self, shards: Sequence[Shard]) -> None:
@@ -231,8 +234,10 @@ class ShardedAdam(ShardedStateMixin, Adam):
 
     def _zero_slice(self, sh: Shard, name: str) -> np.ndarray:
         # this rank's zero slice of slot ``name``: a memory map in slot_dir,
-        # or in memory (the caller checked the slot_dir first)
-        n = sh.hi - sh.lo
+        # or in memory (the caller checked the slot_dir first); a row-wise
+        # slot of a sharded table holds one value per local row
+        _, _, lo, hi = sh.layout(name, self._row_slots)
+        n = hi - lo
         if self._slot_dir is None:
             return np.zeros(n, sh.dtype)
         return self._slot_dir.zeros(sh.view, name, (n,), sh.dtype)
@@ -281,13 +286,14 @@ class ShardedAdam(ShardedStateMixin, Adam):
         sh = self._shard_for(var, f"add_slot({slot_name!r}) variable")
         if slot_name in sh.slots:
             return sh.slots[slot_name]
-        init = self._initial_value(initializer, sh.shape, sh.dtype).reshape(-1)
+        _, shape, lo, hi = sh.layout(slot_name, self._row_slots)
+        init = self._initial_value(initializer, shape, sh.dtype).reshape(-1)
         if self._slot_dir is not None:
             self._slot_dir.check([(sh.view, (slot_name,))])
         if self._table.entry(sh.var, sh.key) is not sh:
             self._table.register(sh, sh.key)
         slot = self._zero_slice(sh, slot_name)
-        slot[...] = init[sh.lo : sh.hi]
+        slot[...] = init[lo:hi]
         self._table.add(sh, slot_name, slot)
         return sh.slots[slot_name]
 
@@ -311,7 +317,7 @@ class ShardedAdam(ShardedStateMixin, Adam):
         """The whole slot ``slot_name`` of ``var``, in ``var``'s shape (collective)."""
         self.get_slot(var, slot_name)
         sh = self._table.entry(var, self._key(var))
-        return self._gather(sh, sh.slots[slot_name])
+        return self._gather(sh, sh.slots[slot_name], slot_name)
 
     # -- the step: hooks of OptimizerV2's one pipeline ------------------------------
     #

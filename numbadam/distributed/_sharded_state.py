@@ -20,10 +20,11 @@ __all__ = ["ShardedStateMixin"]
 class ShardedStateMixin:
     """Weights and checkpoints of an optimizer whose slots are sharded."""
 
-    def _gather(self, sh: Shard, local: np.ndarray) -> np.ndarray:
-        out = np.empty(sh.size, sh.dtype)
-        self.comm.allgatherv(local, sh.counts, out=out)
-        return out.reshape(sh.shape)
+    def _gather(self, sh: Shard, local: np.ndarray, name: str = "") -> np.ndarray:
+        counts, shape, _, _ = sh.layout(name, self._row_slots)
+        out = np.empty(int(np.sum(counts)), sh.dtype)
+        self.comm.allgatherv(local, counts, out=out)
+        return out.reshape(shape)
 
     @property
     def weights(self) -> List[Any]:
@@ -45,7 +46,7 @@ class ShardedStateMixin:
         """
         out = [np.array(self.iterations, copy=True)]
         for name, sh in self._entries:
-            out.append(self._gather(sh, sh.slots[name]))
+            out.append(self._gather(sh, sh.slots[name], name))
         return out
 
     def set_weights(self, weights: Sequence[Any]) -> None:
@@ -84,14 +85,15 @@ class ShardedStateMixin:
                 "Optimizer weight 0 is iterations, which must be a non-negative "
                 f"integer below 2**63, got {it!r}"
             )
-        for k, ((_, sh), w) in enumerate(zip(self._entries, weights[1:]), 1):
+        for k, ((name, sh), w) in enumerate(zip(self._entries, weights[1:]), 1):
             w = np.asarray(w)
-            if w.shape != sh.shape:
+            _, shape, lo, hi = sh.layout(name, self._row_slots)
+            if w.shape != shape:
                 raise ValueError(
-                    f"Optimizer weight {k} has shape {sh.shape} not compatible with "
+                    f"Optimizer weight {k} has shape {shape} not compatible with "
                     f"provided weight shape {w.shape}"
                 )
-            host.append(w.reshape(-1)[sh.lo : sh.hi].astype(sh.dtype))
+            host.append(w.reshape(-1)[lo:hi].astype(sh.dtype))
         self.iterations[...] = host[0]
         for (name, sh), w in zip(self._entries, host[1:]):
             sh.slots[name][...] = w
@@ -125,12 +127,28 @@ class ShardedStateMixin:
 
     # -- checkpoints ---------------------------------------------------------------
 
+    def _refuse_rowwise(self, what: str) -> None:
+        if self._row_slots:
+            raise ValueError(
+                f"{type(self).__name__}.{what}: the sharded-checkpoint format "
+                "holds slots shaped like their variables, and this optimizer has "
+                "second_moment='row' (one v per row of its sharded tables)"
+            )
+
     def save_sharded(self, path: str) -> None:
         """Save the state: one ``.npz`` per rank plus ``manifest.json`` (collective).
 
         :meth:`load_sharded` reads it back at this or any other number of ranks
         (and :meth:`DistributedAdam.load_sharded` at any number too).
+
+        Raises
+        ------
+        ValueError
+            With ``second_moment="row"``: the format holds slots shaped like
+            their variables (use :func:`numbadam.save_checkpoint` on one
+            process, or gather :meth:`get_weights`).
         """
+        self._refuse_rowwise("save_sharded")
         index = {sh.key: i for i, sh in enumerate(self._order)}
         variables = [
             {
@@ -165,6 +183,7 @@ class ShardedStateMixin:
             The variables in the saved order; :meth:`build` is called with them
             first. Otherwise the optimizer must already hold the saved slots.
         """
+        self._refuse_rowwise("load_sharded")
         if var_list is not None:
             self.build(var_list)
         with _checkpoint.Reader(path) as r:

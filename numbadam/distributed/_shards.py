@@ -53,6 +53,7 @@ class Shard(Entry):
         "hi",
         "view",
         "label",
+        "rank",
     )
 
     def __init__(self, key, var, comm: Communicator, label: str) -> None:
@@ -73,6 +74,7 @@ class Shard(Entry):
             self.size = int(var.size)
             self.bounds = partition(self.size, comm.size)
             self.view = None
+        self.rank = comm.rank
         self.lo = int(self.bounds[comm.rank])
         self.hi = int(self.bounds[comm.rank + 1])
         if self.emb is None:
@@ -81,6 +83,16 @@ class Shard(Entry):
     @property
     def counts(self) -> np.ndarray:
         return np.diff(self.bounds)
+
+    def layout(self, name: str, row_slots=()):
+        """``(counts per rank, full shape, lo, hi)`` of slot ``name``'s slices:
+        the variable's elements, or, for a row-wise slot of a sharded table
+        (``name`` in ``row_slots``), its rows (one value each)."""
+        if self.emb is not None and name in row_slots:
+            rb = self.emb.row_bounds
+            lo, hi = int(rb[self.rank]), int(rb[self.rank + 1])
+            return np.diff(rb), (self.shape[0],), lo, hi
+        return self.counts, self.shape, self.lo, self.hi
 
 
 class Part:

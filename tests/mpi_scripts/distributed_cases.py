@@ -123,6 +123,22 @@ CASES: Dict[str, Any] = {
         {"slot_dir": True, "sparse_mode": "lazy", "amsgrad": True},
     ),
     "dp_disk": ("dp", [0, 3], True, False, {"slot_dir": True, "amsgrad": True}),
+    # row-wise state (one v per row) of a sharded table; the replicated
+    # variables (0-d and 1-D) keep theirs per element, as in Adam
+    "emb_row": (
+        "zero",
+        [1, 2],
+        False,
+        True,
+        {"second_moment": "row", "sparse_mode": "lazy", "amsgrad": True},
+    ),
+    "emb_row_tf_clip_disk": (
+        "zero",
+        [3],
+        False,
+        True,
+        {"second_moment": "row", "clipnorm": 0.5, "slot_dir": True},
+    ),
     "emb": ("zero", [1], False, True, {}),
     "emb_amsgrad": ("zero", [], False, True, {"amsgrad": True}),
 }
@@ -141,6 +157,7 @@ EXACT_TABLES = (
     "zero_sparse",
     "zero_lazy",
     "zero_disk",
+    "emb_row",
     "emb",
     "emb_amsgrad",
     "zero_ckpt",
