@@ -462,6 +462,11 @@ def test_equals_single_process_adam(mpi_runs, references, n, name):
         assert_close(got[f"{name}__var{k}"], v, f"{name} var{k} at {n} ranks")
     for k, w in enumerate(ref["weights"]):
         assert_close(got[f"{name}__weight{k}"], w, f"{name} weight{k} at {n} ranks")
+    if cases.CASES[name][4].get("use_ema"):
+        # finalize_variable_values: every variable is its (gathered) average
+        averages = ref["weights"][-len(ref["vars"]) :]
+        for k, a in enumerate(averages):
+            assert_close(got[f"{name}__final{k}"], a, f"{name} final{k} at {n} ranks")
     if name in cases.EXACT_TABLES:
         # IndexedSlices averaged by powers of two: bit-identical tables and slots
         np.testing.assert_array_equal(

@@ -359,7 +359,7 @@ def test_cuda_equals_cpu(cuda_backend, dtype, kind, accumulate):
         )
 
 
-def test_distributed_replicated_ema_and_sharded_refusal():
+def test_distributed_replicated_and_sharded_ema():
     from numbadam.distributed import DistributedAdam, ShardedAdam
 
     rng = np.random.default_rng(13)
@@ -373,8 +373,21 @@ def test_distributed_replicated_ema_and_sharded_refusal():
         local.apply_gradients([(g, y)])
     assert_bitwise(x, y)
     assert_bitwise(dist.get_slot(x, "average"), local.get_slot(y, "average"))
-    with pytest.raises(ValueError, match="ShardedAdam does not support use_ema"):
-        ShardedAdam(comm="self", use_ema=True)
+    # ShardedAdam: its slices of the averages (tests/test_distributed.py runs
+    # it at 1, 2 and 4 ranks); finalize_variable_values as Adam's
+    z = x0.copy()
+    sharded = ShardedAdam(0.05, comm="self", **kw)
+    rng = np.random.default_rng(13)
+    rng.standard_normal(6)
+    for _ in range(3):
+        sharded.apply_gradients([(np.array(rng.standard_normal(6), np.float32), z)])
+    assert_bitwise(z, y)
+    assert_bitwise(sharded.get_slot(z, "average"), local.get_slot(y, "average"))
+    sharded.finalize_variable_values([z])
+    local.finalize_variable_values([y])
+    assert_bitwise(z, y)
+    with pytest.raises(ValueError, match="no EMA average"):
+        sharded.finalize_variable_values([np.zeros(2, np.float32)])
 
 
 # ---------------------------------------------------------------------------

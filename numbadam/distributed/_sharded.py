@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import _config, _dispatch
 from .._backend import DenseWork, SparseWork, global_norm_scalars, transform_scalars
+from .._ema import SLOT as EMA_SLOT
 from .._step import Label, Step
 from .._types import IndexedSlices
 from ..adam import Adam
@@ -147,11 +148,6 @@ class ShardedAdam(ShardedStateMixin, Adam):
         timeout: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("use_ema"):  # (its slices of the averages: not yet)
-            raise ValueError(
-                "ShardedAdam does not support use_ema=True yet; use Adam or "
-                "DistributedAdam (replicated state) for an EMA of the weights"
-            )
         if kwargs.get("gradient_accumulation_steps") is not None:
             raise ValueError(  # (accumulators of its slices: not yet)
                 "ShardedAdam does not support gradient_accumulation_steps yet; "
@@ -222,6 +218,7 @@ class ShardedAdam(ShardedStateMixin, Adam):
             if self._table.entry(sh.var, sh.key) is not sh:
                 self._table.register(sh, sh.key)
         names = ["m", "v"] + (["vhat"] if self.amsgrad else [])
+        names += [EMA_SLOT] if self._use_ema else []
         sd = self._slot_dir
         if sd is not None:  # every file and the room first (numbadam._slotdir)
             needs = [(sh.view, tuple(n for n in names if n not in sh.slots))
@@ -230,7 +227,10 @@ class ShardedAdam(ShardedStateMixin, Adam):
         for name in names:
             for sh in shards:
                 if name not in sh.slots:
-                    self._table.add(sh, name, self._zero_slice(sh, name))
+                    slot = self._zero_slice(sh, name)
+                    if name == EMA_SLOT and self.sparse_mode == "lazy":
+                        slot[...] = sh.view  # (as Adam: a copy under the lazy rule)
+                    self._table.add(sh, name, slot)
 
     def _zero_slice(self, sh: Shard, name: str) -> np.ndarray:
         # this rank's zero slice of slot ``name``: a memory map in slot_dir,
@@ -543,6 +543,23 @@ class ShardedAdam(ShardedStateMixin, Adam):
 
     def _create_step_weights(self, step: Step) -> None:
         self._create_shard_slots(step.var_list)
+
+    def _overwrite_with_average(self, var_list: List[Any]) -> None:
+        # finalize_variable_values: every rank's slices of the averages, put
+        # together into the replicated variables (collective) or a table's
+        # local rows (its own slice)
+        shards = []
+        for i, var in enumerate(var_list):
+            sh = self._table.entry(var, self._key(var))
+            if sh is None or EMA_SLOT not in sh.slots:
+                raise ValueError(
+                    f"variable {i} has no EMA average in this optimizer; pass the "
+                    "variables the optimizer stepped"
+                )
+            shards.append(sh)
+        for sh in shards:
+            sh.view[...] = sh.slots[EMA_SLOT]
+        self._allgather_params([sh for sh in shards if sh.emb is None])
 
     def _finish(self, step: Step) -> None:
         super()._finish(step)

@@ -139,6 +139,21 @@ CASES: Dict[str, Any] = {
         True,
         {"second_moment": "row", "clipnorm": 0.5, "slot_dir": True},
     ),
+    # the EMA of the weights: each rank keeps its slices of the averages
+    "zero_ema": (
+        "zero",
+        [0, 5, 1, 4],
+        True,
+        True,
+        {"use_ema": True, "ema_momentum": 0.6, "ema_overwrite_frequency": 3},
+    ),
+    "zero_ema_lazy_clip": (
+        "zero",
+        [1, 2],
+        True,
+        True,
+        {"use_ema": True, "ema_momentum": 0.5, "sparse_mode": "lazy", "clipnorm": 0.8},
+    ),
     "emb": ("zero", [1], False, True, {}),
     "emb_amsgrad": ("zero", [], False, True, {"amsgrad": True}),
 }
@@ -323,6 +338,10 @@ def results(name: str, opt, variables) -> Dict[str, np.ndarray]:
         )
     if hasattr(variables[-1], "lookup"):
         out["lookup"] = variables[-1].lookup(LOOKUP_IDS[comm_rank_slice(opt)])
+    if opt.use_ema:  # (collective) the variables take their averages
+        opt.finalize_variable_values(variables)
+        for k, v in enumerate(gather_variables(variables)):
+            out[f"final{k}"] = v
     return out
 
 
