@@ -105,6 +105,15 @@ CASES: Dict[str, Any] = {
         True,
         {"weight_decay": 0.3, "sparse_mode": "lazy", "exclude": (0, 3)},
     ),
+    # an excluded replicated table with IndexedSlices: each rank steps
+    # pieces of its rows (works on views), still without decay
+    "zero_wd_exclude_table": (
+        "zero",
+        [0],
+        True,
+        False,
+        {"weight_decay": 0.3, "exclude": (1,)},
+    ),
     "dp_wd_exclude": (
         "dp",
         [0, 1],
