@@ -156,6 +156,13 @@ def save_state_dir(
         raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
     folder = fs_path(path)
     with optimizer._lock:
+        # the state as the checkpoints save it (numbadam.checkpoint's seam):
+        # refused with pending IndexedSlices of an accumulation cycle or with
+        # one rank's slices of a sharded state; accumulators that hold no
+        # partial sum of the current cycle as zeros
+        saved_w = optimizer._checkpoint_weights()
+        at = {id(w): j for j, w in enumerate(optimizer.weights)}
+        steps = optimizer.get_config().get("gradient_accumulation_steps")
         slot_names = optimizer.get_slot_names()
         arrays: Dict[str, np.ndarray] = {}
         masks: Dict[str, Any] = {}
@@ -169,6 +176,9 @@ def save_state_dir(
         )
         arrays["iterations"] = optimizer.iterations
         masks["iterations"] = np.ones((), bool)
+        if steps is not None:  # the counter of calls: the cycle's phase
+            arrays["calls"] = np.array(optimizer._counter(), np.int64)
+            masks["calls"] = np.ones((), bool)
         saved_slots: Dict[str, List[str]] = {}
         for name, var in named:
             host, own = _host(var)
@@ -183,7 +193,8 @@ def save_state_dir(
                 if s == "m":
                     m = slot
                 got.append(s)
-                arrays[f"slot/{name}/{s}"] = _host(slot)[0]
+                j = at.get(id(slot))
+                arrays[f"slot/{name}/{s}"] = _host(slot if j is None else saved_w[j])[0]
             saved_slots[name] = got
             if not delta:
                 continue
@@ -334,13 +345,42 @@ def load_state_dir(
                         f"{tuple(slot.shape)}, {slot.dtype}; the saved one "
                         f"{a.shape}, {a.dtype}"
                     )
+        steps = optimizer.get_config().get("gradient_accumulation_steps")
+        calls = arrays.get("calls") if steps is not None else None
+        if calls is not None and (
+            calls.shape != ()
+            or calls.dtype.kind not in "iu"
+            or int(calls) < 0
+            or int(calls) // int(steps) != int(it)
+        ):
+            raise CheckpointError(
+                mpath, f"has a counter of calls {calls!r} that does not fit "
+                f"iterations {int(it)} and gradient_accumulation_steps {steps}"
+            )  # fmt: skip
         for name, var in named:
             backend = _dispatch.backend_for(var)
             backend.assign(var, arrays[f"variable/{name}"])
+            if calls is not None:
+                continue  # (the slots go through set_weights below)
             for s in meta["slots"][name]:
                 slot = optimizer.get_slot(var, s)
                 _dispatch.backend_for(slot).assign(slot, arrays[f"slot/{name}/{s}"])
-        optimizer.iterations = int(it)
+        if calls is None:
+            optimizer.iterations = int(it)
+        else:  # the cycle's phase and partial sums, as set_weights restores them
+            live = optimizer.weights
+            at = {id(w): j for j, w in enumerate(live)}
+            values: List[Any] = [None] * len(live)
+            values[at[id(optimizer._counter())]] = calls
+            for name, var in stepped:
+                for s in meta["slots"][name]:
+                    values[at[id(optimizer.get_slot(var, s))]] = arrays[
+                        f"slot/{name}/{s}"
+                    ]
+            optimizer.set_weights(
+                [_dispatch.backend_for(w).to_host(w) if v is None else v
+                 for w, v in zip(live, values)]
+            )  # fmt: skip
         optimizer._dirty = DirtyRows(os.path.realpath(folder), _generation(folder))
     return {
         "metadata": meta.get("metadata", {}),

@@ -470,3 +470,41 @@ def test_sigkill_at_every_step_of_a_delta_save(tmp_path):
     switch = outcomes.index("new")
     assert outcomes == ["old"] * switch + ["new"] * (points + 1 - switch)
     assert 0 < switch < points
+
+
+def _train_dense(opt, model, steps, start=0):
+    for s in range(start, start + steps):
+        rng = np.random.default_rng(500 + s)
+        gs = [np.array(rng.standard_normal(v.shape), v.dtype) for v in model.values()]
+        opt.apply_gradients(list(zip(gs, model.values())))
+
+
+@pytest.mark.parametrize("stop", [4, 5, 6])  # mid-cycle (calls 1, 2 of 3), at a start
+def test_accumulation_resumes_mid_cycle_bitwise(tmp_path, stop):
+    kw = {"gradient_accumulation_steps": 3, "use_ema": True}
+    ref, ref_model = numbadam.Adam(0.01, **kw), _model()
+    _train_dense(ref, ref_model, 11)
+    opt, model = numbadam.Adam(0.01, **kw), _model()
+    folder = tmp_path / "ckpt"
+    _train_dense(opt, model, 2)
+    numbadam.save_state_dir(folder, opt, model)  # (full, mid-cycle)
+    _train_dense(opt, model, stop - 2, start=2)
+    numbadam.save_state_dir(folder, opt, model)  # (delta or full)
+    twin = numbadam.Adam(0.01, **kw)
+    back = {k: np.zeros_like(v) for k, v in model.items()}
+    numbadam.load_state_dir(folder, twin, back)
+    assert int(twin.weights[0]) == stop and int(twin.iterations) == stop // 3
+    _train_dense(twin, back, 11 - stop, start=stop)
+    _same(_state(twin, back), _state(ref, ref_model))
+    assert int(twin.weights[0]) == int(ref.weights[0]) == 11
+
+
+def test_accumulation_with_pending_slices_refuses_to_save(tmp_path):
+    opt, model = numbadam.Adam(0.01, gradient_accumulation_steps=2), _model()
+    _train(opt, model, 1)  # (IndexedSlices of the table wait for the cycle's end)
+    folder = tmp_path / "ckpt"
+    with pytest.raises(ValueError, match="pending"):
+        numbadam.save_state_dir(folder, opt, model)
+    assert not folder.exists()
+    _train(opt, model, 1, start=1)  # the cycle ends: now it saves
+    assert numbadam.save_state_dir(folder, opt, model).kind == "full"
