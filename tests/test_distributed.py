@@ -569,6 +569,46 @@ def test_sharded_row_mode_refuses_replicated_tables_and_sharded_files(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_sharded_accumulation_weights_mid_cycle_and_refusals(tmp_path):
+    rng = np.random.default_rng(21)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    w_ref = w.copy()
+    kw = {"gradient_accumulation_steps": 3}
+    opt, ref = ShardedAdam(0.1, comm="self", **kw), numbadam.Adam(0.1, **kw)
+    grads = [rng.standard_normal((4, 3)).astype(np.float32) for _ in range(8)]
+    for g in grads[:4]:  # one update, then call 1 of the next cycle
+        opt.apply_gradients([(g, w)])
+        ref.apply_gradients([(g.copy(), w_ref)])
+    assert int(opt.weights[0]) == 4 and int(opt.iterations) == 1
+    saved = opt.get_weights()
+    for a, b in zip(saved, ref.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # a twin from the weights continues the cycle bit for bit
+    twin, w2 = ShardedAdam(0.1, comm="self", **kw), w.copy()
+    twin.build([w2])
+    twin.set_weights(saved)
+    for g in grads[4:]:
+        twin.apply_gradients([(g, w2)])
+        ref.apply_gradients([(g.copy(), w_ref)])
+    np.testing.assert_array_equal(w2, w_ref)
+    # non-zero accumulators with a counter at a cycle start disagree
+    bad = [np.array(6)] + saved[1:]
+    with pytest.raises(ValueError, match="accumulator"):
+        twin.set_weights(bad)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=3"):
+        opt.save_sharded(str(tmp_path / "ck"))
+    assert not (tmp_path / "ck").exists()
+    # IndexedSlices are refused before anything changes
+    table = np.ones((5, 2), np.float32)
+    g = IndexedSlices(np.ones((1, 2), np.float32), np.array([3]), (5, 2))
+    before = [np.copy(x) for x in opt.get_weights()]
+    with pytest.raises(ValueError, match="dense gradients only"):
+        opt.apply_gradients([(np.ones((4, 3), np.float32), w), (g, table)])
+    assert (table == 1).all()
+    for a, b in zip(opt.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_rank_slot_dir_refusals(tmp_path):
     parent = tmp_path / "slots"
     with pytest.raises(FileNotFoundError):
@@ -715,11 +755,7 @@ def test_sharded_add_slot_is_a_slice_of_the_whole_slot():
         opt.add_slot(w, 3)
 
 
-def test_sharded_adam_refuses_accumulation_and_points_to_distributed_adam():
-    with pytest.raises(
-        ValueError, match="gradient_accumulation_steps.*DistributedAdam"
-    ):
-        ShardedAdam(comm="self", gradient_accumulation_steps=2)
+def test_distributed_adam_accumulates_with_adams_bits():
     # DistributedAdam accumulates: on one process, Adam's bits
     rng = np.random.default_rng(8)
     w1 = rng.standard_normal((4, 3)).astype(np.float32)

@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _config, _dispatch
+from .._accum import ACCUMULATOR
 from .._backend import DenseWork, SparseWork, global_norm_scalars, transform_scalars
 from .._ema import SLOT as EMA_SLOT
 from .._slots import memory_key
@@ -135,7 +136,6 @@ class ShardedAdam(ShardedStateMixin, Adam):
     """
 
     _multi_tensor = False  # (the aggregate hook needs every pair's work)
-    _accumulation_supported = False  # (gradient_accumulation_steps: not yet)
 
     def __init__(
         self,
@@ -149,11 +149,6 @@ class ShardedAdam(ShardedStateMixin, Adam):
         timeout: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("gradient_accumulation_steps") is not None:
-            raise ValueError(  # (accumulators of its slices: not yet)
-                "ShardedAdam does not support gradient_accumulation_steps yet; "
-                "use DistributedAdam (replicated state) to accumulate gradients"
-            )
         super().__init__(
             learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
         )
@@ -219,7 +214,8 @@ class ShardedAdam(ShardedStateMixin, Adam):
         for sh in shards:
             if self._table.entry(sh.var, sh.key) is not sh:
                 self._table.register(sh, sh.key)
-        names = ["m", "v"] + (["vhat"] if self.amsgrad else [])
+        names = [ACCUMULATOR] if self._accum_steps is not None else []
+        names += ["m", "v"] + (["vhat"] if self.amsgrad else [])
         names += [EMA_SLOT] if self._use_ema else []
         sd = self._slot_dir
         if sd is not None:  # every file and the room first (numbadam._slotdir)
@@ -348,6 +344,14 @@ class ShardedAdam(ShardedStateMixin, Adam):
             if g is None:
                 skipped.append(label)
                 continue
+            if self._accum_steps is not None and (
+                sh.emb is not None or isinstance(g, IndexedSlices)
+            ):
+                raise ValueError(
+                    f"{label} has an IndexedSlices gradient, and ShardedAdam "
+                    "accumulates dense gradients only (gradient_accumulation_steps"
+                    "); use DistributedAdam, or no accumulation"
+                )
             need = need or self._table.entry(v, sh.key) is not sh
             backend = _dispatch.backend_for(sh.view)
             if sh.emb is not None:
@@ -529,9 +533,13 @@ class ShardedAdam(ShardedStateMixin, Adam):
             return
         sums = np.zeros(len(originals), np.float64)
         partial = np.zeros(len(originals), bool)
-        for (sparse, w, backend, _, _), (k, is_partial) in zip(step.items, norms):
+        for it, (k, is_partial) in zip(step.items, norms):
+            sparse, w, backend = it[0], it[1], it[2]
             if is_partial:
-                sums[k] = backend.sumsq(w.values if sparse else w.grad, cv)
+                if self._acc_apply:  # the norm of the mean gradient
+                    sums[k] = self._acc_sumsq(it, cv)
+                else:
+                    sums[k] = backend.sumsq(w.values if sparse else w.grad, cv)
                 partial[k] = True
         if self.comm.size > 1 and partial.any():
             self._deadline.arm(f"step {step.iteration + 1}'s clipnorm Allreduce")

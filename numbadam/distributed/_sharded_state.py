@@ -11,6 +11,7 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
+from .._accum import ACCUMULATOR
 from . import _checkpoint
 from ._shards import Shard
 
@@ -28,8 +29,9 @@ class ShardedStateMixin:
 
     @property
     def weights(self) -> List[Any]:
-        """This rank's state arrays, live: ``[iterations, slot slices...]``."""
-        return [self.iterations] + [sh.slots[n] for n, sh in self._entries]
+        """This rank's state arrays, live: ``[iterations, slot slices...]``
+        (with ``gradient_accumulation_steps``, the counter of calls first)."""
+        return [self._counter()] + [sh.slots[n] for n, sh in self._entries]
 
     def variables(self) -> List[Any]:
         """Same as :attr:`weights`."""
@@ -44,9 +46,15 @@ class ShardedStateMixin:
 
         Same list as an unsharded :class:`numbadam.Adam`'s ``get_weights()``.
         """
-        out = [np.array(self.iterations, copy=True)]
+        steps = self._accum_steps
+        if steps is not None:
+            self._check_no_pending("get_weights")
+        out = [np.array(self._counter(), copy=True)]
         for name, sh in self._entries:
-            out.append(self._gather(sh, sh.slots[name], name))
+            local = sh.slots[name]
+            if steps is not None and name == ACCUMULATOR and not self._live(local):
+                local = np.zeros_like(local)  # (no partial sum of this cycle)
+            out.append(self._gather(sh, local, name))
         return out
 
     def set_weights(self, weights: Sequence[Any]) -> None:
@@ -94,9 +102,20 @@ class ShardedStateMixin:
                     f"provided weight shape {w.shape}"
                 )
             host.append(w.reshape(-1)[lo:hi].astype(sh.dtype))
-        self.iterations[...] = host[0]
+        steps = self._accum_steps
+        if steps is not None and int(host[0]) % steps == 0:
+            for k, (name, _) in enumerate(self._entries, 1):
+                if name == ACCUMULATOR and np.any(np.asarray(weights[k]) != 0):
+                    raise ValueError(
+                        f"Optimizer weight {k} is a gradient accumulator and is "
+                        f"not zero, but the counter of calls ({int(host[0])}) is "
+                        f"at the start of a cycle of {steps}: the weights disagree"
+                    )
+        self._counter()[...] = host[0]
         for (name, sh), w in zip(self._entries, host[1:]):
             sh.slots[name][...] = w
+        if steps is not None:
+            self._reset_cycle(restored=int(host[0]) % steps != 0)
 
     def _checkpoint_weights(self) -> List[np.ndarray]:
         # numbadam.save_checkpoint's one file needs the whole state. Gathering it
@@ -133,6 +152,13 @@ class ShardedStateMixin:
                 f"{type(self).__name__}.{what}: the sharded-checkpoint format "
                 "holds slots shaped like their variables, and this optimizer has "
                 "second_moment='row' (one v per row of its sharded tables)"
+            )
+        if self._accum_steps is not None:
+            raise ValueError(
+                f"{type(self).__name__}.{what}: the sharded-checkpoint format "
+                "holds no gradient accumulators or counter of calls, and this "
+                f"optimizer has gradient_accumulation_steps={self._accum_steps}; "
+                "gather get_weights() (collective) and save that"
             )
 
     def save_sharded(self, path: str) -> None:

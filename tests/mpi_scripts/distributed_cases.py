@@ -163,6 +163,27 @@ CASES: Dict[str, Any] = {
         True,
         {"use_ema": True, "ema_momentum": 0.5, "sparse_mode": "lazy", "clipnorm": 0.8},
     ),
+    # gradient accumulation of dense gradients: each rank accumulates its
+    # slices of the averaged gradients
+    "zero_accum": (
+        "zero",
+        [0, 5, 1, 4],
+        False,
+        False,
+        {"gradient_accumulation_steps": 2, "clipnorm": 1.0},
+    ),
+    "zero_accum_ema_wd": (
+        "zero",
+        [0, 2, 3],
+        False,
+        False,
+        {
+            "gradient_accumulation_steps": 2,
+            "use_ema": True,
+            "weight_decay": 0.01,
+            "amsgrad": True,
+        },
+    ),
     "emb": ("zero", [1], False, True, {}),
     "emb_amsgrad": ("zero", [], False, True, {"amsgrad": True}),
 }
