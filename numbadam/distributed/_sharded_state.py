@@ -1,25 +1,159 @@
-"""ShardedAdam's state API: gathered and local weights, sharded checkpoints.
+"""ShardedAdam's state API: slots, gathered and local weights, sharded checkpoints.
 
 A mixin of :class:`numbadam.distributed.ShardedAdam`, which provides
 ``comm``, ``_entries`` (``(slot name, shard)`` in Keras' order), ``_order``
-(the shards in variable order) and the slot table.
+(the shards in variable order), the slot table, ``_shard_for`` / ``_key``
+(a variable's shard) and ``_allgather_params``.
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from collections.abc import Mapping
+from typing import Any, Iterable, List, Optional, Sequence
 
 import numpy as np
 
 from .._accum import ACCUMULATOR
+from .._ema import SLOT as EMA_SLOT
 from . import _checkpoint
+from ._embedding import ShardedEmbedding
 from ._shards import Shard
 
 __all__ = ["ShardedStateMixin"]
 
 
 class ShardedStateMixin:
-    """Weights and checkpoints of an optimizer whose slots are sharded."""
+    """Slots, weights and checkpoints of an optimizer whose slots are sharded."""
+
+    # -- slots ----------------------------------------------------------------------
+
+    def _create_shard_slots(self, shards: Sequence[Shard]) -> None:
+        _ = self.iterations
+        self._create_hypers()
+        for sh in shards:
+            if self._table.entry(sh.var, sh.key) is not sh:
+                self._table.register(sh, sh.key)
+        names = [ACCUMULATOR] if self._accum_steps is not None else []
+        names += ["m", "v"] + (["vhat"] if self.amsgrad else [])
+        names += [EMA_SLOT] if self._use_ema else []
+        sd = self._slot_dir
+        if sd is not None:  # every file and the room first (numbadam._slotdir)
+            needs = [(sh.view, tuple(n for n in names if n not in sh.slots))
+                     for sh in shards]  # fmt: skip
+            sd.check([(view, missing) for view, missing in needs if missing])
+        for name in names:
+            for sh in shards:
+                if name not in sh.slots:
+                    slot = self._zero_slice(sh, name)
+                    if name == EMA_SLOT and self.sparse_mode == "lazy":
+                        slot[...] = sh.view  # (as Adam: a copy under the lazy rule)
+                    self._table.add(sh, name, slot)
+
+    def _zero_slice(self, sh: Shard, name: str) -> np.ndarray:
+        # this rank's zero slice of slot ``name``: a memory map in slot_dir,
+        # or in memory (the caller checked the slot_dir first); a row-wise
+        # slot of a sharded table holds one value per local row
+        _, _, lo, hi = sh.layout(name, self._row_slots)
+        n = hi - lo
+        if self._slot_dir is None:
+            return np.zeros(n, sh.dtype)
+        return self._slot_dir.zeros(sh.view, name, (n,), sh.dtype)
+
+    def build(self, var_list: Iterable[Any]) -> None:
+        """Create ``iterations`` and this rank's slot slices for ``var_list`` now.
+
+        ``var_list`` may hold NumPy arrays and
+        :class:`~numbadam.distributed.ShardedEmbedding` tables.
+        """
+        shards = []
+        for i, var in enumerate(var_list):
+            sh = self._shard_for(var, self._label(var, i))
+            if all(s.key != sh.key for s in shards):
+                shards.append(sh)
+        self._create_shard_slots(shards)
+
+    def exclude_from_weight_decay(
+        self,
+        var_list: Optional[Sequence[Any]] = None,
+        var_names: Optional[Sequence[str]] = None,
+        *,
+        variables: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        """As :meth:`numbadam.Adam.exclude_from_weight_decay`; the variables
+        may be :class:`~numbadam.distributed.ShardedEmbedding` tables too."""
+
+        def local(var: Any) -> Any:  # (a table's steps run on its local rows)
+            return var.local if isinstance(var, ShardedEmbedding) else var
+
+        if var_list is not None and not isinstance(var_list, (str, bytes)):
+            var_list = [local(v) for v in var_list]
+        if isinstance(variables, Mapping):
+            variables = {k: local(v) for k, v in variables.items()}
+        super().exclude_from_weight_decay(var_list, var_names, variables=variables)
+
+    def add_slot(self, var: Any, slot_name: str, initializer: Any = "zeros") -> Any:
+        """Create (once) and return this rank's slice of slot ``slot_name`` of ``var``.
+
+        The initializer gives the whole slot (as
+        :meth:`numbadam.OptimizerV2.add_slot`); this rank keeps its slice (1-D).
+        No communication.
+        """
+        if not isinstance(slot_name, str):
+            raise TypeError(f"slot_name must be a str, got {slot_name!r}")
+        sh = self._shard_for(var, f"add_slot({slot_name!r}) variable")
+        if slot_name in sh.slots:
+            return sh.slots[slot_name]
+        _, shape, lo, hi = sh.layout(slot_name, self._row_slots)
+        init = self._initial_value(initializer, shape, sh.dtype).reshape(-1)
+        if self._slot_dir is not None:
+            self._slot_dir.check([(sh.view, (slot_name,))])
+        if self._table.entry(sh.var, sh.key) is not sh:
+            self._table.register(sh, sh.key)
+        slot = self._zero_slice(sh, slot_name)
+        slot[...] = init[lo:hi]
+        self._table.add(sh, slot_name, slot)
+        return sh.slots[slot_name]
+
+    def get_slot(self, var: Any, slot_name: str) -> np.ndarray:
+        """This rank's slice (1-D, live) of slot ``slot_name`` of ``var``.
+
+        Raises
+        ------
+        KeyError
+            If ``var`` has no such slot (yet).
+        """
+        sh = self._table.entry(var, self._key(var))
+        if sh is None or slot_name not in sh.slots:
+            raise KeyError(
+                f"no slot {slot_name!r} for this variable; slots are created on the "
+                f"variable's first gradient. Known slot names: {self._table.names}"
+            )
+        return sh.slots[slot_name]
+
+    def gather_slot(self, var: Any, slot_name: str) -> np.ndarray:
+        """The whole slot ``slot_name`` of ``var``, in ``var``'s shape (collective)."""
+        self.get_slot(var, slot_name)
+        sh = self._table.entry(var, self._key(var))
+        return self._gather(sh, sh.slots[slot_name], slot_name)
+
+    def _overwrite_with_average(self, var_list: List[Any]) -> None:
+        # finalize_variable_values: every rank's slices of the averages, put
+        # together into the replicated variables (collective) or a table's
+        # local rows (its own slice)
+        shards = []
+        for i, var in enumerate(var_list):
+            sh = self._table.entry(var, self._key(var))
+            if sh is None or EMA_SLOT not in sh.slots:
+                raise ValueError(
+                    f"variable {i} has no EMA average in this optimizer; pass the "
+                    "variables the optimizer stepped"
+                )
+            shards.append(sh)
+        for sh in shards:
+            sh.view[...] = sh.slots[EMA_SLOT]
+        self._allgather_params([sh for sh in shards if sh.emb is None])
+
+    # -- weights --------------------------------------------------------------------
 
     def _gather(self, sh: Shard, local: np.ndarray, name: str = "") -> np.ndarray:
         counts, shape, _, _ = sh.layout(name, self._row_slots)
