@@ -341,8 +341,14 @@ class Adam(OptimizerV2):
         return self._second_moment
 
     def _decay_of(self, work) -> Any:
-        # the Decay argument of one work item (None: excluded, or no decay)
-        if self._wd_excluded and memory_key(work.var) in self._wd_excluded:
+        # the Decay argument of one work item (None: excluded, or no decay).
+        # Excluded: the array it steps, or the user's variable it came from
+        # (its label's; a distributed work may step a view of part of it)
+        ex = self._wd_excluded
+        if ex and (
+            memory_key(work.var) in ex
+            or memory_key(getattr(work.label, "var", work.var)) in ex
+        ):
             return None
         return self._step_decay.get(work.flat.dtype)
 

@@ -9,7 +9,6 @@ import numpy as np
 
 from .. import _config, _dispatch
 from .._backend import DenseWork, SparseWork, global_norm_scalars, transform_scalars
-from .._slots import memory_key
 from .._step import Label, Step
 from .._types import IndexedSlices
 from ..adam import Adam
@@ -154,7 +153,6 @@ class ShardedAdam(ShardedStateMixin, Adam):
         self._deadline = Deadline(self.comm, self.timeout, type(self).__name__)
         self.last_comm_seconds = 0.0
         self._ws: Dict[Any, np.ndarray] = {}  # communication buffers
-        self._wd_off: set = set()  # ids of this step's works without decay
         if self._slot_dir is not None:  # this rank's own folder inside it
             owner = f"{type(self).__name__} {self._name!r}"
             self._slot_dir = rank_slot_dir(self._slot_dir, self.comm, owner)
@@ -312,19 +310,6 @@ class ShardedAdam(ShardedStateMixin, Adam):
                                                   False, w.label), backend, var, sh)
         step.sources = (list(step.items), norms)
         step.items = out
-        # the pieces of an excluded variable keep it out of the weight decay
-        # (their works' arrays are views of parts of it: see _decay_of)
-        excluded = self._wd_excluded
-        self._wd_off = {
-            id(it[1]) for it in out
-            if excluded and not isinstance(it[3], ShardedEmbedding)
-            and memory_key(it[3]) in excluded
-        }  # fmt: skip
-
-    def _decay_of(self, work: Any) -> Any:
-        if id(work) in self._wd_off:
-            return None
-        return super()._decay_of(work)
 
     def _reduce_scatter(self, dense: List[Any]) -> Dict[Any, np.ndarray]:
         # Reduce_scatter, straight from the gradient for large float32/64
