@@ -51,7 +51,7 @@ from ..checkpoint import (
 )
 from ._comm import Communicator
 
-__all__ = ["FORMAT", "MANIFEST", "write", "Reader"]
+__all__ = ["FORMAT", "MANIFEST", "write", "Reader", "check_shardable"]
 
 FORMAT = "numbadam.sharded/1"
 MANIFEST = "manifest.json"
@@ -63,6 +63,30 @@ _STRAY_RE = re.compile(
     r"|(?:manifest\.json|shard-\d{5}-of-\d{5}\.npz)\.tmp\d+(?:\.npz)?\Z"
 )
 _LAYOUTS = ("flat", "rows")
+
+
+def check_shardable(optimizer: Any, what: str, instead: str) -> None:
+    """Refuse a state the format cannot hold, before anything is written or read.
+
+    The format holds slots shaped like their variables and one counter of
+    updates: no row-wise second moment (one v per row) and no gradient
+    accumulators or counter of calls. ``what`` names the call in the
+    ``ValueError``, ``instead`` says what to use.
+    """
+    name = type(optimizer).__name__
+    if optimizer.second_moment != "element":
+        raise ValueError(
+            f"{name}.{what}: the sharded-checkpoint format holds slots shaped "
+            f"like their variables, and this optimizer has "
+            f"second_moment={optimizer.second_moment!r} (one v per row); {instead}"
+        )
+    steps = optimizer._accum_steps
+    if steps is not None:
+        raise ValueError(
+            f"{name}.{what}: the sharded-checkpoint format holds no gradient "
+            f"accumulators or counter of calls, and this optimizer has "
+            f"gradient_accumulation_steps={steps}; {instead}"
+        )
 
 
 def shard_name(index: int, count: int, tag: Optional[str] = None) -> str:

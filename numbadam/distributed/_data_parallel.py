@@ -134,6 +134,10 @@ def broadcast_variables(
             var[...] = tmp
 
 
+#: What the sharded-checkpoint format's refusals point to.
+_USE_INSTEAD = "use save()/load() or save_state_dir()/load_state_dir()"
+
+
 class DistributedAdam(Adam):
     """Data-parallel :class:`~numbadam.Adam`: every rank holds all variables and
     all optimizer state, and applies the average of the ranks' gradients.
@@ -318,24 +322,6 @@ class DistributedAdam(Adam):
         it = self.iterations
         return [owner[id(w)] for w in self.weights if w is not it]
 
-    def _refuse_unsharded_state(self, what: str) -> None:
-        # the sharded format holds the slots ShardedAdam has, shaped like
-        # their variables, and one counter of updates
-        name = type(self).__name__
-        use = "use save()/load() or save_state_dir()/load_state_dir()"
-        if self.second_moment != "element":
-            raise ValueError(
-                f"{name}.{what}: the sharded-checkpoint format holds slots "
-                f"shaped like their variables, and this optimizer has "
-                f"second_moment={self.second_moment!r} (one v per row); {use}"
-            )
-        if self._accum_steps is not None:
-            raise ValueError(
-                f"{name}.{what}: the sharded-checkpoint format holds no "
-                f"gradient accumulators or counter of calls, and this optimizer "
-                f"has gradient_accumulation_steps={self._accum_steps}; {use}"
-            )
-
     def save_sharded(self, path: str) -> None:
         """Save the state in the sharded-checkpoint format (collective; rank 0 writes).
 
@@ -350,7 +336,7 @@ class DistributedAdam(Adam):
             their variables) or ``gradient_accumulation_steps`` (it holds no
             accumulators). Use :meth:`save` or :meth:`save_state_dir`.
         """
-        self._refuse_unsharded_state("save_sharded")
+        _checkpoint.check_shardable(self, "save_sharded", _USE_INSTEAD)
         entries = self._entries()
         variables, weights, index = [], [], {}
         for sname, var in entries:
@@ -398,7 +384,7 @@ class DistributedAdam(Adam):
             With ``second_moment="row"`` or ``gradient_accumulation_steps``
             (see :meth:`save_sharded`).
         """
-        self._refuse_unsharded_state("load_sharded")
+        _checkpoint.check_shardable(self, "load_sharded", _USE_INSTEAD)
         if var_list is not None:
             self.build(var_list)
         entries = self._entries()

@@ -21,6 +21,9 @@ from ._shards import Shard
 
 __all__ = ["ShardedStateMixin"]
 
+#: What the sharded-checkpoint format's refusals point to.
+_GATHER_INSTEAD = "gather get_weights() (collective) and save that"
+
 
 class ShardedStateMixin:
     """Slots, weights and checkpoints of an optimizer whose slots are sharded."""
@@ -280,21 +283,6 @@ class ShardedStateMixin:
 
     # -- checkpoints ---------------------------------------------------------------
 
-    def _refuse_rowwise(self, what: str) -> None:
-        if self._row_slots:
-            raise ValueError(
-                f"{type(self).__name__}.{what}: the sharded-checkpoint format "
-                "holds slots shaped like their variables, and this optimizer has "
-                "second_moment='row' (one v per row of its sharded tables)"
-            )
-        if self._accum_steps is not None:
-            raise ValueError(
-                f"{type(self).__name__}.{what}: the sharded-checkpoint format "
-                "holds no gradient accumulators or counter of calls, and this "
-                f"optimizer has gradient_accumulation_steps={self._accum_steps}; "
-                "gather get_weights() (collective) and save that"
-            )
-
     def save_sharded(self, path: str) -> None:
         """Save the state: one ``.npz`` per rank plus ``manifest.json`` (collective).
 
@@ -308,7 +296,7 @@ class ShardedStateMixin:
             their variables (use :func:`numbadam.save_checkpoint` on one
             process, or gather :meth:`get_weights`).
         """
-        self._refuse_rowwise("save_sharded")
+        _checkpoint.check_shardable(self, "save_sharded", _GATHER_INSTEAD)
         index = {sh.key: i for i, sh in enumerate(self._order)}
         variables = [
             {
@@ -343,7 +331,7 @@ class ShardedStateMixin:
             The variables in the saved order; :meth:`build` is called with them
             first. Otherwise the optimizer must already hold the saved slots.
         """
-        self._refuse_rowwise("load_sharded")
+        _checkpoint.check_shardable(self, "load_sharded", _GATHER_INSTEAD)
         if var_list is not None:
             self.build(var_list)
         with _checkpoint.Reader(path) as r:
