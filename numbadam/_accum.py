@@ -41,7 +41,12 @@ import numpy as np
 from ._state import StateMixin
 from ._types import IndexedSlices
 
-__all__ = ["AccumulationMixin", "ACCUMULATOR", "check_accumulation_steps"]
+__all__ = [
+    "AccumulationMixin",
+    "ACCUMULATOR",
+    "check_accumulation_steps",
+    "check_cycle_start",
+]
 
 #: The slot of a variable's accumulated dense gradients.
 ACCUMULATOR = "accumulator"
@@ -85,6 +90,21 @@ def mean_rows(indices: List[np.ndarray], values: List[np.ndarray], steps: int):
     with np.errstate(all="ignore"):
         mean = sums / np.dtype(cdt).type(steps)
     return uniq, mean.astype(vals.dtype, copy=False)
+
+
+def check_cycle_start(calls: int, steps: int, accumulators: Any) -> None:
+    """Refuse weights whose counter of calls is at the start of a cycle while
+    an accumulator is not zero (``accumulators``: ``(index, value)`` pairs)."""
+    if calls % steps:
+        return
+    for j, w in accumulators:
+        w = np.asarray(w)
+        if w.dtype.kind in "iuf" and np.any(w != 0):
+            raise ValueError(
+                f"Optimizer weight {j} is a gradient accumulator and is not "
+                f"zero, but the counter of calls ({calls}) is at the start of "
+                f"a cycle of {steps}: the weights disagree"
+            )
 
 
 class AccumulationMixin:
@@ -404,15 +424,10 @@ class AccumulationMixin:
             and calls.dtype.kind in "iuf"
             and np.isfinite(calls)
             and calls >= 0
-            and int(calls) % n == 0
         ):
-            for j, p in enumerate(self._weights):
-                w = np.asarray(weights[j])
-                if id(p) in accs and w.dtype.kind in "iuf" and np.any(w != 0):
-                    raise ValueError(
-                        f"Optimizer weight {j} is a gradient accumulator and is "
-                        f"not zero, but the counter of calls ({int(calls)}) is "
-                        f"at the start of a cycle of {n}: the weights disagree"
-                    )
+            check_cycle_start(
+                int(calls), n,
+                [(j, weights[j]) for j, p in enumerate(self._weights) if id(p) in accs],
+            )  # fmt: skip
         StateMixin._set_weights(self, weights)
         self._reset_cycle(restored=int(counter) % n != 0)

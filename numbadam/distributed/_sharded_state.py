@@ -13,7 +13,7 @@ from typing import Any, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .._accum import ACCUMULATOR
+from .._accum import ACCUMULATOR, check_cycle_start
 from .._ema import SLOT as EMA_SLOT
 from . import _checkpoint
 from ._embedding import ShardedEmbedding
@@ -240,14 +240,12 @@ class ShardedStateMixin:
                 )
             host.append(w.reshape(-1)[lo:hi].astype(sh.dtype))
         steps = self._accum_steps
-        if steps is not None and int(host[0]) % steps == 0:
-            for k, (name, _) in enumerate(self._entries, 1):
-                if name == ACCUMULATOR and np.any(np.asarray(weights[k]) != 0):
-                    raise ValueError(
-                        f"Optimizer weight {k} is a gradient accumulator and is "
-                        f"not zero, but the counter of calls ({int(host[0])}) is "
-                        f"at the start of a cycle of {steps}: the weights disagree"
-                    )
+        if steps is not None:
+            check_cycle_start(
+                int(host[0]), steps,
+                [(k, weights[k]) for k, (name, _) in enumerate(self._entries, 1)
+                 if name == ACCUMULATOR],
+            )  # fmt: skip
         self._counter()[...] = host[0]
         for (name, sh), w in zip(self._entries, host[1:]):
             sh.slots[name][...] = w
