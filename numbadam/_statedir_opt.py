@@ -162,7 +162,7 @@ def save_state_dir(
         # partial sum of the current cycle as zeros
         saved_w = optimizer._checkpoint_weights()
         at = {id(w): j for j, w in enumerate(optimizer.weights)}
-        steps = optimizer.get_config().get("gradient_accumulation_steps")
+        steps = optimizer._accum_steps
         slot_names = optimizer.get_slot_names()
         arrays: Dict[str, np.ndarray] = {}
         masks: Dict[str, Any] = {}
@@ -345,7 +345,7 @@ def load_state_dir(
                         f"{tuple(slot.shape)}, {slot.dtype}; the saved one "
                         f"{a.shape}, {a.dtype}"
                     )
-        steps = optimizer.get_config().get("gradient_accumulation_steps")
+        steps = optimizer._accum_steps
         calls = arrays.get("calls") if steps is not None else None
         if calls is not None and (
             calls.shape != ()

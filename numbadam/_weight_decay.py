@@ -16,6 +16,8 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
+from ._backend import is_device_array
+
 __all__ = ["check_weight_decay", "decay_scalars", "excluded_variables"]
 
 
@@ -77,7 +79,7 @@ def decay_scalars(
 
 
 def _is_array(x: Any) -> bool:
-    return isinstance(x, np.ndarray) or hasattr(x, "__cuda_array_interface__")
+    return isinstance(x, np.ndarray) or is_device_array(x)
 
 
 def excluded_variables(
