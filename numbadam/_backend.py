@@ -313,6 +313,10 @@ class Backend(Protocol):
     def to_host(self, arr: Any) -> np.ndarray:
         """A host (NumPy) copy of ``arr``."""
 
+    def copy(self, arr: Any) -> Any:
+        """A new array of ``arr``'s shape and dtype holding its values, on its
+        device (a gradient that shares memory with what the step writes)."""
+
     def assign(self, dst: Any, value: np.ndarray) -> None:
         """Copy a host array of ``dst``'s shape into ``dst``, in place."""
 

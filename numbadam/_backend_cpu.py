@@ -259,13 +259,10 @@ class CPUBackend:
         )  # fmt: skip
         w.gp = np.zeros(n, np.int64)
         w.sizes = np.array([v.size for v in variables], np.int64)
-        order = np.argsort(w.xp, kind="stable")
-        w.starts = w.xp[order]
-        w.ends = w.starts + w.sizes[order] * dtype.itemsize
-        if n > 1 and (w.ends[:-1] > w.starts[1:]).any():
-            return None  # variables sharing memory take the general path
         w.amsgrad = amsgrad
         w.ep = None  # (the averages' addresses: set_multi_averages)
+        if not self._written(w):
+            return None  # variables sharing memory take the general path
         w.label = f"{n} variables of {dtype}"
         return w
 
@@ -295,14 +292,28 @@ class CPUBackend:
                 return False  # fmt: skip
             a = put(_kernel_view(g if g.ndim == 1 else g.reshape(-1)))
             if g.base is not None and self._hits(w, a, g.nbytes):
-                return False  # a view into a variable's memory: as a copy, there
+                return False  # a view of what is written: as a copy, there
             gp[i] = a
             i += 1
         return True
 
     @staticmethod
+    def _written(w: MultiWork) -> bool:
+        # The sorted byte intervals of everything the launch writes (the
+        # variables, their slots and averages) into w.starts / w.ends; False
+        # if two of them meet (then variables share memory).
+        starts = np.concatenate(
+            [p for p in (w.xp, w.mp, w.vp, w.hp, w.ep) if p is not None]
+        )
+        sizes = np.tile(w.sizes, starts.shape[0] // w.sizes.shape[0])
+        order = np.argsort(starts, kind="stable")
+        w.starts = starts[order]
+        w.ends = w.starts + sizes[order] * w.flat.dtype.itemsize
+        return not (w.ends[:-1] > w.starts[1:]).any()
+
+    @staticmethod
     def _hits(w: MultiWork, a: int, nbytes: int) -> bool:
-        # Does [a, a + nbytes) meet any variable's bytes? (bounds, sorted)
+        # Does [a, a + nbytes) meet any written bytes? (bounds, sorted)
         k = int(np.searchsorted(w.starts, a + nbytes, side="left"))
         return k > 0 and w.ends[k - 1] > a
 
@@ -310,11 +321,12 @@ class CPUBackend:
         """Give ``w`` the EMA averages of its variables (in order), or None."""
         if averages is None:
             w.ep = None
-            return
-        addr = self._kernel(self._k_multi.address_of, w.flat.dtype)
-        kv = _kernel_view
-        w.slots = [s[:3] + [a] for s, a in zip(w.slots, averages)]
-        w.ep = np.array([addr(kv(a.reshape(-1))) for a in averages], np.int64)
+        else:
+            addr = self._kernel(self._k_multi.address_of, w.flat.dtype)
+            kv = _kernel_view
+            w.slots = [s[:3] + [a] for s, a in zip(w.slots, averages)]
+            w.ep = np.array([addr(kv(a.reshape(-1))) for a in averages], np.int64)
+        self._written(w)  # (what a gradient must not view)
 
     def dense_multi_step(
         self,
@@ -345,6 +357,9 @@ class CPUBackend:
 
     def to_host(self, arr: Any) -> np.ndarray:
         return np.array(arr, copy=True)
+
+    def copy(self, arr: np.ndarray) -> np.ndarray:
+        return arr.copy()
 
     def assign(self, dst: np.ndarray, value: np.ndarray) -> None:
         dst[...] = value

@@ -286,8 +286,7 @@ class CUDABackend:
             )
         return d
 
-    @staticmethod
-    def _unaliased(g: Any, flat: Any, staged: bool):
+    def _unaliased(self, g: Any, flat: Any, staged: bool):
         """``g``, or a device copy of it where its memory overlaps ``flat``.
 
         The CPU backend's rule (NumPy's for ufuncs): as if the gradient had
@@ -297,11 +296,7 @@ class CUDABackend:
         variable is stepped in a copy, and a gathered or cast gradient is a
         copy, so those never alias.
         """
-        if staged or not overlaps(g, flat):
-            return g
-        out = cuda.device_array(tuple(g.shape), np.dtype(g.dtype))
-        out.copy_to_device(g)
-        return out
+        return g if staged or not overlaps(g, flat) else self.copy(g)
 
     def _cast(self, d: Any, dtype: np.dtype):
         """``d`` (1-D or 2-D, contiguous) in ``dtype``: itself, or a device copy."""
@@ -424,6 +419,11 @@ class CUDABackend:
 
     def to_host(self, arr: Any) -> np.ndarray:
         return np.asarray(self._wrap(arr).copy_to_host())
+
+    def copy(self, arr: Any) -> Any:
+        out = cuda.device_array(tuple(arr.shape), np.dtype(arr.dtype))
+        out.copy_to_device(arr)
+        return out
 
     def assign(self, dst: Any, value: Any) -> None:
         d = self._wrap(dst)

@@ -290,6 +290,35 @@ class SlotTable:
                 self._check_variables(items)
                 return
 
+    def aliased_gradients(self, items: Sequence[Any]) -> List[int]:
+        """Positions of the step's items whose gradient shares memory with a
+        variable of the step or one of this table's slots.
+
+        The kernels write the variables and slots while they read the
+        gradients (a dense work's ``grad``, a sparse work's ``values``); such
+        a gradient is to be copied first, NumPy's rule for overlapping
+        operands (e.g. a view of a slot ``m`` as the gradient, or one pair's
+        gradient viewing another pair's variable). When every gradient and
+        variable is a NumPy array owning its memory, none can be a view of
+        another and slots are never views of user arrays: one cheap loop.
+        """
+        for it in items:
+            v, w = it[3], it[1]
+            g = w.values if it[0] else w.grad
+            if (type(g) is not _ndarray or g.base is not None
+                    or type(v) is not _ndarray or v.base is not None):
+                break  # fmt: skip
+        else:
+            return []
+        variables = SlotIndex([("", i, it[1].var) for i, it in enumerate(items)])
+        slots = self.slot_index()
+        out = []
+        for i, it in enumerate(items):
+            mem = memory(it[1].values if it[0] else it[1].grad)
+            if variables.find(mem) is not None or slots.find(mem) is not None:
+                out.append(i)
+        return out
+
     def _check_variables(self, items: Sequence[Any]) -> None:
         recs = []
         mems: Dict[int, Any] = {}

@@ -447,6 +447,12 @@ class OptimizerV2(
             names = [str(x) for x in skipped]
             raise ValueError(f"No gradients provided for any variable: {names}.")
         self._table.check_variables(live)  # (overlapping variables, slots)
+        for i in self._table.aliased_gradients(live):
+            _, work, backend = live[i][:3]  # (read while written: copied first)
+            if live[i][0]:
+                work.values = backend.copy(work.values)
+            else:
+                work.grad = backend.copy(work.grad)
         var_list = [item[3] for item in live] if need_weights else []
         it = self._iterations
         return Step(0 if it is None else int(it), live, var_list, need_weights, skipped)

@@ -419,3 +419,48 @@ def test_cuda_sparse_values_viewing_the_table_act_as_a_copy(cuda_backend, mode):
         vals = to_device(to_host(twin)[2:7], "cuda")
         ref.apply_gradients([(IndexedSlices(vals, idx, host.shape), twin)])
     assert_bitwise(table, twin, "table")
+
+
+# ---------------------------------------------------------------------------
+# a gradient viewing what the step writes (another variable of the call, a
+# slot) acts as a copy of it, NumPy's rule for overlapping operands
+# ---------------------------------------------------------------------------
+
+
+def _viewing_step(backend, source, count, grad, copy):
+    """The last variable's values after a call whose last gradient is rows 1..4
+    of ``source`` (of the first variable, stepped earlier in the same call):
+    the array itself or (``copy``) a copy taken before the call."""
+    rng = np.random.default_rng(11)
+    first = to_device(rng.standard_normal((8, 3)).astype(np.float32), backend)
+    rest = [
+        to_device(rng.standard_normal((4, 3)).astype(np.float32), backend)
+        for _ in range(count - 1)
+    ]
+    variables = [first] + rest
+    grads = [
+        to_device(rng.standard_normal(tuple(v.shape)).astype(np.float32), backend)
+        for v in variables
+    ]
+    opt = numbadam.Adam(0.1, sparse_mode="lazy" if grad == "lazy" else "dense")
+    for _ in range(3):  # (slots exist; a list of ten: the multi-tensor launch)
+        opt.apply_gradients(list(zip(grads, variables)))
+    src = first if source == "variable" else opt.get_slot(first, source)
+    view = src[1:5]
+    if copy:
+        view = to_device(to_host(view), backend)
+    if grad != "dense":
+        idx = to_device(np.arange(4), backend)
+        view = IndexedSlices(view, idx, (4, 3))
+    opt.apply_gradients(list(zip(grads[:-1] + [view], variables)))
+    return to_host(variables[-1]), to_host(opt.get_slot(variables[-1], "v"))
+
+
+@pytest.mark.parametrize("grad", ["dense", "tf", "lazy"])
+@pytest.mark.parametrize("count", [2, 10])
+@pytest.mark.parametrize("source", ["variable", "m", "v"])
+def test_gradient_viewing_written_memory_acts_as_a_copy(backend, source, count, grad):
+    got = _viewing_step(backend, source, count, grad, copy=False)
+    want = _viewing_step(backend, source, count, grad, copy=True)
+    assert_bitwise(got[0], want[0], "variable")
+    assert_bitwise(got[1], want[1], "slot v")
