@@ -123,7 +123,7 @@ class AccumulationMixin:
                 f"{type(self).__name__} does not support "
                 "gradient_accumulation_steps yet"
             )
-        self._multi_tensor = False  # (the general path: one accumulator per pair)
+        self._cached_launches = False  # (the general path: one accumulator per pair)
         self._reset_cycle()
 
     def _reset_cycle(self, restored: bool = False) -> None:

@@ -17,33 +17,26 @@ from . import _config
 from ._backend import (
     INDEX_DTYPES,
     SUPPORTED_DTYPES,
+    Average,
+    Decay,
     DenseWork,
     SparseWork,
+    Transform,
     cast_gradient_dtype,
     check_float_dtype,
     check_index_dtype,
     check_index_range,
     check_slices_shapes,
-    Average,
-    Decay,
-    Transform,
     compute_dtype,
     is_device_array,
     transform_scalars,
 )
+from ._backend_cpu_cached import MULTI_MIN, CachedLaunches, MultiWork, kernel_view
 from ._types import AdamCoefficients, IndexedSlices
 
-__all__ = ["CPUBackend", "MultiWork"]
+__all__ = ["CPUBackend", "MultiWork", "MULTI_MIN"]
 
-#: Lists of at least this many dense variables (each at most
-#: ``_config.CPU_SERIAL_MAX`` elements) that come back call after call are
-#: stepped by one multi-tensor launch.
-MULTI_MIN = 8
-
-
-def _kernel_view(a: np.ndarray) -> np.ndarray:
-    # Numba's CPU target has no float16: hand the kernels the raw bits.
-    return a.view(np.uint16) if a.dtype.char == "e" else a
+_kernel_view = kernel_view
 
 
 def _unaliased(g: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -67,25 +60,9 @@ def _ema_view(ema: Any) -> Any:
     return (_kernel_view(avg.reshape(-1)), mom, omm, bool(overwrite))
 
 
-class MultiWork:
-    """The same list of small dense variables, stepped by one launch.
-
-    Built once from a validated step (:meth:`CPUBackend.multi_work`); holds the
-    variables (so their addresses stay taken), their slots' and their
-    addresses. Per call, :meth:`CPUBackend.prepare_multi` checks every pair
-    again and gathers the gradients' addresses into ``gp``. ``flat`` is an
-    empty array of the variables' dtype (what the pipeline reads the dtype
-    from); ``vars`` and ``shapes`` are what each call must pass again.
-    """
-
-    __slots__ = (
-        "vars", "shapes", "slots", "flat", "proto", "xp", "mp", "vp", "hp", "gp",
-        "sizes", "starts", "ends", "amsgrad", "label", "ep",
-    )  # fmt: skip
-
-
-class CPUBackend:
-    """Backend for NumPy arrays: the ``@njit(parallel=True)`` kernels."""
+class CPUBackend(CachedLaunches):
+    """Backend for NumPy arrays: the ``@njit(parallel=True)`` kernels (and the
+    cached launches of :mod:`numbadam._backend_cpu_cached`)."""
 
     name = "cpu"
 
@@ -224,128 +201,6 @@ class CPUBackend:
         staged = not var.flags.c_contiguous
         flat = np.ascontiguousarray(var).reshape(-1) if staged else var.reshape(-1)
         return SparseWork(var, flat, idx, vals, width, staged, label, int(hi))
-
-    # -- many small variables, one launch ---------------------------------------
-
-    def multi_work(self, variables, slot_lists, amsgrad: bool) -> Optional[MultiWork]:
-        """A :class:`MultiWork` for these validated variables, or None when they
-        do not qualify (fewer than :data:`MULTI_MIN`, mixed dtypes, not
-        C-contiguous, larger than ``CPU_SERIAL_MAX``, sharing memory)."""
-        n = len(variables)
-        if n < MULTI_MIN:
-            return None
-        dtype = variables[0].dtype
-        names = ("m", "v", "vhat") if amsgrad else ("m", "v")
-        limit = _config.CPU_SERIAL_MAX
-        for var, slots in zip(variables, slot_lists):
-            if (type(var) is not np.ndarray or var.dtype is not dtype
-                    or not var.flags.c_contiguous or var.size > limit
-                    or var.size == 0 or any(k not in slots for k in names)):
-                return None  # fmt: skip
-        addr = self._kernel(self._k_multi.address_of, dtype)
-        kv = _kernel_view
-        w = MultiWork()
-        w.vars = list(variables)
-        w.shapes = [v.shape for v in variables]
-        w.slots = [[slots[k] for k in names] for slots in slot_lists]
-        w.flat = np.empty(0, dtype)
-        w.proto = kv(w.flat)
-        w.xp = np.array([addr(kv(v.reshape(-1))) for v in variables], np.int64)
-        w.mp = np.array([addr(kv(s[0].reshape(-1))) for s in w.slots], np.int64)
-        w.vp = np.array([addr(kv(s[1].reshape(-1))) for s in w.slots], np.int64)
-        w.hp = (
-            np.array([addr(kv(s[2].reshape(-1))) for s in w.slots], np.int64)
-            if amsgrad else None
-        )  # fmt: skip
-        w.gp = np.zeros(n, np.int64)
-        w.sizes = np.array([v.size for v in variables], np.int64)
-        w.amsgrad = amsgrad
-        w.ep = None  # (the averages' addresses: set_multi_averages)
-        if not self._written(w):
-            return None  # variables sharing memory take the general path
-        w.label = f"{n} variables of {dtype}"
-        return w
-
-    def prepare_multi(self, w: MultiWork, pairs: Any) -> bool:
-        """Check every pair of this call against ``w`` and gather the gradients'
-        addresses; False (nothing written but ``w.gp``) sends the call down
-        the general path, which validates and explains."""
-        variables, shapes = w.vars, w.shapes
-        if len(pairs) != len(variables):
-            return False
-        dtype = w.flat.dtype
-        put = self._kernel(self._k_multi.address_of, dtype)
-        gp = w.gp
-        for slots in w.slots:
-            for s in slots:
-                if not s.flags.writeable:
-                    return False
-        i = 0
-        for item in pairs:
-            if type(item) is not tuple or len(item) != 2:
-                return False
-            g, var = item
-            if (var is not variables[i] or type(g) is not np.ndarray
-                    or g.dtype is not dtype or g.shape != shapes[i]
-                    or var.shape != shapes[i] or not g.flags.c_contiguous
-                    or not var.flags.writeable):
-                return False  # fmt: skip
-            a = put(_kernel_view(g if g.ndim == 1 else g.reshape(-1)))
-            if g.base is not None and self._hits(w, a, g.nbytes):
-                return False  # a view of what is written: as a copy, there
-            gp[i] = a
-            i += 1
-        return True
-
-    @staticmethod
-    def _written(w: MultiWork) -> bool:
-        # The sorted byte intervals of everything the launch writes (the
-        # variables, their slots and averages) into w.starts / w.ends; False
-        # if two of them meet (then variables share memory).
-        starts = np.concatenate(
-            [p for p in (w.xp, w.mp, w.vp, w.hp, w.ep) if p is not None]
-        )
-        sizes = np.tile(w.sizes, starts.shape[0] // w.sizes.shape[0])
-        order = np.argsort(starts, kind="stable")
-        w.starts = starts[order]
-        w.ends = w.starts + sizes[order] * w.flat.dtype.itemsize
-        return not (w.ends[:-1] > w.starts[1:]).any()
-
-    @staticmethod
-    def _hits(w: MultiWork, a: int, nbytes: int) -> bool:
-        # Does [a, a + nbytes) meet any written bytes? (bounds, sorted)
-        k = int(np.searchsorted(w.starts, a + nbytes, side="left"))
-        return k > 0 and w.ends[k - 1] > a
-
-    def set_multi_averages(self, w: MultiWork, averages: Any) -> None:
-        """Give ``w`` the EMA averages of its variables (in order), or None."""
-        if averages is None:
-            w.ep = None
-        else:
-            addr = self._kernel(self._k_multi.address_of, w.flat.dtype)
-            kv = _kernel_view
-            w.slots = [s[:3] + [a] for s, a in zip(w.slots, averages)]
-            w.ep = np.array([addr(kv(a.reshape(-1))) for a in averages], np.int64)
-        self._written(w)  # (what a gradient must not view)
-
-    def dense_multi_step(
-        self,
-        w: MultiWork,
-        coef: AdamCoefficients,
-        tr: Transform,
-        wd: Decay = None,
-        ema: Any = None,
-    ):
-        """One launch over every variable of ``w`` (after :meth:`prepare_multi`);
-        ``ema`` is None or ``(momentum, one_minus_momentum, overwrite)`` for
-        the averages of :meth:`set_multi_averages`."""
-        dtype = w.flat.dtype
-        ea = None if ema is None else (w.ep,) + tuple(ema)
-        k = self._kernel(
-            self._k_multi.adam_dense_multi_cpu, dtype, w.amsgrad, wd is not None,
-            ea is not None,
-        )  # fmt: skip
-        k(w.xp, w.mp, w.vp, w.hp, w.gp, w.sizes, w.proto, *coef, *tr, wd, ea)
 
     # -- state --------------------------------------------------------------
 

@@ -44,14 +44,17 @@ class Entry:
     ``interval`` is the variable's ``(space, lo, hi)`` byte interval once a
     step has found it clear of the optimizer's slots and of itself (``None``
     before). Slots created later are new memory, so that stays true.
+    ``plan`` is the ``(backend, plan)`` of the variable's cached plain step
+    (:mod:`numbadam._cached`), or ``None``.
     """
 
-    __slots__ = ("var", "slots", "interval")
+    __slots__ = ("var", "slots", "interval", "plan")
 
     def __init__(self, var: Any) -> None:
         self.var = var
         self.slots: Dict[str, Any] = {}
         self.interval: Optional[Tuple[int, int, int]] = None
+        self.plan: Any = None  # (backend, plan) of numbadam._cached
 
 
 class FlatState:
@@ -160,10 +163,12 @@ class SlotTable:
     """
 
     def __init__(self) -> None:
-        # key -> Entry; plus id(var) -> Entry for the very object that created
-        # the entry (the fast path: no address computation per step)
+        # key -> Entry
         self._entries: Dict[Any, Entry] = {}
-        self._by_id: Dict[int, Entry] = {}
+        #: id(var) -> Entry for the very object that created the entry (the
+        #: per-step fast path: no address computation); check ``entry.var is
+        #: var`` (an id may be reused).
+        self.by_id: Dict[int, Entry] = {}
         #: Slot names in first-creation order.
         self.names: List[str] = []
         #: (slot name, entry) of every slot, in creation order.
@@ -180,7 +185,7 @@ class SlotTable:
 
     def entry(self, var: Any, key: Any = None) -> Optional[Entry]:
         """The entry of ``var`` (by identity, then by ``key`` or memory), or None."""
-        entry = self._by_id.get(id(var))
+        entry = self.by_id.get(id(var))
         if entry is not None and entry.var is var:
             return entry
         return self._entries.get(memory_key(var) if key is None else key)
@@ -189,13 +194,13 @@ class SlotTable:
         """Register an empty entry for ``var`` (under ``key``, default its memory)."""
         entry = Entry(var)
         self._entries[memory_key(var) if key is None else key] = entry
-        self._by_id[id(var)] = entry
+        self.by_id[id(var)] = entry
         return entry
 
     def register(self, entry: Entry, key: Any) -> None:
         """Register an entry of the caller's own (e.g. a shard) under ``key``."""
         self._entries[key] = entry
-        self._by_id[id(entry.var)] = entry
+        self.by_id[id(entry.var)] = entry
 
     def add(self, entry: Entry, name: str, array: Any) -> None:
         """Record ``array`` as slot ``name`` of ``entry``, in creation order."""

@@ -366,6 +366,26 @@ class Adam(OptimizerV2):
                 self._wd_excluded.add(memory_key(buf.data))
         return super()._prepare_buffer(buf)
 
+    def _plain_step(self) -> bool:
+        # (the cached plan of one pair launches the kernel without decay)
+        return not self._weight_decay and super()._plain_step()
+
+    def _plan_coefficients(self, step: int, plan: Any) -> AdamCoefficients:
+        # constant hyperparameters: their scalars straight from the cache (no
+        # evaluation, so nothing else of _prepare_step's applies)
+        hyper = self._hyper
+        lr, b1, b2 = hyper["learning_rate"], hyper["beta_1"], hyper["beta_2"]
+        eps = self._epsilon
+        if (
+            (type(lr) is np.float32 or type(lr) is np.float64)
+            and (type(b1) is np.float32 or type(b1) is np.float64)
+            and (type(b2) is np.float32 or type(b2) is np.float64)
+            and type(eps) is float
+        ):
+            hyp = (lr, b1, b2, eps, self._initial_decay)
+            return self._coefficients.at(plan.cdt, hyp, step)
+        return self._prepare_step(step, plan.dtypes)[plan.dtype]
+
     def _remember_list(self, step) -> None:
         # one multi-tensor launch decays every variable alike, and keeps
         # element-wise slots only

@@ -22,8 +22,8 @@ import numpy as np
 
 from . import _config, _dispatch, schedules
 from ._accum import AccumulationMixin
+from ._cached import CachedLaunchMixin
 from ._clipping import ClippingMixin
-from ._ema import SLOT as _EMA_SLOT
 from ._ema import EmaMixin
 from ._flat import GradsAndVars, ParameterBuffer
 from ._hypers import HyperparameterMixin, is_float64, is_number
@@ -53,8 +53,8 @@ _describe = describe
 
 
 class OptimizerV2(
-    AccumulationMixin, ClippingMixin, HyperparameterMixin, StateMixin, LossMixin,
-    EmaMixin,
+    AccumulationMixin, CachedLaunchMixin, ClippingMixin, HyperparameterMixin,
+    StateMixin, LossMixin, EmaMixin,
 ):
     """Base class of numbadam optimizers (the Keras OptimizerV2 contract).
 
@@ -144,10 +144,6 @@ class OptimizerV2(
     (True, 2)
     """
 
-    #: Whether a list of the same dense variables, call after call, may be
-    #: stepped by one multi-tensor launch (subclasses that aggregate say no).
-    _multi_tensor = True
-
     def __init__(self, name: str, **kwargs: Any) -> None:
         accumulation = kwargs.pop("gradient_accumulation_steps", None)
         kwargs = dict(kwargs)
@@ -177,10 +173,7 @@ class OptimizerV2(
         self._iterations: Optional[np.ndarray] = None
         # per-variable slots, ParameterBuffers' flat slots (numbadam._slots)
         self._table = SlotTable()
-        # the multi-tensor path: (backend, MultiWork) of the list that came back
-        self._multi: Any = None
-        self._last_ids: Tuple[int, ...] = ()
-        self._multi_ids: Tuple[int, ...] = ()
+        self._init_cached()  # (numbadam._cached)
         decay = kwargs.pop("decay", 0.0)
         self._initial_decay = 0.0 if decay is None else self._check_decay(decay)
         self._clipnorm = self._global_clipnorm = None
@@ -305,6 +298,14 @@ class OptimizerV2(
         lost. Calls on different optimizers run in parallel.
         """
         with self._lock:
+            if (
+                self._cached_launches
+                and type(grads_and_vars) is list
+                and len(grads_and_vars) == 1
+            ):
+                out = self._planned(grads_and_vars[0])  # (numbadam._cached)
+                if out is not None:
+                    return out
             return self._apply_gradients(grads_and_vars)
 
     def _apply_gradients(self, grads_and_vars: Any) -> Optional[np.ndarray]:
@@ -387,20 +388,10 @@ class OptimizerV2(
             step = self._prepare_buffer(grads_and_vars.buffer)
             if step is not NotImplemented:
                 return step
-        multi = self._multi
-        if (
-            multi is not None
-            and type(grads_and_vars) is list
-            and self._clipnorm is None
-            and self._global_clipnorm is None
-            and multi[1].amsgrad == bool(self._amsgrad_slots())
-            and (getattr(multi[1], "ep", None) is not None) == self._use_ema
-        ):
-            backend, work = multi
-            if backend.prepare_multi(work, grads_and_vars):
-                _config.check()
-                return Step(self._step_count(), [(MULTI, work, backend, None, None)],
-                            [], False, [])  # fmt: skip
+        if self._cached_launches:
+            step = self._prepare_multi(grads_and_vars)
+            if step is not None:
+                return step
         pairs = self._check_pairs(grads_and_vars)
         if not pairs:
             return None
@@ -410,7 +401,7 @@ class OptimizerV2(
         seen: Dict[Any, int] = {}
         single = len(pairs) == 1  # (nothing to be given twice)
         backend_for = _dispatch.backend_for
-        by_id = self._table._by_id
+        by_id = self._table.by_id
         nreq = len(self._required_slots())
         need_weights = self._iterations is None or not self._hypers_created
         for i, (g, v) in enumerate(pairs):
@@ -490,41 +481,8 @@ class OptimizerV2(
     def _finish(self, step: Step) -> None:
         """Hook 6: after every update (``iterations`` += 1)."""
         self._iterations[()] = step.iteration + 1
-        if self._multi_tensor and len(step.items) > 1:
-            self._remember_list(step)
-
-    def _remember_list(self, step: Step) -> None:
-        # A list of the same dense variables twice in a row: from the next call
-        # on, one multi-tensor launch (the backend's MultiWork) steps them all,
-        # every pair still checked each call (prepare_multi).
-        items = step.items
-        if len(items) < 2 or step.skipped or items[0][0] is MULTI:
-            return
-        ids = tuple(id(it[3]) for it in items)
-        if ids != self._last_ids:
-            self._last_ids = ids
-            return
-        if (
-            self._multi is not None
-            and self._multi_ids == ids
-            and self._multi[1].amsgrad == self._amsgrad_slots()
-        ):
-            return  # (this call did not qualify, e.g. a gradient to cast)
-        backend = items[0][2]
-        make = getattr(backend, "multi_work", None)
-        if make is None or any(it[0] or it[2] is not backend for it in items):
-            return
-        variables = [it[3] for it in items]
-        work = make(
-            variables, [self._entry(v).slots for v in variables],
-            self._amsgrad_slots(),
-        )  # fmt: skip
-        if work is not None and self._use_ema:
-            backend.set_multi_averages(
-                work, [self._entry(v).slots[_EMA_SLOT] for v in variables]
-            )
-        self._multi = None if work is None else (backend, work)
-        self._multi_ids = ids
+        if self._cached_launches:
+            self._remember(step)
 
     def _amsgrad_slots(self) -> bool:
         """Whether the multi-tensor launch needs the ``vhat`` slots."""

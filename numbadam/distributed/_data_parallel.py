@@ -205,7 +205,7 @@ class DistributedAdam(Adam):
     [-0.1, -0.1]
     """
 
-    _multi_tensor = False  # (the aggregate hook needs every pair's work)
+    _cached_launches = False  # (the aggregate hook needs every pair's work)
 
     def __init__(
         self,

@@ -131,7 +131,7 @@ class ShardedAdam(ShardedStateMixin, Adam):
     ([-0.1, -0.1, -0.1], (3,))
     """
 
-    _multi_tensor = False  # (the aggregate hook needs every pair's work)
+    _cached_launches = False  # (the aggregate hook needs every pair's work)
 
     def __init__(
         self,
