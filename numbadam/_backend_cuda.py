@@ -44,7 +44,6 @@ Host syncs
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -52,10 +51,10 @@ import numpy as np
 from . import _config
 from ._backend import (
     INDEX_DTYPES,
-    DenseWork,
-    SparseWork,
     Average,
     Decay,
+    DenseWork,
+    SparseWork,
     Transform,
     cast_gradient_dtype,
     check_float_dtype,
@@ -66,76 +65,22 @@ from ._backend import (
     is_device_array,
     transform_scalars,
 )
-from ._overlap import overlaps
+from ._backend_cuda_arrays import (
+    INSTALL_HINT,
+    CudaArrays,
+    cuda,
+    typed,
+    typed_decay,
+    typed_ema,
+)
 from ._types import AdamCoefficients, IndexedSlices
 
 __all__ = ["CUDABackend", "INSTALL_HINT"]
 
-INSTALL_HINT = (
-    "numbadam's CUDA backend needs the optional numba-cuda package: "
-    "pip install numbadam[cuda] (or pip install numba-cuda). It runs on an "
-    "NVIDIA GPU, or without one under Numba's CUDA simulator "
-    "(set NUMBA_ENABLE_CUDASIM=1 before numba is imported)."
-)
-
-
-def _import_numba_cuda():
-    """``numba.cuda`` from numba-cuda, or one clear error saying what to install."""
-    try:
-        # numba-cuda itself: numba's deprecated built-in numba.cuda lacks what
-        # the kernels use (numba.cuda.extending, libdevice)
-        import numba_cuda  # noqa: F401
-        from numba import cuda
-        from numba.cuda import extending  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
-    if not cuda.is_available():
-        raise RuntimeError(
-            "a CUDA array was given but no CUDA GPU is available "
-            f"({cuda.cuda_error()}). {INSTALL_HINT}"
-        )
-    return cuda
-
-
-cuda = _import_numba_cuda()
-
-from numba import config as _numba_config  # noqa: E402  (after the check above)
-
-_SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
-
 _INT64_MIN = np.iinfo(np.int64).min
 _INT64_MAX = np.iinfo(np.int64).max
-_MAX_STAGED_NDIM = 4
-# numba-cuda warns below 128 blocks; small variables make small grids on purpose.
-_FEW_BLOCKS = 128
 
-
-def _typed(coef: AdamCoefficients, dtype: np.dtype) -> AdamCoefficients:
-    # The per-step scalars as NumPy scalars of the compute dtype (they may come
-    # as Python floats): CUDA kernels, and the simulator's Python arithmetic,
-    # type their scalar arguments from the values passed.
-    c = compute_dtype(dtype).type
-    return AdamCoefficients(*(c(x) for x in coef))
-
-
-def _typed_decay(wd: Any, dtype: np.dtype) -> tuple:
-    # the kernels' weight-decay argument: () or (weight_decay, lr_t), typed
-    if wd is None:
-        return ()
-    c = compute_dtype(dtype).type
-    return (c(wd[0]), c(wd[1]))
-
-
-def _typed_ema(ema: Any, dtype: np.dtype, flat: Any) -> tuple:
-    # the kernels' EMA argument: () or (average, momentum, 1 - momentum,
-    # overwrite), the average flat and the scalars typed
-    if ema is None:
-        return ()
-    c = compute_dtype(dtype).type
-    return (flat(ema[0]), c(ema[1]), c(ema[2]), bool(ema[3]))
-
-
-class CUDABackend:
+class CUDABackend(CudaArrays):
     """Backend for CUDA arrays: the ``@cuda.jit`` kernels of ``kernels.cuda``."""
 
     name = "cuda"
@@ -146,169 +91,6 @@ class CUDABackend:
         self._k = kernels
         self._ready: dict = {}  # (kernel, dtype char or None, amsgrad) -> kernel
         self._rows: Any = None  # the row-wise launches, on first use
-
-    # -- launches -------------------------------------------------------------
-
-    def _kernel(
-        self,
-        kernel: Any,
-        dtype: Optional[np.dtype] = None,
-        amsgrad=None,
-        decay=None,
-        ema=None,
-    ) -> Any:
-        """``kernel`` (of ``kernels.cuda``) compiled for ``dtype`` (and the Adam
-        or AMSGrad variant, with or without weight decay), once."""
-        key = (kernel, None if dtype is None else dtype.char, amsgrad, decay, ema)
-        ready = self._ready.get(key)
-        if ready is None:
-            self._k.ensure_compiled(kernel, dtype, amsgrad, decay, ema)
-            ready = self._ready[key] = kernel
-        return ready
-
-    def _threads(self) -> int:
-        tpb = int(_config.CUDA_THREADS_PER_BLOCK)
-        if not 1 <= tpb <= self._k.MAX_THREADS_PER_BLOCK:
-            raise ValueError(
-                f"numbadam._config.CUDA_THREADS_PER_BLOCK={tpb}; expected 1 to 1024"
-            )
-        return tpb
-
-    def _dims(self, n: int) -> Tuple[int, int]:
-        """``(blocks, threads)`` of a grid-stride launch over ``n`` items."""
-        tpb = self._threads()
-        blocks = max(1, min(int(_config.CUDA_MAX_BLOCKS), -(-n // tpb)))
-        return blocks, tpb
-
-    @staticmethod
-    def _configure(kernel, blocks: int, tpb: int, shared: int = 0):
-        # ``shared``: bytes of dynamic shared memory per block (0: none)
-        if blocks >= _FEW_BLOCKS:
-            return kernel[blocks, tpb, 0, shared]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Grid size")
-            return kernel[blocks, tpb, 0, shared]
-
-    def _shared(self, tpb: int) -> int:
-        return tpb * self._k.SHARED_BYTES_PER_THREAD
-
-    def _launch(self, kernel, n: int, *args) -> None:
-        blocks, tpb = self._dims(n)
-        self._configure(kernel, blocks, tpb)(*args)
-
-    # -- arrays ---------------------------------------------------------------
-
-    @staticmethod
-    def _wrap(x: Any):
-        """A Numba device array viewing ``x`` (``x`` itself for Numba arrays)."""
-        if getattr(x, "__cuda_ndarray__", False):
-            return x
-        if _SIMULATOR:
-            raise TypeError(
-                f"a {type(x).__name__} exposing __cuda_array_interface__ cannot be "
-                "used under the CUDA simulator; use numba.cuda.to_device arrays"
-            )
-        return cuda.as_cuda_array(x)
-
-    @staticmethod
-    def _flat(d: Any):
-        return d.reshape(int(np.prod(d.shape, dtype=np.int64)))
-
-    @staticmethod
-    def _view4(d: Any, label: Any, what: str, writable: bool = False):
-        """``d`` as a 4-D strided view of the same memory (for gather/scatter)."""
-        shape, strides = tuple(d.shape), tuple(d.strides)
-        if (
-            len(shape) > _MAX_STAGED_NDIM
-            or any(st < 0 for st in strides)
-            or (writable and any(st == 0 and n > 1 for st, n in zip(strides, shape)))
-        ):
-            raise ValueError(
-                f"{what + ' ' if what else ''}{label} is a non-contiguous CUDA "
-                f"array with strides "
-                f"{strides}; the CUDA backend stages views of up to "
-                f"{_MAX_STAGED_NDIM} dimensions with positive strides only: pass "
-                "a C-contiguous array"
-            )
-        pad = _MAX_STAGED_NDIM - len(shape)
-        shape4, strides4 = (1,) * pad + shape, (0,) * pad + strides
-        if _SIMULATOR:
-            from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-
-            return FakeCUDAArray(
-                np.lib.stride_tricks.as_strided(d._ary, shape4, strides4)
-            )
-        from numba.cuda.cudadrv.devicearray import DeviceNDArray
-
-        return DeviceNDArray(
-            shape4, strides4, d.dtype, stream=d.stream, gpu_data=d.gpu_data
-        )
-
-    def _contiguous(self, d: Any, label: Any, what: str):
-        """``d`` flattened: a view when C-contiguous, else a gathered copy."""
-        if d.is_c_contiguous():
-            return self._flat(d)
-        dtype = np.dtype(d.dtype)
-        view = self._view4(d, label, what)
-        n = int(np.prod(d.shape, dtype=np.int64))
-        out = cuda.device_array(n, dtype)
-        if n:
-            self._launch(self._kernel(self._k.gather_cuda, dtype), n, view, out)
-        return out
-
-    def _writeback(self, work: Any) -> None:
-        """Scatter a staged variable's flat copy back into the user's view."""
-        if work.staged:
-            d = self._wrap(work.var)
-            view = self._view4(d, work.label, "", writable=True)
-            n = int(work.flat.shape[0])
-            kern = self._kernel(self._k.scatter_cuda, np.dtype(d.dtype))
-            self._launch(kern, n, work.flat, view)
-
-    def _variable_flat(self, d: Any, label: Any) -> Tuple[Any, bool]:
-        if d.is_c_contiguous():
-            return self._flat(d), False
-        self._view4(d, label, "", writable=True)  # raises if it cannot be staged
-        return self._contiguous(d, label, ""), True
-
-    def _device_float(self, x: Any, label: Any, what: str):
-        if not is_device_array(x):
-            raise TypeError(
-                f"{what} of {label} is a host {type(x).__name__} but the variable "
-                "is a CUDA array; move it to the variable's device first (e.g. "
-                "numba.cuda.to_device(g)): numbadam does not copy gradients "
-                "implicitly"
-            )
-        d = self._wrap(x)
-        if np.dtype(d.dtype).kind != "f":
-            raise TypeError(
-                f"{what} of {label} has dtype {d.dtype}; expected a floating dtype"
-            )
-        return d
-
-    def _unaliased(self, g: Any, flat: Any, staged: bool):
-        """``g``, or a device copy of it where its memory overlaps ``flat``.
-
-        The CPU backend's rule (NumPy's for ufuncs): as if the gradient had
-        been copied first. The kernels' threads write the variable while others
-        read the gradient; a gradient viewing the variable (a shifted slice,
-        lazy IndexedSlices values viewing the table) would race. A staged
-        variable is stepped in a copy, and a gathered or cast gradient is a
-        copy, so those never alias.
-        """
-        return g if staged or not overlaps(g, flat) else self.copy(g)
-
-    def _cast(self, d: Any, dtype: np.dtype):
-        """``d`` (1-D or 2-D, contiguous) in ``dtype``: itself, or a device copy."""
-        if np.dtype(d.dtype) == dtype:
-            return d
-        out = cuda.device_array(tuple(d.shape), dtype)
-        n = int(np.prod(d.shape, dtype=np.int64))
-        if n:
-            self._launch(
-                self._kernel(self._k.cast_cuda, dtype), n, self._flat(d), self._flat(out)
-            )
-        return out
 
     # -- validation -----------------------------------------------------------
 
@@ -414,7 +196,8 @@ class CUDABackend:
         out = cuda.device_array(tuple(shape), dtype)
         n = int(np.prod(shape, dtype=np.int64))
         if n:
-            self._launch(self._kernel(self._k.fill_cuda, dtype), n, self._flat(out), 0.0)
+            kern = self._kernel(self._k.fill_cuda, dtype)
+            self._launch(kern, n, self._flat(out), 0.0)
         return out
 
     def to_host(self, arr: Any) -> np.ndarray:
@@ -526,7 +309,7 @@ class CUDABackend:
         if n == 0:
             return
         dtype = np.dtype(flat.dtype)
-        avg, mom, omm, overwrite = _typed_ema(ema, dtype, self._flat)
+        avg, mom, omm, overwrite = typed_ema(ema, dtype, self._flat)
         if rows is None:
             kern = self._kernel(self._k.ema_dense_cuda, dtype)
             self._launch(kern, n, flat, avg, mom, omm, overwrite)
@@ -558,14 +341,14 @@ class CUDABackend:
         if n == 0:
             return
         dtype = np.dtype(work.flat.dtype)
-        coef = _typed(coef, dtype)
-        dec = _typed_decay(wd, dtype)
+        coef = typed(coef, dtype)
+        dec = typed_decay(wd, dtype)
         if tuple(v.shape) != tuple(m.shape):  # one second moment per row
             self._rowwise().dense_step(self, work, m, v, vhat, coef, tr, dec)
             return
         mf, vf = self._flat(m), self._flat(v)
         slot = () if vhat is None else (self._flat(vhat),)
-        dec = _typed_decay(wd, dtype)
+        dec = typed_decay(wd, dtype)
         if acc is not None:  # the applying call of gradient accumulation
             a, steps = acc
             kern = self._kernel(
@@ -576,7 +359,7 @@ class CUDABackend:
             af = self._flat(self._wrap(a))
             self._launch(
                 kern, n, work.flat, mf, vf, slot, work.grad, af, c(steps), *coef,
-                *tr, dec, _typed_ema(ema, dtype, self._flat),
+                *tr, dec, typed_ema(ema, dtype, self._flat),
             )  # fmt: skip
             self._writeback(work)
             return
@@ -584,7 +367,7 @@ class CUDABackend:
             self._k.adam_dense_cuda, dtype, vhat is not None, wd is not None,
             ema is not None,
         )  # fmt: skip
-        avg = _typed_ema(ema, dtype, self._flat)
+        avg = typed_ema(ema, dtype, self._flat)
         self._launch(kern, n, work.flat, mf, vf, slot, work.grad, *coef, *tr, dec, avg)
         self._writeback(work)
 
@@ -605,9 +388,9 @@ class CUDABackend:
             return
         dtype = np.dtype(work.flat.dtype)
         k = int(work.indices.shape[0])
-        coef = _typed(coef, dtype)
+        coef = typed(coef, dtype)
         if tuple(v.shape) != tuple(m.shape):  # one second moment per row
-            dec = _typed_decay(wd, dtype)
+            dec = typed_decay(wd, dtype)
             self._rowwise().sparse_step(self, work, m, v, vhat, coef, tr, lazy, dec)
             return
         keys, pos = self._sorted(work.indices)
@@ -625,7 +408,7 @@ class CUDABackend:
         items = k * work.width if lazy else n
         self._launch(
             kern, items, work.flat, mf, vf, slot, keys, pos, k, values, *coef, *tr,
-            _typed_decay(wd, dtype), _typed_ema(ema, dtype, self._flat),
+            typed_decay(wd, dtype), typed_ema(ema, dtype, self._flat),
         )  # fmt: skip
         self._writeback(work)
 

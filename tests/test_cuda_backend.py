@@ -150,7 +150,8 @@ def test_import_numbadam_does_not_import_numba_cuda():
         "w = np.zeros(3, np.float32)\n"
         "numbadam.Adam().apply_gradients([(np.ones(3, np.float32), w)])\n"
         "bad = [m for m in ('numba.cuda', 'numbadam.kernels.cuda', "
-        "'numbadam._backend_cuda') if m in sys.modules]\n"
+        "'numbadam._backend_cuda', 'numbadam._backend_cuda_arrays') "
+        "if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
@@ -158,7 +159,7 @@ def test_import_numbadam_does_not_import_numba_cuda():
 
 def _fresh_cuda_import(monkeypatch):
     monkeypatch.setattr(_dispatch, "_CUDA", None)
-    for mod in ("numbadam._backend_cuda",):
+    for mod in ("numbadam._backend_cuda", "numbadam._backend_cuda_arrays"):
         monkeypatch.delitem(sys.modules, mod, raising=False)
 
 
