@@ -32,7 +32,7 @@ def _list_case(n: int = 2000, k: int = 1000) -> dict:
     pairs = list(zip(gs, [np.zeros(k, np.float32) for _ in range(n)]))
     pairs2 = list(zip(gs, [np.zeros(k, np.float32) for _ in range(n)]))
     opt, opt2 = numbadam.Adam(), numbadam.Adam()
-    opt2._multi_tensor = False  # (the per-variable path, for comparison)
+    opt2._cached_launches = False  # (the per-variable path, for comparison)
     fns = {
         "torch-fused": topt.step,
         "numbadam-list": lambda: opt.apply_gradients(pairs),

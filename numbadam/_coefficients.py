@@ -19,7 +19,27 @@ from numba import njit
 
 from ._types import AdamCoefficients
 
-__all__ = ["COEFFICIENT_BLOCK", "CoefficientCache", "coefficient_block", "coefficients"]
+__all__ = [
+    "COEFFICIENT_BLOCK", "CoefficientCache", "coefficient_block", "coefficients",
+    "decayed_lr",
+]  # fmt: skip
+
+
+@njit(cache=True, error_model="numpy")
+def _lr_t32(lr, decay, step):
+    # the learning rate after the time-inverse decay, rounded in float32
+    lr_t = np.float32(lr)
+    if decay > 0:
+        lr_t = lr_t / (np.float32(1.0) + np.float32(decay) * np.float32(step))
+    return lr_t
+
+
+@njit(cache=True, error_model="numpy")
+def _lr_t64(lr, decay, step):
+    lr_t = np.float64(lr)
+    if decay > 0:
+        lr_t = lr_t / (1.0 + np.float64(decay) * np.float64(step))
+    return lr_t
 
 
 @njit(cache=True, error_model="numpy")
@@ -28,9 +48,7 @@ def _scalars32(lr, b1, b2, eps, decay, step):
     # float32 as TF's graph rounds it (lr, b1, b2 are float32 values; decay is
     # rounded here once, as tf.cast rounds a float64)
     one = np.float32(1.0)
-    lr_t = np.float32(lr)
-    if decay > 0:
-        lr_t = lr_t / (one + np.float32(decay) * np.float32(step))
+    lr_t = _lr_t32(lr, decay, step)
     b1c, b2c = np.float32(b1), np.float32(b2)
     t = np.float32(step + 1)
     # Eigen's ApplyAdam: (lr * sqrt(1 - b2^t)) / (1 - b1^t)
@@ -42,9 +60,7 @@ def _scalars32(lr, b1, b2, eps, decay, step):
 def _scalars64(lr, b1, b2, eps, decay, step):
     # the hyperparameters (float32 values widened exactly, or float64 ones),
     # then float64 arithmetic
-    lr_t = np.float64(lr)
-    if decay > 0:
-        lr_t = lr_t / (1.0 + np.float64(decay) * np.float64(step))
+    lr_t = _lr_t64(lr, decay, step)
     b1c, b2c = np.float64(b1), np.float64(b2)
     t = np.float64(step + 1)
     alpha = (lr_t * np.sqrt(1.0 - b2c**t)) / (1.0 - b1c**t)
@@ -73,11 +89,7 @@ def coefficient_block(c, lr, b1, b2, eps, decay, step, count):
     from one compiled call: only ``alpha`` depends on the step."""
     if type(eps) is not float:
         eps = float(eps)
-    if decay > 0:
-        # a np.float64 decay is kept (cast once to c in the compiled code)
-        d = float(decay) if type(decay) is np.float64 else float(np.float32(decay))
-    else:
-        d = 0.0
+    d = _decay_value(decay)
     if type(lr) is np.float64 or type(b1) is np.float64 or type(b2) is np.float64:
         # TF's tf.cast of a float64 hyperparameter to c: one rounding for
         # float32, exact for float64 (float32 values widen exactly); one
@@ -91,6 +103,33 @@ def coefficient_block(c, lr, b1, b2, eps, decay, step, count):
     (_alphas64 if c is np.float64 else _alphas32)(lr, b1, b2, eps, d, step, alphas)
     _, omb1, omb2, e = first
     return [AdamCoefficients(a, omb1, omb2, e) for a in alphas.tolist()]
+
+
+def _decay_value(decay: Any) -> float:
+    # a np.float64 decay is kept (cast once to c in the compiled code), any
+    # other value rounded to float32; 0.0 for none
+    if not decay > 0:
+        return 0.0
+    return float(decay) if type(decay) is np.float64 else float(np.float32(decay))
+
+
+def decayed_lr(c, lr, decay, step) -> float:
+    """The learning rate of ``step`` after the time-inverse ``decay``,
+    ``lr / (1 + decay * step)``, with the arithmetic of the coefficients'
+    ``alpha`` for compute type ``c`` (a Python float holding a value of
+    ``c``): ``lr`` a ``np.float64`` is cast to ``c``, anything else rounded
+    to float32 first; rounded in float32 for float32, float64 for float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbadam._coefficients import decayed_lr
+    >>> decayed_lr(np.float32, np.float32(0.5), 1.0, 3)
+    0.125
+    """
+    lr = c(lr) if type(lr) is np.float64 else np.float32(lr)
+    f = _lr_t64 if c is np.float64 else _lr_t32
+    return f(lr, _decay_value(decay), step)
 
 
 def coefficients(c, lr, b1, b2, eps, decay, step) -> AdamCoefficients:

@@ -17,6 +17,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from ._backend import is_device_array
+from ._coefficients import decayed_lr
 
 __all__ = ["check_weight_decay", "decay_scalars", "excluded_variables"]
 
@@ -63,19 +64,10 @@ def decay_scalars(
     >>> type(wd).__name__, float(wd), float(lr_t)
     ('float32', 0.5, 0.25)
     """
-    # (the rounding of numbadam._coefficients.coefficient_block: a np.float64
-    # learning rate or decay is kept, anything else was rounded to float32)
-    d = float(decay) if type(decay) is np.float64 else float(np.float32(decay))
+    lr_t = decayed_lr(np.dtype(cdt).type, lr32, decay, step)
     if np.dtype(cdt) == np.float64:
-        lr_t = float(lr32) if type(lr32) is np.float64 else float(np.float32(lr32))
-        if decay > 0:
-            lr_t = lr_t / (1.0 + d * float(step))
         return (float(weight_decay), lr_t)
-    f32 = np.float32
-    lr_t = f32(lr32)
-    if decay > 0:
-        lr_t = lr_t / (f32(1.0) + f32(d) * f32(step))
-    return (f32(weight_decay), f32(lr_t))
+    return (np.float32(weight_decay), np.float32(lr_t))
 
 
 def _is_array(x: Any) -> bool:

@@ -21,7 +21,7 @@ SHAPES = [(3,), (10, 4), (), (7,), (2, 2, 2)] * 3  # 15 variables (>= MULTI_MIN)
 def _pair_of_optimizers(**kw):
     fast = numbadam.Adam(**kw)
     slow = numbadam.Adam(**kw)
-    slow._multi_tensor = False  # the reference: every pair through the general path
+    slow._cached_launches = False  # the reference: every pair through the general path
     return fast, slow
 
 
@@ -57,6 +57,7 @@ def test_same_bits_as_the_per_variable_path(dtype, kw):
         fast.apply_gradients(list(zip(gs, va)))
         slow.apply_gradients(list(zip([g.copy() for g in gs], vb)))
     assert fast._multi is not None, "the path was not taken"
+    assert slow._multi is None, "the reference took it too"
     _assert_same(va, vb, fast, slow)
     assert int(fast.iterations) == 6
 

@@ -310,12 +310,13 @@ def test_multi_tensor_path_with_decay():
     vb = [x.copy() for x in va]
     fast = numbadam.AdamW(learning_rate=0.01, weight_decay=0.1, decay=0.01)
     slow = numbadam.AdamW(learning_rate=0.01, weight_decay=0.1, decay=0.01)
-    slow._multi_tensor = False
+    slow._cached_launches = False
     for _ in range(5):
         gs = [rng.standard_normal(s) for s in shapes]
         fast.apply_gradients(list(zip(gs, va)))
         slow.apply_gradients(list(zip(gs, vb)))
     assert fast._multi is not None  # the one-launch path ran
+    assert slow._multi is None  # (and the reference's did not)
     for x, y in zip(va, vb):
         assert_bitwise(x, y)
     for x, y in zip(fast.get_weights(), slow.get_weights()):
