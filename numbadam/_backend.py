@@ -371,9 +371,12 @@ class Backend(Protocol):
         lazy: bool = False,
         wd: Decay = None,
         ema: Average = None,
+        dirty: Optional[np.ndarray] = None,
     ) -> None:
         """One fused Adam pass over an IndexedSlices pair (``lazy``: only the
         rows with a gradient change), its values transformed by ``transform``
         before duplicates are summed; ``wd`` (:data:`Decay`) decays every row
         first (``lazy``: the rows with a gradient); ``ema`` (:data:`Average`)
-        moves every row's average (``lazy``: the rows with a gradient)."""
+        moves every row's average (``lazy``: the rows with a gradient);
+        ``dirty``, a host uint8 mask of the table's rows, gets a 1 for each
+        row a lazy step changes (CPU lazy steps only; None elsewhere)."""

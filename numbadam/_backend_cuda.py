@@ -382,7 +382,10 @@ class CUDABackend(CudaArrays):
         lazy: bool = False,
         wd: Decay = None,
         ema: Average = None,
+        dirty: Optional[np.ndarray] = None,
     ) -> None:
+        if dirty is not None:  # (the callers mark every row instead)
+            raise TypeError("the CUDA backend keeps no dirty-row masks")
         n = int(work.flat.shape[0])
         if n == 0:
             return

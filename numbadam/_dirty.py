@@ -67,6 +67,16 @@ class DirtyRows:
         self._any_mask = True
         return hit[1]
 
+    def step_mask(self, m: Any, work: Any, backend: Any, lazy: bool) -> Any:
+        """What a sparse step of the variable of ``m`` marks: its row mask
+        when the step is lazy on the CPU (the kernel sets the rows it
+        changes), else None after marking every row changed (the TF rule
+        visits every row; CUDA steps keep no masks)."""
+        if lazy and backend.name == "cpu" and work.var.ndim:
+            return self.mask(m, work.var.shape[0])
+        self.touch(m)
+        return None
+
     def touch(self, m: Any) -> None:
         """Every row of the variable of ``m`` changed."""
         self._whole.add(id(m))

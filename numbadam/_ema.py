@@ -239,11 +239,9 @@ class EmaMixin:
                 rows = np.unique(backend.to_host(work.indices).astype(np.int64))
             backend.ema_step(work, self._ema_arg(work, slots), rows)
             if dirty is not None:  # (incremental state-dir saves)
-                m = slots["m"]
-                if rows is not None and backend.name == "cpu" and work.var.ndim:
-                    dirty.mask(m, work.var.shape[0])[rows] = 1
-                else:
-                    dirty.touch(m)
+                mask = dirty.step_mask(slots["m"], work, backend, rows is not None)
+                if mask is not None:
+                    mask[rows] = 1
 
     def _overwrite_with_average(self, var_list: List[Any]) -> None:
         """Keras 3's ``_overwrite_model_variables_with_average_value``."""

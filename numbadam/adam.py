@@ -506,18 +506,12 @@ class Adam(OptimizerV2):
         lazy = self.sparse_mode == "lazy"
         if lazy and self._prefetch is not None:
             self._prefetch.rows(work, slots)  # (memory-mapped state: pages ahead)
+        dirty = None
         if self._dirty is not None:  # (incremental state-dir saves)
-            m = slots["m"]
-            if lazy and backend.name == "cpu" and work.var.ndim:
-                backend.sparse_step(
-                    work, m, slots["v"], vhat, coef, transform, lazy=True, wd=wd,
-                    ema=ema, dirty=self._dirty.mask(m, work.var.shape[0]),
-                )  # fmt: skip
-                return
-            self._dirty.touch(m)
+            dirty = self._dirty.step_mask(slots["m"], work, backend, lazy)
         backend.sparse_step(
             work, slots["m"], slots["v"], vhat, coef, transform, lazy=lazy, wd=wd,
-            ema=ema,
+            ema=ema, dirty=dirty,
         )  # fmt: skip
 
     def get_config(self) -> Dict[str, Any]:
