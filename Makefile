@@ -43,7 +43,7 @@ test-asv: $(VENV)/.installed-test
 # numbadam's CUDA modules have no doctests and need numba-cuda's simulator or a GPU.
 test-cpu: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not cuda" --doctest-modules \
-		--ignore=numbadam/_backend_cuda.py --ignore-glob='numbadam/kernels/*cuda*.py' \
+		--ignore-glob='numbadam/_backend_cuda*.py' --ignore-glob='numbadam/kernels/*cuda*.py' \
 		--ignore=tests/mpi_scripts \
 		--doctest-glob="*.md" tests numbadam docs/index.md docs/migrating.md \
 		docs/semantics.md docs/guide.md docs/state-on-disk.md
