@@ -35,6 +35,9 @@ __all__ = ["CachedLaunches", "DensePlan", "MultiWork", "MULTI_MIN", "kernel_view
 #: stepped by one multi-tensor launch.
 MULTI_MIN = 8
 
+# the slots a launch writes, without and with AMSGrad
+_SLOTS = {False: ("m", "v"), True: ("m", "v", "vhat")}
+
 
 def kernel_view(a: np.ndarray) -> np.ndarray:
     """``a`` as the kernels take it: Numba's CPU target has no float16, so a
@@ -57,7 +60,6 @@ class MultiWork:
         "vars", "shapes", "slots", "flat", "proto", "xp", "mp", "vp", "hp", "gp",
         "sizes", "starts", "ends", "amsgrad", "label", "ep",
     )  # fmt: skip
-
 
 
 class DensePlan:
@@ -98,7 +100,7 @@ class CachedLaunches:
         if (type(var) is not np.ndarray or work.var is not var or work.staged
                 or var.size == 0):
             return None  # fmt: skip
-        names = ("m", "v", "vhat") if amsgrad else ("m", "v")
+        names = _SLOTS[bool(amsgrad)]
         if len(slots) != len(names):
             return None
         arrays = []
@@ -173,7 +175,7 @@ class CachedLaunches:
         if n < MULTI_MIN:
             return None
         dtype = variables[0].dtype
-        names = ("m", "v", "vhat") if amsgrad else ("m", "v")
+        names = _SLOTS[bool(amsgrad)]
         limit = _config.CPU_SERIAL_MAX
         for var, slots in zip(variables, slot_lists):
             if (type(var) is not np.ndarray or var.dtype is not dtype

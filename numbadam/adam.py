@@ -371,20 +371,8 @@ class Adam(OptimizerV2):
         return not self._weight_decay and super()._plain_step()
 
     def _plan_coefficients(self, step: int, plan: Any) -> AdamCoefficients:
-        # constant hyperparameters: their scalars straight from the cache (no
-        # evaluation, so nothing else of _prepare_step's applies)
-        hyper = self._hyper
-        lr, b1, b2 = hyper["learning_rate"], hyper["beta_1"], hyper["beta_2"]
-        eps = self._epsilon
-        if (
-            (type(lr) is np.float32 or type(lr) is np.float64)
-            and (type(b1) is np.float32 or type(b1) is np.float64)
-            and (type(b2) is np.float32 or type(b2) is np.float64)
-            and type(eps) is float
-        ):
-            hyp = (lr, b1, b2, eps, self._initial_decay)
-            return self._coefficients.at(plan.cdt, hyp, step)
-        return self._prepare_step(step, plan.dtypes)[plan.dtype]
+        # a plain step's scalars: no decay or average scalars to compute
+        return self._coefficients.at(plan.cdt, self._step_hypers(step), step)
 
     def _remember_list(self, step) -> None:
         # one multi-tensor launch decays every variable alike, and keeps
@@ -421,6 +409,33 @@ class Adam(OptimizerV2):
 
     def _prepare_step(self, step: int, dtypes: set) -> Dict[Any, AdamCoefficients]:
         """Per-step scalars by storage dtype, as TF's ``_prepare_local``."""
+        hyp = self._step_hypers(step)
+        lr, decay = hyp[0], hyp[4]
+        # keyed by storage dtype (what _apply looks up), computed per compute dtype
+        if self._weight_decay:
+            self._step_decay = self._decays(step, dtypes, lr, decay)
+        elif self._step_decay:
+            self._step_decay = {}
+        if self._use_ema or self._step_ema:
+            self._ema_step_scalars(step, dtypes)
+        if len(dtypes) == 1:
+            for dtype in dtypes:
+                cdt = _backend.compute_dtype(dtype)
+                return {dtype: self._coefficients.at(cdt, hyp, step)}
+        by_compute: Dict[Any, AdamCoefficients] = {}
+        out = {}
+        for dtype in dtypes:
+            cdt = _backend.compute_dtype(dtype)
+            coef = by_compute.get(cdt)
+            if coef is None:
+                coef = by_compute[cdt] = self._coefficients.at(cdt, hyp, step)
+            out[dtype] = coef
+        return out
+
+    def _step_hypers(self, step: int) -> tuple:
+        """``(lr, beta_1, beta_2, epsilon, decay)`` of ``step``: callables and
+        schedules evaluated (and validated), constants as they are (the
+        coefficient cache's key)."""
         hyper = self._hyper  # (float32 values need no evaluation: the common case)
         lr, b1, b2 = hyper["learning_rate"], hyper["beta_1"], hyper["beta_2"]
         # np.float32, or np.float64 for a NumPy float64 value (cast to the
@@ -436,28 +451,7 @@ class Adam(OptimizerV2):
             if callable(eps):
                 eps = eps()
             eps = _check_epsilon(eps)  # (read now: a 0-d array may change in place)
-        decay = self._initial_decay
-        # keyed by storage dtype (what _apply looks up), computed per compute dtype
-        if self._weight_decay:
-            self._step_decay = self._decays(step, dtypes, lr, decay)
-        elif self._step_decay:
-            self._step_decay = {}
-        if self._use_ema or self._step_ema:
-            self._ema_step_scalars(step, dtypes)
-        if len(dtypes) == 1:
-            for dtype in dtypes:
-                cdt = _backend.compute_dtype(dtype)
-                return {dtype: self._coefficients.at(cdt, (lr, b1, b2, eps, decay), step)}
-        by_compute: Dict[Any, AdamCoefficients] = {}
-        out = {}
-        for dtype in dtypes:
-            cdt = _backend.compute_dtype(dtype)
-            coef = by_compute.get(cdt)
-            if coef is None:
-                hyp = (lr, b1, b2, eps, decay)
-                coef = by_compute[cdt] = self._coefficients.at(cdt, hyp, step)
-            out[dtype] = coef
-        return out
+        return (lr, b1, b2, eps, self._initial_decay)
 
     def _decays(self, step, dtypes, lr32, decay) -> Dict[Any, Any]:
         # the weight-decay argument of the kernels, by storage dtype

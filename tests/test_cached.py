@@ -41,9 +41,9 @@ def _assert_same(va, vb, a, b):
         assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
 
 
-def _warm(shape=(10,), dtype=np.float32, steps=3, **kw):
+def _warm(shape=(10,), dtype=np.float32, steps=3, seed=5, **kw):
     fast, slow = _pair_of_optimizers(**kw)
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     va = rng.standard_normal(shape).astype(dtype)
     vb = va.copy()
     for _ in range(steps):
@@ -75,15 +75,8 @@ _HYPERS = {
     seed=st.integers(0, 2**16),
 )
 def test_same_bits_as_the_general_path(dtype, shape, hypers, steps, seed):
-    fast, slow = _pair_of_optimizers(**_HYPERS[hypers])
-    rng = np.random.default_rng(seed)
-    va = rng.standard_normal(shape).astype(dtype)
-    vb = va.copy()
-    for _ in range(steps):
-        g = rng.standard_normal(shape).astype(dtype)
-        fast.apply_gradients([(g, va)])
-        slow.apply_gradients([(g.copy(), vb)])
-    assert _plan(fast, va) is not None and _plan(slow, vb) is None
+    fast, slow, va, vb, _ = _warm(shape, dtype, steps, seed, **_HYPERS[hypers])
+    assert _plan(slow, vb) is None
     _assert_same(va, vb, fast, slow)
     assert int(fast.iterations) == steps
 
