@@ -261,6 +261,14 @@ class StateMixin:
                 needs.append((var, names))
         self._slot_dir.check(needs)
 
+    def _check_state_dir_save(self) -> None:
+        """Raise ``ValueError`` if this process must not write a state folder.
+
+        The seam of :func:`numbadam.save_state_dir`, asked before anything is
+        written: any process may, here; ``DistributedAdam`` on several ranks
+        allows rank 0 only (its state is replicated).
+        """
+
     def get_weights(self) -> List[np.ndarray]:
         """Host (NumPy) copies of :attr:`weights`, Keras checkpoint compatible."""
         out = []

@@ -36,8 +36,9 @@ new file is created exclusively, written and ``fsync``-ed, the folder
 folder), and only then are files of these name patterns that it no longer
 references removed. A crash at any point leaves the previous checkpoint
 loadable; the next successful save removes what the crash left. Other files in
-the folder are never touched. Two processes must not save into one folder at
-the same time.
+the folder are never touched. A save holds the folder's lock (``flock``):
+a second save into the folder while one is in progress raises
+:class:`~numbadam.CheckpointError` and writes nothing.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from ._statedir_io import (
     check_manifest,
     event,
     files_of,
+    folder_lock,
     fs_path,
     fsync_dir,
     is_int,
@@ -334,6 +336,20 @@ def save(
         event("mkdir", folder)
         os.mkdir(folder)
         fsync_dir(os.path.dirname(os.path.abspath(folder)))
+    with folder_lock(folder):
+        return _save_locked(folder, items, rows, meta, full, full_every, t0)
+
+
+def _save_locked(
+    folder: str,
+    items: List[Tuple[str, np.ndarray]],
+    rows: Optional[Dict[str, Optional[np.ndarray]]],
+    meta: Dict[str, Any],
+    full: bool,
+    full_every: int,
+    t0: float,
+) -> SaveInfo:
+    # save()'s writes, under the folder's lock
     old, mode = _current(folder)
 
     kind = _choose_kind(items, rows, full, old, full_every)

@@ -8,6 +8,7 @@ is a :class:`~numbadam.checkpoint.CheckpointError` naming it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -15,7 +16,12 @@ import os
 import re
 import stat
 import zlib
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+try:
+    import fcntl
+except ImportError:  # (Windows)
+    fcntl = None
 
 import numpy as np
 
@@ -139,6 +145,43 @@ def fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str) -> Iterator[None]:
+    """Hold the exclusive save lock of ``folder`` (``flock`` on the folder).
+
+    Saves into one folder must not overlap: each removes the files the
+    manifest does not reference, which are the other save's new files. The
+    lock is taken without waiting: if another process, or another open of the
+    folder in this one, holds it, :class:`CheckpointError` naming the folder.
+    It is released when the block ends, and by the system when a process dies
+    (no stale lock files). Where ``flock`` is not available (Windows) the
+    block runs without it.
+    """
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | _CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(
+                folder,
+                "another save into this folder is in progress (its lock is "
+                "held); saves into one folder must not overlap (with "
+                "DistributedAdam, save from rank 0 only). Nothing was written",
+            ) from None
+        except OSError:  # a file system without locks: as without flock
+            pass
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
 
 
 def unlink_quietly(path: str) -> bool:

@@ -113,9 +113,11 @@ def save_state_dir(
     Raises
     ------
     TypeError, ValueError
-        For a bad argument (nothing written).
+        For a bad argument, or a ``DistributedAdam`` on several ranks saved
+        from a rank other than 0 (nothing written).
     CheckpointError
-        If ``path`` is not a folder or holds something else's manifest.
+        If ``path`` is not a folder or holds something else's manifest, or
+        another save into it is in progress (nothing written).
     OSError
         If writing fails (the previous checkpoint stays loadable, and the next
         save still covers every row changed since it).
@@ -155,6 +157,7 @@ def save_state_dir(
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
     folder = fs_path(path)
+    optimizer._check_state_dir_save()  # (DistributedAdam: rank 0 only)
     with optimizer._lock:
         # the state as the checkpoints save it (numbadam.checkpoint's seam):
         # refused with pending IndexedSlices of an accumulation cycle or with

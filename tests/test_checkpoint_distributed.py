@@ -500,6 +500,19 @@ def test_sharded_adam_single_file_on_two_ranks_is_refused(two_ranks):
 
 
 @needs_mpi
+def test_distributed_adam_state_dir_from_every_rank_is_written_once(two_ranks):
+    # Both ranks call save_state_dir into one folder: overlapping saves would
+    # remove each other's files, so rank 1 is refused and rank 0 writes.
+    ranks, _ = two_ranks
+    assert str(ranks[0]["d_kind"]) == "full" and str(ranks[0]["d_error"]) == ""
+    assert str(ranks[1]["d_kind"]) == ""
+    assert "rank 0 only" in str(ranks[1]["d_error"])
+    for rec in ranks:
+        assert all(bool(rec[k]) for k in rec if k.startswith("d_same"))
+        assert bool(rec["d_weights_same"])
+
+
+@needs_mpi
 @pytest.mark.parametrize("what, fault_rank, error", [
     ("write", 1, "OSError: [Errno 28]"),
     ("manifest", 0, "OSError: [Errno 5]"),

@@ -348,6 +348,35 @@ def test_distributed_adam_checkpoint_in_process(tmp_path):
         )
 
 
+class _SecondOfTwo(SelfCommunicator):
+    # what rank 1 of 2 sees of itself; no collective is called here
+    rank = 1
+    size = 2
+
+
+def test_distributed_adam_state_dir_is_saved_from_rank_0_only(tmp_path):
+    w = np.ones((3, 2), np.float32)
+    g = np.full((3, 2), 0.5, np.float32)
+    opt = DistributedAdam(0.1, comm="self")
+    opt.apply_gradients([(g, w)])
+    folder = tmp_path / "ckpt"
+    assert numbadam.save_state_dir(folder, opt, [w]).kind == "full"  # one rank
+    before = {n: (folder / n).read_bytes() for n in os.listdir(folder)}
+    other = DistributedAdam(0.1, comm=_SecondOfTwo())
+    other.build([w])
+    other.set_weights(opt.get_weights())
+    with pytest.raises(ValueError, match="rank 0 only .*this is rank 1"):
+        numbadam.save_state_dir(folder, other, [w])
+    with pytest.raises(ValueError, match="rank 0 only"):
+        numbadam.save_state_dir(tmp_path / "new", other, [w])
+    assert not (tmp_path / "new").exists()
+    assert {n: (folder / n).read_bytes() for n in os.listdir(folder)} == before
+    # every rank may load it
+    w2 = np.zeros_like(w)
+    numbadam.load_state_dir(folder, DistributedAdam(0.1, comm=_SecondOfTwo()), [w2])
+    np.testing.assert_array_equal(w2, w)
+
+
 def test_sharded_embedding_from_root_in_process():
     full = np.arange(12, dtype=np.float16).reshape(4, 3)
     emb = ShardedEmbedding.from_full(full, comm="self", root=0)

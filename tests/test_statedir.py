@@ -306,6 +306,68 @@ def test_foreign_folders_are_left_alone(tmp_path):
         _statedir.save(other, {"w": np.ones(2)}, {})
 
 
+@pytest.mark.skipif(_statedir_io.fcntl is None, reason="no flock on this platform")
+def test_a_save_while_another_holds_the_folder_writes_nothing(tmp_path):
+    # Another process in the middle of a save (it holds the folder's lock):
+    # a second save refuses at once, before reading or removing anything, and
+    # the folder keeps its checkpoint; once the lock is free, saves go on.
+    first = {"w": np.arange(6.0).reshape(3, 2)}
+    _statedir.save(tmp_path, first, {"n": 1})
+    (tmp_path / "base-00000009-deadbeef-00000.npy").write_bytes(b"stray")
+    before = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
+    holder = textwrap.dedent(
+        f"""
+        import fcntl, os, sys
+        fd = os.open({str(tmp_path)!r}, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        sys.stdin.readline()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(CheckpointError, match="another save into this folder"):
+            _statedir.save(tmp_path, {"w": np.zeros((3, 2))}, {"n": 2})
+        assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)} == before
+        meta, got = _statedir.load(tmp_path, None)
+        assert meta == {"n": 1}
+        _same(got, first)
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    info = _statedir.save(tmp_path, {"w": np.zeros((3, 2))}, {"n": 2})
+    assert "base-00000009-deadbeef-00000.npy" in info.removed
+    assert _statedir.load(tmp_path, None)[0] == {"n": 2}
+
+
+@pytest.mark.skipif(_statedir_io.fcntl is None, reason="no flock on this platform")
+def test_overlapping_saves_in_one_process_refuse(tmp_path, monkeypatch):
+    # A save that starts while another one (another thread) is writing its
+    # files is refused; the first completes and its checkpoint loads.
+    arrays = {"a": np.ones((4, 2)), "b": np.full(3, 2.0)}
+    seen = []
+    real = _statedir_io.write_array
+
+    def write_array(folder, name, *args, **kwargs):
+        if not seen:
+            with pytest.raises(CheckpointError, match="in progress") as exc:
+                _statedir.save(tmp_path, {"a": np.zeros((4, 2))}, {"who": "second"})
+            seen.append(exc.value)
+        return real(folder, name, *args, **kwargs)
+
+    monkeypatch.setattr(_statedir, "write_array", write_array)
+    _statedir.save(tmp_path, arrays, {"who": "first"})
+    assert len(seen) == 1 and seen[0].path == os.fspath(tmp_path)
+    meta, got = _statedir.load(tmp_path, None)
+    assert meta == {"who": "first"}
+    _same(got, arrays)
+
+
 def test_strays_and_broken_checkpoints_are_replaced(tmp_path):
     arrays = {"w": np.arange(12.0).reshape(4, 3)}
     _statedir.save(tmp_path, arrays, {})

@@ -158,7 +158,10 @@ class DistributedAdam(Adam):
     ``use_ema`` keeps the averages of the variables as :class:`~numbadam.Adam`.
     With ``slot_dir=path`` (the same path on every rank) each rank keeps its
     slots as memory maps in a folder of its own inside it,
-    ``rank-RRRRR-of-NNNNN``, which it creates.
+    ``rank-RRRRR-of-NNNNN``, which it creates. Checkpoints are written from
+    one rank: :func:`numbadam.save_state_dir` on several ranks refuses every
+    rank but 0 (``ValueError``, nothing written), since all ranks hold the
+    same state.
 
     Parameters
     ----------
@@ -297,6 +300,17 @@ class DistributedAdam(Adam):
             self._track([var] if var is not None else holder.buffer.params)
 
     # -- checkpoints ---------------------------------------------------------------
+
+    def _check_state_dir_save(self) -> None:
+        # the state is replicated: one writer, rank 0, rather than every rank
+        # into one folder (whose saves would remove each other's files)
+        if self.comm.size > 1 and self.comm.rank != 0:
+            raise ValueError(
+                f"save_state_dir of a {type(self).__name__} on {self.comm.size} "
+                f"ranks is for rank 0 only (this is rank {self.comm.rank}): the "
+                "state is the same on every rank; call it under "
+                "`if opt.comm.rank == 0:`. Nothing was written"
+            )
 
     def _track(self, var_list) -> None:
         for var in var_list:

@@ -13,6 +13,10 @@ rank writes ``OUT/rank{r}.npz`` with what it saw:
     ``save_sharded`` failing on one rank (a full disk on rank 1 while writing
     its shard; rank 0's manifest rename failing): the error on this rank, the
     folder's listing afterwards, and the state loaded back from the folder;
+``d_*``
+    ``save_state_dir`` of a DistributedAdam called on both ranks into one
+    folder: the kind written or the error on this rank, and whether what
+    every rank loads back equals its state;
 ``dp_*``, ``zero_*``
     ``load_checkpoint`` of ``IN``'s files at 2 ranks, then steps ``K..N``.
 
@@ -134,6 +138,32 @@ def main(out: str, inp: str) -> None:
     fresh.load_sharded(folder, var_list=init_variables())
     for k, w in enumerate(fresh.get_weights()):
         rec[f"b_loaded{k}"] = w
+
+    # d. save_state_dir of a DistributedAdam from both ranks into one folder:
+    # rank 1 is refused, rank 0 writes; both load it back
+    from numbadam import load_state_dir, save_state_dir
+    from numbadam.distributed import DistributedAdam
+
+    dvars = init_variables()
+    dp = DistributedAdam(learning_rate=LR, comm=comm)
+    train(dp, dvars, range(K))
+    folder = os.path.join(out, "statedir")
+    try:
+        rec["d_kind"] = save_state_dir(folder, dp, dvars).kind
+        rec["d_error"] = ""
+    except ValueError as exc:
+        rec["d_kind"] = ""
+        rec["d_error"] = str(exc)
+    comm.barrier()
+    back = [np.zeros_like(v) for v in dvars]
+    again = DistributedAdam(learning_rate=LR, comm=comm)
+    load_state_dir(folder, again, back)
+    for k, (a, b) in enumerate(zip(back, dvars)):
+        rec[f"d_same{k}"] = a.tobytes() == b.tobytes()
+    rec["d_weights_same"] = all(
+        x.tobytes() == y.tobytes()
+        for x, y in zip(again.get_weights(), dp.get_weights())
+    )
 
     # c. single-file checkpoints saved in one process, loaded at 2 ranks
     for name in ("dp", "zero"):
