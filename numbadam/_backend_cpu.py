@@ -289,7 +289,9 @@ class CPUBackend(CachedLaunches):
         ema: Average = None,
     ) -> None:
         if v.shape != m.shape:  # one second moment per row
-            return self._rowwise().dense_step(work, m, v, vhat, coef, tr, wd)
+            if ema is not None:
+                raise NotImplementedError("an EMA of a row-wise step")
+            return self._rowwise().dense_step(work, m, v, vhat, coef, tr, wd, acc)
         x, g = work.flat, work.grad
         n = x.shape[0]
         if n == 0:

@@ -38,12 +38,13 @@ class RowwiseCPU:
 
     def _kernel(
         self, kernel: Any, dtype: np.dtype, amsgrad: bool, decay: bool,
-        dirty: bool = False,
+        dirty: bool = False, acc: bool = False,
     ):  # fmt: skip
-        key = (kernel, dtype.char, amsgrad, decay, dirty)
+        key = (kernel, dtype.char, amsgrad, decay, dirty, acc)
         if key not in self._ready:
             mask = dirty if kernel is self._k.adam_rowwise_lazy_cpu else None
-            self._k.ensure_compiled(kernel, dtype, amsgrad, mask, decay)
+            accs = acc if kernel is self._k.adam_rowwise_dense_cpu else None
+            self._k.ensure_compiled(kernel, dtype, amsgrad, mask, decay, accs)
             self._ready.add(key)
         return kernel
 
@@ -56,16 +57,23 @@ class RowwiseCPU:
         coef: AdamCoefficients,
         tr: Transform,
         wd: Decay = None,
+        acc: Any = None,
     ) -> None:
+        """The dense row-wise step; with ``acc = (accumulator, N)`` (the
+        applying call of gradient accumulation) on the mean ``(grad +
+        accumulator) / N``, formed in the kernel."""
         x = work.flat
         if x.shape[0] == 0 or v.shape[0] == 0:
             return
         dtype = x.dtype
         hf = None if vhat is None else _kv(vhat)
+        af, steps = (None, 1) if acc is None else (_kv(acc[0]), acc[1])
         k = self._kernel(
-            self._k.adam_rowwise_dense_cpu, dtype, hf is not None, wd is not None
-        )
-        k(_kv(x), _kv(m), _kv(v), hf, _kv(work.grad), *coef, *tr, wd,
+            self._k.adam_rowwise_dense_cpu, dtype, hf is not None, wd is not None,
+            acc=af is not None,
+        )  # fmt: skip
+        k(_kv(x), _kv(m), _kv(v), hf, _kv(work.grad), af,
+          compute_dtype(dtype).type(steps), *coef, *tr, wd,
           _config.CPU_SERIAL_MAX)  # fmt: skip
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)

@@ -344,7 +344,9 @@ class CUDABackend(CudaArrays):
         coef = typed(coef, dtype)
         dec = typed_decay(wd, dtype)
         if tuple(v.shape) != tuple(m.shape):  # one second moment per row
-            self._rowwise().dense_step(self, work, m, v, vhat, coef, tr, dec)
+            if ema is not None:
+                raise NotImplementedError("an EMA of a row-wise step")
+            self._rowwise().dense_step(self, work, m, v, vhat, coef, tr, dec, acc)
             return
         mf, vf = self._flat(m), self._flat(v)
         slot = () if vhat is None else (self._flat(vhat),)

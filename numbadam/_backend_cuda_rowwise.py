@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import compute_dtype
+
 __all__ = ["RowwiseCUDA"]
 
 
@@ -25,27 +27,38 @@ class RowwiseCUDA:
         self._k = rowwise_cuda
         self._ready: set = set()
 
-    def _kernel(self, kernel: Any, dtype: np.dtype, amsgrad: bool, decay: bool):
-        key = (kernel, dtype.char, amsgrad, decay)
+    def _kernel(
+        self, kernel: Any, dtype: np.dtype, amsgrad: bool, decay: bool,
+        acc: bool = False,
+    ):  # fmt: skip
+        key = (kernel, dtype.char, amsgrad, decay, acc)
         if key not in self._ready:
             dirty = False if kernel is self._k.adam_rowwise_lazy_cuda else None
-            self._k.ensure_compiled(kernel, dtype, amsgrad, dirty, decay)
+            accs = acc if kernel is self._k.adam_rowwise_dense_cuda else None
+            self._k.ensure_compiled(kernel, dtype, amsgrad, dirty, decay, accs)
             self._ready.add(key)
         return kernel
 
-    def dense_step(self, be, work, m, v, vhat, coef, tr, dec) -> None:
+    def dense_step(self, be, work, m, v, vhat, coef, tr, dec, acc=None) -> None:
         """``be``: the CUDA backend (launches, flat views); ``coef`` and
-        ``dec`` already typed."""
+        ``dec`` already typed; ``acc = (accumulator, N)`` on the applying call
+        of gradient accumulation (the step on the mean gradient)."""
         rows = int(v.shape[0])
         if int(work.flat.shape[0]) == 0 or rows == 0:
             return
         dtype = np.dtype(work.flat.dtype)
         slot = () if vhat is None else (be._flat(vhat),)
+        if acc is None:
+            accs, steps = (), 1
+        else:
+            accs, steps = (be._flat(be._wrap(acc[0])),), acc[1]
         kern = self._kernel(
-            self._k.adam_rowwise_dense_cuda, dtype, vhat is not None, len(dec) > 0
-        )
+            self._k.adam_rowwise_dense_cuda, dtype, vhat is not None, len(dec) > 0,
+            len(accs) > 0,
+        )  # fmt: skip
+        c = compute_dtype(dtype).type
         be._launch(kern, rows, work.flat, be._flat(m), be._flat(v), slot, work.grad,
-                   *coef, *tr, dec)  # fmt: skip
+                   accs, c(steps), *coef, *tr, dec)  # fmt: skip
         be._writeback(work)
 
     def sparse_step(self, be, work, m, v, vhat, coef, tr, lazy, dec) -> None:

@@ -464,11 +464,14 @@ def rw_sparse(dtype, state, idx, vals, cf, tr, block_rows=4, wd=None):
     return out
 
 
-def rw_dense(dtype, state, g, cf, tr, serial_max=0, wd=None):
-    """``adam_rowwise_dense_cpu`` on a copy of ``state``: the new state."""
+def rw_dense(dtype, state, g, cf, tr, serial_max=0, wd=None, acc=None, steps=1):
+    """``adam_rowwise_dense_cpu`` on a copy of ``state``: the new state (with
+    ``acc``, the step on the mean ``(g + acc) / steps``)."""
     out = rw_copy(state)
+    n = rw_compute(dtype).type(steps)
+    a = None if acc is None else rw_flat(acc)
     rw_kernel("adam_rowwise_dense_cpu", dtype)(
-        *(rw_flat(a) for a in out), rw_flat(g), *cf, *tr, wd, serial_max
+        *(rw_flat(x) for x in out), rw_flat(g), a, n, *cf, *tr, wd, serial_max
     )
     return out
 

@@ -455,6 +455,7 @@ def run_accumulation_reference(
     sparse_mode: str = "dense",
     ema_momentum: float | None = None,
     ema_overwrite_frequency: int | None = None,
+    second_moment: str = "element",
 ) -> list[tuple[np.ndarray, ...]]:
     """Adam with gradient accumulation over ``n`` calls; the state after every call.
 
@@ -470,11 +471,16 @@ def run_accumulation_reference(
     ``sparse_mode="lazy"`` the average starts as the variable and a sparse
     call moves the rows it lists (the applying call: the rows of the whole
     cycle); otherwise it starts at zero and every element moves.
+
+    ``second_moment="row"`` (a 2-D ``var0``): the applying calls take
+    :func:`adam_rowwise_step` with the cycle's mean gradient (``v`` and
+    ``vhat`` one value per row).
     """
     var = _f64(var0)
+    row = second_moment == "row"
     m = np.zeros_like(var)
-    v = np.zeros_like(var)
-    vhat = np.zeros_like(var) if amsgrad else None
+    v = np.zeros(var.shape[:1]) if row else np.zeros_like(var)
+    vhat = np.zeros_like(v) if amsgrad else None
     ema = ema_momentum is not None
     lazy = sparse_mode == "lazy"
     average = (var.copy() if lazy else np.zeros_like(var)) if ema else None
@@ -513,13 +519,20 @@ def run_accumulation_reference(
                 np.concatenate([np.asarray(c.indices).reshape(-1) for c in cycle])
             ).astype(np.int64)
             vals = clip_ref(dense[rows] / n, clipvalue, clipnorm)
-            rule = adam_sparse_lazy_ref if sparse_mode == "lazy" else adam_sparse_ref
-            var, m, v, vhat = rule(var, rows, vals, m, v, t, vhat=vhat, **hp)
+            if row:
+                mode = "lazy" if lazy else "sparse"
+                var, m, v, vhat = adam_rowwise_step(
+                    var, (rows, vals), m, v, t, vhat=vhat, mode=mode, **hp
+                )
+            else:
+                rule = adam_sparse_lazy_ref if lazy else adam_sparse_ref
+                var, m, v, vhat = rule(var, rows, vals, m, v, t, vhat=vhat, **hp)
             moved = rows if lazy else None
         else:
             mean = sum(_f64(c) for c in cycle) / n
             gd = clip_ref(mean, clipvalue, clipnorm)
-            var, m, v, vhat = adam_dense_ref(var, gd, m, v, t, vhat=vhat, **hp)
+            step = adam_rowwise_step if row else adam_dense_ref
+            var, m, v, vhat = step(var, gd, m, v, t, vhat=vhat, **hp)
         if ema:
             average, var = ema_ref(
                 average, var, update, ema_momentum, ema_overwrite_frequency, rows=moved

@@ -463,3 +463,170 @@ def test_sparse_accumulation_properties(n, seed, dtype):
     rest = sorted(set(range(12)) - touched)
     assert np.array_equal(lazy[rest], t0[rest])
     assert not lz.get_slot(lazy, "m")[rest].any()
+
+
+# -- row-wise second moment (second_moment="row", #14) -------------------------
+
+
+_ROW_KW = {
+    "plain": {},
+    "amsgrad": {"amsgrad": True},
+    "clipnorm": {"clipnorm": 0.3},
+    "clipvalue-wd": {"clipvalue": 0.2, "weight_decay": 0.05},
+}
+
+
+@pytest.mark.parametrize(
+    "dtype, kw",
+    [(dt, kw) for dt in (np.float32, np.float64) for kw in _ROW_KW.values()]
+    # float16: not with clipnorm, whose small clipped gradients give a v
+    # below float16's range (the reference's float64 v is not)
+    + [(np.float16, _ROW_KW["plain"]), (np.float16, _ROW_KW["amsgrad"])],
+    ids=[f"{dt}-{k}" for dt in ("f32", "f64") for k in _ROW_KW]
+    + ["f16-plain", "f16-amsgrad"],
+)
+def test_row_wise_dense_equals_row_step_of_the_mean(dtype, kw, cpu_path):
+    # the row-wise applying kernel forms (g + acc) / N and then is the plain
+    # row-wise step: a row-wise Adam fed NumPy's mean takes the same bits
+    # (float16: the mean is formed in float32, so compared with the reference)
+    n = 3
+    grads = _grads(21, (23, 6), 2 * n, dtype)
+    w0 = np.random.default_rng(22).standard_normal((23, 6)).astype(dtype)
+    w, w_ref = w0.copy(), w0.copy()
+    acc = numbadam.Adam(0.05, second_moment="row", gradient_accumulation_steps=n, **kw)
+    plain = numbadam.Adam(0.05, second_moment="row", **kw)
+    means = _keras_means(grads, n, dtype)
+    for call, g in enumerate(grads):
+        before = w.copy()
+        acc.apply_gradients([(g, w)])
+        if (call + 1) % n:
+            assert np.array_equal(w, before), "an accumulating call moved w"
+            continue
+        assert acc.get_slot(w, "v").shape == (23,)
+        if dtype == np.float16:
+            continue
+        plain.apply_gradients([(means[call // n].astype(dtype), w_ref)])
+        assert np.array_equal(w, w_ref)
+        for a, b in zip(acc.get_weights()[2:], plain.get_weights()[1:]):
+            assert np.array_equal(a, b)
+    ref = run_accumulation_reference(
+        w0, grads, n, lr=0.05, second_moment="row", amsgrad=kw.get("amsgrad", False),
+        clipnorm=kw.get("clipnorm"), clipvalue=kw.get("clipvalue"),
+        weight_decay=kw.get("weight_decay", 0.0),
+    )[-1]  # fmt: skip
+    tol = np.float32 if dtype == np.float16 else dtype
+    if dtype == np.float16:
+        spacing = np.spacing(np.abs(ref[0]).astype(np.float16)).astype(np.float64)
+        assert np.all(np.abs(w.astype(np.float64) - ref[0]) <= 3 * spacing)
+    else:
+        assert_close(w, ref[0], tol, what="var")
+        assert_close(acc.get_slot(w, "v"), ref[2], tol, what="v")
+
+
+@pytest.mark.parametrize("mode", ["dense", "lazy"])
+@pytest.mark.parametrize("clip", [{}, {"clipnorm": 0.5}, {"amsgrad": True}])
+def test_row_wise_sparse_to_reference(mode, clip):
+    # IndexedSlices cycles: the mean rows of the cycle take one row-wise
+    # sparse step (TF's rule: every row; lazy: the cycle's rows only)
+    n = 3
+    rng = np.random.default_rng(23)
+    table0 = rng.standard_normal((30, 4))
+    table = table0.copy()
+    opt = numbadam.Adam(0.1, gradient_accumulation_steps=n, sparse_mode=mode,
+                        second_moment="row", **clip)  # fmt: skip
+    grads = []
+    for _ in range(2 * n):
+        idx = rng.integers(0, 12, 5)
+        vals = rng.standard_normal((5, 4))
+        grads.append(SparseGrad(idx, vals))
+        opt.apply_gradients([(IndexedSlices(vals, idx, (30, 4)), table)])
+    ref = run_accumulation_reference(
+        table0, grads, n, lr=0.1, sparse_mode=mode, second_moment="row",
+        clipnorm=clip.get("clipnorm"), amsgrad=clip.get("amsgrad", False),
+    )[-1]  # fmt: skip
+    assert_close(table, ref[0], np.float64, what="table")
+    assert_close(opt.get_slot(table, "m"), ref[1], np.float64, what="m")
+    assert_close(opt.get_slot(table, "v"), ref[2], np.float64, what="v")
+    if mode == "lazy":  # rows no call listed never moved
+        assert np.array_equal(table[12:], table0[12:])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(2, 8),
+    ints=st.lists(st.integers(-512, 512), min_size=3, max_size=3 * 12),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    amsgrad=st.booleans(),
+)
+def test_row_wise_n_calls_of_g_are_one_call_of_g(n, ints, dtype, amsgrad):
+    # exact multiples of 2**-6 (see test_n_calls_of_g_are_one_call_of_g)
+    ints = ints[: len(ints) // 3 * 3]
+    g = (np.array(ints, np.float64) / 64).astype(dtype).reshape(-1, 3)
+    w = np.linspace(-1, 1, g.size).astype(dtype).reshape(g.shape)
+    w1 = w.copy()
+    kw = {"amsgrad": amsgrad, "second_moment": "row"}
+    acc = numbadam.Adam(0.1, gradient_accumulation_steps=n, **kw)
+    one = numbadam.Adam(0.1, **kw)
+    for _ in range(n):
+        acc.apply_gradients([(g.copy(), w)])
+    one.apply_gradients([(g.copy(), w1)])
+    assert np.array_equal(w, w1)
+    assert np.array_equal(acc.get_slot(w, "v"), one.get_slot(w1, "v"))
+
+
+def test_row_wise_checkpoint_mid_cycle_resumes_bitwise(tmp_path):
+    n = 3
+    grads = _grads(24, (9, 5), 2 * n, np.float32)
+    w = np.random.default_rng(25).standard_normal((9, 5)).astype(np.float32)
+    opt = numbadam.Adam(0.05, second_moment="row", gradient_accumulation_steps=n)
+    for g in grads[:4]:
+        opt.apply_gradients([(g, w)])
+    path = tmp_path / "mid.npz"
+    numbadam.save_checkpoint(path, opt, {"w": w})
+    ck = numbadam.load_checkpoint(path)
+    w2 = ck.variables["w"]
+    for g in grads[4:]:
+        opt.apply_gradients([(g, w)])
+        ck.optimizer.apply_gradients([(g, w2)])
+    assert np.array_equal(w, w2)
+    for a, b in zip(opt.get_weights(), ck.optimizer.get_weights()):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kw", [{}, {"clipnorm": 0.4, "amsgrad": True}])
+def test_row_wise_cuda_equals_cpu(cuda_backend, kw):
+    from numba import cuda
+
+    n = 2
+    for dtype in (np.float32, np.float16):
+        grads = _grads(26, (40, 3), 2 * n, dtype)
+        w = np.random.default_rng(27).standard_normal((40, 3)).astype(dtype)
+        wd = cuda.to_device(w)
+        a = numbadam.Adam(0.1, gradient_accumulation_steps=n, second_moment="row",
+                          **kw)  # fmt: skip
+        b = numbadam.Adam(0.1, gradient_accumulation_steps=n, second_moment="row",
+                          **kw)  # fmt: skip
+        for g in grads:
+            a.apply_gradients([(g, w)])
+            b.apply_gradients([(cuda.to_device(g), wd)])
+        assert np.array_equal(w, wd.copy_to_host())
+        for x, y in zip(a.get_weights(), b.get_weights()):
+            assert np.array_equal(x, y)
+    t = np.zeros((10, 3), np.float32)
+    td = cuda.to_device(t)
+    kw = {
+        "gradient_accumulation_steps": n,
+        "sparse_mode": "lazy",
+        "second_moment": "row",
+    }
+    a, b = numbadam.Adam(0.1, **kw), numbadam.Adam(0.1, **kw)
+    rng = np.random.default_rng(28)
+    for _ in range(2 * n):
+        vals = rng.standard_normal((3, 3)).astype(np.float32)
+        idx = rng.integers(0, 10, 3)
+        a.apply_gradients([(IndexedSlices(vals, idx, (10, 3)), t)])
+        b.apply_gradients(
+            [(IndexedSlices(cuda.to_device(vals), cuda.to_device(idx), (10, 3)), td)]
+        )
+    assert np.array_equal(t, td.copy_to_host())

@@ -183,6 +183,30 @@ def test_dense_kernel(dtype, ams, serial, clip):
     assert_near_oracle(dtype, got, want, state, g64, "dense")
 
 
+@pytest.mark.parametrize("clip", CLIPS, ids=CLIP_IDS)
+@pytest.mark.parametrize("ams", [False, True], ids=["adam", "amsgrad"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_dense_kernel_on_the_accumulated_mean(dtype, ams, clip):
+    # acc given: the gradient is (g + acc) / steps in the compute dtype (Keras
+    # 3's mean), then clipped; every other bit is the plain dense step's
+    rng = np.random.default_rng([12, FLOAT_DTYPES.index(dtype), ams])
+    rows, width = 37, 7
+    state = rw_state(rng, rows, width, dtype, ams)
+    g = np.array(rng.standard_normal((rows, width)) * 2, dtype)
+    acc = np.array(rng.standard_normal((rows, width)) * 3, dtype)
+    acc_before = acc.copy()
+    c = rw_compute(dtype).type
+    mean = (g.astype(c) + acc.astype(c)) / c(3)
+    cf, tr = rw_coef(dtype), rw_transform(dtype, mean, *clip)
+    for serial in (0, rows * width):
+        got = rw_dense(dtype, state, g, cf, tr, serial, acc=acc, steps=3)
+        gt = twin_transform(mean, *tr)
+        assert_state_bitwise(got, twin_step(dtype, state, gt, np.ones(rows, bool), cf))
+    assert acc.tobytes() == acc_before.tobytes(), "the accumulator was written"
+    g64 = clip_ref((g.astype(np.float64) + acc.astype(np.float64)) / 3, *clip)
+    assert_near_oracle(dtype, got, oracle(state, g64, 3, "dense"), state, g64, "mean")
+
+
 def _slices(rng, rows, width, k, dtype, hot=None):
     """Indices with duplicates (from the first ``hot`` rows) and values, some
     of them -0.0."""

@@ -16,6 +16,7 @@ import pytest
 from helpers import (
     FLOAT_DTYPES,
     rw_coef,
+    rw_compute,
     rw_dense,
     rw_lazy,
     rw_sparse,
@@ -126,8 +127,31 @@ def test_dense_kernel_is_the_cpu_kernel(cuda, rc, dtype, ams, kind):
     cf, tr = rw_coef(dtype), rw_transform(dtype, g, *KINDS[kind])
     dev, args = device_state(cuda, state)
     gd = cuda.to_device(g.reshape(-1))
-    launch(rc.adam_rowwise_dense_cuda, rows, *args, gd, *cf, *tr, ())
+    launch(rc.adam_rowwise_dense_cuda, rows, *args, gd, *_no_acc(dtype), *cf, *tr, ())
     assert_state(host_state(dev, state), rw_dense(dtype, state, g, cf, tr), "dense")
+
+
+def _no_acc(dtype):
+    # the dense kernel's (acc, steps) without an accumulator
+    return (), rw_compute(dtype).type(1)
+
+
+@pytest.mark.parametrize("ams", [False, True], ids=["adam", "amsgrad"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_dense_kernel_on_the_accumulated_mean_is_the_cpu_kernel(cuda, rc, dtype, ams):
+    # the applying call of gradient accumulation: (g + acc) / steps, clipped
+    rng = np.random.default_rng([11, FLOAT_DTYPES.index(dtype), ams])
+    rows, width = 150, 3
+    state = rw_state(rng, rows, width, dtype, ams)
+    g = np.array(rng.standard_normal((rows, width)) * 2, dtype)
+    acc = np.array(rng.standard_normal((rows, width)) * 3, dtype)
+    cf, tr = rw_coef(dtype), rw_transform(dtype, g, *KINDS["both"])
+    dev, args = device_state(cuda, state)
+    steps = rw_compute(dtype).type(3)
+    launch(rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)),
+           (cuda.to_device(acc.reshape(-1)),), steps, *cf, *tr, ())  # fmt: skip
+    want = rw_dense(dtype, state, g, cf, tr, acc=acc, steps=3)
+    assert_state(host_state(dev, state), want, "dense mean")
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -160,7 +184,7 @@ def test_dense_kernel_special_values(cuda, rc, dtype):
     cf, tr = rw_coef(dtype), rw_transform(dtype, g, None, None)
     dev, args = device_state(cuda, state)
     gd = cuda.to_device(g.reshape(-1))
-    launch(rc.adam_rowwise_dense_cuda, rows, *args, gd, *cf, *tr, ())
+    launch(rc.adam_rowwise_dense_cuda, rows, *args, gd, *_no_acc(dtype), *cf, *tr, ())
     with np.errstate(all="ignore"):
         want = rw_dense(dtype, state, g, cf, tr)
     assert_state(host_state(dev, state), want, "specials")
@@ -263,6 +287,7 @@ def test_empty_inputs(cuda, rc):
         6,
         *args,
         cuda.to_device(np.zeros(0, dtype)),
+        *_no_acc(dtype),
         *cf,
         *tr,
         (),
@@ -302,8 +327,8 @@ def test_weight_decay_is_the_cpu_kernel(cuda, rc, dtype, mode):
     if mode == "dense":
         g = np.array(rng.standard_normal((rows, width)) * 2, dtype)
         tr = rw_transform(dtype, g, *KINDS["both"])
-        launch(rc.adam_rowwise_dense_cuda, rows, *args,
-               cuda.to_device(g.reshape(-1)), *cf, *tr, wd)  # fmt: skip
+        launch(rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)),
+               *_no_acc(dtype), *cf, *tr, wd)  # fmt: skip
         want = rw_dense(dtype, state, g, cf, tr, wd=wd)
     else:
         idx, vals = _slices(rng, rows, width, k, dtype, hot=60)

@@ -102,6 +102,7 @@ __all__ = [
     "VHAT_ARG",
     "DECAY_ARG",
     "DIRTY_ARG",
+    "ACC_ARG",
     "ensure_compiled",
 ]
 
@@ -175,28 +176,40 @@ def _elem(xs, ms, j, gj, alpha, omb1, den, wd):
 
 
 @njit(**_SERIAL)
-def _row(xs, ms, v, vhat, r, gs, lo, hi, mul, div, alpha, omb1, omb2, eps, wd):
-    # Row r (xs, ms: its elements) with gradient (clip(gs, lo, hi) * mul) / div:
-    # the mean square first (gs read twice; var and m once each).
+def _grad_at(gs, acs, j, steps):
+    # element j of the gradient: gs[j], or with an accumulator (acs, else
+    # None: pruned at compile time) the mean (gs[j] + acs[j]) / steps of
+    # gradient accumulation, Keras 3's and the element-wise kernels' bits
+    if acs is None:
+        return load(gs, j)
+    return (load(gs, j) + load(acs, j)) / steps
+
+
+@njit(**_SERIAL)
+def _row(xs, ms, v, vhat, r, gs, acs, steps, lo, hi, mul, div, alpha, omb1, omb2,
+         eps, wd):  # fmt: skip
+    # Row r (xs, ms: its elements) with gradient (clip(g, lo, hi) * mul) / div,
+    # g = gs or the mean (gs + acs) / steps (see _grad_at): the mean square
+    # first (gs and acs read twice; var and m once each).
     width = xs.shape[0]
     acc = zero_of(alpha)
     plain = _is_identity(lo, hi, mul, div)  # (g * 1) / 1 is g: skip the division
     if plain:
         for j in range(width):
-            gj = load(gs, j)
+            gj = _grad_at(gs, acs, j, steps)
             acc = acc + gj * gj
     else:
         for j in range(width):
-            gj = _transform(load(gs, j), lo, hi, mul, div)
+            gj = _transform(_grad_at(gs, acs, j, steps), lo, hi, mul, div)
             acc = acc + gj * gj
     d = _row_moment(v, vhat, r, acc / like(alpha, width), omb2)
     den = _denominator(d, eps)
     if plain:
         for j in range(width):
-            _elem(xs, ms, j, load(gs, j), alpha, omb1, den, wd)
+            _elem(xs, ms, j, _grad_at(gs, acs, j, steps), alpha, omb1, den, wd)
     else:
         for j in range(width):
-            gj = _transform(load(gs, j), lo, hi, mul, div)
+            gj = _transform(_grad_at(gs, acs, j, steps), lo, hi, mul, div)
             _elem(xs, ms, j, gj, alpha, omb1, den, wd)
 
 
@@ -278,13 +291,13 @@ def adam_rowwise_lazy_cpu(
             a = r * width
             e = a + width
             if s1 - s0 == 1:  # one gradient row: transformed as it is read
-                _row(var[a:e], m[a:e], v, vhat, r, values[order[s0]], lo, hi, mul,
-                     div, alpha, omb1, omb2, eps, wd)  # fmt: skip
+                _row(var[a:e], m[a:e], v, vhat, r, values[order[s0]], None, alpha,
+                     lo, hi, mul, div, alpha, omb1, omb2, eps, wd)  # fmt: skip
             else:  # duplicates: summed (transformed) into the group's scratch
                 acc = scratch[at[q] : at[q] + width]
                 _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
-                _row(var[a:e], m[a:e], v, vhat, r, acc, ilo, ihi, imul, idiv,
-                     alpha, omb1, omb2, eps, wd)  # fmt: skip
+                _row(var[a:e], m[a:e], v, vhat, r, acc, None, alpha, ilo, ihi,
+                     imul, idiv, alpha, omb1, omb2, eps, wd)  # fmt: skip
             if dirty is not None:
                 dirty[r] = 1
 
@@ -330,8 +343,8 @@ def adam_rowwise_sparse_cpu(
             a = r * width
             e = a + width
             if p < k and indices[p] == r:
-                _row(var[a:e], m[a:e], v, vhat, r, values[p], ilo, ihi, imul, idiv,
-                     alpha, omb1, omb2, eps, wd)  # fmt: skip
+                _row(var[a:e], m[a:e], v, vhat, r, values[p], None, alpha, ilo, ihi,
+                     imul, idiv, alpha, omb1, omb2, eps, wd)  # fmt: skip
                 p += 1
             else:
                 _decay_row(var[a:e], m[a:e], v, vhat, r, alpha, omb1, omb2, eps,
@@ -345,17 +358,21 @@ def adam_rowwise_sparse_cpu(
 
 @njit(**_PARALLEL)
 def adam_rowwise_dense_cpu(
-    var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul, div, wd, serial_max
-):
+    var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, eps, lo, hi, mul, div, wd,
+    serial_max,
+):  # fmt: skip
     """Dense row-wise Adam or AMSGrad step over an ``(R, W)`` table, in place.
 
     ``var``, ``m`` and ``g`` are flat views of the table (``W = var.size //
     R``), ``v`` (and ``vhat``, or None) of length ``R``. Each row takes the
     arithmetic of :func:`adam_rowwise_lazy_cpu` with ``g' = (clip(g, lo, hi) *
     mul) / div``, each value decayed first with weight decay (``wd``, else
-    None). Written: ``var``, ``m``, ``v`` (and ``vhat``); up to
-    ``serial_max`` elements in the calling thread, else in parallel over rows
-    (the same arithmetic, whatever the threads).
+    None). With ``acc`` (an array like ``g``, else None) the gradient is the
+    mean ``(g + acc) / steps`` instead (the applying call of gradient
+    accumulation; ``acc`` is read, never written). Written: ``var``, ``m``,
+    ``v`` (and ``vhat``); up to ``serial_max`` elements in the calling
+    thread, else in parallel over rows (the same arithmetic, whatever the
+    threads).
     """
     nrows = v.shape[0]
     n = var.shape[0]
@@ -365,13 +382,15 @@ def adam_rowwise_dense_cpu(
     if n <= serial_max:
         for r in range(nrows):
             a = r * width
-            _row(var[a : a + width], m[a : a + width], v, vhat, r, g[a : a + width],
-                 lo, hi, mul, div, alpha, omb1, omb2, eps, wd)  # fmt: skip
+            e = a + width
+            _row(var[a:e], m[a:e], v, vhat, r, g[a:e], span(acc, a, e), steps, lo,
+                 hi, mul, div, alpha, omb1, omb2, eps, wd)  # fmt: skip
         return
     for r in prange(nrows):
         a = r * width
-        _row(var[a : a + width], m[a : a + width], v, vhat, r, g[a : a + width], lo,
-             hi, mul, div, alpha, omb1, omb2, eps, wd)  # fmt: skip
+        e = a + width
+        _row(var[a:e], m[a:e], v, vhat, r, g[a:e], span(acc, a, e), steps, lo, hi,
+             mul, div, alpha, omb1, omb2, eps, wd)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -408,8 +427,9 @@ def _signatures(storage):
             for wd in decays
         ],
         "adam_rowwise_dense_cpu": [
-            (W, W, W, h, R) + (c,) * 8 + (wd, i64)
+            (W, W, W, h, R, a, c) + (c,) * 8 + (wd, i64)
             for h in (none, W)
+            for a in (none, R)
             for wd in decays
         ],
     }
@@ -432,28 +452,35 @@ VHAT_ARG = {
 DECAY_ARG = {
     "adam_rowwise_lazy_cpu": 14,
     "adam_rowwise_sparse_cpu": 10,
-    "adam_rowwise_dense_cpu": 13,
+    "adam_rowwise_dense_cpu": 15,
 }
 
 #: Position of the ``dirty`` argument (None, or a ``uint8`` array of ``R``).
 DIRTY_ARG = {"adam_rowwise_lazy_cpu": 17}
 
+#: Position of the accumulator argument (None, or an array like the gradient).
+ACC_ARG = {"adam_rowwise_dense_cpu": 5}
+
 _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype, amsgrad=None, dirty=None, decay=None) -> None:
+def ensure_compiled(
+    kernel, dtype, amsgrad=None, dirty=None, decay=None, acc=None
+) -> None:
     """Compile ``kernel``'s explicit signatures for storage ``dtype`` (once).
 
     ``amsgrad`` selects the AMSGrad (True) or Adam (False) signatures, for
     the kernels of :data:`DIRTY_ARG` ``dirty`` those with (True) or without
-    (False) a ``dirty`` array, and ``decay`` those with (True) or without
-    (False) weight decay (:data:`DECAY_ARG`); None compiles both. As
+    (False) a ``dirty`` array, ``decay`` those with (True) or without
+    (False) weight decay (:data:`DECAY_ARG`), and for those of
+    :data:`ACC_ARG` ``acc`` those with (True) or without (False) an
+    accumulator; None compiles both. As
     :func:`numbadam.kernels.cpu.ensure_compiled`: loads from the on-disk cache
     when possible, and afterwards the kernel compiles nothing new at call time.
     """
     name = kernel.py_func.__name__
-    key = (name, np.dtype(dtype), amsgrad, dirty, decay)
+    key = (name, np.dtype(dtype), amsgrad, dirty, decay, acc)
     if key in _compiled:
         return
     with _lock:
@@ -464,6 +491,7 @@ def ensure_compiled(kernel, dtype, amsgrad=None, dirty=None, decay=None) -> None
             (VHAT_ARG.get(name), amsgrad),
             (DIRTY_ARG.get(name), dirty),
             (DECAY_ARG.get(name), decay),
+            (ACC_ARG.get(name), acc),
         ):
             if at is not None and want is not None:
                 sigs = [sig for sig in sigs if (sig[at] != types.none) == want]

@@ -66,10 +66,12 @@ __all__ = [
     "adam_rowwise_sparse_cuda",
     "adam_rowwise_dense_cuda",
     "mark_row",
+    "grad_of",
     "SIGNATURES",
     "VHAT_ARG",
     "DECAY_ARG",
     "DIRTY_ARG",
+    "ACC_ARG",
     "ensure_compiled",
 ]
 
@@ -107,6 +109,28 @@ def _mark_row_cuda(dirty, r):
 
     def impl(dirty, r):
         dirty[0][r] = 1
+
+    return impl
+
+
+def grad_of(g, acc, i, steps):
+    """Element ``i`` of the gradient: ``g[i]`` widened, or with ``acc =
+    (accumulator,)`` the mean ``(g[i] + accumulator[i]) / steps`` of gradient
+    accumulation (``acc = ()``: no accumulator)."""
+    if len(acc):
+        return (_widen(g[i]) + _widen(acc[0][i])) / steps
+    return _widen(g[i])
+
+
+@overload(grad_of, target="cuda")
+def _grad_of_cuda(g, acc, i, steps):
+    if not isinstance(acc, types.BaseTuple):
+        return None
+    if len(acc) == 0:
+        return lambda g, acc, i, steps: _widen(g[i])
+
+    def impl(g, acc, i, steps):
+        return (_widen(g[i]) + _widen(acc[0][i])) / steps
 
     return impl
 
@@ -244,13 +268,14 @@ def adam_rowwise_sparse_cuda(
 
 
 @cuda.jit(cache=True)
-def adam_rowwise_dense_cuda(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, mul,
-                            div, wd):  # fmt: skip
+def adam_rowwise_dense_cuda(var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, eps,
+                            lo, hi, mul, div, wd):  # fmt: skip
     """Dense row-wise Adam or AMSGrad step over an ``(R, W)`` table, in place.
 
     ``var``, ``m`` and ``g`` are flat (``W = var.size // R``), ``v`` of ``R``
     values, ``vhat`` ``()`` or ``(vhat,)``, ``wd`` ``()`` or ``(weight_decay,
-    lr_t)``; the arithmetic of
+    lr_t)``, ``acc`` ``()`` or ``(accumulator,)`` (then the gradient is the
+    mean ``(g + accumulator) / steps``); the arithmetic of
     :func:`numbadam.kernels.rowwise_cpu.adam_rowwise_dense_cpu`.
     """
     nrows = v.shape[0]
@@ -261,14 +286,14 @@ def adam_rowwise_dense_cuda(var, m, v, vhat, g, alpha, omb1, omb2, eps, lo, hi, 
         return
     for r in range(cuda.grid(1), nrows, cuda.gridsize(1)):
         a = r * width
-        acc = _zero(alpha)
+        total = _zero(alpha)
         for j in range(width):
-            gj = _transform(_widen(g[a + j]), lo, hi, mul, div)
-            acc = acc + _mul(gj, gj)
-        d = _row_moment(v, vhat, r, acc / like(alpha, width), omb2)
+            gj = _transform(grad_of(g, acc, a + j, steps), lo, hi, mul, div)
+            total = total + _mul(gj, gj)
+        d = _row_moment(v, vhat, r, total / like(alpha, width), omb2)
         den = _denominator(d, eps)
         for j in range(width):
-            gj = _transform(_widen(g[a + j]), lo, hi, mul, div)
+            gj = _transform(grad_of(g, acc, a + j, steps), lo, hi, mul, div)
             _elem(var, m, a + j, gj, alpha, omb1, den, wd)
 
 
@@ -301,7 +326,10 @@ def _signatures(storage):
         "adam_rowwise_lazy_cuda": [sig + (d,) for sig in sparse for d in marks],
         "adam_rowwise_sparse_cuda": sparse,
         "adam_rowwise_dense_cuda": [
-            (A, A, A, h, A) + scalars + (wd,) for h in slots for wd in decays
+            (A, A, A, h, A, ac, c) + scalars + (wd,)
+            for h in slots
+            for ac in slots
+            for wd in decays
         ],
     }
 
@@ -323,21 +351,27 @@ VHAT_ARG = {
 DECAY_ARG = {
     "adam_rowwise_lazy_cuda": 16,
     "adam_rowwise_sparse_cuda": 16,
-    "adam_rowwise_dense_cuda": 13,
+    "adam_rowwise_dense_cuda": 15,
 }
 
 #: Position of the ``dirty`` argument (``()`` or ``(dirty,)``).
 DIRTY_ARG = {"adam_rowwise_lazy_cuda": 17}
 
+#: Position of the accumulator argument (``()`` or ``(accumulator,)``).
+ACC_ARG = {"adam_rowwise_dense_cuda": 5}
+
 _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype, amsgrad=None, dirty=None, decay=None) -> None:
+def ensure_compiled(
+    kernel, dtype, amsgrad=None, dirty=None, decay=None, acc=None
+) -> None:
     """Compile ``kernel``'s explicit signatures for storage ``dtype`` (once).
 
-    ``amsgrad`` and (for :data:`DIRTY_ARG`'s kernels) ``dirty`` select the
-    signatures with a 1-tuple (True) or an empty tuple (False) there, and
+    ``amsgrad``, (for :data:`DIRTY_ARG`'s kernels) ``dirty`` and (for
+    :data:`ACC_ARG`'s) ``acc`` select the signatures with a 1-tuple (True) or
+    an empty tuple (False) there, and
     ``decay`` those with the pair (True) or ``()`` (False) at
     :data:`DECAY_ARG`; None compiles both. Afterwards the kernel compiles
     nothing new at call time. A no-op under the simulator.
@@ -345,14 +379,18 @@ def ensure_compiled(kernel, dtype, amsgrad=None, dirty=None, decay=None) -> None
     if SIMULATOR:
         return
     name = kernel.py_func.__name__
-    key = (name, np.dtype(dtype), amsgrad, dirty, decay)
+    key = (name, np.dtype(dtype), amsgrad, dirty, decay, acc)
     if key in _compiled:
         return
     with _lock:
         if key in _compiled:
             return
         sigs = SIGNATURES[name][key[1]]
-        for at, want in ((VHAT_ARG.get(name), amsgrad), (DIRTY_ARG.get(name), dirty)):
+        for at, want in (
+            (VHAT_ARG.get(name), amsgrad),
+            (DIRTY_ARG.get(name), dirty),
+            (ACC_ARG.get(name), acc),
+        ):
             if at is not None and want is not None:
                 sigs = [sig for sig in sigs if (len(sig[at]) == 1) == want]
         at = DECAY_ARG.get(name)

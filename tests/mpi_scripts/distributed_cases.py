@@ -72,6 +72,19 @@ CASES: Dict[str, Any] = {
         False,
         {"gradient_accumulation_steps": 2, "clipnorm": 1.0},
     ),
+    # row-wise state accumulated: dense variables and a replicated table
+    "dp_row_accum_lazy": (
+        "dp",
+        [0, 1, 5],
+        True,
+        False,
+        {
+            "second_moment": "row",
+            "gradient_accumulation_steps": 2,
+            "sparse_mode": "lazy",
+            "amsgrad": True,
+        },
+    ),
     "dp_ema": ("dp", [0, 1, 4], True, False, {"use_ema": True, "ema_momentum": 0.5}),
     "dp_ema_accum_lazy": (
         "dp",
