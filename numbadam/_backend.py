@@ -310,6 +310,10 @@ class Backend(Protocol):
     def zeros(self, shape: Tuple[int, ...], like: Any) -> Any:
         """A new zero slot of ``shape`` with ``like``'s dtype, on its device."""
 
+    def row_mask(self, nrows: int) -> Any:
+        """A new zero ``uint8`` array of ``nrows`` on this backend's device:
+        the row mask lazy steps mark (``sparse_step``'s ``dirty``)."""
+
     def to_host(self, arr: Any) -> np.ndarray:
         """A host (NumPy) copy of ``arr``."""
 
@@ -378,5 +382,6 @@ class Backend(Protocol):
         before duplicates are summed; ``wd`` (:data:`Decay`) decays every row
         first (``lazy``: the rows with a gradient); ``ema`` (:data:`Average`)
         moves every row's average (``lazy``: the rows with a gradient);
-        ``dirty``, a host uint8 mask of the table's rows, gets a 1 for each
-        row a lazy step changes (CPU lazy steps only; None elsewhere)."""
+        ``dirty``, a uint8 mask of the table's rows from :meth:`row_mask`,
+        gets a 1 for each row a lazy step changes (lazy steps only; None
+        elsewhere)."""

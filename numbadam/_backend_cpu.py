@@ -210,6 +210,9 @@ class CPUBackend(CachedLaunches):
     def zeros(self, shape: Any, like: np.ndarray) -> np.ndarray:
         return np.zeros(shape, like.dtype)
 
+    def row_mask(self, nrows: int) -> np.ndarray:
+        return np.zeros(nrows, np.uint8)
+
     def to_host(self, arr: Any) -> np.ndarray:
         return np.array(arr, copy=True)
 

@@ -200,6 +200,9 @@ class CUDABackend(CudaArrays):
             self._launch(kern, n, self._flat(out), 0.0)
         return out
 
+    def row_mask(self, nrows: int) -> Any:
+        return cuda.to_device(np.zeros(nrows, np.uint8))
+
     def to_host(self, arr: Any) -> np.ndarray:
         return np.asarray(self._wrap(arr).copy_to_host())
 
@@ -384,10 +387,11 @@ class CUDABackend(CudaArrays):
         lazy: bool = False,
         wd: Decay = None,
         ema: Average = None,
-        dirty: Optional[np.ndarray] = None,
+        dirty: Any = None,
     ) -> None:
-        if dirty is not None:  # (the callers mark every row instead)
-            raise TypeError("the CUDA backend keeps no dirty-row masks")
+        if dirty is not None and not lazy:  # (TF's rule: callers mark every row)
+            raise TypeError("only lazy steps mark a row mask")
+        marks = () if dirty is None else (self._flat(dirty),)
         n = int(work.flat.shape[0])
         if n == 0:
             return
@@ -396,7 +400,9 @@ class CUDABackend(CudaArrays):
         coef = typed(coef, dtype)
         if tuple(v.shape) != tuple(m.shape):  # one second moment per row
             dec = typed_decay(wd, dtype)
-            self._rowwise().sparse_step(self, work, m, v, vhat, coef, tr, lazy, dec)
+            self._rowwise().sparse_step(
+                self, work, m, v, vhat, coef, tr, lazy, dec, marks
+            )
             return
         keys, pos = self._sorted(work.indices)
         values = work.values
@@ -406,14 +412,22 @@ class CUDABackend(CudaArrays):
             values = cuda.device_array((1, work.width), dtype)  # never read
         mf, vf = self._flat(m), self._flat(v)
         slot = () if vhat is None else (self._flat(vhat),)
-        kern = self._k.adam_sparse_lazy_cuda if lazy else self._k.adam_sparse_cuda
-        kern = self._kernel(
-            kern, dtype, vhat is not None, wd is not None, ema is not None
-        )
+        args = (typed_decay(wd, dtype), typed_ema(ema, dtype, self._flat))
+        if lazy:
+            kern = self._kernel(
+                self._k.adam_sparse_lazy_cuda, dtype, vhat is not None,
+                wd is not None, ema is not None, len(marks) > 0,
+            )  # fmt: skip
+            args += (marks,)
+        else:
+            kern = self._kernel(
+                self._k.adam_sparse_cuda, dtype, vhat is not None, wd is not None,
+                ema is not None,
+            )  # fmt: skip
         items = k * work.width if lazy else n
         self._launch(
             kern, items, work.flat, mf, vf, slot, keys, pos, k, values, *coef, *tr,
-            typed_decay(wd, dtype), typed_ema(ema, dtype, self._flat),
+            *args,
         )  # fmt: skip
         self._writeback(work)
 

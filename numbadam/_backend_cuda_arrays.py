@@ -99,13 +99,17 @@ class CudaArrays:
         amsgrad=None,
         decay=None,
         ema=None,
+        dirty=None,
     ) -> Any:
         """``kernel`` (of ``kernels.cuda``) compiled for ``dtype`` (and the Adam
-        or AMSGrad variant, with or without weight decay), once."""
-        key = (kernel, None if dtype is None else dtype.char, amsgrad, decay, ema)
+        or AMSGrad variant, with or without weight decay, an EMA, a row
+        mask), once."""
+        key = (
+            kernel, None if dtype is None else dtype.char, amsgrad, decay, ema, dirty
+        )  # fmt: skip
         ready = self._ready.get(key)
         if ready is None:
-            self._k.ensure_compiled(kernel, dtype, amsgrad, decay, ema)
+            self._k.ensure_compiled(kernel, dtype, amsgrad, decay, ema, dirty)
             ready = self._ready[key] = kernel
         return ready
 

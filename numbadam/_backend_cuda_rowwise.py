@@ -29,13 +29,13 @@ class RowwiseCUDA:
 
     def _kernel(
         self, kernel: Any, dtype: np.dtype, amsgrad: bool, decay: bool,
-        acc: bool = False,
+        acc: bool = False, dirty: bool = False,
     ):  # fmt: skip
-        key = (kernel, dtype.char, amsgrad, decay, acc)
+        key = (kernel, dtype.char, amsgrad, decay, acc, dirty)
         if key not in self._ready:
-            dirty = False if kernel is self._k.adam_rowwise_lazy_cuda else None
+            mask = dirty if kernel is self._k.adam_rowwise_lazy_cuda else None
             accs = acc if kernel is self._k.adam_rowwise_dense_cuda else None
-            self._k.ensure_compiled(kernel, dtype, amsgrad, dirty, decay, accs)
+            self._k.ensure_compiled(kernel, dtype, amsgrad, mask, decay, accs)
             self._ready.add(key)
         return kernel
 
@@ -61,7 +61,8 @@ class RowwiseCUDA:
                    accs, c(steps), *coef, *tr, dec)  # fmt: skip
         be._writeback(work)
 
-    def sparse_step(self, be, work, m, v, vhat, coef, tr, lazy, dec) -> None:
+    def sparse_step(self, be, work, m, v, vhat, coef, tr, lazy, dec, marks=()):
+        """``marks``: ``()`` or ``(row mask,)`` (lazy steps)."""
         rows = int(v.shape[0])
         if int(work.flat.shape[0]) == 0 or rows == 0:
             return
@@ -79,9 +80,11 @@ class RowwiseCUDA:
         ams, has = vhat is not None, len(dec) > 0
         mf, vf = be._flat(m), be._flat(v)
         if lazy:
-            kern = self._kernel(self._k.adam_rowwise_lazy_cuda, dtype, ams, has)
+            kern = self._kernel(
+                self._k.adam_rowwise_lazy_cuda, dtype, ams, has, dirty=len(marks) > 0
+            )
             be._launch(kern, k, work.flat, mf, vf, slot, keys, pos, k, values, *coef,
-                       *tr, dec, ())  # fmt: skip
+                       *tr, dec, marks)  # fmt: skip
         else:
             kern = self._kernel(self._k.adam_rowwise_sparse_cuda, dtype, ams, has)
             be._launch(kern, rows, work.flat, mf, vf, slot, keys, pos, k, values,

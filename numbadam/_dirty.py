@@ -6,11 +6,12 @@ that changed. After the first successful save an optimizer holds a
 optimizer's step hooks, which mark, and :mod:`numbadam._statedir_opt`, which
 reads and clears):
 
-- a lazy sparse step of a NumPy variable passes a ``uint8`` mask of the
-  variable's rows to the kernel, which sets ``mask[row] = 1`` for each row it
-  steps (no extra pass);
-- every other step of a variable (dense, TensorFlow's sparse rule, CUDA,
-  a ParameterBuffer or multi-tensor launch) changes every row: one flag.
+- a lazy sparse step passes a ``uint8`` mask of the variable's rows to the
+  kernel (a NumPy array, or a device array for a CUDA variable, made by the
+  backend's ``row_mask``), which sets ``mask[row] = 1`` for each row it steps
+  (no extra pass); a device mask is copied to the host when a save reads it;
+- every other step of a variable (dense, TensorFlow's sparse rule, a
+  ParameterBuffer or multi-tensor launch) changes every row: one flag.
 
 Variables are keyed by their ``m`` slot (every Adam variable has one; a
 ParameterBuffer's variables by the flat ``m`` their own slots view).
@@ -55,25 +56,30 @@ class DirtyRows:
     def __init__(self, folder: str, generation: int) -> None:
         self.folder = folder
         self.generation = generation
-        self._masks: Dict[int, Tuple[Any, np.ndarray]] = {}
+        # id(m) -> (m, mask, backend): the mask a NumPy array or a device one
+        self._masks: Dict[int, Tuple[Any, Any, Any]] = {}
         self._whole: Set[int] = set()
         self._any_mask = False
 
-    def mask(self, m: Any, nrows: int) -> np.ndarray:
-        """The row mask of the variable whose ``m`` slot is ``m`` (created zero)."""
+    def mask(self, m: Any, nrows: int, backend: Any = None) -> Any:
+        """The row mask of the variable whose ``m`` slot is ``m`` (created
+        zero, by ``backend.row_mask`` when given: on the variable's device)."""
         hit = self._masks.get(id(m))
-        if hit is None or hit[0] is not m or hit[1].shape[0] != nrows:
-            hit = self._masks[id(m)] = (m, np.zeros(nrows, np.uint8))
+        if hit is None or hit[0] is not m or int(hit[1].shape[0]) != nrows:
+            mask = np.zeros(nrows, np.uint8) if backend is None else None
+            if mask is None:
+                mask = backend.row_mask(nrows)
+            hit = self._masks[id(m)] = (m, mask, backend)
         self._any_mask = True
         return hit[1]
 
     def step_mask(self, m: Any, work: Any, backend: Any, lazy: bool) -> Any:
         """What a sparse step of the variable of ``m`` marks: its row mask
-        when the step is lazy on the CPU (the kernel sets the rows it
-        changes), else None after marking every row changed (the TF rule
-        visits every row; CUDA steps keep no masks)."""
-        if lazy and backend.name == "cpu" and work.var.ndim:
-            return self.mask(m, work.var.shape[0])
+        (on the variable's device) when the step is lazy (the kernel sets the
+        rows it changes), else None after marking every row changed (the TF
+        rule visits every row)."""
+        if lazy and len(work.var.shape):
+            return self.mask(m, int(work.var.shape[0]), backend)
         self.touch(m)
         return None
 
@@ -91,13 +97,17 @@ class DirtyRows:
             return ALL  # (a ParameterBuffer variable: its view of the flat m)
         hit = self._masks.get(id(m))
         if hit is not None and hit[0] is m and self._any_mask:
-            return hit[1]
+            mask = hit[1]
+            return mask if isinstance(mask, np.ndarray) else hit[2].to_host(mask)
         return None
 
     def clear(self, folder: Optional[str], generation: Optional[int]) -> None:
         """After a successful save: nothing is dirty relative to it."""
-        for _, mask in self._masks.values():
-            mask[:] = 0
+        for key, (_, mask, _) in list(self._masks.items()):
+            if isinstance(mask, np.ndarray):
+                mask[:] = 0
+            else:  # a device mask: a zero one is made at the next step
+                del self._masks[key]
         self._whole.clear()
         self._any_mask = False
         self.folder, self.generation = folder, generation

@@ -240,8 +240,10 @@ class EmaMixin:
             backend.ema_step(work, self._ema_arg(work, slots), rows)
             if dirty is not None:  # (incremental state-dir saves)
                 mask = dirty.step_mask(slots["m"], work, backend, rows is not None)
-                if mask is not None:
+                if isinstance(mask, np.ndarray):
                     mask[rows] = 1
+                elif mask is not None:  # (a device mask: every row, simply)
+                    dirty.touch(slots["m"])
 
     def _overwrite_with_average(self, var_list: List[Any]) -> None:
         """Keras 3's ``_overwrite_model_variables_with_average_value``."""

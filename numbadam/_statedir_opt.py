@@ -184,7 +184,7 @@ def save_state_dir(
             masks["calls"] = np.ones((), bool)
         saved_slots: Dict[str, List[str]] = {}
         for name, var in named:
-            host, own = _host(var)
+            host, _ = _host(var)
             arrays[f"variable/{name}"] = host
             got = []
             m = None
@@ -205,8 +205,6 @@ def save_state_dir(
                 rows = ALL if got else None
             else:
                 rows = tracker.rows(m)
-            if rows is not None and not own:
-                rows = ALL  # (a CUDA variable: its host copy is new)
             for key in [f"variable/{name}"] + [f"slot/{name}/{s}" for s in got]:
                 a = arrays[key]
                 if rows is None:

@@ -314,6 +314,26 @@ def _has_ema_cuda(ema):
     return lambda ema: n > 0
 
 
+def mark_row(dirty, r):
+    """``dirty[r] = 1`` for ``dirty = (mask,)`` (a ``uint8`` array of the
+    table's rows, for incremental checkpoints); nothing for ``()``."""
+    if len(dirty):
+        dirty[0][r] = 1
+
+
+@overload(mark_row, target="cuda")
+def _mark_row_cuda(dirty, r):
+    if not isinstance(dirty, types.BaseTuple):
+        return None
+    if len(dirty) == 0:
+        return lambda dirty, r: None
+
+    def impl(dirty, r):
+        dirty[0][r] = 1
+
+    return impl
+
+
 @cuda.jit(device=True)
 def _adam_update(var, m, v, vhat, i, g, m0, v0, alpha, omb1, omb2, eps, wd, ema):
     # element i of every kernel, from its gradient g and moments m0, v0; vhat

@@ -21,6 +21,7 @@ from ._cuda_common import (
     _zero,
     has_decay,
     has_ema,
+    mark_row,
     slot_is_pos_zero,
 )
 
@@ -123,15 +124,17 @@ def adam_sparse_cuda(
 @cuda.jit(cache=True)
 def adam_sparse_lazy_cuda(
     var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
-    div, wd, ema,
+    div, wd, ema, dirty,
 ):  # fmt: skip
     """Lazy sparse Adam or AMSGrad step: only the rows in ``keys`` change.
 
-    Arguments as :func:`adam_sparse_cuda`. One thread per element of
-    ``values``: the first of each run of equal keys sums the run (in order of
-    appearance) and updates that element of its row with the dense arithmetic;
-    other rows are not read (nor decayed, nor their averages moved). Cost
-    O(k W), independent of the table's size.
+    Arguments as :func:`adam_sparse_cuda`, and ``dirty``: ``()`` or
+    ``(mask,)``, a ``uint8`` array of the table's rows that gets
+    ``mask[row] = 1`` for each row stepped (incremental checkpoints). One
+    thread per element of ``values``: the first of each run of equal keys sums
+    the run (in order of appearance) and updates that element of its row with
+    the dense arithmetic; other rows are not read (nor decayed, nor their
+    averages moved). Cost O(k W), independent of the table's size.
     """
     width = values.shape[1]
     zero = _zero(alpha)
@@ -139,6 +142,8 @@ def adam_sparse_lazy_cuda(
         s = q // width
         if s == 0 or keys[s] != keys[s - 1]:
             w = q - s * width
+            if w == 0:
+                mark_row(dirty, keys[s])
             g = _segment_gradient(
                 s, w, keys, pos, nkeys, values, lo, hi, mul, div, zero
             )

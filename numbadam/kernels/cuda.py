@@ -113,6 +113,7 @@ from ._cuda_common import (  # noqa: F401
     has_ema,
     decayed,
     has_decay,
+    mark_row,
     slot_is_pos_zero,
     slot_max,
     store_var,
@@ -228,6 +229,8 @@ def _signatures(storage):
     # the EMA argument (EMA_ARG): () or (average, momentum, 1 - momentum,
     # overwrite)
     emas = (types.Tuple(()), types.Tuple((A, c, c, types.boolean)))
+    # the row mask of the lazy kernel (DIRTY_ARG): () or (uint8 mask,)
+    marks = (types.Tuple(()), types.UniTuple(_arr(types.uint8), 1))
     return {
         "adam_dense_cuda": [
             (A, A, A, h, A) + coef + tr + (d, a)
@@ -242,10 +245,11 @@ def _signatures(storage):
             for a in emas
         ],
         "adam_sparse_lazy_cuda": [
-            (A, A, A, h) + sparse_tail + (d, a)
+            (A, A, A, h) + sparse_tail + (d, a, r)
             for h in slots
             for d in decays
             for a in emas
+            for r in marks
         ],
         "sum_squares_cuda": [(A, c, c, _arr(f64))],
         "fill_cuda": [(A, f64)],
@@ -296,6 +300,9 @@ DECAY_ARG = {"adam_dense_cuda": 13, "adam_sparse_cuda": 16, "adam_sparse_lazy_cu
 #: overwrite)``).
 EMA_ARG = {"adam_dense_cuda": 14, "adam_sparse_cuda": 17, "adam_sparse_lazy_cuda": 17}
 
+#: Position of the row mask (``()`` or ``(dirty,)``) of the lazy kernel.
+DIRTY_ARG = {"adam_sparse_lazy_cuda": 18}
+
 
 def _accum_signatures(storage):
     # gradient accumulation (#13, _cuda_accum): acc of the storage dtype,
@@ -329,7 +336,9 @@ _compiled: set = set()
 _lock = threading.Lock()
 
 
-def ensure_compiled(kernel, dtype=None, amsgrad=None, decay=None, ema=None) -> None:
+def ensure_compiled(
+    kernel, dtype=None, amsgrad=None, decay=None, ema=None, dirty=None
+) -> None:
     """Compile ``kernel``'s explicit signatures for ``dtype`` (once).
 
     ``dtype`` is the storage (or index) dtype keying :data:`SIGNATURES`, or
@@ -337,14 +346,17 @@ def ensure_compiled(kernel, dtype=None, amsgrad=None, decay=None, ema=None) -> N
     (:data:`VHAT_ARG`) ``amsgrad`` selects the AMSGrad (True) or Adam (False)
     signatures, None both; ``decay`` likewise selects those with or without
     weight decay (:data:`DECAY_ARG`), ``ema`` with or without an EMA
-    (:data:`EMA_ARG`). Loads from the on-disk cache when possible;
+    (:data:`EMA_ARG`), ``dirty`` with or without a row mask
+    (:data:`DIRTY_ARG`). Loads from the on-disk cache when possible;
     afterwards the kernel compiles nothing new at call time. A no-op under the
     simulator.
     """
     if SIMULATOR:
         return
     name = kernel.py_func.__name__
-    key = (name, None if dtype is None else np.dtype(dtype), amsgrad, decay, ema)
+    key = (
+        name, None if dtype is None else np.dtype(dtype), amsgrad, decay, ema, dirty
+    )
     if key in _compiled:
         return
     with _lock:
@@ -360,6 +372,9 @@ def ensure_compiled(kernel, dtype=None, amsgrad=None, decay=None, ema=None) -> N
         at = EMA_ARG.get(name)
         if at is not None and ema is not None:
             sigs = [sig for sig in sigs if (len(sig[at]) == 4) == ema]
+        at = DIRTY_ARG.get(name)
+        if at is not None and dirty is not None:
+            sigs = [sig for sig in sigs if (len(sig[at]) == 1) == dirty]
         kernel.disable_compile(False)
         try:
             for sig in sigs:

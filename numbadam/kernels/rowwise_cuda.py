@@ -57,6 +57,7 @@ from .cuda import (
     _zero_rows_stay,
     decayed,
     has_decay,
+    mark_row,
     slot_is_pos_zero,
     slot_max,
 )
@@ -92,25 +93,6 @@ def _like_cuda(x, n):
     if x == types.float64:
         return lambda x, n: types.float64(n)
     return None
-
-
-def mark_row(dirty, r):
-    """``dirty[r] = 1`` for ``dirty = (array,)``; nothing for ``()``."""
-    if len(dirty):
-        dirty[0][r] = 1
-
-
-@overload(mark_row, target="cuda")
-def _mark_row_cuda(dirty, r):
-    if not isinstance(dirty, types.BaseTuple):
-        return None
-    if len(dirty) == 0:
-        return lambda dirty, r: None
-
-    def impl(dirty, r):
-        dirty[0][r] = 1
-
-    return impl
 
 
 def grad_of(g, acc, i, steps):
