@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from . import _dispatch
 from ._state import StateMixin
 from ._types import IndexedSlices
 
@@ -78,18 +79,16 @@ def mean_rows(indices: List[np.ndarray], values: List[np.ndarray], steps: int):
     """``(unique indices, mean rows)`` of slices given in call order.
 
     Rows of one index are added in order starting from zero, in the compute
-    dtype (float32 for float16), divided by ``steps`` there and rounded once
-    to the storage dtype.
+    dtype (float32 for float16; the CPU backend's deterministic
+    ``sum_rows``), divided by ``steps`` there and rounded once to the storage
+    dtype.
     """
     idx = np.concatenate([np.asarray(i, np.int64) for i in indices])
     vals = np.concatenate(values)
-    cdt = np.float32 if vals.dtype == np.float16 else vals.dtype
-    uniq, inverse = np.unique(idx, return_inverse=True)
-    sums = np.zeros((uniq.shape[0],) + vals.shape[1:], cdt)
-    np.add.at(sums, inverse.reshape(-1), vals.astype(cdt, copy=False))
+    uniq, sums = _dispatch.host_backend().sum_rows(idx, vals)
     with np.errstate(all="ignore"):
-        mean = sums / np.dtype(cdt).type(steps)
-    return uniq, mean.astype(vals.dtype, copy=False)
+        np.divide(sums, sums.dtype.type(steps), out=sums)
+    return uniq, sums.astype(vals.dtype, copy=False)
 
 
 def check_cycle_start(calls: int, steps: int, accumulators: Any) -> None:

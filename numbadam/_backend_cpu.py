@@ -228,6 +228,38 @@ class CPUBackend(CachedLaunches):
         k = self._kernel(self._k.sum_squares_cpu, flat.dtype)
         return k(_kernel_view(flat), lo, hi, _config.NORM_CHUNKS)
 
+    def sum_rows(
+        self, indices: np.ndarray, values: np.ndarray
+    ) -> "tuple[np.ndarray, np.ndarray]":
+        """``(unique indices, summed rows)`` of host IndexedSlices parts.
+
+        ``indices`` (non-negative, 1-D) and ``values`` (``(k, ...)``, float)
+        as concatenated; the rows of each index are added in order of
+        appearance, starting from zero, in the compute dtype
+        (``sum_duplicate_rows_cpu``, deterministic for any thread count).
+        Returns the indices ascending (int64) and a ``(u, ...)`` array of the
+        compute dtype.
+        """
+        k = int(indices.shape[0])
+        tail = tuple(values.shape[1:])
+        dtype = np.dtype(values.dtype)
+        cdt = compute_dtype(dtype)
+        width = math.prod(tail)
+        if k == 0 or width == 0:
+            uniq = np.unique(np.asarray(indices, np.int64))
+            return uniq, np.zeros((uniq.shape[0],) + tail, cdt)
+        idx = np.ascontiguousarray(indices, np.int64)
+        vals = np.ascontiguousarray(values).reshape(k, width)
+        if dtype.char == "e":
+            vals = vals.view(np.uint16)
+        uidx = np.empty(k, np.int64)
+        uvals = np.empty((k, width), cdt)
+        inf = cdt.type(np.inf)
+        dedup = self._kernel(self._k.sum_duplicate_rows_cpu, dtype)
+        u = dedup(idx, vals, -inf, inf, cdt.type(1), cdt.type(1), int(idx.max()),
+                  uidx, uvals, _config.get_num_threads())  # fmt: skip
+        return uidx[:u], uvals[:u].reshape((u,) + tail)
+
     def sumsq(
         self, grad: np.ndarray, clipvalue: Optional[float] = None, acc: Any = None
     ) -> float:

@@ -17,7 +17,7 @@ import numpy as np
 from ._backend import Backend, is_device_array
 from ._backend_cpu import CPUBackend
 
-__all__ = ["backend_for", "is_device_array"]
+__all__ = ["backend_for", "host_backend", "is_device_array"]
 
 _CPU: Optional[CPUBackend] = None
 _CUDA: Any = None
@@ -34,6 +34,13 @@ def backend_for(var: Any) -> Backend:
 
             _CUDA = CUDABackend()
         return _CUDA
+    return host_backend()
+
+
+def host_backend() -> CPUBackend:
+    """The CPU backend: host-side work for any backend's variables (e.g. the
+    duplicate sums of a gradient-accumulation cycle's host copies)."""
+    global _CPU
     if _CPU is None:
         _CPU = CPUBackend()
     return _CPU

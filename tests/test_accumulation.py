@@ -630,3 +630,46 @@ def test_row_wise_cuda_equals_cpu(cuda_backend, kw):
             [(IndexedSlices(cuda.to_device(vals), cuda.to_device(idx), (10, 3)), td)]
         )
     assert np.array_equal(t, td.copy_to_host())
+
+
+# -- the mean rows of an IndexedSlices cycle -----------------------------------
+
+
+def _twin_mean_rows(indices, values, steps):
+    # NumPy: each index's rows added in order of appearance from zero
+    # (np.add.at is unbuffered, in order), in the compute dtype, then / steps
+    idx = np.concatenate([np.asarray(i, np.int64) for i in indices])
+    vals = np.concatenate(values)
+    c = np.float32 if vals.dtype == np.float16 else vals.dtype.type
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    sums = np.zeros((uniq.shape[0],) + vals.shape[1:], c)
+    np.add.at(sums, inverse.reshape(-1), vals.astype(c))
+    with np.errstate(all="ignore"):
+        return uniq, (sums / c(steps)).astype(vals.dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    calls=st.integers(1, 4),
+    k=st.integers(0, 70),
+    rows=st.integers(1, 3000),
+    tail=st.sampled_from([(3,), (2, 2), (0,), ()]),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_mean_rows_sums_in_order_of_appearance(calls, k, rows, tail, dtype, seed):
+    from numbadam._accum import mean_rows
+
+    rng = np.random.default_rng(seed)
+    hot = max(1, rows // 50)  # duplicates within and across calls
+    indices = [rng.integers(0, hot, k) for _ in range(calls)]
+    values = [
+        np.array(rng.standard_normal((k,) + tail) * 100, dtype) for _ in range(calls)
+    ]
+    for v in values:
+        v.reshape(-1)[::7] = -0.0
+    uniq, mean = mean_rows(indices, values, calls + 1)
+    want_u, want = _twin_mean_rows(indices, values, calls + 1)
+    assert uniq.dtype == np.int64 and uniq.tolist() == want_u.tolist()
+    assert mean.dtype == np.dtype(dtype) and mean.shape == want.shape
+    assert mean.tobytes() == want.tobytes()
