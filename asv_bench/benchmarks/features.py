@@ -2,7 +2,8 @@
 
 AdamW's decoupled weight decay (28 bytes per element, as a plain step),
 the EMA of the weights (36 bytes), gradient accumulation (an accumulating
-call: 12 bytes; a cycle of two calls: 12 + 32), and the PyTorch anchors
+call: 12 bytes; a cycle of two calls: 12 + 32; a sparse cycle of four
+calls), and the PyTorch anchors
 (``torch.optim.AdamW(fused=True)``, a fused step plus ``lerp_`` for the
 EMA), skipped where PyTorch is not installed. ``numbadam bench --family
 adamw --family ema --family accumulate`` times the same cases side by side
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
+
 import numbadam
 
-from .common import SIZES, dense_problem
+from .common import SIZES, dense_problem, rng, zipf_batches
 
 #: Keras 3's defaults.
 WEIGHT_DECAY = 0.004
@@ -72,6 +75,35 @@ class AccumulationCycle(_Step):
     def time_step(self, size):
         self.opt.apply_gradients(self.pairs)
         self.opt.apply_gradients(self.pairs)
+
+
+class SparseAccumulationCycle:
+    """A cycle of ``gradient_accumulation_steps=4`` with IndexedSlices: three
+    calls keep their slices, the fourth sums the cycle's rows (the CPU
+    kernel) and takes one lazy step, on a (1e5, 64) float32 table and 4096
+    Zipf ids per call."""
+
+    ROWS, WIDTH, IDS, STEPS = 100_000, 64, 4096, 4
+
+    def setup(self):
+        rows, width = self.ROWS, self.WIDTH
+        self.table = np.zeros((rows, width), np.float32)
+        r = rng()
+        self.grads = [
+            numbadam.IndexedSlices(
+                r.standard_normal((self.IDS, width), dtype=np.float32), ids,
+                (rows, width),
+            )
+            for ids in zipf_batches(rows, self.IDS, self.STEPS)
+        ]  # fmt: skip
+        self.opt = numbadam.Adam(
+            1e-3, sparse_mode="lazy", gradient_accumulation_steps=self.STEPS
+        )
+        self.time_cycle()  # (compiled, the table's rows warm)
+
+    def time_cycle(self):
+        for g in self.grads:
+            self.opt.apply_gradients([(g, self.table)])
 
 
 def _torch():
