@@ -66,8 +66,9 @@ class DirtyRows:
         zero, by ``backend.row_mask`` when given: on the variable's device)."""
         hit = self._masks.get(id(m))
         if hit is None or hit[0] is not m or int(hit[1].shape[0]) != nrows:
-            mask = np.zeros(nrows, np.uint8) if backend is None else None
-            if mask is None:
+            if backend is None:
+                mask = np.zeros(nrows, np.uint8)
+            else:
                 mask = backend.row_mask(nrows)
             hit = self._masks[id(m)] = (m, mask, backend)
         self._any_mask = True

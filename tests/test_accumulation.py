@@ -386,12 +386,18 @@ def test_kind_change_mid_cycle():
 @pytest.mark.cuda
 @pytest.mark.parametrize("kw", [{}, {"clipnorm": 0.4, "amsgrad": True}])
 def test_cuda_equals_cpu(cuda_backend, kw):
+    _check_cuda_equals_cpu((150,), (12, 13, 14), **kw)
+
+
+def _check_cuda_equals_cpu(shape, seeds, **kw):
+    # dense cycles (float32, float16) and lazy IndexedSlices cycles: the CUDA
+    # arrays end with the CPU's bits, variables and every weight
     from numba import cuda
 
     n = 2
     for dtype in (np.float32, np.float16):
-        grads = _grads(12, (150,), 2 * n, dtype)
-        w = np.random.default_rng(13).standard_normal(150).astype(dtype)
+        grads = _grads(seeds[0], shape, 2 * n, dtype)
+        w = np.random.default_rng(seeds[1]).standard_normal(shape).astype(dtype)
         wd = cuda.to_device(w)
         a = numbadam.Adam(0.1, gradient_accumulation_steps=n, **kw)
         b = numbadam.Adam(0.1, gradient_accumulation_steps=n, **kw)
@@ -403,9 +409,11 @@ def test_cuda_equals_cpu(cuda_backend, kw):
             assert np.array_equal(x, y)
     t = np.zeros((10, 3), np.float32)
     td = cuda.to_device(t)
-    a = numbadam.Adam(0.1, gradient_accumulation_steps=n, sparse_mode="lazy")
-    b = numbadam.Adam(0.1, gradient_accumulation_steps=n, sparse_mode="lazy")
-    rng = np.random.default_rng(14)
+    # (the lazy cycles without clipping or AMSGrad, the row-wise mode kept)
+    lazy = {k: v for k, v in kw.items() if k not in ("clipnorm", "amsgrad")}
+    lazy.update(gradient_accumulation_steps=n, sparse_mode="lazy")
+    a, b = numbadam.Adam(0.1, **lazy), numbadam.Adam(0.1, **lazy)
+    rng = np.random.default_rng(seeds[2])
     for _ in range(2 * n):
         vals = rng.standard_normal((3, 3)).astype(np.float32)
         idx = rng.integers(0, 10, 3)
@@ -596,40 +604,7 @@ def test_row_wise_checkpoint_mid_cycle_resumes_bitwise(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.parametrize("kw", [{}, {"clipnorm": 0.4, "amsgrad": True}])
 def test_row_wise_cuda_equals_cpu(cuda_backend, kw):
-    from numba import cuda
-
-    n = 2
-    for dtype in (np.float32, np.float16):
-        grads = _grads(26, (40, 3), 2 * n, dtype)
-        w = np.random.default_rng(27).standard_normal((40, 3)).astype(dtype)
-        wd = cuda.to_device(w)
-        a = numbadam.Adam(0.1, gradient_accumulation_steps=n, second_moment="row",
-                          **kw)  # fmt: skip
-        b = numbadam.Adam(0.1, gradient_accumulation_steps=n, second_moment="row",
-                          **kw)  # fmt: skip
-        for g in grads:
-            a.apply_gradients([(g, w)])
-            b.apply_gradients([(cuda.to_device(g), wd)])
-        assert np.array_equal(w, wd.copy_to_host())
-        for x, y in zip(a.get_weights(), b.get_weights()):
-            assert np.array_equal(x, y)
-    t = np.zeros((10, 3), np.float32)
-    td = cuda.to_device(t)
-    kw = {
-        "gradient_accumulation_steps": n,
-        "sparse_mode": "lazy",
-        "second_moment": "row",
-    }
-    a, b = numbadam.Adam(0.1, **kw), numbadam.Adam(0.1, **kw)
-    rng = np.random.default_rng(28)
-    for _ in range(2 * n):
-        vals = rng.standard_normal((3, 3)).astype(np.float32)
-        idx = rng.integers(0, 10, 3)
-        a.apply_gradients([(IndexedSlices(vals, idx, (10, 3)), t)])
-        b.apply_gradients(
-            [(IndexedSlices(cuda.to_device(vals), cuda.to_device(idx), (10, 3)), td)]
-        )
-    assert np.array_equal(t, td.copy_to_host())
+    _check_cuda_equals_cpu((40, 3), (26, 27, 28), second_moment="row", **kw)
 
 
 # -- the mean rows of an IndexedSlices cycle -----------------------------------
