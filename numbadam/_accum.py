@@ -47,6 +47,7 @@ __all__ = [
     "ACCUMULATOR",
     "check_accumulation_steps",
     "check_cycle_start",
+    "mean_rows",
 ]
 
 #: The slot of a variable's accumulated dense gradients.
@@ -200,10 +201,16 @@ class AccumulationMixin:
     # -- one call ----------------------------------------------------------------
 
     def _member_key(self, item: Any) -> Any:
+        """The key of an item's variable in the cycle's membership checks."""
         var, holder = item[3], item[4]
         if var is None:  # a ParameterBuffer's one-pass item
             return ("buffer", id(holder))
         return self._var_key(var)
+
+    def _pending_key(self, item: Any) -> Any:
+        """The key of a sparse item's pending slices (one per item: a
+        subclass stepping a variable as several items keys them apart)."""
+        return self._member_key(item)
 
     def _accumulate(self, step: Any) -> bool:
         """Accumulate this call's gradients, or prepare the applying call.
@@ -263,10 +270,10 @@ class AccumulationMixin:
         first = phase == 0
         marks = self._acc_marks
         keep = {}
-        for it, key in zip(step.items, keys):
+        for it in step.items:
             sparse, work, backend = it[0], it[1], it[2]
             if sparse:
-                self._pending.setdefault(key, []).append(
+                self._pending.setdefault(self._pending_key(it), []).append(
                     (backend.to_host(work.indices), backend.to_host(work.values))
                 )
                 continue
@@ -378,8 +385,8 @@ class AccumulationMixin:
     def _check_no_pending(self, what: str) -> None:
         if self._pending and int(self._counter()) % self._accum_steps:
             raise ValueError(
-                f"{what}: {len(self._pending)} variables have IndexedSlices "
-                "gradients pending in an unfinished accumulation cycle (call "
+                f"{what}: IndexedSlices gradients of {len(self._pending)} "
+                "items are pending in an unfinished accumulation cycle (call "
                 f"{int(self._counter()) % self._accum_steps} of "
                 f"{self._accum_steps}); finish the cycle first"
             )

@@ -335,16 +335,6 @@ def test_bad_steps(bad):
         numbadam.Adam(gradient_accumulation_steps=bad)
 
 
-def test_sharded_refuses_indexed_slices():
-    # (ShardedAdam accumulates dense gradients: tests/test_distributed.py)
-    from numbadam.distributed import ShardedAdam
-
-    opt = ShardedAdam(comm="self", gradient_accumulation_steps=2)
-    g = numbadam.IndexedSlices(np.ones((1, 2), np.float32), [1], (3, 2))
-    with pytest.raises(ValueError, match="dense gradients only"):
-        opt.apply_gradients([(g, np.zeros((3, 2), np.float32))])
-
-
 def _state(opt, arrays):
     return [a.copy() for a in arrays] + [np.array(x, copy=True) for x in opt.weights]
 

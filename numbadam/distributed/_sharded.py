@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .. import _config, _dispatch
+from .._accum import mean_rows
 from .._backend import DenseWork, SparseWork, global_norm_scalars, transform_scalars
 from .._step import Label, Step
 from .._types import IndexedSlices
@@ -69,6 +70,11 @@ class ShardedAdam(ShardedStateMixin, Adam):
     take IndexedSlices of global row ids: the rows are routed to their owners
     with ``Alltoallv`` and each owner applies the sparse step to its block once
     per step (``m``, ``v`` decay on every row, as in TensorFlow).
+
+    With ``gradient_accumulation_steps`` each rank accumulates what it steps:
+    its slices of the averaged dense gradients, and the IndexedSlices rows of
+    its slices, kept until the applying call and then stepped with their
+    mean rows (as :class:`~numbadam.Adam` does).
 
     Results equal the single-process optimizer's on the averaged gradients to
     float tolerance (the average is a sum over ranks divided by their number)
@@ -230,14 +236,6 @@ class ShardedAdam(ShardedStateMixin, Adam):
             if g is None:
                 skipped.append(label)
                 continue
-            if self._accum_steps is not None and (
-                sh.emb is not None or isinstance(g, IndexedSlices)
-            ):
-                raise ValueError(
-                    f"{label} has an IndexedSlices gradient, and ShardedAdam "
-                    "accumulates dense gradients only (gradient_accumulation_steps"
-                    "); use DistributedAdam, or no accumulation"
-                )
             need = need or self._table.entry(v, sh.key) is not sh
             backend = _dispatch.backend_for(sh.view)
             if sh.emb is not None:
@@ -406,13 +404,16 @@ class ShardedAdam(ShardedStateMixin, Adam):
             return
         sums = np.zeros(len(originals), np.float64)
         partial = np.zeros(len(originals), bool)
+        if self._acc_apply:
+            # the norm of the cycle's mean gradient: every rank's slices of
+            # it (a replicated table's parts too), added up by the Allreduce
+            partial[:] = True
+            for it, (k, _) in zip(step.items, norms):
+                sums[k] += self._acc_sumsq(it, cv)
         for it, (k, is_partial) in zip(step.items, norms):
             sparse, w, backend = it[0], it[1], it[2]
-            if is_partial:
-                if self._acc_apply:  # the norm of the mean gradient
-                    sums[k] = self._acc_sumsq(it, cv)
-                else:
-                    sums[k] = backend.sumsq(w.values if sparse else w.grad, cv)
+            if is_partial and not self._acc_apply:
+                sums[k] = backend.sumsq(w.values if sparse else w.grad, cv)
                 partial[k] = True
         if self.comm.size > 1 and partial.any():
             self._deadline.arm(f"step {step.iteration + 1}'s clipnorm Allreduce")
@@ -439,6 +440,40 @@ class ShardedAdam(ShardedStateMixin, Adam):
 
     def _create_step_weights(self, step: Step) -> None:
         self._create_shard_slots(step.var_list)
+
+    # -- gradient accumulation: the hooks of numbadam._accum ------------------------
+    #
+    # The aggregate hook runs before the accumulation, so a cycle accumulates
+    # what this rank steps: its slices of the averaged dense gradients, the
+    # rows routed to its block of a ShardedEmbedding, and the parts of its
+    # slice of a replicated table (each a small table, keyed by its offset).
+
+    def _member_key(self, item: Any) -> Any:
+        holder = item[4]
+        return holder.shard.key if isinstance(holder, Part) else holder.key
+
+    def _pending_key(self, item: Any) -> Any:
+        holder = item[4]
+        if isinstance(holder, Part):
+            return (holder.shard.key, holder.a)
+        return holder.key
+
+    def _mean_items(self, step: Step, keys: List[Any]) -> None:
+        # each sparse item's rows of the cycle, in call order, summed per
+        # index and divided by N (numbadam._accum.mean_rows), in its own table
+        for i, it in enumerate(step.items):
+            sparse, w, backend, var, holder = it
+            if not sparse:
+                continue
+            pend = self._pending.get(self._pending_key(it), [])
+            uniq, mean = mean_rows(
+                [p[0] for p in pend] + [w.indices],
+                [p[1] for p in pend] + [w.values],
+                self._accum_steps,
+            )
+            mean = np.ascontiguousarray(mean.reshape(-1, w.width))
+            work = SparseWork(w.var, w.flat, uniq, mean, w.width, False, w.label)
+            step.items[i] = (True, work, backend, var, holder)
 
     def _finish(self, step: Step) -> None:
         super()._finish(step)

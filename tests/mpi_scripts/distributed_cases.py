@@ -197,6 +197,27 @@ CASES: Dict[str, Any] = {
             "amsgrad": True,
         },
     ),
+    # IndexedSlices accumulated too: the parts of each rank's slice of a
+    # replicated table and the rows routed to its block of a ShardedEmbedding
+    "zero_accum_sparse": (
+        "zero",
+        [0, 1],
+        True,
+        True,
+        {"gradient_accumulation_steps": 2, "sparse_mode": "lazy", "amsgrad": True},
+    ),
+    "zero_accum_sparse_clip": (
+        "zero",
+        [1, 5],
+        True,
+        True,
+        {
+            "gradient_accumulation_steps": 2,
+            "clipnorm": 0.8,
+            "use_ema": True,
+            "ema_momentum": 0.5,
+        },
+    ),
     "emb": ("zero", [1], False, True, {}),
     "emb_amsgrad": ("zero", [], False, True, {"amsgrad": True}),
 }
@@ -216,6 +237,7 @@ EXACT_TABLES = (
     "zero_lazy",
     "zero_disk",
     "emb_row",
+    "zero_accum_sparse",
     "emb",
     "emb_amsgrad",
     "zero_ckpt",
