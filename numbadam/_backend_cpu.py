@@ -324,9 +324,8 @@ class CPUBackend(CachedLaunches):
         ema: Average = None,
     ) -> None:
         if v.shape != m.shape:  # one second moment per row
-            if ema is not None:
-                raise NotImplementedError("an EMA of a row-wise step")
-            return self._rowwise().dense_step(work, m, v, vhat, coef, tr, wd, acc)
+            ea = None if ema is None else _ema_view(ema)
+            return self._rowwise().dense_step(work, m, v, vhat, coef, tr, wd, acc, ea)
         x, g = work.flat, work.grad
         n = x.shape[0]
         if n == 0:
@@ -373,8 +372,9 @@ class CPUBackend(CachedLaunches):
         # dirty: a uint8 mask of the table's rows that the lazy kernel sets
         # where it steps a row (incremental checkpoints; lazy steps only)
         if v.shape != m.shape:  # one second moment per row
+            ea = None if ema is None else _ema_view(ema)
             self._rowwise().sparse_step(self, work, m, v, vhat, coef, tr, lazy, wd,
-                                        dirty)
+                                        ea, dirty)  # fmt: skip
             return
         if work.flat.size == 0:
             return

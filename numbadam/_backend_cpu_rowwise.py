@@ -38,13 +38,13 @@ class RowwiseCPU:
 
     def _kernel(
         self, kernel: Any, dtype: np.dtype, amsgrad: bool, decay: bool,
-        dirty: bool = False, acc: bool = False,
+        dirty: bool = False, acc: bool = False, ema: bool = False,
     ):  # fmt: skip
-        key = (kernel, dtype.char, amsgrad, decay, dirty, acc)
+        key = (kernel, dtype.char, amsgrad, decay, dirty, acc, ema)
         if key not in self._ready:
             mask = dirty if kernel is self._k.adam_rowwise_lazy_cpu else None
             accs = acc if kernel is self._k.adam_rowwise_dense_cpu else None
-            self._k.ensure_compiled(kernel, dtype, amsgrad, mask, decay, accs)
+            self._k.ensure_compiled(kernel, dtype, amsgrad, mask, decay, accs, ema)
             self._ready.add(key)
         return kernel
 
@@ -58,10 +58,12 @@ class RowwiseCPU:
         tr: Transform,
         wd: Decay = None,
         acc: Any = None,
+        ema: Any = None,
     ) -> None:
         """The dense row-wise step; with ``acc = (accumulator, N)`` (the
         applying call of gradient accumulation) on the mean ``(grad +
-        accumulator) / N``, formed in the kernel."""
+        accumulator) / N``, formed in the kernel; ``ema`` the kernels' EMA
+        argument (the average a flat kernel view) or None."""
         x = work.flat
         if x.shape[0] == 0 or v.shape[0] == 0:
             return
@@ -70,10 +72,10 @@ class RowwiseCPU:
         af, steps = (None, 1) if acc is None else (_kv(acc[0]), acc[1])
         k = self._kernel(
             self._k.adam_rowwise_dense_cpu, dtype, hf is not None, wd is not None,
-            acc=af is not None,
+            acc=af is not None, ema=ema is not None,
         )  # fmt: skip
         k(_kv(x), _kv(m), _kv(v), hf, _kv(work.grad), af,
-          compute_dtype(dtype).type(steps), *coef, *tr, wd,
+          compute_dtype(dtype).type(steps), *coef, *tr, wd, ema,
           _config.CPU_SERIAL_MAX)  # fmt: skip
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)
@@ -89,6 +91,7 @@ class RowwiseCPU:
         tr: Transform,
         lazy: bool,
         wd: Decay,
+        ema: Any = None,
         dirty: Optional[np.ndarray] = None,
     ) -> None:
         if work.flat.size == 0:
@@ -104,19 +107,23 @@ class RowwiseCPU:
             vals = vals.view(np.uint16)
         hf = None if vhat is None else _kv(vhat)
         nt = _config.get_num_threads()
-        ams, dec = hf is not None, wd is not None
+        ams, dec, has = hf is not None, wd is not None, ema is not None
         if lazy:  # one fused pass per unique row
             kern = self._kernel(
-                self._k.adam_rowwise_lazy_cpu, dtype, ams, dec, dirty is not None
-            )
-            kern(x, mf, vf, hf, work.indices, vals, *coef, *tr, wd, maxkey, nt, dirty)
+                self._k.adam_rowwise_lazy_cpu, dtype, ams, dec, dirty is not None,
+                ema=has,
+            )  # fmt: skip
+            kern(x, mf, vf, hf, work.indices, vals, *coef, *tr, wd, ema, maxkey, nt,
+                 dirty)  # fmt: skip
         else:  # duplicates summed (the element path's kernel), then every row
             uidx = np.empty(k, np.int64)
             uvals = np.empty((k, work.width), compute_dtype(dtype))
             dedup = backend._kernel(backend._k.sum_duplicate_rows_cpu, dtype)
             u = dedup(work.indices, vals, *tr, maxkey, uidx, uvals, nt)
-            kern = self._kernel(self._k.adam_rowwise_sparse_cpu, dtype, ams, dec)
-            kern(x, mf, vf, hf, uidx[:u], uvals[:u], *coef, wd,
+            kern = self._kernel(
+                self._k.adam_rowwise_sparse_cpu, dtype, ams, dec, ema=has
+            )
+            kern(x, mf, vf, hf, uidx[:u], uvals[:u], *coef, wd, ema,
                  _config.CPU_SPARSE_BLOCK_ROWS)  # fmt: skip
         if work.staged:
             work.var[...] = work.flat.reshape(work.var.shape)

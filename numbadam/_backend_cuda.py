@@ -347,9 +347,10 @@ class CUDABackend(CudaArrays):
         coef = typed(coef, dtype)
         dec = typed_decay(wd, dtype)
         if tuple(v.shape) != tuple(m.shape):  # one second moment per row
-            if ema is not None:
-                raise NotImplementedError("an EMA of a row-wise step")
-            self._rowwise().dense_step(self, work, m, v, vhat, coef, tr, dec, acc)
+            avg = typed_ema(ema, dtype, self._flat)
+            self._rowwise().dense_step(
+                self, work, m, v, vhat, coef, tr, dec, acc, avg
+            )
             return
         mf, vf = self._flat(m), self._flat(v)
         slot = () if vhat is None else (self._flat(vhat),)
@@ -400,8 +401,9 @@ class CUDABackend(CudaArrays):
         coef = typed(coef, dtype)
         if tuple(v.shape) != tuple(m.shape):  # one second moment per row
             dec = typed_decay(wd, dtype)
+            avg = typed_ema(ema, dtype, self._flat)
             self._rowwise().sparse_step(
-                self, work, m, v, vhat, coef, tr, lazy, dec, marks
+                self, work, m, v, vhat, coef, tr, lazy, dec, avg, marks
             )
             return
         keys, pos = self._sorted(work.indices)

@@ -29,20 +29,23 @@ class RowwiseCUDA:
 
     def _kernel(
         self, kernel: Any, dtype: np.dtype, amsgrad: bool, decay: bool,
-        acc: bool = False, dirty: bool = False,
+        acc: bool = False, dirty: bool = False, ema: bool = False,
     ):  # fmt: skip
-        key = (kernel, dtype.char, amsgrad, decay, acc, dirty)
+        key = (kernel, dtype.char, amsgrad, decay, acc, dirty, ema)
         if key not in self._ready:
             mask = dirty if kernel is self._k.adam_rowwise_lazy_cuda else None
             accs = acc if kernel is self._k.adam_rowwise_dense_cuda else None
-            self._k.ensure_compiled(kernel, dtype, amsgrad, mask, decay, accs)
+            self._k.ensure_compiled(kernel, dtype, amsgrad, mask, decay, accs, ema)
             self._ready.add(key)
         return kernel
 
-    def dense_step(self, be, work, m, v, vhat, coef, tr, dec, acc=None) -> None:
-        """``be``: the CUDA backend (launches, flat views); ``coef`` and
-        ``dec`` already typed; ``acc = (accumulator, N)`` on the applying call
-        of gradient accumulation (the step on the mean gradient)."""
+    def dense_step(
+        self, be, work, m, v, vhat, coef, tr, dec, acc=None, ema=()
+    ) -> None:
+        """``be``: the CUDA backend (launches, flat views); ``coef``, ``dec``
+        and ``ema`` (the kernels' ``()`` or EMA tuple) already typed; ``acc =
+        (accumulator, N)`` on the applying call of gradient accumulation (the
+        step on the mean gradient)."""
         rows = int(v.shape[0])
         if int(work.flat.shape[0]) == 0 or rows == 0:
             return
@@ -54,15 +57,18 @@ class RowwiseCUDA:
             accs, steps = (be._flat(be._wrap(acc[0])),), acc[1]
         kern = self._kernel(
             self._k.adam_rowwise_dense_cuda, dtype, vhat is not None, len(dec) > 0,
-            len(accs) > 0,
+            len(accs) > 0, ema=len(ema) > 0,
         )  # fmt: skip
         c = compute_dtype(dtype).type
         be._launch(kern, rows, work.flat, be._flat(m), be._flat(v), slot, work.grad,
-                   accs, c(steps), *coef, *tr, dec)  # fmt: skip
+                   accs, c(steps), *coef, *tr, dec, ema)  # fmt: skip
         be._writeback(work)
 
-    def sparse_step(self, be, work, m, v, vhat, coef, tr, lazy, dec, marks=()):
-        """``marks``: ``()`` or ``(row mask,)`` (lazy steps)."""
+    def sparse_step(
+        self, be, work, m, v, vhat, coef, tr, lazy, dec, ema=(), marks=()
+    ):
+        """``ema``: the kernels' EMA argument; ``marks``: ``()`` or ``(row
+        mask,)`` (lazy steps)."""
         rows = int(v.shape[0])
         if int(work.flat.shape[0]) == 0 or rows == 0:
             return
@@ -79,14 +85,18 @@ class RowwiseCUDA:
         slot = () if vhat is None else (be._flat(vhat),)
         ams, has = vhat is not None, len(dec) > 0
         mf, vf = be._flat(m), be._flat(v)
+        avg = len(ema) > 0
         if lazy:
             kern = self._kernel(
-                self._k.adam_rowwise_lazy_cuda, dtype, ams, has, dirty=len(marks) > 0
-            )
+                self._k.adam_rowwise_lazy_cuda, dtype, ams, has, dirty=len(marks) > 0,
+                ema=avg,
+            )  # fmt: skip
             be._launch(kern, k, work.flat, mf, vf, slot, keys, pos, k, values, *coef,
-                       *tr, dec, marks)  # fmt: skip
+                       *tr, dec, ema, marks)  # fmt: skip
         else:
-            kern = self._kernel(self._k.adam_rowwise_sparse_cuda, dtype, ams, has)
+            kern = self._kernel(
+                self._k.adam_rowwise_sparse_cuda, dtype, ams, has, ema=avg
+            )
             be._launch(kern, rows, work.flat, mf, vf, slot, keys, pos, k, values,
-                       *coef, *tr, dec)  # fmt: skip
+                       *coef, *tr, dec, ema)  # fmt: skip
         be._writeback(work)

@@ -77,8 +77,8 @@ class Adam(OptimizerV2):
         :class:`~numbadam.ParameterBuffer` are stepped one by one. Not part
         of Keras' Adam: serialised by :meth:`get_config` only when ``"row"``;
         :func:`numbadam.keras3.save_keras_optimizer` refuses such state.
-        Works with ``gradient_accumulation_steps``; ``use_ema`` with it is
-        refused (``ValueError``). See ``docs/semantics.md``.
+        Works with ``gradient_accumulation_steps`` and ``use_ema`` (the
+        average fused into the row-wise pass). See ``docs/semantics.md``.
     **kwargs
         ``clipnorm``, ``global_clipnorm`` (all gradients of a call clipped
         by their joint norm; not with ``clipnorm``), ``clipvalue``, ``lr``
@@ -176,9 +176,6 @@ class Adam(OptimizerV2):
                 f"second_moment must be one of {_SECOND_MOMENTS}, got "
                 f"{second_moment!r}"
             )
-        if second_moment == "row" and kwargs.get("use_ema"):
-            # (the row-wise kernels do not fuse an EMA yet)
-            raise ValueError("second_moment='row' does not support use_ema yet")
         super().__init__(name, **kwargs)
         self._weight_decay = weight_decay
         self._wd_excluded: set = set()  # memory keys of excluded variables

@@ -320,6 +320,34 @@ CASES: dict[str, Case] = {
             layouts=("dense_nd", "strided", "sparse"),
             cuda=(("sparse", "float64"),),
         ),
+        Case(
+            # the EMA fused into the row-wise kernels (TF rule: every row's
+            # average moves; overwritten at the third step)
+            "row_ema",
+            {
+                "learning_rate": 0.05,
+                "second_moment": "row",
+                "use_ema": True,
+                "ema_momentum": 0.9,
+                "ema_overwrite_frequency": 3,
+            },
+            cuda=(("sparse", "float32"), ("dense_nd", "float16")),
+        ),
+        Case(
+            "row_lazy_ema_amsgrad_wd",
+            {
+                "learning_rate": 0.05,
+                "second_moment": "row",
+                "sparse_mode": "lazy",
+                "use_ema": True,
+                "ema_momentum": 0.8,
+                "weight_decay": 0.3,
+                "amsgrad": True,
+                "beta_2": 0.95,
+            },
+            layouts=SPARSE_LAYOUTS,
+            cuda=(("mixed", MIXED),),
+        ),
     ]
 }
 

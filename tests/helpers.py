@@ -374,12 +374,13 @@ def rw_flat(a):
     return None if a is None else rw_kview(a.reshape(-1))
 
 
-def rw_kernel(name, dtype):
-    """``rowwise_cpu``'s kernel ``name``, compiled for ``dtype``."""
+def rw_kernel(name, dtype, ema=False):
+    """``rowwise_cpu``'s kernel ``name``, compiled for ``dtype`` (the
+    signatures with an EMA argument with ``ema``, else those without)."""
     from numbadam.kernels import rowwise_cpu as rk
 
     k = getattr(rk, name)
-    rk.ensure_compiled(k, dtype)
+    rk.ensure_compiled(k, dtype, ema=ema)
     return k
 
 
@@ -428,13 +429,24 @@ def rw_copy(state):
     return [None if a is None else a.copy() for a in state]
 
 
-def rw_lazy(dtype, state, idx, vals, cf, tr, nt=2, dirty=None, wd=None):
-    """``adam_rowwise_lazy_cpu`` on a copy of ``state``: the new state."""
+def rw_ema(ema):
+    """The kernels' EMA argument of ``ema = (average, momentum, overwrite)``
+    (the average an array like the table, changed in place), or None."""
+    if ema is None:
+        return None
+    avg, mom, overwrite = ema
+    c = rw_compute(avg.dtype).type
+    return (rw_flat(avg), c(mom), c(1) - c(mom), bool(overwrite))
+
+
+def rw_lazy(dtype, state, idx, vals, cf, tr, nt=2, dirty=None, wd=None, ema=None):
+    """``adam_rowwise_lazy_cpu`` on a copy of ``state``: the new state (with
+    ``ema``, see :func:`rw_ema`)."""
     out = rw_copy(state)
     maxkey = int(idx.max()) if idx.size else 0
-    rw_kernel("adam_rowwise_lazy_cpu", dtype)(
-        *(rw_flat(a) for a in out), idx, rw_kview(vals), *cf, *tr, wd, maxkey, nt,
-        dirty,
+    rw_kernel("adam_rowwise_lazy_cpu", dtype, ema is not None)(
+        *(rw_flat(a) for a in out), idx, rw_kview(vals), *cf, *tr, wd, rw_ema(ema),
+        maxkey, nt, dirty,
     )  # fmt: skip
     return out
 
@@ -453,26 +465,29 @@ def rw_summed_rows(dtype, idx, vals, tr, nt=2):
     return ui[:u], uv[:u]
 
 
-def rw_sparse(dtype, state, idx, vals, cf, tr, block_rows=4, wd=None):
+def rw_sparse(dtype, state, idx, vals, cf, tr, block_rows=4, wd=None, ema=None):
     """``adam_rowwise_sparse_cpu`` (after ``sum_duplicate_rows_cpu``) on a copy
     of ``state``: the new state."""
     out = rw_copy(state)
     ui, uv = rw_summed_rows(dtype, idx, vals, tr)
-    rw_kernel("adam_rowwise_sparse_cpu", dtype)(
-        *(rw_flat(a) for a in out), ui, uv, *cf, wd, block_rows
+    rw_kernel("adam_rowwise_sparse_cpu", dtype, ema is not None)(
+        *(rw_flat(a) for a in out), ui, uv, *cf, wd, rw_ema(ema), block_rows
     )
     return out
 
 
-def rw_dense(dtype, state, g, cf, tr, serial_max=0, wd=None, acc=None, steps=1):
+def rw_dense(
+    dtype, state, g, cf, tr, serial_max=0, wd=None, acc=None, steps=1, ema=None
+):
     """``adam_rowwise_dense_cpu`` on a copy of ``state``: the new state (with
     ``acc``, the step on the mean ``(g + acc) / steps``)."""
     out = rw_copy(state)
     n = rw_compute(dtype).type(steps)
     a = None if acc is None else rw_flat(acc)
-    rw_kernel("adam_rowwise_dense_cpu", dtype)(
-        *(rw_flat(x) for x in out), rw_flat(g), a, n, *cf, *tr, wd, serial_max
-    )
+    rw_kernel("adam_rowwise_dense_cpu", dtype, ema is not None)(
+        *(rw_flat(x) for x in out), rw_flat(g), a, n, *cf, *tr, wd, rw_ema(ema),
+        serial_max,
+    )  # fmt: skip
     return out
 
 

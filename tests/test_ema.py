@@ -437,6 +437,37 @@ def test_with_accumulation_to_reference(dtype, kind, n, freq):
         assert_close(avg, avg_ref, dtype, what=f"average {call}")
 
 
+@pytest.mark.parametrize("kind", ["dense", "sparse", "lazy"])
+def test_row_wise_with_accumulation_to_reference(kind):
+    # second_moment="row": the average fused into the row-wise kernels, the
+    # accumulating calls' EMA-only pass, an overwrite every 2 updates
+    rng = np.random.default_rng([24, len(kind)])
+    rows, width, n, calls = 11, 3, 2, 9
+    x0 = rng.standard_normal((rows, width)).astype(np.float32)
+    mode = "lazy" if kind == "lazy" else "dense"
+    opt = numbadam.Adam(
+        0.05, use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=2,
+        gradient_accumulation_steps=n, sparse_mode=mode, second_moment="row",
+    )  # fmt: skip
+    x = x0.copy()
+    if kind == "dense":
+        grads = feed = _grads(rng, x0.shape, np.float32, calls)
+    else:
+        pairs = _sparse_grads(rng, rows, width, np.float32, calls)
+        grads = [SparseGrad(i, v) for i, v in pairs]
+        feed = [IndexedSlices(v, i, x0.shape) for i, v in pairs]
+    ref = run_accumulation_reference(
+        x0, grads, n, lr=0.05, sparse_mode=mode, second_moment="row",
+        ema_momentum=float(np.float32(0.8)), ema_overwrite_frequency=2,
+    )  # fmt: skip
+    for call, g in enumerate(feed):
+        opt.apply_gradients([(g, x)])
+        assert opt.get_slot(x, "v").shape == (rows,)
+        assert_close(x, ref[call][0], np.float32, what=f"var after call {call}")
+        avg = opt.get_slot(x, "average")
+        assert_close(avg, ref[call][-1], np.float32, what=f"average {call}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_accumulating_calls_move_the_average_bitwise(dtype):
     # An accumulating call does not step: its average moves by the twin from

@@ -483,9 +483,13 @@ def test_signatures_do_not_grow():
             for it in (np.int32, np.int64):
                 for dirty in (None, np.zeros(10, np.uint8)):
                     rw_lazy(dtype, state, idx.astype(it), vals, cf, tr, dirty=dirty)
-    declared = {n: sum(len(s) for s in rk.SIGNATURES[n].values()) for n in KERNELS}
-    counts = {n: len(getattr(rk, n).signatures) for n in KERNELS}
-    assert counts == declared
+    # every declared signature without an EMA is compiled (and nothing else
+    # but the declared ones with an EMA, which tests of the EMA compile)
+    declared = {n: _declared(n) for n in KERNELS}
+    plain = {n: {s for s in declared[n] if str(s[rk.EMA_ARG[n]]) == "none"}
+             for n in KERNELS}  # fmt: skip
+    counts = {n: set(getattr(rk, n).signatures) for n in KERNELS}
+    assert all(plain[n] <= counts[n] <= declared[n] for n in KERNELS), counts
     # read-only gradients use the declared signatures; a wrong type is refused
     state = rw_state(rng, 10, 3, np.float32, False)
     vals = np.ones((2, 3), np.float32)
@@ -494,13 +498,17 @@ def test_signatures_do_not_grow():
     rw_lazy(np.float32, state, np.array([1, 3]), vals, cf, tr)
     with pytest.raises(TypeError):
         rw_lazy(np.float32, state, np.array([1, 3]), np.ones((2, 3)), cf, tr)
-    assert {n: len(getattr(rk, n).signatures) for n in KERNELS} == declared
+    assert {n: set(getattr(rk, n).signatures) for n in KERNELS} == counts
+
+
+def _declared(name):
+    return {tuple(sig) for sigs in rk.SIGNATURES[name].values() for sig in sigs}
 
 
 def test_ensure_compiled_selects_variants(tmp_path):
-    """``amsgrad``, ``dirty`` and ``decay`` compile only the matching signatures,
-    and every kernel lands in the on-disk cache (fresh ``NUMBA_CACHE_DIR``,
-    float32)."""
+    """``amsgrad``, ``dirty``, ``decay`` and ``ema`` compile only the matching
+    signatures, and every kernel lands in the on-disk cache (fresh
+    ``NUMBA_CACHE_DIR``, float32)."""
     script = textwrap.dedent(
         """
         import warnings
@@ -510,14 +518,21 @@ def test_ensure_compiled_selects_variants(tmp_path):
 
         warnings.simplefilter("error", NumbaWarning)
         lazy = rk.adam_rowwise_lazy_cpu
-        rk.ensure_compiled(lazy, np.float32, amsgrad=False, dirty=True, decay=False)
+        rk.ensure_compiled(
+            lazy, np.float32, amsgrad=False, dirty=True, decay=False, ema=False
+        )
         assert len(lazy.signatures) == 2, lazy.signatures  # int32 and int64
         for sig in lazy.signatures:
-            assert str(sig[3]) == "none" and str(sig[17]) != "none", sig
-            assert str(sig[14]) == "none", sig
+            assert str(sig[3]) == "none" and str(sig[18]) != "none", sig
+            assert str(sig[14]) == "none" and str(sig[15]) == "none", sig
         for name in rk.SIGNATURES:
-            rk.ensure_compiled(getattr(rk, name), np.float32)
+            rk.ensure_compiled(getattr(rk, name), np.float32, ema=False)
         assert len(lazy.signatures) == 16
+        rk.ensure_compiled(
+            lazy, np.float32, amsgrad=True, dirty=False, decay=True, ema=True
+        )
+        assert len(lazy.signatures) == 18
+        assert sum(str(sig[15]) != "none" for sig in lazy.signatures) == 2
         print("ok")
         """
     )
@@ -535,3 +550,55 @@ def test_ensure_compiled_selects_variants(tmp_path):
     indexed = {p.name.split("-")[0] for p in tmp_path.rglob("rowwise_cpu.*.nbi")}
     for name in KERNELS:
         assert f"rowwise_cpu.{name}" in indexed, f"{name} has no on-disk cache index"
+
+
+# ---------------------------------------------------------------------------
+# the EMA of the weights (use_ema), fused
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["", "overwrite"])
+@pytest.mark.parametrize("mode", ["dense", "sparse", "lazy"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_ema_follows_the_stored_value(dtype, mode, overwrite):
+    """The EMA argument changes nothing else (``m``, ``v``, ``vhat`` and, without
+    an overwrite, ``var`` bit for bit as without it); the average becomes
+    ``(momentum * average) + ((1 - momentum) * var)`` of the value stored, in
+    the compute dtype, rounded once; TF's rule moves every row's (the +0.0
+    rows, which it otherwise skips, too), the lazy rule the listed rows'.
+    With ``overwrite`` those rows of ``var`` take their averages."""
+    rng = np.random.default_rng([31, FLOAT_DTYPES.index(dtype), len(mode), overwrite])
+    rows, width, k = 40, 3, 30
+    state = rw_state(rng, rows, width, dtype, True, zero_rows=10)
+    avg0 = np.array(rng.standard_normal((rows, width)), dtype)
+    c = rw_compute(dtype).type
+    wd = None if mode == "sparse" else (c(0.25), c(0.125))  # (skip needs no wd)
+    cf = rw_coef(dtype)
+    avg = avg0.copy()
+    ema = (avg, 0.75, overwrite)
+    if mode == "dense":
+        g = np.array(rng.standard_normal((rows, width)) * 2, dtype)
+        tr = rw_transform(dtype, g, 0.7, 1.5)
+        plain = rw_dense(dtype, state, g, cf, tr, wd=wd)
+        got = rw_dense(dtype, state, g, cf, tr, wd=wd, ema=ema)
+        moved = np.arange(rows)
+    else:
+        idx, vals = _slices(rng, rows, width, k, dtype, hot=rows - 12)
+        tr = rw_transform(dtype, vals, 0.7, 1.5)
+        plain = RUN[mode](dtype, state, idx, vals, cf, tr, wd=wd)
+        got = RUN[mode](dtype, state, idx, vals, cf, tr, wd=wd, ema=ema)
+        moved = np.arange(rows) if mode == "sparse" else np.unique(idx)
+    mom = c(0.75)
+    with np.errstate(all="ignore"):
+        new = (mom * avg0[moved].astype(c)) + ((c(1) - mom) * plain[0][moved].astype(c))
+    want = avg0.copy()
+    want[moved] = new.astype(dtype)
+    assert_bitwise(avg, want, "average")
+    assert_state_bitwise(got[1:], plain[1:], "with an EMA")
+    var = plain[0].copy()
+    if overwrite:
+        var[moved] = want[moved]
+    assert_bitwise(got[0], var, "var")
+    if mode == "sparse":  # the +0.0 rows of the TF rule, skipped without an EMA
+        assert_bitwise(plain[0][-10:], state[0][-10:], "skipped rows")
+        assert not np.array_equal(avg[-10:], avg0[-10:])

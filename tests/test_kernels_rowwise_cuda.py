@@ -127,7 +127,8 @@ def test_dense_kernel_is_the_cpu_kernel(cuda, rc, dtype, ams, kind):
     cf, tr = rw_coef(dtype), rw_transform(dtype, g, *KINDS[kind])
     dev, args = device_state(cuda, state)
     gd = cuda.to_device(g.reshape(-1))
-    launch(rc.adam_rowwise_dense_cuda, rows, *args, gd, *_no_acc(dtype), *cf, *tr, ())
+    launch(rc.adam_rowwise_dense_cuda, rows, *args, gd, *_no_acc(dtype), *cf, *tr, (),
+           ())  # fmt: skip
     assert_state(host_state(dev, state), rw_dense(dtype, state, g, cf, tr), "dense")
 
 
@@ -149,7 +150,7 @@ def test_dense_kernel_on_the_accumulated_mean_is_the_cpu_kernel(cuda, rc, dtype,
     dev, args = device_state(cuda, state)
     steps = rw_compute(dtype).type(3)
     launch(rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)),
-           (cuda.to_device(acc.reshape(-1)),), steps, *cf, *tr, ())  # fmt: skip
+           (cuda.to_device(acc.reshape(-1)),), steps, *cf, *tr, (), ())  # fmt: skip
     want = rw_dense(dtype, state, g, cf, tr, acc=acc, steps=3)
     assert_state(host_state(dev, state), want, "dense mean")
 
@@ -184,7 +185,8 @@ def test_dense_kernel_special_values(cuda, rc, dtype):
     cf, tr = rw_coef(dtype), rw_transform(dtype, g, None, None)
     dev, args = device_state(cuda, state)
     gd = cuda.to_device(g.reshape(-1))
-    launch(rc.adam_rowwise_dense_cuda, rows, *args, gd, *_no_acc(dtype), *cf, *tr, ())
+    launch(rc.adam_rowwise_dense_cuda, rows, *args, gd, *_no_acc(dtype), *cf, *tr, (),
+           ())  # fmt: skip
     with np.errstate(all="ignore"):
         want = rw_dense(dtype, state, g, cf, tr)
     assert_state(host_state(dev, state), want, "specials")
@@ -214,6 +216,7 @@ def test_sparse_kernel_is_the_cpu_kernel(cuda, rc, dtype, ams, kind):
         cuda.to_device(vals),
         *cf,
         *tr,
+        (),
         (),
     )
     want = rw_sparse(dtype, state, idx, vals, cf, tr)
@@ -245,6 +248,7 @@ def test_lazy_kernel_is_the_cpu_kernel(cuda, rc, dtype, ams, kind, marks):
         cuda.to_device(vals),
         *cf,
         *tr,
+        (),
         (),
         (ddev,) if marks else (),
     )
@@ -278,6 +282,7 @@ def test_empty_inputs(cuda, rc):
         *tr,
         (),
         (),
+        (),
     )
     assert_state(host_state(dev, state), state, "k=0")
     flat = rw_state(rng, 6, 0, dtype, True)
@@ -291,6 +296,7 @@ def test_empty_inputs(cuda, rc):
         *cf,
         *tr,
         (),
+        (),
     )
     assert_state(host_state(dev, flat), flat, "D=0")
 
@@ -302,7 +308,9 @@ def test_signatures_do_not_grow(cuda, rc):
         pytest.skip("the simulator compiles nothing")
     for dtype in FLOAT_DTYPES:
         for ams in (False, True):
-            rc.ensure_compiled(rc.adam_rowwise_lazy_cuda, dtype, ams, True, False)
+            rc.ensure_compiled(
+                rc.adam_rowwise_lazy_cuda, dtype, ams, True, False, ema=False
+            )
     assert len(rc.adam_rowwise_lazy_cuda.signatures) == 2 * len(FLOAT_DTYPES)
     for name in rc.SIGNATURES:
         for dtype in FLOAT_DTYPES:
@@ -328,13 +336,13 @@ def test_weight_decay_is_the_cpu_kernel(cuda, rc, dtype, mode):
         g = np.array(rng.standard_normal((rows, width)) * 2, dtype)
         tr = rw_transform(dtype, g, *KINDS["both"])
         launch(rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)),
-               *_no_acc(dtype), *cf, *tr, wd)  # fmt: skip
+               *_no_acc(dtype), *cf, *tr, wd, ())  # fmt: skip
         want = rw_dense(dtype, state, g, cf, tr, wd=wd)
     else:
         idx, vals = _slices(rng, rows, width, k, dtype, hot=60)
         tr = rw_transform(dtype, vals, *KINDS["both"])
         keys, pos = sorted_keys(cuda, idx)
-        common = (*args, keys, pos, k, cuda.to_device(vals), *cf, *tr, wd)
+        common = (*args, keys, pos, k, cuda.to_device(vals), *cf, *tr, wd, ())
         if mode == "sparse":
             launch(rc.adam_rowwise_sparse_cuda, rows, *common)
             want = rw_sparse(dtype, state, idx, vals, cf, tr, wd=wd)
@@ -346,3 +354,47 @@ def test_weight_decay_is_the_cpu_kernel(cuda, rc, dtype, mode):
     if mode == "sparse":  # the +0.0 rows were decayed, not skipped
         assert not np.array_equal(want[0][rows - 1], state[0][rows - 1])
     assert_state(host_state(dev, state), want, f"{mode} with weight decay")
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["", "overwrite"])
+@pytest.mark.parametrize("mode", ["dense", "sparse", "lazy"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_ema_is_the_cpu_kernel(cuda, rc, dtype, mode, overwrite):
+    """The EMA argument: the CPU kernels' averages (and, on an overwrite
+    step, variables), with weight decay and AMSGrad; TF's rule moves every
+    row's average (the +0.0 rows are not skipped), the lazy rule the listed
+    rows'."""
+    rng = np.random.default_rng([6, FLOAT_DTYPES.index(dtype), len(mode), overwrite])
+    rows, width, k = 150, 3, 90
+    state = rw_state(rng, rows, width, dtype, True, zero_rows=40)
+    avg = np.array(rng.standard_normal((rows, width)), dtype)
+    c = rw_compute(dtype).type
+    wd = (c(0.25), c(0.125))
+    cf = rw_coef(dtype)
+    dev, args = device_state(cuda, state)
+    adev = cuda.to_device(avg.reshape(-1))
+    ema = (adev, c(0.75), c(1) - c(0.75), overwrite)
+    want_avg = avg.copy()
+    cpu_ema = (want_avg, 0.75, overwrite)
+    if mode == "dense":
+        g = np.array(rng.standard_normal((rows, width)) * 2, dtype)
+        tr = rw_transform(dtype, g, *KINDS["both"])
+        launch(rc.adam_rowwise_dense_cuda, rows, *args, cuda.to_device(g.reshape(-1)),
+               *_no_acc(dtype), *cf, *tr, wd, ema)  # fmt: skip
+        want = rw_dense(dtype, state, g, cf, tr, wd=wd, ema=cpu_ema)
+    else:
+        idx, vals = _slices(rng, rows, width, k, dtype, hot=60)
+        tr = rw_transform(dtype, vals, *KINDS["both"])
+        keys, pos = sorted_keys(cuda, idx)
+        common = (*args, keys, pos, k, cuda.to_device(vals), *cf, *tr, wd, ema)
+        if mode == "sparse":
+            launch(rc.adam_rowwise_sparse_cuda, rows, *common)
+            want = rw_sparse(dtype, state, idx, vals, cf, tr, wd=wd, ema=cpu_ema)
+            assert not np.array_equal(want_avg[rows - 1], avg[rows - 1])
+        else:
+            launch(rc.adam_rowwise_lazy_cuda, k, *common, ())
+            want = rw_lazy(dtype, state, idx, vals, cf, tr, wd=wd, ema=cpu_ema)
+            untouched = np.setdiff1d(np.arange(rows), idx)
+            assert_same_bits(want_avg[untouched], avg[untouched], "unlisted")
+    assert_state(host_state(dev, state), want, f"{mode} with an EMA")
+    assert_same_bits(adev.copy_to_host().reshape(rows, width), want_avg, "average")

@@ -287,12 +287,6 @@ def test_sharded_adam_row_mode_is_for_sharded_tables():
         opt.apply_gradients([(np.ones((2, 2), np.float32), w)])
 
 
-def test_row_mode_refuses_what_it_does_not_fuse():
-    # (gradient accumulation with row-wise state: tests/test_accumulation.py)
-    with pytest.raises(ValueError, match="second_moment='row' does not support"):
-        numbadam.Adam(second_moment="row", use_ema=True)
-
-
 def test_row_lazy_steps_mark_dirty_rows(tmp_path):
     # incremental state-dir saves see the rows a row-wise lazy step touched
     w = np.zeros((50, 4), np.float32)

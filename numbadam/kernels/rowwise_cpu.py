@@ -13,6 +13,7 @@ with gradient ``g`` (``D`` values, transformed as in the element kernels:
     vhat = max(vhat, v)                                      # AMSGrad
     var_j -= (var_j * weight_decay) * lr_t                   # wd given
     var_j -= (m_j * alpha) / (sqrt(vhat or v) + eps)
+    ema_j = (momentum * ema_j) + ((1 - momentum) * var_j)   # use_ema given
 
 The sum of squares is sequential, in the compute type, so it is the same on the
 CPU and on CUDA (:mod:`numbadam.kernels.rowwise_cuda`) and for any thread count.
@@ -23,7 +24,9 @@ computed once per row.
 Layout and types
 ----------------
 ``var`` and ``m`` are flat C-contiguous views of the ``(R, D)`` table, ``v`` and
-``vhat`` 1-D arrays of ``R``; the width ``D`` is the gradient's
+``vhat`` 1-D arrays of ``R``; the EMA argument (after ``wd``) is None or the
+element kernels' ``(average, momentum, 1 - momentum, overwrite)``, the
+average a flat array like ``var``'s; the width ``D`` is the gradient's
 (``values.shape[1]``), or ``var.size // R`` for the dense kernel. A table of
 width 0 is left as it is. Storage and compute types are those of the element
 kernels: float16 travels as ``uint16`` bits and is computed in float32, rounded
@@ -41,21 +44,23 @@ Kernels
     A dense ``(R, D)`` gradient.
 
 They are compiled lazily from explicit signatures (:data:`SIGNATURES`,
-:func:`ensure_compiled`), cached on disk; ``vhat`` and ``dirty`` are arrays or
-None (``types.none`` signatures, pruned at compile time).
+:func:`ensure_compiled`), cached on disk; ``vhat``, ``dirty``, the
+accumulator, the weight decay and the EMA are arrays (tuples) or None
+(``types.none`` signatures, pruned at compile time).
 
 Examples
 --------
 >>> import numpy as np
 >>> from numbadam.kernels import rowwise_cpu as rk
->>> rk.ensure_compiled(rk.adam_rowwise_lazy_cpu, np.float64, False, True, False)
+>>> rk.ensure_compiled(rk.adam_rowwise_lazy_cpu, np.float64, False, True, False,
+...                    ema=False)
 >>> var = np.ones((3, 2)); m = np.zeros((3, 2)); v = np.zeros(3)
 >>> dirty = np.zeros(3, np.uint8)
 >>> idx = np.array([2, 0, 2]); vals = np.array([[1.0, -1.0], [3.0, 4.0], [1.0, 1.0]])
 >>> inf = np.inf
 >>> rk.adam_rowwise_lazy_cpu(var.reshape(-1), m.reshape(-1), v, None, idx, vals,
-...                          0.1, 0.1, 0.001, 1e-7, -inf, inf, 1.0, 1.0, None, 2, 1,
-...                          dirty)
+...                          0.1, 0.1, 0.001, 1e-7, -inf, inf, 1.0, 1.0, None, None,
+...                          2, 1, dirty)
 >>> m  # row 2's gradient is the sum of its two rows: [2, 0]
 array([[0.3, 0.4],
        [0. , 0. ],
@@ -86,8 +91,11 @@ from .cpu import (
     _is_identity,
     _moments,
     _prefetch_span,
+    _store_var,
     _transform,
     _zero_rows_stay,
+    ema_span,
+    ema_type,
     load,
     span,
     store,
@@ -103,6 +111,7 @@ __all__ = [
     "DECAY_ARG",
     "DIRTY_ARG",
     "ACC_ARG",
+    "EMA_ARG",
     "ensure_compiled",
 ]
 
@@ -164,15 +173,16 @@ def _row_moment(v, vhat, r, s, omb2):
 
 
 @njit(**_SERIAL)
-def _elem(xs, ms, j, gj, alpha, omb1, den, wd):
+def _elem(xs, ms, j, gj, alpha, omb1, den, wd, es):
     # with weight decay (wd = (weight_decay, lr_t), else None) the value
-    # loaded is decayed first, as in _adam_elem
+    # loaded is decayed first, as in _adam_elem; with an EMA (es: the row's
+    # span of it, else None) its average follows, as in _adam_elem
     mj = _ema(load(ms, j), gj, omb1)
     store(ms, j, mj)
     xj = load(xs, j)
     if wd is not None:
         xj = xj - (xj * wd[0]) * wd[1]
-    store(xs, j, _step_by(xj, mj, alpha, den))
+    _store_var(xs, j, _step_by(xj, mj, alpha, den), es)
 
 
 @njit(**_SERIAL)
@@ -187,7 +197,7 @@ def _grad_at(gs, acs, j, steps):
 
 @njit(**_SERIAL)
 def _row(xs, ms, v, vhat, r, gs, acs, steps, lo, hi, mul, div, alpha, omb1, omb2,
-         eps, wd):  # fmt: skip
+         eps, wd, es):  # fmt: skip
     # Row r (xs, ms: its elements) with gradient (clip(g, lo, hi) * mul) / div,
     # g = gs or the mean (gs + acs) / steps (see _grad_at): the mean square
     # first (gs and acs read twice; var and m once each).
@@ -206,15 +216,15 @@ def _row(xs, ms, v, vhat, r, gs, acs, steps, lo, hi, mul, div, alpha, omb1, omb2
     den = _denominator(d, eps)
     if plain:
         for j in range(width):
-            _elem(xs, ms, j, _grad_at(gs, acs, j, steps), alpha, omb1, den, wd)
+            _elem(xs, ms, j, _grad_at(gs, acs, j, steps), alpha, omb1, den, wd, es)
     else:
         for j in range(width):
             gj = _transform(_grad_at(gs, acs, j, steps), lo, hi, mul, div)
-            _elem(xs, ms, j, gj, alpha, omb1, den, wd)
+            _elem(xs, ms, j, gj, alpha, omb1, den, wd, es)
 
 
 @njit(**_SERIAL)
-def _decay_row(xs, ms, v, vhat, r, alpha, omb1, omb2, eps, wd, skip):
+def _decay_row(xs, ms, v, vhat, r, alpha, omb1, omb2, eps, wd, es, skip):
     # A row without gradient: _row's arithmetic with g = 0 (so s = +0). With
     # skip, a row whose m, v (and vhat) are all +0.0 is only read: it would
     # keep every bit (see kernels.cpu).
@@ -228,7 +238,7 @@ def _decay_row(xs, ms, v, vhat, r, alpha, omb1, omb2, eps, wd, skip):
     zero = zero_of(alpha)
     den = _denominator(_row_moment(v, vhat, r, zero, omb2), eps)
     for j in range(xs.shape[0]):
-        _elem(xs, ms, j, zero, alpha, omb1, den, wd)
+        _elem(xs, ms, j, zero, alpha, omb1, den, wd, es)
 
 
 # ---------------------------------------------------------------------------
@@ -253,7 +263,7 @@ def _prefetch_row(var, m, v, vhat, values, indices, order, start, width):
 @njit(**_PARALLEL)
 def adam_rowwise_lazy_cpu(
     var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, lo, hi, mul, div, wd,
-    maxkey, nt, dirty,
+    ema, maxkey, nt, dirty,
 ):  # fmt: skip
     """Lazy row-wise Adam or AMSGrad step: only rows ``indices`` change.
 
@@ -267,10 +277,12 @@ def adam_rowwise_lazy_cpu(
     ``vhat = max(vhat, v)``; ``var_j -= (m_j * alpha) / (sqrt(vhat or v) +
     eps)``, the value first decayed with weight decay (``wd = (weight_decay,
     lr_t)``, else None: ``var_j -= (var_j * weight_decay) * lr_t``, only on
-    these rows). Written: those rows of ``var``, ``m``, ``v`` (and ``vhat``), and
-    ``dirty[row] = 1`` (a ``uint8`` array of ``R``, or None) for each. One pass
-    per unique row, dealt round-robin to ``nt`` workers (pass Numba's thread
-    count): the results do not depend on ``nt``. Cost O(k W).
+    these rows); with an EMA (``ema``, else None) the average of those rows
+    follows. Written: those rows of ``var``, ``m``, ``v`` (and ``vhat``, the
+    average), and ``dirty[row] = 1`` (a ``uint8`` array of ``R``, or None)
+    for each. One pass per unique row, dealt round-robin to ``nt`` workers
+    (pass Numba's thread count): the results do not depend on ``nt``. Cost
+    O(k W).
     """
     width = values.shape[1]
     if width == 0:
@@ -292,12 +304,14 @@ def adam_rowwise_lazy_cpu(
             e = a + width
             if s1 - s0 == 1:  # one gradient row: transformed as it is read
                 _row(var[a:e], m[a:e], v, vhat, r, values[order[s0]], None, alpha,
-                     lo, hi, mul, div, alpha, omb1, omb2, eps, wd)  # fmt: skip
+                     lo, hi, mul, div, alpha, omb1, omb2, eps, wd,
+                     ema_span(ema, a, e))  # fmt: skip
             else:  # duplicates: summed (transformed) into the group's scratch
                 acc = scratch[at[q] : at[q] + width]
                 _group_grad(acc, values, order, s0, s1, lo, hi, mul, div)
                 _row(var[a:e], m[a:e], v, vhat, r, acc, None, alpha, ilo, ihi,
-                     imul, idiv, alpha, omb1, omb2, eps, wd)  # fmt: skip
+                     imul, idiv, alpha, omb1, omb2, eps, wd,
+                     ema_span(ema, a, e))  # fmt: skip
             if dirty is not None:
                 dirty[r] = 1
 
@@ -309,7 +323,7 @@ def adam_rowwise_lazy_cpu(
 
 @njit(**_PARALLEL)
 def adam_rowwise_sparse_cpu(
-    var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, wd, block_rows
+    var, m, v, vhat, indices, values, alpha, omb1, omb2, eps, wd, ema, block_rows
 ):
     """Sparse row-wise Adam or AMSGrad step (TF's rule) over a whole table.
 
@@ -321,17 +335,19 @@ def adam_rowwise_sparse_cpu(
     :func:`adam_rowwise_lazy_cpu`, with a zero gradient where it has none (a
     row without gradient whose ``m``, ``v`` (and ``vhat``) are all +0.0 is only
     read: it would not change). With weight decay (``wd``, else None) every
-    row is decayed first and none is skipped. Written: ``var``, ``m``, ``v``
-    (and ``vhat``), in parallel over fixed blocks of ``block_rows`` rows.
+    row is decayed first and none is skipped; with an EMA (``ema``, else
+    None) every row's average follows and none is skipped. Written: ``var``,
+    ``m``, ``v`` (and ``vhat``, the average), in parallel over fixed blocks
+    of ``block_rows`` rows.
     """
     width = values.shape[1]
     nrows = v.shape[0]
     if width == 0:
         return
     k = indices.shape[0]
-    if wd is None:
+    if wd is None and ema is None:
         skip = _zero_rows_stay(alpha, omb1, omb2, eps)
-    else:  # (a decayed row changes even with m = v = +0.0)
+    else:  # (a decayed row, or its average, changes even with m = v = +0.0)
         skip = False
     ilo, ihi, imul, idiv = _identity_like(alpha)
     nblocks = (nrows + block_rows - 1) // block_rows
@@ -344,11 +360,12 @@ def adam_rowwise_sparse_cpu(
             e = a + width
             if p < k and indices[p] == r:
                 _row(var[a:e], m[a:e], v, vhat, r, values[p], None, alpha, ilo, ihi,
-                     imul, idiv, alpha, omb1, omb2, eps, wd)  # fmt: skip
+                     imul, idiv, alpha, omb1, omb2, eps, wd,
+                     ema_span(ema, a, e))  # fmt: skip
                 p += 1
             else:
                 _decay_row(var[a:e], m[a:e], v, vhat, r, alpha, omb1, omb2, eps,
-                           wd, skip)  # fmt: skip
+                           wd, ema_span(ema, a, e), skip)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -359,7 +376,7 @@ def adam_rowwise_sparse_cpu(
 @njit(**_PARALLEL)
 def adam_rowwise_dense_cpu(
     var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, eps, lo, hi, mul, div, wd,
-    serial_max,
+    ema, serial_max,
 ):  # fmt: skip
     """Dense row-wise Adam or AMSGrad step over an ``(R, W)`` table, in place.
 
@@ -369,8 +386,9 @@ def adam_rowwise_dense_cpu(
     mul) / div``, each value decayed first with weight decay (``wd``, else
     None). With ``acc`` (an array like ``g``, else None) the gradient is the
     mean ``(g + acc) / steps`` instead (the applying call of gradient
-    accumulation; ``acc`` is read, never written). Written: ``var``, ``m``,
-    ``v`` (and ``vhat``); up to ``serial_max`` elements in the calling
+    accumulation; ``acc`` is read, never written); with an EMA (``ema``, else
+    None) the averages follow. Written: ``var``, ``m``, ``v`` (and ``vhat``,
+    the average); up to ``serial_max`` elements in the calling
     thread, else in parallel over rows (the same arithmetic, whatever the
     threads).
     """
@@ -384,13 +402,14 @@ def adam_rowwise_dense_cpu(
             a = r * width
             e = a + width
             _row(var[a:e], m[a:e], v, vhat, r, g[a:e], span(acc, a, e), steps, lo,
-                 hi, mul, div, alpha, omb1, omb2, eps, wd)  # fmt: skip
+                 hi, mul, div, alpha, omb1, omb2, eps, wd,
+                 ema_span(ema, a, e))  # fmt: skip
         return
     for r in prange(nrows):
         a = r * width
         e = a + width
         _row(var[a:e], m[a:e], v, vhat, r, g[a:e], span(acc, a, e), steps, lo, hi,
-             mul, div, alpha, omb1, omb2, eps, wd)  # fmt: skip
+             mul, div, alpha, omb1, omb2, eps, wd, ema_span(ema, a, e))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -407,30 +426,35 @@ def _signatures(storage):
     W, R = _arr(s), _arr(s, readonly=True)
     i64, none = types.int64, types.none
     # vhat (VHAT_ARG) and dirty (DIRTY_ARG): None, or an array; the weight
-    # decay (DECAY_ARG): None, or the pair (weight_decay, lr_t)
+    # decay (DECAY_ARG): None, or the pair (weight_decay, lr_t); the EMA
+    # (EMA_ARG): None, or (average, momentum, 1 - momentum, overwrite)
     decays = (none, types.UniTuple(c, 2))
+    emas = (none, ema_type(s, c))
     return {
         "adam_rowwise_lazy_cpu": [
             (W, W, W, h, _arr(it, readonly=True), _arr(s, 2, readonly=True))
             + (c,) * 8
-            + (wd, i64, i64, d)
+            + (wd, e, i64, i64, d)
             for h in (none, W)
             for it in (types.int32, types.int64)
             for wd in decays
+            for e in emas
             for d in (none, _arr(types.uint8))
         ],
         "adam_rowwise_sparse_cpu": [
             (W, W, W, h, _arr(i64, readonly=True), _arr(c, 2, readonly=True))
             + (c,) * 4
-            + (wd, i64)
+            + (wd, e, i64)
             for h in (none, W)
             for wd in decays
+            for e in emas
         ],
         "adam_rowwise_dense_cpu": [
-            (W, W, W, h, R, a, c) + (c,) * 8 + (wd, i64)
+            (W, W, W, h, R, a, c) + (c,) * 8 + (wd, e, i64)
             for h in (none, W)
             for a in (none, R)
             for wd in decays
+            for e in emas
         ],
     }
 
@@ -455,8 +479,16 @@ DECAY_ARG = {
     "adam_rowwise_dense_cpu": 15,
 }
 
+#: Position of the EMA argument (None, or ``(average, momentum, 1 - momentum,
+#: overwrite)``).
+EMA_ARG = {
+    "adam_rowwise_lazy_cpu": 15,
+    "adam_rowwise_sparse_cpu": 11,
+    "adam_rowwise_dense_cpu": 16,
+}
+
 #: Position of the ``dirty`` argument (None, or a ``uint8`` array of ``R``).
-DIRTY_ARG = {"adam_rowwise_lazy_cpu": 17}
+DIRTY_ARG = {"adam_rowwise_lazy_cpu": 18}
 
 #: Position of the accumulator argument (None, or an array like the gradient).
 ACC_ARG = {"adam_rowwise_dense_cpu": 5}
@@ -466,7 +498,7 @@ _lock = threading.Lock()
 
 
 def ensure_compiled(
-    kernel, dtype, amsgrad=None, dirty=None, decay=None, acc=None
+    kernel, dtype, amsgrad=None, dirty=None, decay=None, acc=None, ema=None
 ) -> None:
     """Compile ``kernel``'s explicit signatures for storage ``dtype`` (once).
 
@@ -475,12 +507,13 @@ def ensure_compiled(
     (False) a ``dirty`` array, ``decay`` those with (True) or without
     (False) weight decay (:data:`DECAY_ARG`), and for those of
     :data:`ACC_ARG` ``acc`` those with (True) or without (False) an
-    accumulator; None compiles both. As
+    accumulator, ``ema`` those with (True) or without (False) an EMA
+    (:data:`EMA_ARG`); None compiles both. As
     :func:`numbadam.kernels.cpu.ensure_compiled`: loads from the on-disk cache
     when possible, and afterwards the kernel compiles nothing new at call time.
     """
     name = kernel.py_func.__name__
-    key = (name, np.dtype(dtype), amsgrad, dirty, decay, acc)
+    key = (name, np.dtype(dtype), amsgrad, dirty, decay, acc, ema)
     if key in _compiled:
         return
     with _lock:
@@ -492,6 +525,7 @@ def ensure_compiled(
             (DIRTY_ARG.get(name), dirty),
             (DECAY_ARG.get(name), decay),
             (ACC_ARG.get(name), acc),
+            (EMA_ARG.get(name), ema),
         ):
             if at is not None and want is not None:
                 sigs = [sig for sig in sigs if (sig[at] != types.none) == want]

@@ -16,7 +16,9 @@ Arrays are flat C-contiguous device arrays: ``var`` and ``m`` of the ``(R, D)``
 table, ``v`` of ``R`` values; AMSGrad's ``vhat`` is ``()`` or ``(vhat,)``
 (kernel arguments cannot be None; only ``slot_max`` and ``slot_is_pos_zero``
 touch it), and so is the lazy kernel's ``dirty`` (``()`` or ``(dirty,)``, a
-``uint8`` array of ``R``; only :func:`mark_row` touches it). The sparse
+``uint8`` array of ``R``; only :func:`mark_row` touches it). The EMA argument
+(after ``wd``) is the element kernels' ``()`` or ``(average, momentum, 1 -
+momentum, overwrite)`` (only ``store_var`` and ``has_ema`` touch it). The sparse
 kernels take the gradient's indices stable-sorted (``keys[:nkeys]``, their
 positions in ``values`` in ``pos``) and its raw values: they transform and sum
 the duplicates of a row from zero, in order of appearance, as
@@ -57,9 +59,11 @@ from .cuda import (
     _zero_rows_stay,
     decayed,
     has_decay,
+    has_ema,
     mark_row,
     slot_is_pos_zero,
     slot_max,
+    store_var,
 )
 
 __all__ = [
@@ -73,6 +77,7 @@ __all__ = [
     "DECAY_ARG",
     "DIRTY_ARG",
     "ACC_ARG",
+    "EMA_ARG",
     "ensure_compiled",
 ]
 
@@ -149,16 +154,17 @@ def _row_moment(v, vhat, r, s, omb2):
 
 
 @cuda.jit(device=True)
-def _elem(var, m, e, g, alpha, omb1, den, wd):
-    # the value decayed first with weight decay (wd: () or the pair)
+def _elem(var, m, e, g, alpha, omb1, den, wd, ema):
+    # the value decayed first with weight decay (wd: () or the pair); the
+    # average (ema not ()) follows the value stored
     mi = _ema(_widen(m[e]), g, omb1)
     m[e] = mi
-    var[e] = _step_by(decayed(wd, _widen(var[e])), mi, alpha, den)
+    store_var(var, e, _step_by(decayed(wd, _widen(var[e])), mi, alpha, den), ema)
 
 
 @cuda.jit(device=True)
 def _sorted_row(var, m, v, vhat, r, s, width, keys, pos, nkeys, values, alpha,
-                omb1, omb2, eps, lo, hi, mul, div, wd):  # fmt: skip
+                omb1, omb2, eps, lo, hi, mul, div, wd, ema):  # fmt: skip
     # row r, whose duplicates start at sorted position s (summed twice: for
     # the mean square, then for m)
     zero = _zero(alpha)
@@ -170,7 +176,7 @@ def _sorted_row(var, m, v, vhat, r, s, width, keys, pos, nkeys, values, alpha,
     den = _denominator(_row_moment(v, vhat, r, acc / like(alpha, width), omb2), eps)
     for j in range(width):
         gj = _segment_gradient(s, j, keys, pos, nkeys, values, lo, hi, mul, div, zero)
-        _elem(var, m, a + j, gj, alpha, omb1, den, wd)
+        _elem(var, m, a + j, gj, alpha, omb1, den, wd, ema)
 
 
 @cuda.jit(device=True)
@@ -189,7 +195,7 @@ def _row_is_pos_zero(m, a, width):
 @cuda.jit(cache=True)
 def adam_rowwise_lazy_cuda(
     var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
-    div, wd, dirty,
+    div, wd, ema, dirty,
 ):  # fmt: skip
     """Lazy row-wise Adam or AMSGrad step: only the rows in ``keys`` change.
 
@@ -198,7 +204,8 @@ def adam_rowwise_lazy_cuda(
     arithmetic of :func:`numbadam.kernels.rowwise_cpu.adam_rowwise_lazy_cpu`;
     ``dirty`` (``()`` or ``(dirty,)``) gets ``dirty[row] = 1`` for each row
     written; ``wd`` (``()`` or ``(weight_decay, lr_t)``) decays those rows
-    first. ``keys[:nkeys]`` are the indices stable-sorted, ``pos`` their
+    first; ``ema`` (``()`` or the average and its scalars) moves their
+    averages. ``keys[:nkeys]`` are the indices stable-sorted, ``pos`` their
     positions in ``values`` (``(k, W)``, storage dtype, not yet transformed).
     """
     width = values.shape[1]
@@ -208,33 +215,39 @@ def adam_rowwise_lazy_cuda(
         if s == 0 or keys[s] != keys[s - 1]:
             r = keys[s]
             _sorted_row(var, m, v, vhat, r, s, width, keys, pos, nkeys, values,
-                        alpha, omb1, omb2, eps, lo, hi, mul, div, wd)  # fmt: skip
+                        alpha, omb1, omb2, eps, lo, hi, mul, div, wd,
+                        ema)  # fmt: skip
             mark_row(dirty, r)
 
 
 @cuda.jit(cache=True)
 def adam_rowwise_sparse_cuda(
     var, m, v, vhat, keys, pos, nkeys, values, alpha, omb1, omb2, eps, lo, hi, mul,
-    div, wd,
+    div, wd, ema,
 ):  # fmt: skip
     """Sparse row-wise Adam or AMSGrad step (TF's rule) over a whole table.
 
     Arguments as :func:`adam_rowwise_lazy_cuda` (without ``dirty``). Every row
     steps, with a zero gradient where it has none; a row without gradient
     whose ``m``, ``v`` (and ``vhat``) are all +0.0 is only read (it would not
-    change); with weight decay (``wd``) every row is decayed first and none
-    is skipped.
+    change); with weight decay (``wd``) every row is decayed first, with an
+    EMA (``ema``) every row's average moves, and then none is skipped.
     """
     width = values.shape[1]
     if width == 0:
         return
     zero = _zero(alpha)
-    skip = _zero_rows_stay(alpha, omb1, omb2, eps) and not has_decay(wd)
+    skip = (
+        _zero_rows_stay(alpha, omb1, omb2, eps)
+        and not has_decay(wd)
+        and not has_ema(ema)
+    )
     for r in range(cuda.grid(1), v.shape[0], cuda.gridsize(1)):
         s = _lower_bound(keys, 0, nkeys, r)
         if s < nkeys and keys[s] == r:
             _sorted_row(var, m, v, vhat, r, s, width, keys, pos, nkeys, values,
-                        alpha, omb1, omb2, eps, lo, hi, mul, div, wd)  # fmt: skip
+                        alpha, omb1, omb2, eps, lo, hi, mul, div, wd,
+                        ema)  # fmt: skip
             continue
         a = r * width
         if (
@@ -246,18 +259,19 @@ def adam_rowwise_sparse_cuda(
             continue  # stays bit for bit: read only
         den = _denominator(_row_moment(v, vhat, r, zero, omb2), eps)
         for j in range(width):
-            _elem(var, m, a + j, zero, alpha, omb1, den, wd)
+            _elem(var, m, a + j, zero, alpha, omb1, den, wd, ema)
 
 
 @cuda.jit(cache=True)
 def adam_rowwise_dense_cuda(var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, eps,
-                            lo, hi, mul, div, wd):  # fmt: skip
+                            lo, hi, mul, div, wd, ema):  # fmt: skip
     """Dense row-wise Adam or AMSGrad step over an ``(R, W)`` table, in place.
 
     ``var``, ``m`` and ``g`` are flat (``W = var.size // R``), ``v`` of ``R``
     values, ``vhat`` ``()`` or ``(vhat,)``, ``wd`` ``()`` or ``(weight_decay,
     lr_t)``, ``acc`` ``()`` or ``(accumulator,)`` (then the gradient is the
-    mean ``(g + accumulator) / steps``); the arithmetic of
+    mean ``(g + accumulator) / steps``), ``ema`` ``()`` or the average and its
+    scalars; the arithmetic of
     :func:`numbadam.kernels.rowwise_cpu.adam_rowwise_dense_cpu`.
     """
     nrows = v.shape[0]
@@ -276,7 +290,7 @@ def adam_rowwise_dense_cuda(var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, e
         den = _denominator(d, eps)
         for j in range(width):
             gj = _transform(grad_of(g, acc, a + j, steps), lo, hi, mul, div)
-            _elem(var, m, a + j, gj, alpha, omb1, den, wd)
+            _elem(var, m, a + j, gj, alpha, omb1, den, wd, ema)
 
 
 # ---------------------------------------------------------------------------
@@ -297,21 +311,25 @@ def _signatures(storage):
     # vhat (VHAT_ARG) and dirty (DIRTY_ARG): () or a 1-tuple of an array
     slots = (types.Tuple(()), types.UniTuple(A, 1))
     marks = (types.Tuple(()), types.UniTuple(_arr(types.uint8), 1))
-    # the weight decay (DECAY_ARG): () or (weight_decay, lr_t)
+    # the weight decay (DECAY_ARG): () or (weight_decay, lr_t); the EMA
+    # (EMA_ARG): () or (average, momentum, 1 - momentum, overwrite)
     decays = (types.Tuple(()), types.UniTuple(c, 2))
+    emas = (types.Tuple(()), types.Tuple((A, c, c, types.boolean)))
     sparse = [
-        (A, A, A, h, K, K, i64, _arr(s, 2)) + scalars + (wd,)
+        (A, A, A, h, K, K, i64, _arr(s, 2)) + scalars + (wd, e)
         for h in slots
         for wd in decays
+        for e in emas
     ]
     return {
         "adam_rowwise_lazy_cuda": [sig + (d,) for sig in sparse for d in marks],
         "adam_rowwise_sparse_cuda": sparse,
         "adam_rowwise_dense_cuda": [
-            (A, A, A, h, A, ac, c) + scalars + (wd,)
+            (A, A, A, h, A, ac, c) + scalars + (wd, e)
             for h in slots
             for ac in slots
             for wd in decays
+            for e in emas
         ],
     }
 
@@ -336,8 +354,16 @@ DECAY_ARG = {
     "adam_rowwise_dense_cuda": 15,
 }
 
+#: Position of the EMA argument (``()`` or ``(average, momentum, 1 - momentum,
+#: overwrite)``).
+EMA_ARG = {
+    "adam_rowwise_lazy_cuda": 17,
+    "adam_rowwise_sparse_cuda": 17,
+    "adam_rowwise_dense_cuda": 16,
+}
+
 #: Position of the ``dirty`` argument (``()`` or ``(dirty,)``).
-DIRTY_ARG = {"adam_rowwise_lazy_cuda": 17}
+DIRTY_ARG = {"adam_rowwise_lazy_cuda": 18}
 
 #: Position of the accumulator argument (``()`` or ``(accumulator,)``).
 ACC_ARG = {"adam_rowwise_dense_cuda": 5}
@@ -347,7 +373,7 @@ _lock = threading.Lock()
 
 
 def ensure_compiled(
-    kernel, dtype, amsgrad=None, dirty=None, decay=None, acc=None
+    kernel, dtype, amsgrad=None, dirty=None, decay=None, acc=None, ema=None
 ) -> None:
     """Compile ``kernel``'s explicit signatures for storage ``dtype`` (once).
 
@@ -355,13 +381,14 @@ def ensure_compiled(
     :data:`ACC_ARG`'s) ``acc`` select the signatures with a 1-tuple (True) or
     an empty tuple (False) there, and
     ``decay`` those with the pair (True) or ``()`` (False) at
-    :data:`DECAY_ARG`; None compiles both. Afterwards the kernel compiles
+    :data:`DECAY_ARG`, ``ema`` those with the EMA's 4-tuple (True) or ``()``
+    (False) at :data:`EMA_ARG`; None compiles both. Afterwards the kernel compiles
     nothing new at call time. A no-op under the simulator.
     """
     if SIMULATOR:
         return
     name = kernel.py_func.__name__
-    key = (name, np.dtype(dtype), amsgrad, dirty, decay, acc)
+    key = (name, np.dtype(dtype), amsgrad, dirty, decay, acc, ema)
     if key in _compiled:
         return
     with _lock:
@@ -378,6 +405,9 @@ def ensure_compiled(
         at = DECAY_ARG.get(name)
         if decay is not None:
             sigs = [sig for sig in sigs if (len(sig[at]) == 2) == decay]
+        at = EMA_ARG.get(name)
+        if ema is not None:
+            sigs = [sig for sig in sigs if (len(sig[at]) == 4) == ema]
         kernel.disable_compile(False)
         try:
             for sig in sigs:

@@ -154,6 +154,19 @@ CASES: Dict[str, Any] = {
         True,
         {"second_moment": "row", "sparse_mode": "lazy", "amsgrad": True},
     ),
+    "emb_row_ema_lazy": (
+        "zero",
+        [1],
+        False,
+        True,
+        {
+            "second_moment": "row",
+            "sparse_mode": "lazy",
+            "use_ema": True,
+            "ema_momentum": 0.6,
+            "weight_decay": 0.02,
+        },
+    ),
     "emb_row_tf_clip_disk": (
         "zero",
         [3],
