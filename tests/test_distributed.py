@@ -573,13 +573,17 @@ def test_row_wise_table_state_is_one_v_per_row_split_by_rows(mpi_runs, n):
     assert [int(f["emb_row__local_nbytes"]) for f in run.ranks] == per_rank
 
 
-def test_sharded_row_mode_refuses_replicated_tables_and_sharded_files(tmp_path):
+def test_sharded_row_mode_state_and_refused_sharded_files(tmp_path):
+    # a replicated 2-D variable is cut at its rows: one v per row, as Adam's
+    # (its steps at 1, 2 and 4 ranks: the zero_row* cases)
     w = np.ones((3, 2), np.float32)
     opt = ShardedAdam(comm="self", second_moment="row")
-    with pytest.raises(ValueError, match="replicated 2-D variable"):
-        opt.apply_gradients([(np.ones((3, 2), np.float32), w)])
-    assert opt.weights == [opt.iterations] and int(opt.iterations) == 0
-    assert (w == 1).all()
+    ref, w_ref = numbadam.Adam(second_moment="row"), w.copy()
+    g2 = np.arange(6, dtype=np.float32).reshape(3, 2)
+    opt.apply_gradients([(g2, w)])
+    ref.apply_gradients([(g2, w_ref)])
+    assert opt.get_slot(w, "v").shape == (3,) and opt.get_slot(w, "m").shape == (6,)
+    np.testing.assert_array_equal(w, w_ref)
     emb = ShardedEmbedding.from_full(np.ones((4, 2), np.float32), comm="self")
     g = IndexedSlices(np.ones((1, 2), np.float32), np.array([2]), (4, 2))
     opt.apply_gradients([(g, emb)])
@@ -592,6 +596,7 @@ def test_sharded_row_mode_refuses_replicated_tables_and_sharded_files(tmp_path):
     # get_weights / set_weights round trip, Adam's list
     twin = ShardedAdam(comm="self", second_moment="row")
     emb2 = ShardedEmbedding.from_full(emb.gather(), comm="self")
+    twin.build([w.copy()])  # (the same slot order: w's first, as opt made them)
     twin.build([emb2])
     twin.set_weights(opt.get_weights())
     for a, b in zip(twin.get_weights(), opt.get_weights()):

@@ -277,16 +277,6 @@ def test_keras3_file_refuses_row_state(tmp_path):
     assert not (tmp_path / "m.weights.h5").exists()
 
 
-def test_sharded_adam_row_mode_is_for_sharded_tables():
-    # (tests/test_distributed.py steps ShardedEmbedding tables row-wise)
-    from numbadam.distributed import ShardedAdam  # (no MPI needed: "self")
-
-    opt = ShardedAdam(second_moment="row", comm="self")
-    w = np.ones((2, 2), np.float32)
-    with pytest.raises(ValueError, match="replicated 2-D variable"):
-        opt.apply_gradients([(np.ones((2, 2), np.float32), w)])
-
-
 def test_row_lazy_steps_mark_dirty_rows(tmp_path):
     # incremental state-dir saves see the rows a row-wise lazy step touched
     w = np.zeros((50, 4), np.float32)

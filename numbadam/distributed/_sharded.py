@@ -112,7 +112,9 @@ class ShardedAdam(ShardedStateMixin, Adam):
     aggregate, transform and finish hooks, the Adam kernels its apply hooks. A
     slice of a table that starts or ends inside a row is stepped as up to three
     small tables (partial row, whole rows, partial row), so the TF and lazy
-    rules are the kernels' own. Variables must be C-contiguous NumPy arrays, the same on every
+    rules are the kernels' own; under ``second_moment="row"`` a variable of
+    two or more dimensions is cut at rows instead (whole rows per rank, one
+    ``v`` each). Variables must be C-contiguous NumPy arrays, the same on every
     rank, passed in the same order with gradients of the same kinds (checked
     at every step, as in :class:`DistributedAdam`, before any data moves).
 
@@ -199,14 +201,9 @@ class ShardedAdam(ShardedStateMixin, Adam):
                     f"{label} is not C-contiguous; ShardedAdam updates contiguous "
                     "slices of each variable and all-gathers them in place"
                 )
+            # (second_moment="row": a 2-D+ variable is cut at its rows)
             if self._row_slots and var.ndim >= 2:
-                raise ValueError(
-                    f"{label} is a replicated {var.ndim}-D variable, and "
-                    "ShardedAdam(second_moment='row') keeps one second moment per "
-                    "row only for ShardedEmbedding tables (a replicated variable's "
-                    "flat slices split its rows); make it a ShardedEmbedding, or "
-                    "use DistributedAdam or second_moment='element'"
-                )
+                return Shard(key, var, self.comm, label, rows=True)
         return Shard(key, var, self.comm, label)
 
     # -- the step: hooks of OptimizerV2's one pipeline ------------------------------
@@ -354,8 +351,9 @@ class ShardedAdam(ShardedStateMixin, Adam):
     def _slice_rows(self, sh: Shard, idx: np.ndarray, vals: np.ndarray, label: Any):
         """The sparse works of this rank's slice ``[lo, hi)`` of a table.
 
-        The slice need not start or end on a row: it is cut into a partial
-        first row, whole rows, and a partial last row, each a table of its own
+        The slice need not start or end on a row (it does for a row-aligned
+        shard): it is cut into a partial first row, whole rows, and a partial
+        last row, each a table of its own
         for the sparse kernels (which then sum duplicates and apply the TF or
         the lazy rule, clipping included, exactly as on the whole table).
         """
@@ -385,7 +383,8 @@ class ShardedAdam(ShardedStateMixin, Adam):
             if ncols != width:
                 v = v[:, col : col + ncols]
             n = nrows * ncols
-            part = Part(sh, off, off + n)
+            # (a row-aligned shard is one piece: its own slots, row-wise v too)
+            part = sh if sh.row_bounds is not None else Part(sh, off, off + n)
             work = SparseWork(flat[off : off + n].reshape(nrows, ncols),
                               flat[off : off + n], idx[sel] - row,
                               np.ascontiguousarray(v), ncols, False, label)  # fmt: skip

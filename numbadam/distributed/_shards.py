@@ -40,7 +40,13 @@ def rank_slot_dir(parent: SlotDir, comm: Communicator, owner: str) -> SlotDir:
 
 class Shard(Entry):
     """One variable as ShardedAdam sees it: this rank's flat range and its slots
-    (an entry of the optimizer's slot table, holding 1-D slices)."""
+    (an entry of the optimizer's slot table, holding 1-D slices).
+
+    With ``rows`` (a replicated variable of two or more dimensions under
+    ``second_moment="row"``) the ranges are whole rows of the first axis
+    (:func:`partition` of the rows), so that each row, and its one second
+    moment, belongs to one rank.
+    """
 
     __slots__ = (
         "key",
@@ -54,9 +60,12 @@ class Shard(Entry):
         "view",
         "label",
         "rank",
+        "row_bounds",
     )
 
-    def __init__(self, key, var, comm: Communicator, label: str) -> None:
+    def __init__(
+        self, key, var, comm: Communicator, label: str, rows: bool = False
+    ) -> None:
         self.key = key
         self.var = var
         self.label = label
@@ -64,15 +73,22 @@ class Shard(Entry):
         self.dtype = np.dtype(var.dtype)
         self.slots: Dict[str, np.ndarray] = {}
         self.interval = None  # (Entry's: set once found clear of the slots)
+        self.row_bounds = None  # (rows of the row-wise slots, when row-aligned)
         if isinstance(var, ShardedEmbedding):
             self.emb = var
             self.size = var.size
             self.bounds = var.row_bounds * var.shape[1]
+            self.row_bounds = var.row_bounds
             self.view = var.local.reshape(-1)
         else:
             self.emb = None
             self.size = int(var.size)
-            self.bounds = partition(self.size, comm.size)
+            if rows:
+                width = self.size // self.shape[0] if self.shape[0] else 0
+                self.row_bounds = partition(self.shape[0], comm.size)
+                self.bounds = self.row_bounds * width
+            else:
+                self.bounds = partition(self.size, comm.size)
             self.view = None
         self.rank = comm.rank
         self.lo = int(self.bounds[comm.rank])
@@ -86,10 +102,10 @@ class Shard(Entry):
 
     def layout(self, name: str, row_slots=()):
         """``(counts per rank, full shape, lo, hi)`` of slot ``name``'s slices:
-        the variable's elements, or, for a row-wise slot of a sharded table
-        (``name`` in ``row_slots``), its rows (one value each)."""
-        if self.emb is not None and name in row_slots:
-            rb = self.emb.row_bounds
+        the variable's elements, or, for a row-wise slot of a row-aligned
+        shard (``name`` in ``row_slots``), its rows (one value each)."""
+        if self.row_bounds is not None and name in row_slots:
+            rb = self.row_bounds
             lo, hi = int(rb[self.rank]), int(rb[self.rank + 1])
             return np.diff(rb), (self.shape[0],), lo, hi
         return self.counts, self.shape, self.lo, self.hi

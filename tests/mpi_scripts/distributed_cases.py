@@ -154,6 +154,23 @@ CASES: Dict[str, Any] = {
         True,
         {"second_moment": "row", "sparse_mode": "lazy", "amsgrad": True},
     ),
+    # row-wise state of replicated 2-D variables: each rank keeps whole rows
+    # (0-d and 1-D variables element-wise); a float16 one, the big one, a
+    # table smaller than 4 ranks' rows
+    "zero_row": ("zero", [0, 4, 5, 1, 2], True, False, {"second_moment": "row"}),
+    "zero_row_lazy_accum_clip": (
+        "zero",
+        [0, 3],
+        True,
+        True,
+        {
+            "second_moment": "row",
+            "sparse_mode": "lazy",
+            "gradient_accumulation_steps": 2,
+            "clipnorm": 0.9,
+            "amsgrad": True,
+        },
+    ),
     "emb_row_ema_lazy": (
         "zero",
         [1],
@@ -250,6 +267,7 @@ EXACT_TABLES = (
     "zero_lazy",
     "zero_disk",
     "emb_row",
+    "zero_row",
     "zero_accum_sparse",
     "emb",
     "emb_amsgrad",
