@@ -344,6 +344,13 @@ class AccumulationMixin:
         """The ``acc`` argument of a dense item of the applying call."""
         return (self._acc_slot(item), self._accum_steps)
 
+    def _acc_arg(self, slots: Dict[str, Any]) -> Any:
+        """The ``acc`` argument of the applying call's dense step of a
+        variable with ``slots``: ``(accumulator, N)``, the kernel forming
+        ``(g + accumulator) / N``; None when the gradient already is the
+        mean (a subclass that reduced the cycle itself)."""
+        return (slots[ACCUMULATOR], self._accum_steps)
+
     def _acc_sumsq(self, item: Any, clipvalue: Optional[float]) -> float:
         # the sum of squares of an applying call's mean gradient
         sparse, work, backend, var, holder = item

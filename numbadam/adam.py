@@ -463,7 +463,7 @@ class Adam(OptimizerV2):
         wd = self._decay_of(work) if self._step_decay else None
         ema = self._ema_arg(work, slots) if self._step_ema else None
         # (the applying call of gradient accumulation steps with the mean)
-        acc = (slots[ACCUMULATOR], self._accum_steps) if self._acc_apply else None
+        acc = self._acc_arg(slots) if self._acc_apply else None
         backend.dense_step(
             work, slots["m"], slots["v"], vhat, coef, transform, wd, acc=acc, ema=ema
         )

@@ -377,6 +377,65 @@ def test_distributed_adam_state_dir_is_saved_from_rank_0_only(tmp_path):
     np.testing.assert_array_equal(w2, w)
 
 
+class _NoCollectives(SelfCommunicator):
+    # rank 0 of 2, whose collectives fail the test: what a call that must not
+    # communicate sees
+    rank = 0
+    size = 2
+
+    def _fail(self, *args, **kwargs):
+        raise AssertionError("a collective was called")
+
+    allreduce_sum_ = allgatherv = allgather_counts = allgather_obj = _fail
+    reduce_scatter_sum = alltoallv = alltoall_counts = bcast_ = _fail
+    bcast_obj = barrier = _fail
+
+
+def test_local_accumulation_communicates_on_the_applying_call_only(tmp_path):
+    # (its results at 1, 2 and 4 ranks: the dp_accum_local* cases)
+    w = np.ones((3, 2), np.float32)
+    t = np.ones((5, 2), np.float32)
+    g = np.full((3, 2), 0.5, np.float32)
+    s = IndexedSlices(np.ones((2, 2), np.float32), np.array([1, 4]), (5, 2))
+    opt = DistributedAdam(
+        0.1, comm=_NoCollectives(), gradient_accumulation_steps=3,
+        local_accumulation=True,
+    )  # fmt: skip
+    for _ in range(2):  # the cycle's accumulating calls: no collective
+        opt.apply_gradients([(g, w), (s, t)])
+    assert (w == 1).all() and (t == 1).all() and int(opt.weights[0]) == 2
+    np.testing.assert_array_equal(opt.get_slot(w, "accumulator"), 2 * g)
+    # mid-cycle each rank holds its own sums: no state to read or save
+    with pytest.raises(ValueError, match="local_accumulation.*finish the cycle"):
+        opt.get_weights()
+    with pytest.raises(ValueError, match="finish the cycle"):
+        numbadam.save_state_dir(tmp_path / "ckpt", opt, [w, t])
+    assert not (tmp_path / "ckpt").exists()
+    with pytest.raises(AssertionError, match="a collective"):  # the applying call
+        opt.apply_gradients([(g, w), (s, t)])
+    assert (w == 1).all() and (t == 1).all()
+    # without the option every call communicates
+    plain = DistributedAdam(0.1, comm=_NoCollectives(), gradient_accumulation_steps=3)
+    with pytest.raises(AssertionError, match="a collective"):
+        plain.apply_gradients([(g, w)])
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"local_accumulation": True}, ValueError, "needs gradient_accumulation"),
+        ({"local_accumulation": "yes", "gradient_accumulation_steps": 2},
+         TypeError, "must be a bool"),
+    ],
+)  # fmt: skip
+def test_local_accumulation_bad_input(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        DistributedAdam(comm="self", **kwargs)
+    opt = DistributedAdam(comm="self", gradient_accumulation_steps=2,
+                          local_accumulation=True)  # fmt: skip
+    assert "local_accumulation" not in opt.get_config()
+
+
 def test_sharded_embedding_from_root_in_process():
     full = np.arange(12, dtype=np.float16).reshape(4, 3)
     emb = ShardedEmbedding.from_full(full, comm="self", root=0)

@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _backend, _dispatch
+from .._accum import ACCUMULATOR, mean_rows
 from .._backend import DenseWork, SparseWork
 from .._flat import GradsAndVars
 from ..adam import Adam
@@ -155,6 +156,15 @@ class DistributedAdam(Adam):
     over the ranks, as above, and accumulates the averages (the applying call
     steps with the mean of the cycle's averages, the mean over ranks and
     calls); the accumulators, like every slot, are the same on every rank.
+    ``local_accumulation=True`` communicates on the applying call only: each
+    rank accumulates its own gradients, and the applying call all-reduces
+    every rank's cycle sum (accumulator plus this call's gradient) in one
+    packed ``Allreduce`` and all-gathers the cycle's IndexedSlices, saving
+    ``N - 1`` rounds of collectives per cycle (as PyTorch DDP's
+    ``no_sync()``). The result equals the default's to float tolerance (the
+    sums are taken in another order); mid-cycle the accumulators are each
+    rank's own, so :meth:`get_weights` and the checkpoints refuse until the
+    cycle is finished.
     ``use_ema`` keeps the averages of the variables as :class:`~numbadam.Adam`.
     With ``slot_dir=path`` (the same path on every rank) each rank keeps its
     slots as memory maps in a folder of its own inside it,
@@ -177,6 +187,10 @@ class DistributedAdam(Adam):
         ``None`` (the default): no deadline. Ranks must take the same number of
         steps: one that stops early leaves the others waiting in their next
         collective, which only a timeout ends.
+    local_accumulation : bool, default False
+        With ``gradient_accumulation_steps``: accumulate each rank's own
+        gradients and communicate on the applying call only (see above). An
+        execution setting, like ``timeout``: not part of :meth:`get_config`.
 
     Attributes
     ----------
@@ -220,11 +234,23 @@ class DistributedAdam(Adam):
         name: str = "Adam",
         comm: Any = None,
         timeout: Optional[float] = None,
+        local_accumulation: bool = False,
         **kwargs: Any,
     ) -> None:
+        if not isinstance(local_accumulation, (bool, np.bool_)):
+            raise TypeError(
+                f"local_accumulation must be a bool, got {local_accumulation!r}"
+            )
         super().__init__(
             learning_rate, beta_1, beta_2, epsilon, amsgrad, name, **kwargs
         )
+        if local_accumulation and self._accum_steps is None:
+            raise ValueError(
+                "local_accumulation=True needs gradient_accumulation_steps (an "
+                "integer >= 2): it is how the calls of a cycle communicate"
+            )
+        self.local_accumulation = bool(local_accumulation)
+        self._reduced = False  # (an applying call whose cycle is reduced here)
         self.comm: Communicator = get_communicator(comm)
         self.timeout = check_timeout(timeout)
         self._deadline = Deadline(self.comm, self.timeout, type(self).__name__)
@@ -249,13 +275,24 @@ class DistributedAdam(Adam):
         packed together, an ``Allgatherv`` per IndexedSlices (collective)."""
         comm = self.comm
         self.last_comm_seconds = 0.0
+        self._reduced = False
         if comm.size == 1:  # the average of one gradient is itself
+            return
+        n = self._accum_steps
+        local = self.local_accumulation
+        if local and step.iteration % n != n - 1:
+            # an accumulating call of local accumulation: this rank's own
+            # gradients (the applying call's signature check covers the
+            # cycle, whose calls each rank checks against its first)
             return
         t0 = time.perf_counter()
         self._deadline.arm(f"step {step.iteration + 1}'s collectives")
         try:
             check_agreement(comm, step_signature(step), type(self).__name__)
-            self._average(step)
+            if local:
+                self._reduce_cycle(step)
+            else:
+                self._average(step)
         finally:
             self._deadline.disarm()
         self.last_comm_seconds = time.perf_counter() - t0
@@ -292,6 +329,107 @@ class DistributedAdam(Adam):
                 sparse_, w, backend, var, holder = items[k]
                 work = SparseWork(w.var, w.flat, idx, vals, w.width, w.staged, w.label)
                 items[k] = (sparse_, work, backend, var, holder)
+
+    # -- local accumulation: the applying call reduces the whole cycle --------------
+
+    def _reduce_cycle(self, step: Step) -> None:
+        """The applying call under ``local_accumulation``: each dense item's
+        gradient becomes the mean over ranks and calls, ``sum over ranks of
+        (accumulator + g) / (ranks * N)`` (one packed ``Allreduce``); each
+        IndexedSlices item, this rank's pending slices of the cycle and this
+        call's, all-gathered in rank order (values divided by the ranks).
+        Nothing of the optimizer's state is written here."""
+        comm, n = self.comm, self._accum_steps
+        items = step.items
+        dense = [k for k, it in enumerate(items) if not it[0]]
+        sparse = [k for k, it in enumerate(items) if it[0]]
+        if dense:
+            total = sum(items[k][1].grad.size for k in dense)
+            dt = _common_dtype(items[k][1].grad.dtype for k in dense)
+            buf = np.empty(total, dt)  # (not the per-call buffer: once a cycle)
+            off = 0
+            for k in dense:
+                g = items[k][1].grad
+                part = buf[off : off + g.size]
+                part[...] = g
+                acc = self._cycle_sum(items[k])
+                if acc is not None:
+                    np.add(part, acc.reshape(-1), out=part)
+                off += g.size
+            comm.allreduce_sum_(buf)
+            np.divide(buf, buf.dtype.type(comm.size * n), out=buf)
+            off = 0
+            for k in dense:
+                sparse_, w, backend, var, holder = items[k]
+                size = w.grad.size
+                g = buf[off : off + size].astype(w.flat.dtype, copy=False)
+                off += size
+                items[k] = (sparse_, DenseWork(w.var, w.flat, g, w.staged, w.label),
+                            backend, var, holder)  # fmt: skip
+        if sparse:
+            works = []
+            for k in sparse:
+                w, backend = items[k][1], items[k][2]
+                pend = self._pending.get(self._pending_key(items[k]), [])
+                idx = np.concatenate(
+                    [np.asarray(p[0], np.int64) for p in pend]
+                    + [np.asarray(backend.to_host(w.indices), np.int64)]
+                )
+                vals = np.concatenate(
+                    [p[1] for p in pend] + [backend.to_host(w.values)]
+                )
+                works.append(SparseWork(w.var, w.flat, idx, vals, w.width, w.staged,
+                                        w.label))  # fmt: skip
+            for k, (idx, vals) in zip(sparse, allgather_slices(comm, works)):
+                sparse_, w, backend, var, holder = items[k]
+                work = SparseWork(w.var, w.flat, idx, vals, w.width, w.staged, w.label)
+                items[k] = (sparse_, work, backend, var, holder)
+        self._reduced = True
+
+    def _cycle_sum(self, item: Any) -> Optional[np.ndarray]:
+        # this rank's accumulator of a dense item when it holds the cycle's
+        # partial sum, else None (zero)
+        entry = self._entry(item[3])
+        acc = None if entry is None else entry.slots.get(ACCUMULATOR)
+        return acc if acc is not None and self._live(acc) else None
+
+    def _acc_arg(self, slots: Dict[str, Any]) -> Any:
+        return None if self._reduced else super()._acc_arg(slots)
+
+    def _acc_sumsq(self, item: Any, clipvalue: Optional[float]) -> float:
+        if self._reduced and not item[0]:  # (the gradient is the mean)
+            return item[2].sumsq(item[1].grad, clipvalue)
+        return super()._acc_sumsq(item, clipvalue)
+
+    def _mean_items(self, step: Step, keys: List[Any]) -> None:
+        if not self._reduced:
+            super()._mean_items(step, keys)
+            return
+        # the gathered slices are the whole cycle's: their mean rows
+        for i, it in enumerate(step.items):
+            sparse, work, backend, var, holder = it
+            if not sparse:
+                continue
+            uniq, mean = mean_rows([work.indices], [work.values], self._accum_steps)
+            mean = mean.reshape((mean.shape[0],) + tuple(var.shape[1:]))
+            slices = IndexedSlices(mean, uniq, tuple(var.shape))
+            step.items[i] = (True, backend.prepare_sparse(var, slices, work.label),
+                             backend, var, holder)  # fmt: skip
+
+    def _end_cycle(self) -> None:
+        super()._end_cycle()
+        self._reduced = False
+
+    def _check_no_pending(self, what: str) -> None:
+        n = self._accum_steps
+        phase = int(self._counter()) % n if n is not None else 0
+        if self.local_accumulation and self.comm.size > 1 and phase:
+            raise ValueError(
+                f"{what}: with local_accumulation each rank holds its own "
+                f"partial sums until the cycle's applying call (this is call "
+                f"{phase} of {n}); finish the cycle first"
+            )
+        super()._check_no_pending(what)
 
     def _finish(self, step: Step) -> None:
         super()._finish(step)

@@ -73,6 +73,32 @@ CASES: Dict[str, Any] = {
         {"gradient_accumulation_steps": 2, "clipnorm": 1.0},
     ),
     # row-wise state accumulated: dense variables and a replicated table
+    # local accumulation: communication on the applying calls only
+    "dp_accum_local": (
+        "dp",
+        [0, 1, 3, 4],
+        True,
+        False,
+        {
+            "gradient_accumulation_steps": 2,
+            "local_accumulation": True,
+            "clipnorm": 1.0,
+            "sparse_mode": "lazy",
+        },
+    ),
+    "dp_accum_local4_ema": (
+        "dp",
+        [2, 5],
+        True,
+        False,
+        {
+            "gradient_accumulation_steps": 4,
+            "local_accumulation": True,
+            "use_ema": True,
+            "amsgrad": True,
+            "second_moment": "row",
+        },
+    ),
     "dp_row_accum_lazy": (
         "dp",
         [0, 1, 5],
@@ -354,6 +380,7 @@ def reference_gradients(name: str, step: int) -> List[Any]:
 def reference(name: str, steps: int = STEPS) -> Dict[str, Any]:
     """Single-process numbadam.Adam on the averaged gradients."""
     kwargs, exclude, _ = _split(CASES[name][4])
+    kwargs.pop("local_accumulation", None)  # (how DistributedAdam communicates)
     variables = init_variables(name)
     opt = numbadam.Adam(learning_rate=LR, **kwargs)
     opt.exclude_from_weight_decay([variables[k] for k in exclude])
