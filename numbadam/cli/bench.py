@@ -423,16 +423,20 @@ def _lazy_case(
     return out
 
 
-def _row_lazy_case(rows: int, width: int, k: int, quick: bool, torch) -> _Case:
+def _row_lazy_case(
+    rows: int, width: int, k: int, quick: bool, torch, rotate: bool = False
+) -> _Case:
     """The lazy step with one second moment per row (``second_moment="row"``)
-    against the element-wise lazy step and torch's SparseAdam, same batch."""
+    against the element-wise lazy step and torch's SparseAdam, on the same
+    batch (one, or ``SPARSE_BATCHES`` in turn with ``rotate``)."""
     rng = np.random.default_rng(1)
     vals = rng.standard_normal((k, width), dtype=F32)
-    batches = _zipf_batches(rows, k, 1)
+    batches = _zipf_batches(rows, k, SPARSE_BATCHES if rotate else 1)
     nuniq = np.unique(batches[0]).size
+    how = f"{SPARSE_BATCHES} rotating batches" if rotate else "one batch"
     case = _Case(
-        f"row-wise lazy table ({rows:.0e}, {width}), {k} Zipf rows, one batch",
-        "lazy-row",
+        f"row-wise lazy table ({rows:.0e}, {width}), {k} Zipf rows, {how}",
+        "lazy-row-rotating" if rotate else "lazy-row",
         (20 * width + 8) * nuniq,
         f"~{nuniq} unique rows move; v one float32 per row",
     )
@@ -493,7 +497,7 @@ def _compile_case() -> _Case:
 #: Families of cases, in the order ``run`` measures them.
 FAMILIES = (
     "dense", "adamw", "ema", "accumulate", "fixed", "many", "sparse-tf", "lazy",
-    "lazy-rotating", "lazy-row", "threads", "compile",
+    "lazy-rotating", "lazy-row", "lazy-row-rotating", "threads", "compile",
 )  # fmt: skip
 
 
@@ -531,6 +535,12 @@ def _plan(quick: bool, torch, jo) -> List[Tuple[str, Callable[[], Any]]]:
         )
     )
     plan.append(("lazy-row", lambda: _row_lazy_case(10**6, 64, 4096, quick, torch)))
+    plan.append(
+        (
+            "lazy-row-rotating",
+            lambda: _row_lazy_case(10**6, 64, 4096, quick, torch, rotate=True),
+        )
+    )
     plan.append(("threads", lambda: _threads_case(10**7, quick)))
     plan.append(("compile", _compile_case))
     return plan

@@ -234,10 +234,10 @@ GOALS: Tuple[Goal, ...] = (
          "lazy cost independent of rows (<= 1.3x)",
          "numbadam-lazy", "", 1.3, kind="growth"),
     # Lazy with one second moment per row (second_moment="row"), (1e6, 64).
-    Goal("cpu-row-lazy", "cpu", ("lazy-row",),
+    Goal("cpu-row-lazy", "cpu", ("lazy-row", "lazy-row-rotating"),
          "row-wise vs element-wise lazy step >= 1.3",
          "numbadam-row-lazy", "numbadam-lazy", 1.3),
-    Goal("cpu-row-lazy-torch", "cpu", ("lazy-row",),
+    Goal("cpu-row-lazy-torch", "cpu", ("lazy-row", "lazy-row-rotating"),
          "row-wise lazy: speed-up vs torch SparseAdam >= 4",
          "numbadam-row-lazy", "torch-SparseAdam", 4.0),
     # CUDA (asv_bench/gpu_report.py), at 1e8 float32 elements.
