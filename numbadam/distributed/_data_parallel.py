@@ -289,70 +289,38 @@ class DistributedAdam(Adam):
         self._deadline.arm(f"step {step.iteration + 1}'s collectives")
         try:
             check_agreement(comm, step_signature(step), type(self).__name__)
-            if local:
-                self._reduce_cycle(step)
-            else:
-                self._average(step)
+            self._average(step, cycle=local)
         finally:
             self._deadline.disarm()
         self.last_comm_seconds = time.perf_counter() - t0
 
-    def _average(self, step: Step) -> None:
-        comm = self.comm
-        items = step.items
-        dense = [k for k, it in enumerate(items) if not it[0]]
-        sparse = [k for k, it in enumerate(items) if it[0]]
-        if dense:
-            n = sum(items[k][1].grad.size for k in dense)
-            dt = _common_dtype(items[k][1].grad.dtype for k in dense)
-            if self._buf is None or self._buf.dtype != dt or self._buf.size < n:
-                self._buf = np.empty(n, dt)  # reused: no page faults per step
-            buf = self._buf[:n]
-            off = 0
-            for k in dense:
-                g = items[k][1].grad
-                buf[off : off + g.size] = g
-                off += g.size
-            comm.allreduce_sum_(buf)
-            np.divide(buf, buf.dtype.type(comm.size), out=buf)
-            off = 0
-            for k in dense:
-                sparse_, w, backend, var, holder = items[k]
-                n = w.grad.size
-                g = buf[off : off + n].astype(w.flat.dtype, copy=False)
-                off += n
-                items[k] = (sparse_, DenseWork(w.var, w.flat, g, w.staged, w.label),
-                            backend, var, holder)  # fmt: skip
-        if sparse:
-            gathered = allgather_slices(comm, [items[k][1] for k in sparse])
-            for k, (idx, vals) in zip(sparse, gathered):
-                sparse_, w, backend, var, holder = items[k]
-                work = SparseWork(w.var, w.flat, idx, vals, w.width, w.staged, w.label)
-                items[k] = (sparse_, work, backend, var, holder)
+    def _average(self, step: Step, cycle: bool = False) -> None:
+        """Each item's gradient averaged over the ranks: the dense ones packed
+        into one buffer and all-reduced, each IndexedSlices all-gathered in
+        rank order (values divided by the ranks).
 
-    # -- local accumulation: the applying call reduces the whole cycle --------------
-
-    def _reduce_cycle(self, step: Step) -> None:
-        """The applying call under ``local_accumulation``: each dense item's
-        gradient becomes the mean over ranks and calls, ``sum over ranks of
-        (accumulator + g) / (ranks * N)`` (one packed ``Allreduce``); each
-        IndexedSlices item, this rank's pending slices of the cycle and this
-        call's, all-gathered in rank order (values divided by the ranks).
-        Nothing of the optimizer's state is written here."""
-        comm, n = self.comm, self._accum_steps
+        With ``cycle`` (the applying call under ``local_accumulation``) the
+        whole cycle instead: a dense item's sum is this rank's accumulator
+        plus its gradient, divided by ranks x N (the mean the step takes);
+        an IndexedSlices item brings this rank's pending slices of the cycle
+        before this call's. Nothing of the optimizer's state is written.
+        """
+        comm, n = self.comm, self._accum_steps if cycle else 1
         items = step.items
         dense = [k for k, it in enumerate(items) if not it[0]]
         sparse = [k for k, it in enumerate(items) if it[0]]
         if dense:
             total = sum(items[k][1].grad.size for k in dense)
             dt = _common_dtype(items[k][1].grad.dtype for k in dense)
-            buf = np.empty(total, dt)  # (not the per-call buffer: once a cycle)
+            if self._buf is None or self._buf.dtype != dt or self._buf.size < total:
+                self._buf = np.empty(total, dt)  # reused: no page faults per step
+            buf = self._buf[:total]
             off = 0
             for k in dense:
                 g = items[k][1].grad
                 part = buf[off : off + g.size]
                 part[...] = g
-                acc = self._cycle_sum(items[k])
+                acc = self._cycle_sum(items[k]) if cycle else None
                 if acc is not None:
                     np.add(part, acc.reshape(-1), out=part)
                 off += g.size
@@ -367,24 +335,28 @@ class DistributedAdam(Adam):
                 items[k] = (sparse_, DenseWork(w.var, w.flat, g, w.staged, w.label),
                             backend, var, holder)  # fmt: skip
         if sparse:
-            works = []
-            for k in sparse:
-                w, backend = items[k][1], items[k][2]
-                pend = self._pending.get(self._pending_key(items[k]), [])
-                idx = np.concatenate(
-                    [np.asarray(p[0], np.int64) for p in pend]
-                    + [np.asarray(backend.to_host(w.indices), np.int64)]
-                )
-                vals = np.concatenate(
-                    [p[1] for p in pend] + [backend.to_host(w.values)]
-                )
-                works.append(SparseWork(w.var, w.flat, idx, vals, w.width, w.staged,
-                                        w.label))  # fmt: skip
+            works = [
+                self._cycle_slices(items[k]) if cycle else items[k][1] for k in sparse
+            ]
             for k, (idx, vals) in zip(sparse, allgather_slices(comm, works)):
                 sparse_, w, backend, var, holder = items[k]
                 work = SparseWork(w.var, w.flat, idx, vals, w.width, w.staged, w.label)
                 items[k] = (sparse_, work, backend, var, holder)
-        self._reduced = True
+        self._reduced = cycle
+
+    # -- local accumulation: the applying call reduces the whole cycle --------------
+
+    def _cycle_slices(self, item: Any) -> SparseWork:
+        # an IndexedSlices item's pending slices of this rank's cycle and
+        # this call's, concatenated in call order
+        w, backend = item[1], item[2]
+        pend = self._pending.get(self._pending_key(item), [])
+        idx = np.concatenate(
+            [np.asarray(p[0], np.int64) for p in pend]
+            + [np.asarray(backend.to_host(w.indices), np.int64)]
+        )
+        vals = np.concatenate([p[1] for p in pend] + [backend.to_host(w.values)])
+        return SparseWork(w.var, w.flat, idx, vals, w.width, w.staged, w.label)
 
     def _cycle_sum(self, item: Any) -> Optional[np.ndarray]:
         # this rank's accumulator of a dense item when it holds the cycle's
