@@ -274,6 +274,19 @@ CASES: Dict[str, Any] = {
             "ema_momentum": 0.5,
         },
     ),
+    "zero_accum_sparse_ema_lazy": (
+        "zero",
+        [1],
+        True,
+        True,
+        {
+            "gradient_accumulation_steps": 2,
+            "sparse_mode": "lazy",
+            "use_ema": True,
+            "ema_momentum": 0.7,
+            "ema_overwrite_frequency": 2,
+        },
+    ),
     "emb": ("zero", [1], False, True, {}),
     "emb_amsgrad": ("zero", [], False, True, {"amsgrad": True}),
 }
@@ -295,6 +308,7 @@ EXACT_TABLES = (
     "emb_row",
     "zero_row",
     "zero_accum_sparse",
+    "zero_accum_sparse_ema_lazy",
     "emb",
     "emb_amsgrad",
     "zero_ckpt",
