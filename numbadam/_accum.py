@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import numbers
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -265,7 +265,7 @@ class AccumulationMixin:
             self._create_step_weights(step)
         if phase == n - 1:
             self._acc_apply = True
-            self._mean_items(step, keys)
+            self._mean_items(step)
             return False
         first = phase == 0
         marks = self._acc_marks
@@ -315,24 +315,37 @@ class AccumulationMixin:
             holder = self._entry(item[3])
         return holder.slots[ACCUMULATOR]
 
-    def _mean_items(self, step: Any, keys: List[Any]) -> None:
+    def _mean_items(self, step: Any) -> None:
         # the applying call's sparse items: the cycle's slices, concatenated
         # in call order, summed per index and divided by N, as one new work
         items = step.items
-        for i, (it, key) in enumerate(zip(items, keys)):
-            sparse, work, backend, var, holder = it
-            if not sparse:
-                continue
-            pend = self._pending.get(key, [])
-            idx = [p[0] for p in pend] + [backend.to_host(work.indices)]
-            vals = [p[1] for p in pend] + [backend.to_host(work.values)]
-            uniq, mean = mean_rows(idx, vals, self._accum_steps)
-            mean = mean.reshape((mean.shape[0],) + tuple(var.shape[1:]))
-            if backend.name != "cpu":
-                mean = backend.device_copy(mean)
-            slices = IndexedSlices(mean, uniq, tuple(var.shape))
-            items[i] = (True, backend.prepare_sparse(var, slices, work.label),
-                        backend, var, holder)  # fmt: skip
+        for i, it in enumerate(items):
+            if it[0]:
+                idx, vals = self._cycle_rows(it)
+                uniq, mean = mean_rows(idx, vals, self._accum_steps)
+                items[i] = self._mean_item(it, uniq, mean)
+
+    def _cycle_rows(self, item: Any) -> Tuple[List[Any], List[Any]]:
+        """A sparse item's slices of the cycle, in call order: ``(indices,
+        values)`` lists of its pending slices and this call's (host arrays)."""
+        work, backend = item[1], item[2]
+        pend = self._pending.get(self._pending_key(item), [])
+        return (
+            [p[0] for p in pend] + [backend.to_host(work.indices)],
+            [p[1] for p in pend] + [backend.to_host(work.values)],
+        )
+
+    def _mean_item(self, item: Any, uniq: np.ndarray, mean: np.ndarray) -> Any:
+        """The applying call's item of a sparse ``item``: its unique rows
+        ``uniq`` with the cycle's ``mean`` rows, validated as IndexedSlices of
+        its variable (a subclass stepping parts of tables builds its own)."""
+        sparse, work, backend, var, holder = item
+        mean = mean.reshape((mean.shape[0],) + tuple(var.shape[1:]))
+        if backend.name != "cpu":
+            mean = backend.device_copy(mean)
+        slices = IndexedSlices(mean, uniq, tuple(var.shape))
+        return (True, backend.prepare_sparse(var, slices, work.label), backend, var,
+                holder)  # fmt: skip
 
     def _end_cycle(self) -> None:
         """After the applying call: drop the cycle's pending slices."""

@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _backend, _dispatch
-from .._accum import ACCUMULATOR, mean_rows
+from .._accum import ACCUMULATOR
 from .._backend import DenseWork, SparseWork
 from .._flat import GradsAndVars
 from ..adam import Adam
@@ -347,16 +347,13 @@ class DistributedAdam(Adam):
     # -- local accumulation: the applying call reduces the whole cycle --------------
 
     def _cycle_slices(self, item: Any) -> SparseWork:
-        # an IndexedSlices item's pending slices of this rank's cycle and
-        # this call's, concatenated in call order
-        w, backend = item[1], item[2]
-        pend = self._pending.get(self._pending_key(item), [])
-        idx = np.concatenate(
-            [np.asarray(p[0], np.int64) for p in pend]
-            + [np.asarray(backend.to_host(w.indices), np.int64)]
-        )
-        vals = np.concatenate([p[1] for p in pend] + [backend.to_host(w.values)])
-        return SparseWork(w.var, w.flat, idx, vals, w.width, w.staged, w.label)
+        # an IndexedSlices item's slices of this rank's cycle, concatenated
+        # in call order (before the all-gather of the applying call)
+        w = item[1]
+        idx, vals = self._cycle_rows(item)
+        idx = np.concatenate([np.asarray(i, np.int64) for i in idx])
+        return SparseWork(w.var, w.flat, idx, np.concatenate(vals), w.width,
+                          w.staged, w.label)  # fmt: skip
 
     def _cycle_sum(self, item: Any) -> Optional[np.ndarray]:
         # this rank's accumulator of a dense item when it holds the cycle's
@@ -373,20 +370,10 @@ class DistributedAdam(Adam):
             return item[2].sumsq(item[1].grad, clipvalue)
         return super()._acc_sumsq(item, clipvalue)
 
-    def _mean_items(self, step: Step, keys: List[Any]) -> None:
-        if not self._reduced:
-            super()._mean_items(step, keys)
-            return
-        # the gathered slices are the whole cycle's: their mean rows
-        for i, it in enumerate(step.items):
-            sparse, work, backend, var, holder = it
-            if not sparse:
-                continue
-            uniq, mean = mean_rows([work.indices], [work.values], self._accum_steps)
-            mean = mean.reshape((mean.shape[0],) + tuple(var.shape[1:]))
-            slices = IndexedSlices(mean, uniq, tuple(var.shape))
-            step.items[i] = (True, backend.prepare_sparse(var, slices, work.label),
-                             backend, var, holder)  # fmt: skip
+    def _cycle_rows(self, item: Any) -> Tuple[List[Any], List[Any]]:
+        if self._reduced:  # (the all-gathered slices are the whole cycle's)
+            return [item[1].indices], [item[1].values]
+        return super()._cycle_rows(item)
 
     def _end_cycle(self) -> None:
         super()._end_cycle()

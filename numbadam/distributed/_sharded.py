@@ -8,7 +8,6 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .. import _config, _dispatch
-from .._accum import mean_rows
 from .._backend import DenseWork, SparseWork, global_norm_scalars, transform_scalars
 from .._step import Label, Step
 from .._types import IndexedSlices
@@ -457,22 +456,13 @@ class ShardedAdam(ShardedStateMixin, Adam):
             return (holder.shard.key, holder.a)
         return holder.key
 
-    def _mean_items(self, step: Step, keys: List[Any]) -> None:
-        # each sparse item's rows of the cycle, in call order, summed per
-        # index and divided by N (numbadam._accum.mean_rows), in its own table
-        for i, it in enumerate(step.items):
-            sparse, w, backend, var, holder = it
-            if not sparse:
-                continue
-            pend = self._pending.get(self._pending_key(it), [])
-            uniq, mean = mean_rows(
-                [p[0] for p in pend] + [w.indices],
-                [p[1] for p in pend] + [w.values],
-                self._accum_steps,
-            )
-            mean = np.ascontiguousarray(mean.reshape(-1, w.width))
-            work = SparseWork(w.var, w.flat, uniq, mean, w.width, False, w.label)
-            step.items[i] = (True, work, backend, var, holder)
+    def _mean_item(self, item: Any, uniq: np.ndarray, mean: np.ndarray) -> Any:
+        # the mean rows in the item's own table (a part of a slice, or the
+        # block of an embedding table), not the whole variable
+        sparse, w, backend, var, holder = item
+        mean = np.ascontiguousarray(mean.reshape(-1, w.width))
+        work = SparseWork(w.var, w.flat, uniq, mean, w.width, False, w.label)
+        return (True, work, backend, var, holder)
 
     def _finish(self, step: Step) -> None:
         super()._finish(step)
