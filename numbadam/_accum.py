@@ -18,11 +18,13 @@ State is never ambiguous:
   is in the current cycle (``_acc_marks``), and :meth:`get_weights` and the
   checkpoints report a non-live one as zeros, as Keras (which zeroes them)
   would hold it.
-- IndexedSlices gradients are kept as owned host copies of their indices and
-  values (``_pending``), concatenated in call order; the applying call sums
-  the rows of each index in that order, starting from zero (the order of
-  :func:`numbadam.kernels.cpu.sum_duplicate_rows_cpu`), divides by ``N`` and
-  takes one sparse step with the unique rows. A table is never densified.
+- IndexedSlices gradients are kept as owned copies (``_pending``, from the
+  backend's ``keep_slices``: host indices, values on the variable's device),
+  in call order; the applying call's ``mean_rows`` (the backend's) sums the
+  rows of each index in that order, starting from zero (the order of
+  :func:`numbadam.kernels.cpu.sum_duplicate_rows_cpu`), divides by ``N``, and
+  one sparse step takes the unique rows. A table is never densified, and a
+  CUDA table's values never leave the device.
   While slices are pending, :meth:`get_weights` and the checkpoints refuse
   (finish the cycle first).
 - Every call of a cycle must bring gradients for the same variables as its
@@ -38,7 +40,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import _dispatch
 from ._state import StateMixin
 from ._types import IndexedSlices
 
@@ -47,7 +48,6 @@ __all__ = [
     "ACCUMULATOR",
     "check_accumulation_steps",
     "check_cycle_start",
-    "mean_rows",
 ]
 
 #: The slot of a variable's accumulated dense gradients.
@@ -74,22 +74,6 @@ def check_accumulation_steps(value: Any) -> Optional[int]:
             f"got {value!r}"
         )
     return int(value)
-
-
-def mean_rows(indices: List[np.ndarray], values: List[np.ndarray], steps: int):
-    """``(unique indices, mean rows)`` of slices given in call order.
-
-    Rows of one index are added in order starting from zero, in the compute
-    dtype (float32 for float16; the CPU backend's deterministic
-    ``sum_rows``), divided by ``steps`` there and rounded once to the storage
-    dtype.
-    """
-    idx = np.concatenate([np.asarray(i, np.int64) for i in indices])
-    vals = np.concatenate(values)
-    uniq, sums = _dispatch.host_backend().sum_rows(idx, vals)
-    with np.errstate(all="ignore"):
-        np.divide(sums, sums.dtype.type(steps), out=sums)
-    return uniq, sums.astype(vals.dtype, copy=False)
 
 
 def check_cycle_start(calls: int, steps: int, accumulators: Any) -> None:
@@ -274,7 +258,7 @@ class AccumulationMixin:
             sparse, work, backend = it[0], it[1], it[2]
             if sparse:
                 self._pending.setdefault(self._pending_key(it), []).append(
-                    (backend.to_host(work.indices), backend.to_host(work.values))
+                    backend.keep_slices(work)
                 )
                 continue
             acc = self._acc_slot(it)
@@ -322,17 +306,19 @@ class AccumulationMixin:
         for i, it in enumerate(items):
             if it[0]:
                 idx, vals = self._cycle_rows(it)
-                uniq, mean = mean_rows(idx, vals, self._accum_steps)
+                uniq, mean = it[2].mean_rows(idx, vals, self._accum_steps)
                 items[i] = self._mean_item(it, uniq, mean)
 
     def _cycle_rows(self, item: Any) -> Tuple[List[Any], List[Any]]:
         """A sparse item's slices of the cycle, in call order: ``(indices,
-        values)`` lists of its pending slices and this call's (host arrays)."""
+        values)`` lists of its pending slices and this call's: host indices,
+        values on the backend's device (:meth:`Backend.mean_rows` takes
+        them)."""
         work, backend = item[1], item[2]
         pend = self._pending.get(self._pending_key(item), [])
         return (
             [p[0] for p in pend] + [backend.to_host(work.indices)],
-            [p[1] for p in pend] + [backend.to_host(work.values)],
+            [p[1] for p in pend] + [work.values],
         )
 
     def _mean_item(self, item: Any, uniq: np.ndarray, mean: np.ndarray) -> Any:
@@ -341,8 +327,6 @@ class AccumulationMixin:
         its variable (a subclass stepping parts of tables builds its own)."""
         sparse, work, backend, var, holder = item
         mean = mean.reshape((mean.shape[0],) + tuple(var.shape[1:]))
-        if backend.name != "cpu":
-            mean = backend.device_copy(mean)
         slices = IndexedSlices(mean, uniq, tuple(var.shape))
         return (True, backend.prepare_sparse(var, slices, work.label), backend, var,
                 holder)  # fmt: skip

@@ -23,7 +23,7 @@ the backends know both; the optimizer knows only this interface and
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Protocol, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
@@ -334,6 +334,19 @@ class Backend(Protocol):
         """``acc = 0 + grad`` (``first``) or ``acc += grad`` in place: an
         accumulating call of gradient accumulation (``grad`` a work item's 1-D
         gradient)."""
+
+    def keep_slices(self, work: SparseWork) -> Tuple[np.ndarray, Any]:
+        """Owned copies of an accumulating call's IndexedSlices, kept until the
+        applying call: ``(indices on the host, values on this device)``."""
+
+    def mean_rows(
+        self, indices: List[Any], values: List[Any], steps: int
+    ) -> Tuple[np.ndarray, Any]:
+        """``(unique int64 indices on the host, ascending; mean rows on this
+        device)`` of an accumulation cycle's slices, listed in call order: each
+        index's rows added in that order from zero in the compute dtype,
+        divided by ``steps``, rounded once to the values' dtype (the same bits
+        on every backend)."""
 
     def ema_step(
         self, work: Any, ema: Average, rows: Optional[np.ndarray] = None

@@ -9,7 +9,7 @@ same-kind cast exists; nothing is written before every check has passed.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 
@@ -259,6 +259,30 @@ class CPUBackend(CachedLaunches):
         u = dedup(idx, vals, -inf, inf, cdt.type(1), cdt.type(1), int(idx.max()),
                   uidx, uvals, _config.get_num_threads())  # fmt: skip
         return uidx[:u], uvals[:u].reshape((u,) + tail)
+
+    def keep_slices(self, work: SparseWork) -> "tuple[np.ndarray, np.ndarray]":
+        """Owned copies of ``work``'s indices and values: an accumulating call's
+        IndexedSlices, kept until the applying call (:meth:`mean_rows`)."""
+        return self.to_host(work.indices), self.to_host(work.values)
+
+    def mean_rows(
+        self, indices: List[Any], values: List[Any], steps: int
+    ) -> "tuple[np.ndarray, np.ndarray]":
+        """``(unique indices, mean rows)`` of an accumulation cycle's slices.
+
+        ``indices`` and ``values`` list the cycle's slices in call order (host
+        arrays; values of one dtype and row shape). The rows of one index are
+        added in order, starting from zero, in the compute dtype (float32 for
+        float16: :meth:`sum_rows`), divided by ``steps`` there and rounded
+        once to the storage dtype. Returns int64 indices, ascending, and a
+        ``(u, ...)`` array of the values' dtype.
+        """
+        idx = np.concatenate([np.asarray(i, np.int64) for i in indices])
+        vals = np.concatenate(values)
+        uniq, sums = self.sum_rows(idx, vals)
+        with np.errstate(all="ignore"):
+            np.divide(sums, sums.dtype.type(steps), out=sums)
+        return uniq, sums.astype(vals.dtype, copy=False)
 
     def sumsq(
         self, grad: np.ndarray, clipvalue: Optional[float] = None, acc: Any = None

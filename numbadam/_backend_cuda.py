@@ -44,7 +44,7 @@ Host syncs
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -255,9 +255,61 @@ class CUDABackend(CudaArrays):
         kern = self._kernel(self._k.accumulate_cuda, np.dtype(grad.dtype))
         self._launch(kern, n, self._flat(self._wrap(acc)), grad, bool(first))
 
-    def device_copy(self, host: np.ndarray) -> Any:
-        """A device copy of a host array (the mean slices of an applying call)."""
-        return cuda.to_device(np.ascontiguousarray(host))
+    def keep_slices(self, work: SparseWork) -> Tuple[np.ndarray, Any]:
+        """An accumulating call's IndexedSlices, kept until the applying call
+        (:meth:`mean_rows`): the indices copied to the host (k integers), the
+        values to a new device array (they never leave the device)."""
+        return self.to_host(work.indices), self.copy(work.values)
+
+    def mean_rows(
+        self, indices: List[Any], values: List[Any], steps: int
+    ) -> Tuple[np.ndarray, Any]:
+        """``(unique indices, mean rows)`` of an accumulation cycle's slices,
+        as :meth:`numbadam._backend_cpu.CPUBackend.mean_rows`, bit for bit.
+
+        ``indices`` are host arrays, ``values`` device arrays (a host one is
+        copied to the device). The indices are grouped on the host (a stable
+        sort of k integers); one kernel (:func:`mean_rows_cuda`) adds each
+        index's rows in call order and divides. Returns the int64 indices
+        (host, ascending) and a ``(u, ...)`` device array of the values'
+        dtype.
+        """
+        idx = np.concatenate([np.asarray(i, np.int64) for i in indices])
+        parts = [
+            cuda.to_device(np.ascontiguousarray(v)) if isinstance(v, np.ndarray)
+            else self._wrap(v)
+            for v in values
+        ]  # fmt: skip
+        k = int(idx.shape[0])
+        order = np.argsort(idx, kind="stable")
+        keys = idx[order]
+        first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        uniq = keys[first] if k else keys
+        tail = tuple(parts[0].shape[1:])
+        dtype = np.dtype(parts[0].dtype)
+        out = cuda.device_array((uniq.shape[0],) + tail, dtype)
+        width = int(np.prod(tail, dtype=np.int64))
+        n = int(uniq.shape[0]) * width
+        if n == 0:
+            return uniq, out
+        if len(parts) == 1:
+            vals = parts[0].reshape(k, width)
+        else:  # the cycle's values, concatenated on the device
+            vals = cuda.device_array((k, width), dtype)
+            at = 0
+            for p in parts:
+                rows = int(p.shape[0])
+                if rows:
+                    vals[at : at + rows].copy_to_device(p.reshape(rows, width))
+                at += rows
+        starts = np.append(first, k).astype(np.int64)
+        kern = self._kernel(self._k.mean_rows_cuda, dtype)
+        c = compute_dtype(dtype).type
+        self._launch(
+            kern, n, vals, cuda.to_device(order.astype(np.int64)),
+            cuda.to_device(starts), c(steps), out.reshape(uniq.shape[0], width),
+        )  # fmt: skip
+        return uniq, out
 
     def _sumsq(self, flat: Any, dtype: np.dtype, lo, hi) -> float:
         """``sum(clip(flat, lo, hi)**2)`` in float64: fixed block partials, then

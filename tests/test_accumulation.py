@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import assert_close
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import SparseGrad, run_accumulation_reference
 
@@ -613,6 +613,33 @@ def _twin_mean_rows(indices, values, steps):
         return uniq, (sums / c(steps)).astype(vals.dtype)
 
 
+def _cycle_slices(calls, k, rows, tail, dtype, seed):
+    rng = np.random.default_rng(seed)
+    hot = max(1, rows // 50)  # duplicates within and across calls
+    indices = [rng.integers(0, hot, k) for _ in range(calls)]
+    values = [
+        # magnitudes 1e-3 .. 1e2: a sum in another order shows in the last bits
+        np.array(
+            rng.standard_normal((k,) + tail) * 10.0 ** rng.integers(-3, 3, (k,) + tail),
+            dtype,
+        )
+        for _ in range(calls)
+    ]
+    for v in values:
+        v.reshape(-1)[::7] = -0.0
+    return indices, values
+
+
+def _check_mean_rows(backend, indices, values, steps, to_device=None):
+    want_u, want = _twin_mean_rows(indices, values, steps)
+    vals = values if to_device is None else [to_device(v) for v in values]
+    uniq, mean = backend.mean_rows(indices, vals, steps)
+    mean = backend.to_host(mean)
+    assert uniq.dtype == np.int64 and uniq.tolist() == want_u.tolist()
+    assert mean.dtype == want.dtype and mean.shape == want.shape
+    assert mean.tobytes() == want.tobytes()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     calls=st.integers(1, 4),
@@ -623,18 +650,75 @@ def _twin_mean_rows(indices, values, steps):
     seed=st.integers(0, 2**16),
 )
 def test_mean_rows_sums_in_order_of_appearance(calls, k, rows, tail, dtype, seed):
-    from numbadam._accum import mean_rows
+    from numbadam._dispatch import host_backend
 
-    rng = np.random.default_rng(seed)
-    hot = max(1, rows // 50)  # duplicates within and across calls
-    indices = [rng.integers(0, hot, k) for _ in range(calls)]
-    values = [
-        np.array(rng.standard_normal((k,) + tail) * 100, dtype) for _ in range(calls)
-    ]
-    for v in values:
-        v.reshape(-1)[::7] = -0.0
-    uniq, mean = mean_rows(indices, values, calls + 1)
-    want_u, want = _twin_mean_rows(indices, values, calls + 1)
-    assert uniq.dtype == np.int64 and uniq.tolist() == want_u.tolist()
-    assert mean.dtype == np.dtype(dtype) and mean.shape == want.shape
-    assert mean.tobytes() == want.tobytes()
+    indices, values = _cycle_slices(calls, k, rows, tail, dtype, seed)
+    _check_mean_rows(host_backend(), indices, values, calls + 1)
+
+
+@pytest.mark.cuda
+@settings(
+    max_examples=12,
+    deadline=None,
+    # (the fixtures only check for a device and set launch sizes)
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    calls=st.integers(1, 3),
+    k=st.integers(0, 12),
+    tail=st.sampled_from([(3,), (2, 2), (0,), ()]),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_cuda_mean_rows_equal_the_cpu_bits(cuda_backend, calls, k, tail, dtype, seed):
+    """The CUDA backend sums a cycle's rows on the device, bit for bit as the
+    CPU (device values, host indices; and host values, copied over)."""
+    from numba import cuda
+
+    from numbadam._backend_cuda import CUDABackend
+
+    indices, values = _cycle_slices(calls, k, 300, tail, dtype, seed)
+    backend = CUDABackend()
+    _check_mean_rows(backend, indices, values, calls + 1, cuda.to_device)
+    _check_mean_rows(backend, indices, values, calls + 1)
+
+
+@pytest.mark.cuda
+def test_cuda_sparse_accumulation_keeps_values_on_the_device(cuda_backend):
+    """An accumulating call keeps a CUDA table's values as a device copy (the
+    caller may reuse its buffer), and the applying call's mean rows are made on
+    the device: the cycle equals the CPU's bit for bit."""
+    from numba import cuda
+
+    from numbadam._backend_cuda import CUDABackend
+
+    rng = np.random.default_rng(5)
+    t = rng.standard_normal((10, 3)).astype(np.float32)
+    cpu = numbadam.Adam(0.1, gradient_accumulation_steps=3)
+    gpu = numbadam.Adam(0.1, gradient_accumulation_steps=3)
+    tc, td = t.copy(), cuda.to_device(t)
+    buf = cuda.device_array((4, 3), np.float32)  # one buffer, refilled per call
+    made = []
+    real = CUDABackend.mean_rows
+
+    def spy(self, indices, values, steps):
+        made.append([type(v).__module__.split(".")[0] for v in values])
+        return real(self, indices, values, steps)
+
+    CUDABackend.mean_rows = spy
+    try:
+        for _ in range(6):  # two cycles of 3 calls
+            idx = rng.integers(0, 10, 4)
+            vals = rng.standard_normal((4, 3)).astype(np.float32)
+            cpu.apply_gradients([(IndexedSlices(vals, idx, (10, 3)), tc)])
+            buf.copy_to_device(vals)
+            grad = IndexedSlices(buf, cuda.to_device(idx), (10, 3))
+            gpu.apply_gradients([(grad, td)])
+            buf.copy_to_device(np.full((4, 3), np.nan, np.float32))  # reused
+    finally:
+        CUDABackend.mean_rows = real
+    assert len(made) == 2 and all(len(m) == 3 for m in made)
+    assert not any("numpy" in m for m in made)  # no host values
+    assert td.copy_to_host().tobytes() == tc.tobytes()
+    for a, b in zip(gpu.get_weights(), cpu.get_weights()):
+        assert a.tobytes() == b.tobytes()

@@ -3,7 +3,7 @@
 The same arithmetic as the CPU kernels, operation for operation (products
 through ``_mul``, so NVVM cannot contract them into an FMA): ``acc = 0 + g``
 or ``acc + g``; the applying step on ``(g + acc) / steps``; the float64 sum of
-squares of that mean.
+squares of that mean; the mean rows of a cycle's IndexedSlices.
 
 Private: :mod:`numbadam.kernels.cuda` re-exports every name; import them from
 there.
@@ -46,6 +46,23 @@ def adam_dense_accum_cuda(var, m, v, vhat, g, acc, steps, alpha, omb1, omb2, eps
         gi = _transform((_widen(g[i]) + _widen(acc[i])) / steps, lo, hi, mul, div)
         _adam_update(var, m, v, vhat, i, gi, _widen(m[i]), _widen(v[i]), alpha, omb1,
                      omb2, eps, wd, ema)  # fmt: skip
+
+
+@cuda.jit(cache=True)
+def mean_rows_cuda(values, order, starts, steps, out):
+    """The mean rows of an accumulation cycle's IndexedSlices: row ``q`` of
+    ``out`` (``(u, W)``) is the rows ``order[starts[q]:starts[q + 1]]`` of
+    ``values`` (``(k, W)``) added from zero in that order, in the compute
+    type, divided by ``steps`` and rounded once on store: the CPU backend's
+    ``mean_rows`` (``sum_duplicate_rows_cpu``), bit for bit."""
+    width = out.shape[1]
+    for i in range(cuda.grid(1), out.shape[0] * width, cuda.gridsize(1)):
+        q = i // width
+        j = i - q * width
+        s = _zero(steps)
+        for t in range(starts[q], starts[q + 1]):
+            s = s + _widen(values[order[t], j])
+        out[q, j] = s / steps
 
 
 @cuda.jit(cache=True)

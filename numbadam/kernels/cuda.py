@@ -88,6 +88,7 @@ from ._cuda_accum import (  # noqa: F401
     adam_dense_accum_cuda,
     ema_dense_cuda,
     ema_rows_cuda,
+    mean_rows_cuda,
     sum_squares_accum_cuda,
 )
 from ._cuda_common import (  # noqa: F401
@@ -163,6 +164,7 @@ __all__ = [
     "adam_dense_accum_cuda",
     "ema_dense_cuda",
     "ema_rows_cuda",
+    "mean_rows_cuda",
     "sum_squares_accum_cuda",
     "MAX_THREADS_PER_BLOCK",
     "SHARED_BYTES_PER_THREAD",
@@ -323,6 +325,11 @@ def _accum_signatures(storage):
             (_arr(s, 2), _arr(s, 2), _arr(types.int64), c, c, types.boolean)
         ],
         "sum_squares_accum_cuda": [(A, A, c, c, c, _arr(types.float64))],
+        # the mean rows of a cycle's IndexedSlices (values, order, starts,
+        # steps, out)
+        "mean_rows_cuda": [
+            (_arr(s, 2), _arr(types.int64), _arr(types.int64), c, _arr(s, 2))
+        ],
     }
 
 
