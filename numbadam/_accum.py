@@ -413,11 +413,20 @@ class AccumulationMixin:
         return out
 
     def _checkpoint_weights(self) -> List[Any]:
-        """The state a checkpoint saves, in :attr:`weights` order."""
+        """The state a checkpoint saves, in :attr:`weights` order: the live
+        arrays (a device array stays on its device: the writers copy what
+        they write), an accumulator that holds no partial sum of the
+        current cycle as host zeros."""
         if self._accum_steps is None:
             return list(self._weights)
         self._check_no_pending("cannot save")
-        return self.get_weights()
+        accs = self._accumulators()
+        return [
+            np.zeros(tuple(w.shape), np.dtype(w.dtype))
+            if id(w) in accs and not self._live(w)
+            else w
+            for w in self._weights
+        ]
 
     def _set_weights(self, weights: List[Any]) -> None:
         n = self._accum_steps

@@ -317,6 +317,12 @@ class Backend(Protocol):
     def to_host(self, arr: Any) -> np.ndarray:
         """A host (NumPy) copy of ``arr``."""
 
+    def host_rows(self, arr: Any) -> Any:
+        """``arr`` as a state-dir save reads it: a NumPy array, or a *row
+        source* (``shape``, ``dtype``, ``ndim``, ``nbytes``; ``[a:b]`` and
+        ``[rows]`` give host arrays) that copies only the rows written, a
+        bounded piece at a time (:mod:`numbadam._statedir`)."""
+
     def copy(self, arr: Any) -> Any:
         """A new array of ``arr``'s shape and dtype holding its values, on its
         device (a gradient that shares memory with what the step writes)."""

@@ -216,6 +216,11 @@ class CPUBackend(CachedLaunches):
     def to_host(self, arr: Any) -> np.ndarray:
         return np.array(arr, copy=True)
 
+    def host_rows(self, arr: np.ndarray) -> np.ndarray:
+        """What a state-dir save reads of ``arr``: the array itself (a plain
+        ndarray view of a subclass, such as a memmap)."""
+        return arr if type(arr) is np.ndarray else arr.view(np.ndarray)
+
     def copy(self, arr: np.ndarray) -> np.ndarray:
         return arr.copy()
 

@@ -206,6 +206,17 @@ class CUDABackend(CudaArrays):
     def to_host(self, arr: Any) -> np.ndarray:
         return np.asarray(self._wrap(arr).copy_to_host())
 
+    def host_rows(self, arr: Any) -> Any:
+        """What a state-dir save reads of ``arr``: a :class:`DeviceRows` whose
+        rows come to the host on demand (a C-contiguous array of 1-D or more),
+        else a host copy."""
+        d = self._wrap(arr)
+        if len(d.shape) == 0 or not d.is_c_contiguous():
+            return self.to_host(arr)
+        from ._backend_cuda_rows import DeviceRows
+
+        return DeviceRows(self, d)
+
     def copy(self, arr: Any) -> Any:
         out = cuda.device_array(tuple(arr.shape), np.dtype(arr.dtype))
         out.copy_to_device(arr)

@@ -129,6 +129,19 @@ class SaveInfo:
 # ---------------------------------------------------------------------------
 
 
+def _is_row_source(a: Any) -> bool:
+    # An array whose rows come to the host on demand (the CUDA backend's
+    # DeviceRows): shape, dtype, ndim >= 1, nbytes, and [a:b] / [rows]
+    # returning host arrays. The writer reads it a bounded piece at a time.
+    return (
+        isinstance(getattr(a, "shape", None), tuple)
+        and isinstance(getattr(a, "dtype", None), np.dtype)
+        and getattr(a, "ndim", 0) >= 1
+        and isinstance(getattr(a, "nbytes", None), int)
+        and hasattr(type(a), "__getitem__")
+    )
+
+
 def _check_arrays(arrays: Any) -> List[Tuple[str, np.ndarray]]:
     if not isinstance(arrays, Mapping):
         raise TypeError(f"arrays must be a mapping, got {type(arrays).__name__}")
@@ -136,7 +149,7 @@ def _check_arrays(arrays: Any) -> List[Tuple[str, np.ndarray]]:
     for name, a in arrays.items():
         if not isinstance(name, str):
             raise TypeError(f"array names must be strings, got {short(name)}")
-        if not isinstance(a, np.ndarray):
+        if not isinstance(a, np.ndarray) and not _is_row_source(a):
             raise TypeError(f"array {name!r} is a {type(a).__name__}, not an ndarray")
         if not numeric(a.dtype) or a.ndim > MAX_DIMS:
             raise ValueError(f"array {name!r} (dtype {a.dtype}) is not numeric")
@@ -261,7 +274,10 @@ def save(
         exist); an existing path must be a folder.
     arrays : mapping of str to numpy.ndarray
         Numeric arrays (a :class:`numpy.memmap` from :func:`load` too), in the
-        order they are to be stored.
+        order they are to be stored; or *row sources* of at least one
+        dimension (``shape``, ``dtype``, ``ndim``, ``nbytes``, with ``[a:b]``
+        and ``[rows]`` returning host arrays: a device array read by rows),
+        of which only the rows written are read.
     meta : dict
         JSON-serialisable data of the caller's own, returned by :func:`load`.
     dirty : mapping of str to array or None, optional

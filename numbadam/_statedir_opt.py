@@ -73,11 +73,12 @@ def _generation(folder: str) -> Optional[int]:
     return gen if isinstance(gen, int) else None
 
 
-def _host(a: Any) -> Tuple[np.ndarray, bool]:
-    """A NumPy array of ``a`` and whether it is ``a``'s own memory."""
+def _rows(a: Any) -> Any:
+    """``a`` as the writer reads it: an ndarray, or (a device array) a row
+    source that copies to the host only the rows a save writes."""
     if isinstance(a, np.ndarray):
-        return (a if type(a) is np.ndarray else a.view(np.ndarray)), True
-    return _dispatch.backend_for(a).to_host(a), False
+        return a if type(a) is np.ndarray else a.view(np.ndarray)
+    return _dispatch.backend_for(a).host_rows(a)
 
 
 def save_state_dir(
@@ -167,7 +168,7 @@ def save_state_dir(
         at = {id(w): j for j, w in enumerate(optimizer.weights)}
         steps = optimizer._accum_steps
         slot_names = optimizer.get_slot_names()
-        arrays: Dict[str, np.ndarray] = {}
+        arrays: Dict[str, Any] = {}
         masks: Dict[str, Any] = {}
         tracker: Optional[DirtyRows] = optimizer._dirty
         real = os.path.realpath(folder)
@@ -184,8 +185,7 @@ def save_state_dir(
             masks["calls"] = np.ones((), bool)
         saved_slots: Dict[str, List[str]] = {}
         for name, var in named:
-            host, _ = _host(var)
-            arrays[f"variable/{name}"] = host
+            arrays[f"variable/{name}"] = _rows(var)
             got = []
             m = None
             for s in slot_names:
@@ -197,7 +197,7 @@ def save_state_dir(
                     m = slot
                 got.append(s)
                 j = at.get(id(slot))
-                arrays[f"slot/{name}/{s}"] = _host(slot if j is None else saved_w[j])[0]
+                arrays[f"slot/{name}/{s}"] = _rows(slot if j is None else saved_w[j])
             saved_slots[name] = got
             if not delta:
                 continue

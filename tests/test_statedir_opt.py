@@ -144,6 +144,60 @@ def test_delta_holds_exactly_the_touched_rows(tmp_path, backend, second_moment):
     assert info.bytes_written < 3 * len(touched) * row + 4 * 1024 + 2 * doc_size(folder)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("accumulate", [None, 2])
+def test_cuda_saves_copy_only_the_rows_they_write(
+    tmp_path, cuda_backend, monkeypatch, accumulate
+):
+    # a CUDA table is read by rows (DeviceRows): a full save a bounded piece
+    # at a time, a delta only its touched rows; never a whole-array copy
+    from numbadam import _statedir_io
+    from numbadam._backend_cuda_rows import DeviceRows
+
+    opt = numbadam.Adam(
+        0.01, sparse_mode="lazy", gradient_accumulation_steps=accumulate
+    )
+    model = {k: to_device(v, "cuda") for k, v in _model().items()}
+    folder = tmp_path / "ckpt"
+    _train(opt, model, 2, backend="cuda")
+    monkeypatch.setattr(_statedir_io, "_CHUNK", 8 * WIDTH * 4)  # 8 table rows
+    reads = []
+    real = DeviceRows.__getitem__
+
+    def spy(self, key):
+        out = real(self, key)
+        reads.append((self.shape, isinstance(key, slice), out.shape[0]))
+        return out
+
+    def whole(self, *args, **kwargs):
+        raise AssertionError("a whole device array was copied to the host")
+
+    monkeypatch.setattr(DeviceRows, "__getitem__", spy)
+    monkeypatch.setattr(DeviceRows, "__array__", whole)
+    assert numbadam.save_state_dir(folder, opt, model).kind == "full"
+    table = [r for r in reads if r[0] == (ROWS, WIDTH)]
+    assert all(sliced and n <= 8 for _, sliced, n in table)
+    # the table, m and v (and the zero accumulator comes from the host)
+    assert sum(n for *_, n in table) == 3 * ROWS
+    reads.clear()
+    touched = set()
+    _train(opt, model, 4, start=2, touched=touched, backend="cuda")
+    assert numbadam.save_state_dir(folder, opt, model).kind == "delta"
+    table = [r for r in reads if r[0] == (ROWS, WIDTH)]
+    assert all(not sliced for _, sliced, _ in table)
+    assert sum(n for *_, n in table) == 3 * len(touched)
+    monkeypatch.undo()
+    host = {k: np.zeros(np.shape(v), v.dtype) for k, v in _model().items()}
+    twin = numbadam.Adam(
+        0.01, sparse_mode="lazy", gradient_accumulation_steps=accumulate
+    )
+    numbadam.load_state_dir(folder, twin, host)
+    for k, v in model.items():
+        assert_bitwise(host[k], v.copy_to_host(), k)
+    for j, (a, b) in enumerate(zip(twin.get_weights(), opt.get_weights())):
+        assert_bitwise(a, b, f"weights[{j}]")
+
+
 def doc_size(folder):
     return (folder / "manifest.json").stat().st_size
 

@@ -120,6 +120,16 @@ def gather_cuda(src, dst):
 
 
 @cuda.jit(cache=True)
+def take_rows_cuda(src, rows, dst):
+    """``dst[i, :] = src[rows[i], :]``: rows of a 2-D array gathered (the rows
+    a state-dir delta save copies to the host)."""
+    width = dst.shape[1]
+    for i in range(cuda.grid(1), dst.shape[0] * width, cuda.gridsize(1)):
+        q = i // width
+        dst[q, i - q * width] = src[rows[q], i - q * width]
+
+
+@cuda.jit(cache=True)
 def scatter_cuda(src, dst):
     """``dst[...] = src.reshape(dst.shape)``: a flat copy back into a 4-D view."""
     for i in range(cuda.grid(1), src.shape[0], cuda.gridsize(1)):

@@ -53,7 +53,8 @@ Helpers
 :func:`index_bounds_cuda` range-checks indices on the device (integer atomics);
 :func:`sum_squares_cuda` / :func:`sum_partials_cuda` reduce the gradient norm;
 :func:`cast_cuda`, :func:`index_cast_cuda`, :func:`fill_cuda`,
-:func:`gather_cuda` and :func:`scatter_cuda` cast, zero and stage strided views.
+:func:`gather_cuda` and :func:`scatter_cuda` cast, zero and stage strided views;
+:func:`take_rows_cuda` gathers the rows a state-dir delta save writes.
 
 Compilation
 -----------
@@ -129,6 +130,7 @@ from ._cuda_dense import (  # noqa: F401
     scatter_cuda,
     sum_partials_cuda,
     sum_squares_cuda,
+    take_rows_cuda,
 )
 from ._cuda_sparse import (  # noqa: F401
     _INT64_MAX,
@@ -159,6 +161,7 @@ __all__ = [
     "cast_cuda",
     "gather_cuda",
     "scatter_cuda",
+    "take_rows_cuda",
     "index_cast_cuda",
     "accumulate_cuda",
     "adam_dense_accum_cuda",
@@ -258,6 +261,7 @@ def _signatures(storage):
         "cast_cuda": [(_arr(src), A) for src, _ in STORAGE_DTYPES.values() if src != s],
         "gather_cuda": [(view, A)],
         "scatter_cuda": [(A, view)],
+        "take_rows_cuda": [(_arr(s, 2), K, _arr(s, 2))],
     }
 
 
