@@ -211,11 +211,24 @@ class CUDABackend(CudaArrays):
         rows come to the host on demand (a C-contiguous array of 1-D or more),
         else a host copy."""
         d = self._wrap(arr)
-        if len(d.shape) == 0 or not d.is_c_contiguous():
+        if (
+            len(d.shape) == 0
+            or not d.is_c_contiguous()
+            or np.dtype(d.dtype) not in self._k.STORAGE_DTYPES
+        ):
             return self.to_host(arr)
         from ._backend_cuda_rows import DeviceRows
 
         return DeviceRows(self, d)
+
+    def take_rows(self, src: Any, rows: np.ndarray) -> np.ndarray:
+        """Host copy of the rows ``rows`` (in range, int64 on the host) of the
+        2-D device array ``src``: gathered on the device, then copied."""
+        out = cuda.device_array((rows.shape[0], int(src.shape[1])), src.dtype)
+        kern = self._kernel(self._k.take_rows_cuda, np.dtype(src.dtype))
+        self._launch(kern, int(out.shape[0] * out.shape[1]), src,
+                     cuda.to_device(rows), out)  # fmt: skip
+        return np.asarray(out.copy_to_host())
 
     def copy(self, arr: Any) -> Any:
         out = cuda.device_array(tuple(arr.shape), np.dtype(arr.dtype))

@@ -16,8 +16,6 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from ._backend_cuda_arrays import cuda
-
 __all__ = ["DeviceRows"]
 
 
@@ -32,6 +30,7 @@ class DeviceRows:
     __slots__ = ("_backend", "_d", "shape", "dtype", "ndim", "nbytes", "_width")
 
     def __init__(self, backend: Any, d: Any) -> None:
+        # backend: the CUDABackend (its take_rows gathers on the device)
         self._backend = backend
         self._d = d
         self.shape: Tuple[int, ...] = tuple(int(n) for n in d.shape)
@@ -60,12 +59,8 @@ class DeviceRows:
         rows = rows.astype(np.int64)
         if rows.min() < 0 or rows.max() >= self.shape[0]:
             raise IndexError(f"rows out of range for {self.shape[0]} rows")
-        b = self._backend
         src = self._d.reshape(self.shape[0], self._width)
-        out = cuda.device_array((rows.shape[0], self._width), self.dtype)
-        kern = b._kernel(b._k.take_rows_cuda, self.dtype)
-        b._launch(kern, rows.shape[0] * self._width, src, cuda.to_device(rows), out)
-        return np.asarray(out.copy_to_host()).reshape(out_shape)
+        return self._backend.take_rows(src, rows).reshape(out_shape)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         # the whole array (what NumPy gets from np.asarray)

@@ -198,6 +198,46 @@ def test_cuda_saves_copy_only_the_rows_they_write(
         assert_bitwise(a, b, f"weights[{j}]")
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7,), (9, 3), (6, 2, 2)])
+def test_device_rows_read_like_numpy(cuda_backend, dtype, shape):
+    from numba import cuda
+
+    from numbadam._backend_cuda import CUDABackend
+
+    host = np.arange(np.prod(shape), dtype=np.float64).reshape(shape).astype(dtype)
+    rows = CUDABackend().host_rows(cuda.to_device(host))
+    assert type(rows).__name__ == "DeviceRows"
+    assert (rows.shape, rows.dtype, rows.ndim, rows.nbytes) == (
+        host.shape, host.dtype, host.ndim, host.nbytes
+    )
+    for key in (slice(1, 4), slice(0, 0), slice(None), np.array([4, 0, 4, 2]),
+                np.array([], np.int64), np.array([1], np.uint8)):  # fmt: skip
+        assert_bitwise(rows[key], host[key], str(key))
+    assert_bitwise(np.asarray(rows), host, "whole")
+    for bad in (slice(0, 4, 2), np.array([0, len(host)]), np.array([-1]),
+                np.array([[0]]), np.array([0.0])):  # fmt: skip
+        with pytest.raises(IndexError):
+            rows[bad]
+
+
+@pytest.mark.cuda
+def test_device_rows_only_for_contiguous_float_arrays(cuda_backend):
+    from numba import cuda
+
+    from numbadam._backend_cuda import CUDABackend
+
+    b = CUDABackend()
+    t = cuda.to_device(np.arange(12, dtype=np.float32).reshape(4, 3))
+    view = b.host_rows(t[:, 1:])  # strided: a host copy, as before
+    assert isinstance(view, np.ndarray) and view.tolist() == [
+        [1, 2], [4, 5], [7, 8], [10, 11]
+    ]
+    mask = b.host_rows(cuda.to_device(np.ones(5, np.uint8)))
+    assert isinstance(mask, np.ndarray) and mask.dtype == np.uint8
+
+
 def doc_size(folder):
     return (folder / "manifest.json").stat().st_size
 
