@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import _dispatch
 from ._state import StateMixin
 from ._types import IndexedSlices
 
@@ -337,10 +338,6 @@ class AccumulationMixin:
         self._pending = {}
         self._modes = None
 
-    def _acc_of(self, item: Any) -> Any:
-        """The ``acc`` argument of a dense item of the applying call."""
-        return (self._acc_slot(item), self._accum_steps)
-
     def _acc_arg(self, slots: Dict[str, Any]) -> Any:
         """The ``acc`` argument of the applying call's dense step of a
         variable with ``slots``: ``(accumulator, N)``, the kernel forming
@@ -402,15 +399,10 @@ class AccumulationMixin:
         cycle's partial sum is reported as zeros, and a cycle with pending
         IndexedSlices gradients raises ``ValueError``.
         """
-        out = StateMixin.get_weights(self)
         if self._accum_steps is None:
-            return out
+            return StateMixin.get_weights(self)
         self._check_no_pending("get_weights")
-        accs = self._accumulators()
-        for j, w in enumerate(self._weights):
-            if id(w) in accs and not self._live(w):
-                out[j] = np.zeros_like(out[j])
-        return out
+        return [_dispatch.backend_for(w).to_host(w) for w in self._reported()]
 
     def _checkpoint_weights(self) -> List[Any]:
         """The state a checkpoint saves, in :attr:`weights` order: the live
@@ -420,6 +412,11 @@ class AccumulationMixin:
         if self._accum_steps is None:
             return list(self._weights)
         self._check_no_pending("cannot save")
+        return self._reported()
+
+    def _reported(self) -> List[Any]:
+        # the weights as get_weights and the checkpoints report them: an
+        # accumulator not holding the current cycle's partial sum as zeros
         accs = self._accumulators()
         return [
             np.zeros(tuple(w.shape), np.dtype(w.dtype))

@@ -216,9 +216,12 @@ class CPUBackend(CachedLaunches):
     def to_host(self, arr: Any) -> np.ndarray:
         return np.array(arr, copy=True)
 
-    def host_rows(self, arr: np.ndarray) -> np.ndarray:
+    def host_rows(self, arr: Any) -> np.ndarray:
         """What a state-dir save reads of ``arr``: the array itself (a plain
-        ndarray view of a subclass, such as a memmap)."""
+        ndarray view of a subclass, such as a memmap); anything else as a
+        host copy."""
+        if not isinstance(arr, np.ndarray):
+            return self.to_host(arr)
         return arr if type(arr) is np.ndarray else arr.view(np.ndarray)
 
     def copy(self, arr: np.ndarray) -> np.ndarray:

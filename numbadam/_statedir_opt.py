@@ -75,9 +75,8 @@ def _generation(folder: str) -> Optional[int]:
 
 def _rows(a: Any) -> Any:
     """``a`` as the writer reads it: an ndarray, or (a device array) a row
-    source that copies to the host only the rows a save writes."""
-    if isinstance(a, np.ndarray):
-        return a if type(a) is np.ndarray else a.view(np.ndarray)
+    source that copies to the host only the rows a save writes (the
+    backend's ``host_rows``)."""
     return _dispatch.backend_for(a).host_rows(a)
 
 
